@@ -1,0 +1,21 @@
+"""gmm_engine: Gaussian mixtures fitted by chunked, weighted EM, with model selection.
+
+numpy and scipy only. The estimator follows scikit-learn's API (``fit``, ``predict``,
+trailing-underscore fitted attributes); :func:`select_model` is the entry point the pipeline uses.
+"""
+
+from ._validation import ConvergenceWarning, NotFittedError
+from .covariance import COVARIANCE_TYPES, n_parameters
+from .mixture import GaussianMixture
+from .selection import SelectionResult, degeneracy_reason, select_model
+
+__all__ = [
+    "COVARIANCE_TYPES",
+    "ConvergenceWarning",
+    "GaussianMixture",
+    "NotFittedError",
+    "SelectionResult",
+    "degeneracy_reason",
+    "n_parameters",
+    "select_model",
+]

@@ -1,0 +1,373 @@
+"""Covariance parameterisations: every formula that differs between full, tied, diag and spherical.
+
+Each parameterisation is one object, so adding another (say one of mclust's constrained
+models) means adding one class here, not editing the EM loop.
+
+Notation used throughout the engine. For a sample ``x`` (already centred by a fixed shift) the
+*design row* is ``phi(x) = [1, x, q(x)]`` where ``q`` holds the second-order terms this
+parameterisation needs. The log-density of every component is linear in ``phi(x)`` (plus, for
+``tied``, one per-sample term shared by all components), so the E-step is one matrix product
+``Phi @ W`` and the M-step's sufficient statistics are one product ``R.T @ Phi``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg
+
+LOG_2PI = np.log(2.0 * np.pi)
+
+_ILL_DEFINED = (
+    "Fitting the mixture model failed because some components have ill-defined empirical "
+    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+    "number of components, increase reg_covar, or scale the input data."
+)
+
+
+def _upper_pairs(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the upper triangle (diagonal included), row by row."""
+    return np.triu_indices(d)
+
+
+def _cholesky_precision(cov: np.ndarray) -> np.ndarray:
+    """Upper-triangular ``U`` with ``U @ U.T == inv(cov)`` (scikit-learn's convention)."""
+    try:
+        cov_chol = linalg.cholesky(cov, lower=True)
+    except linalg.LinAlgError as exc:
+        raise ValueError(_ILL_DEFINED) from exc
+    d = cov.shape[0]
+    return linalg.solve_triangular(cov_chol, np.eye(d), lower=True).T
+
+
+def _cholesky_from_precision(precision: np.ndarray) -> np.ndarray:
+    try:
+        return linalg.cholesky(precision, lower=True)
+    except linalg.LinAlgError as exc:
+        raise ValueError("precisions_init must be symmetric positive definite") from exc
+
+
+class CovarianceModel:
+    """Formulas of one covariance parameterisation (abstract)."""
+
+    name: str = ""
+
+    # --- design matrix -------------------------------------------------------------------
+    def n_second_order(self, d: int) -> int:
+        """Number of second-order columns ``q(x)`` in the design row."""
+        raise NotImplementedError
+
+    def fill_second_order(self, XcT: np.ndarray, out: np.ndarray) -> None:
+        """Write ``q(x)`` for the samples in the columns of ``XcT`` (d, n) into ``out`` (q, n)."""
+        raise NotImplementedError
+
+    # --- parameters ----------------------------------------------------------------------
+    def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
+        """M-step covariances from totals.
+
+        ``nk`` (k,) summed weights, ``means_c`` (k, d) centred means, ``second`` (k, q) summed
+        second-order terms, ``data_second`` the data's own total second moment (tied only).
+        """
+        raise NotImplementedError
+
+    def precision_cholesky(self, covariances: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def precision_cholesky_from_precisions(self, precisions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def precisions(self, prec_chol: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def covariances_from_precision_cholesky(self, prec_chol: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def log_det_precision_cholesky(self, prec_chol: np.ndarray, k: int, d: int) -> np.ndarray:
+        """``log det U_k`` for every component, shape (k,)."""
+        raise NotImplementedError
+
+    def n_covariance_parameters(self, k: int, d: int) -> int:
+        raise NotImplementedError
+
+    def full_covariances(self, covariances: np.ndarray, k: int, d: int) -> np.ndarray:
+        """The covariances as (k, d, d) matrices."""
+        raise NotImplementedError
+
+    def covariance_shape(self, k: int, d: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    # --- E-step --------------------------------------------------------------------------
+    def log_prob_coefficients(self, means_c, prec_chol):
+        """Coefficients of the log-density in the design row.
+
+        Returns ``(const (k,), linear (d, k), second (q, k))`` such that
+        ``log N(x | k) = const_k + x @ linear[:, k] + q(x) @ second[:, k] + shared(x)``.
+        """
+        raise NotImplementedError
+
+    def shared_term(self, XcT: np.ndarray, prec_chol: np.ndarray) -> np.ndarray | None:
+        """A per-sample log-density term common to all components (shape (n,)), or None."""
+        return None
+
+    def needs_data_second_moment(self) -> bool:
+        return False
+
+    def validate_precisions_init(self, precisions: np.ndarray, k: int, d: int) -> None:
+        shape = self.covariance_shape(k, d)
+        if precisions.shape != shape:
+            raise ValueError(
+                f"precisions_init for covariance_type={self.name!r} must have shape {shape}, "
+                f"got {precisions.shape}"
+            )
+
+
+class Full(CovarianceModel):
+    """Each component has its own unconstrained covariance (mclust ``VVV``)."""
+
+    name = "full"
+
+    def n_second_order(self, d):
+        return d * (d + 1) // 2
+
+    def fill_second_order(self, XcT, out):
+        # Row i of the upper triangle: x_i * x_j for j >= i, written in place into contiguous
+        # rows (fancy indexing would allocate two (q, n) temporaries).
+        d = XcT.shape[0]
+        pos = 0
+        for i in range(d):
+            np.multiply(XcT[i : i + 1], XcT[i:], out=out[pos : pos + d - i])
+            pos += d - i
+
+    def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
+        k, d = means_c.shape
+        rows, cols = _upper_pairs(d)
+        m2 = np.empty((k, d, d))
+        m2[:, rows, cols] = second / nk[:, None]
+        m2[:, cols, rows] = m2[:, rows, cols]
+        cov = m2 - means_c[:, :, None] * means_c[:, None, :]
+        cov[:, np.arange(d), np.arange(d)] += reg_covar
+        return cov
+
+    def precision_cholesky(self, covariances):
+        return np.stack([_cholesky_precision(c) for c in covariances])
+
+    def precision_cholesky_from_precisions(self, precisions):
+        return np.stack([_cholesky_from_precision(p) for p in precisions])
+
+    def precisions(self, prec_chol):
+        return prec_chol @ np.swapaxes(prec_chol, 1, 2)
+
+    def covariances_from_precision_cholesky(self, prec_chol):
+        d = prec_chol.shape[1]
+        inv = np.stack([linalg.solve_triangular(u, np.eye(d), lower=False) for u in prec_chol])
+        return np.swapaxes(inv, 1, 2) @ inv
+
+    def log_det_precision_cholesky(self, prec_chol, k, d):
+        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+
+    def n_covariance_parameters(self, k, d):
+        return k * d * (d + 1) // 2
+
+    def full_covariances(self, covariances, k, d):
+        return np.array(covariances, dtype=np.float64)
+
+    def covariance_shape(self, k, d):
+        return (k, d, d)
+
+    def log_prob_coefficients(self, means_c, prec_chol):
+        k, d = means_c.shape
+        prec = self.precisions(prec_chol)
+        linear = np.einsum("kij,kj->ki", prec, means_c)
+        const = (
+            -0.5 * d * LOG_2PI
+            + self.log_det_precision_cholesky(prec_chol, k, d)
+            - 0.5 * np.einsum("ki,ki->k", means_c, linear)
+        )
+        rows, cols = _upper_pairs(d)
+        # x'Px = sum_i P_ii x_i^2 + 2 sum_{i<j} P_ij x_i x_j
+        factor = np.where(rows == cols, -0.5, -1.0)
+        second = (prec[:, rows, cols] * factor).T
+        return const, linear.T, second
+
+
+class Tied(CovarianceModel):
+    """All components share one covariance (mclust ``EEE``)."""
+
+    name = "tied"
+
+    def n_second_order(self, d):
+        return 0
+
+    def fill_second_order(self, XcT, out):
+        return None
+
+    def needs_data_second_moment(self):
+        return True
+
+    def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
+        d = means_c.shape[1]
+        cov = data_second - (nk[:, None] * means_c).T @ means_c
+        cov /= nk.sum()
+        cov[np.arange(d), np.arange(d)] += reg_covar
+        return cov
+
+    def precision_cholesky(self, covariances):
+        return _cholesky_precision(covariances)
+
+    def precision_cholesky_from_precisions(self, precisions):
+        return _cholesky_from_precision(precisions)
+
+    def precisions(self, prec_chol):
+        return prec_chol @ prec_chol.T
+
+    def covariances_from_precision_cholesky(self, prec_chol):
+        inv = linalg.solve_triangular(prec_chol, np.eye(prec_chol.shape[0]), lower=False)
+        return inv.T @ inv
+
+    def log_det_precision_cholesky(self, prec_chol, k, d):
+        return np.full(k, np.log(np.diag(prec_chol)).sum())
+
+    def n_covariance_parameters(self, k, d):
+        return d * (d + 1) // 2
+
+    def full_covariances(self, covariances, k, d):
+        return np.broadcast_to(covariances, (k, d, d)).copy()
+
+    def covariance_shape(self, k, d):
+        return (d, d)
+
+    def log_prob_coefficients(self, means_c, prec_chol):
+        k, d = means_c.shape
+        linear = means_c @ self.precisions(prec_chol)  # (k, d); precision is symmetric
+        const = (
+            -0.5 * d * LOG_2PI
+            + self.log_det_precision_cholesky(prec_chol, k, d)
+            - 0.5 * np.einsum("ki,ki->k", means_c, linear)
+        )
+        return const, linear.T, np.empty((0, k))
+
+    def shared_term(self, XcT, prec_chol):
+        y = prec_chol.T @ XcT
+        return -0.5 * np.einsum("ji,ji->i", y, y)
+
+
+class Diag(CovarianceModel):
+    """Each component has its own axis-aligned covariance (mclust ``VVI``)."""
+
+    name = "diag"
+
+    def n_second_order(self, d):
+        return d
+
+    def fill_second_order(self, XcT, out):
+        np.multiply(XcT, XcT, out=out)
+
+    def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
+        return second / nk[:, None] - means_c**2 + reg_covar
+
+    def precision_cholesky(self, covariances):
+        if np.any(covariances <= 0.0):
+            raise ValueError(_ILL_DEFINED)
+        return 1.0 / np.sqrt(covariances)
+
+    def precision_cholesky_from_precisions(self, precisions):
+        if np.any(precisions <= 0.0):
+            raise ValueError("precisions_init must be strictly positive")
+        return np.sqrt(precisions)
+
+    def precisions(self, prec_chol):
+        return prec_chol**2
+
+    def covariances_from_precision_cholesky(self, prec_chol):
+        return 1.0 / prec_chol**2
+
+    def log_det_precision_cholesky(self, prec_chol, k, d):
+        return np.log(prec_chol).sum(axis=1)
+
+    def n_covariance_parameters(self, k, d):
+        return k * d
+
+    def full_covariances(self, covariances, k, d):
+        out = np.zeros((k, d, d))
+        out[:, np.arange(d), np.arange(d)] = covariances
+        return out
+
+    def covariance_shape(self, k, d):
+        return (k, d)
+
+    def log_prob_coefficients(self, means_c, prec_chol):
+        k, d = means_c.shape
+        prec = prec_chol**2
+        linear = prec * means_c
+        const = (
+            -0.5 * d * LOG_2PI
+            + self.log_det_precision_cholesky(prec_chol, k, d)
+            - 0.5 * (linear * means_c).sum(axis=1)
+        )
+        return const, linear.T, (-0.5 * prec).T
+
+
+class Spherical(CovarianceModel):
+    """Each component has its own single variance (mclust ``VII``)."""
+
+    name = "spherical"
+
+    def n_second_order(self, d):
+        return 1
+
+    def fill_second_order(self, XcT, out):
+        np.einsum("ji,ji->i", XcT, XcT, out=out[0])
+
+    def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
+        d = means_c.shape[1]
+        return (second[:, 0] / nk - (means_c**2).sum(axis=1)) / d + reg_covar
+
+    def precision_cholesky(self, covariances):
+        if np.any(covariances <= 0.0):
+            raise ValueError(_ILL_DEFINED)
+        return 1.0 / np.sqrt(covariances)
+
+    def precision_cholesky_from_precisions(self, precisions):
+        if np.any(precisions <= 0.0):
+            raise ValueError("precisions_init must be strictly positive")
+        return np.sqrt(precisions)
+
+    def precisions(self, prec_chol):
+        return prec_chol**2
+
+    def covariances_from_precision_cholesky(self, prec_chol):
+        return 1.0 / prec_chol**2
+
+    def log_det_precision_cholesky(self, prec_chol, k, d):
+        return d * np.log(prec_chol)
+
+    def n_covariance_parameters(self, k, d):
+        return k
+
+    def full_covariances(self, covariances, k, d):
+        return covariances[:, None, None] * np.eye(d)[None, :, :]
+
+    def covariance_shape(self, k, d):
+        return (k,)
+
+    def log_prob_coefficients(self, means_c, prec_chol):
+        k, d = means_c.shape
+        prec = prec_chol**2
+        linear = prec[:, None] * means_c
+        const = (
+            -0.5 * d * LOG_2PI
+            + self.log_det_precision_cholesky(prec_chol, k, d)
+            - 0.5 * (linear * means_c).sum(axis=1)
+        )
+        return const, linear.T, (-0.5 * prec)[None, :]
+
+
+COVARIANCE_MODELS: dict[str, CovarianceModel] = {
+    m.name: m for m in (Full(), Tied(), Diag(), Spherical())
+}
+COVARIANCE_TYPES: tuple[str, ...] = tuple(COVARIANCE_MODELS)
+
+
+def n_parameters(covariance_type: str, k: int, d: int) -> int:
+    """Free parameters of a k-component mixture in d dimensions (weights, means, covariances)."""
+    cov = COVARIANCE_MODELS[covariance_type].n_covariance_parameters(k, d)
+    return int(cov + k * d + k - 1)

@@ -1,0 +1,129 @@
+"""Starting partitions for EM: k-means, k-means++ seeds, random and random-from-data.
+
+Each initialiser returns a function that gives the responsibilities of a slice of rows, so the
+first M-step runs chunk by chunk like every later one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+RespFor = Callable[[slice], np.ndarray]
+
+
+def _sq_distances(X: np.ndarray, centres: np.ndarray, x_sq: np.ndarray) -> np.ndarray:
+    d2 = x_sq[:, None] - 2.0 * (X @ centres.T) + (centres**2).sum(axis=1)[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    return d2
+
+
+def kmeans_plusplus(
+    X: np.ndarray, k: int, rng: np.random.Generator, sample_weight: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of k seeds chosen by greedy k-means++ (Arthur & Vassilvitskii 2007).
+
+    Like scikit-learn, each step draws ``2 + log(k)`` candidates with probability proportional
+    to weight x squared distance and keeps the one that lowers the potential most.
+    """
+    n = X.shape[0]
+    w = np.ones(n) if sample_weight is None else sample_weight
+    x_sq = np.einsum("ij,ij->i", X, X)
+    trials = 2 + int(np.log(k))
+    first = rng.choice(n, p=w / w.sum())
+    indices = [first]
+    closest = _sq_distances(X, X[[first]], x_sq)[:, 0]
+    for _ in range(1, k):
+        potential = w * closest
+        total = potential.sum()
+        if total <= 0.0:  # every remaining point coincides with a seed
+            candidates = rng.choice(n, size=trials, p=w / w.sum())
+        else:
+            cum = np.cumsum(potential)
+            candidates = np.searchsorted(cum, rng.random(trials) * cum[-1])
+            candidates = np.minimum(candidates, n - 1)
+        d2 = _sq_distances(X, X[candidates], x_sq)
+        np.minimum(d2, closest[:, None], out=d2)
+        best = int(np.argmin(w @ d2))
+        indices.append(int(candidates[best]))
+        closest = d2[:, best]
+    return np.asarray(indices)
+
+
+def kmeans_labels(
+    X: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    sample_weight: np.ndarray | None = None,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+) -> np.ndarray:
+    """Labels of Lloyd's k-means from k-means++ seeds (one run; EM refines it anyway).
+
+    Stops when the squared movement of the centres falls below ``tol`` times the mean feature
+    variance, scikit-learn's criterion.
+    """
+    n, d = X.shape
+    w = np.ones(n) if sample_weight is None else sample_weight
+    centres = X[kmeans_plusplus(X, k, rng, sample_weight)].copy()
+    x_sq = np.einsum("ij,ij->i", X, X)
+    threshold = tol * float(X.var(axis=0).mean())
+    labels = np.zeros(n, dtype=np.intp)
+    for _ in range(max_iter):
+        labels = np.argmin(_sq_distances(X, centres, x_sq), axis=1)
+        counts = np.bincount(labels, weights=w, minlength=k)
+        sums = np.stack(
+            [np.bincount(labels, weights=X[:, j] * w, minlength=k) for j in range(d)], axis=1
+        )
+        empty = counts <= 0
+        new = centres.copy()
+        new[~empty] = sums[~empty] / counts[~empty, None]
+        if empty.any():
+            # Re-seed an empty cluster at the point farthest from its centre, as scikit-learn does.
+            far = np.argsort(-((X - new[labels]) ** 2).sum(axis=1))[: int(empty.sum())]
+            new[empty] = X[far]
+        shift = float(((new - centres) ** 2).sum())
+        centres = new
+        if shift <= threshold:
+            break
+    return np.argmin(_sq_distances(X, centres, x_sq), axis=1)
+
+
+def initial_responsibilities(
+    method: str,
+    X: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    sample_weight: np.ndarray | None,
+) -> RespFor:
+    """Responsibilities of the starting partition, served by row slices."""
+    n = X.shape[0]
+    if method == "kmeans":
+        labels = kmeans_labels(X, k, rng, sample_weight)
+        return lambda sl: np.eye(k)[labels[sl]]
+    if method == "random":
+        resp = rng.uniform(size=(n, k))
+        resp /= resp.sum(axis=1, keepdims=True)
+        return lambda sl: resp[sl]
+    if method == "k-means++":
+        indices = kmeans_plusplus(X, k, rng, sample_weight)
+    elif method == "random_from_data":
+        p = None if sample_weight is None else sample_weight / sample_weight.sum()
+        if p is not None and np.count_nonzero(p) < k:
+            raise ValueError(
+                f"init_params='random_from_data' needs at least n_components={k} samples "
+                f"with positive weight"
+            )
+        indices = rng.choice(n, size=k, replace=False, p=p)
+    else:  # pragma: no cover - parameters are validated before
+        raise ValueError(f"unknown init_params {method!r}")
+
+    # scikit-learn semantics: each seed point alone carries its component.
+    def resp_for(sl: slice) -> np.ndarray:
+        R = np.zeros((sl.stop - sl.start, k))
+        inside = (indices >= sl.start) & (indices < sl.stop)
+        R[indices[inside] - sl.start, np.flatnonzero(inside)] = 1.0
+        return R
+
+    return resp_for
