@@ -5,9 +5,11 @@ models) means adding one class here, not editing the EM loop.
 
 Notation used throughout the engine. For a sample ``x`` (already centred by a fixed shift) the
 *design row* is ``phi(x) = [1, x, q(x)]`` where ``q`` holds the second-order terms this
-parameterisation needs. The log-density of every component is linear in ``phi(x)`` (plus, for
-``tied``, one per-sample term shared by all components), so the E-step is one matrix product
-``Phi @ W`` and the M-step's sufficient statistics are one product ``R.T @ Phi``.
+parameterisation needs (``vech(x x^T)`` for full, ``x**2`` for diag, ``|x|**2`` for spherical,
+none for tied). The log-density of every component is linear in ``phi(x)`` (plus, for ``tied``,
+one per-sample term shared by all components), so the E-step is one matrix product ``Phi @ W``
+and the M-step's sufficient statistics are one product ``R.T @ Phi``. Chunks are stored
+transposed, (features, samples), so the code reads ``W.T @ PhiT`` and ``RT @ PhiT.T``.
 """
 
 from __future__ import annotations

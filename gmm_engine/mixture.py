@@ -300,6 +300,11 @@ class GaussianMixture:
         X = check_array(X, min_samples=1)
         self._check_parameters(X)
         w = check_sample_weight(sample_weight, X.shape[0])
+        if w is not None and np.count_nonzero(w) < self.n_components:
+            raise ValueError(
+                f"n_components={self.n_components} must be <= the {np.count_nonzero(w)} samples "
+                f"with positive sample_weight"
+            )
         model = self._model
         n, d = X.shape
         total_weight = float(n if w is None else w.sum())
@@ -408,31 +413,34 @@ class GaussianMixture:
         self._map_log_prob(X, reduce)
         return out
 
+    def _log_likelihood(self, X, sample_weight) -> tuple[float, float]:
+        """Weighted total log-likelihood and total weight of checked ``X``."""
+        w = check_sample_weight(sample_weight, X.shape[0])
+        ll = self.score_samples(X)
+        if w is None:
+            return float(ll.sum()), float(X.shape[0])
+        return float(ll @ w), float(w.sum())
+
     def score(self, X, y=None, sample_weight=None) -> float:
         """Mean (weighted) log-likelihood per sample."""
         X = self._check_X_predict(X)
-        w = check_sample_weight(sample_weight, X.shape[0])
-        ll = self.score_samples(X)
-        return float(ll.mean() if w is None else (ll @ w) / w.sum())
+        total, n = self._log_likelihood(X, sample_weight)
+        return total / n
 
     def _n_parameters(self) -> int:
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
 
-    def _effective_n(self, X, sample_weight) -> float:
-        w = check_sample_weight(sample_weight, X.shape[0])
-        return float(X.shape[0] if w is None else w.sum())
-
     def bic(self, X, sample_weight=None) -> float:
         """Bayesian information criterion (lower is better)."""
         X = self._check_X_predict(X)
-        n = self._effective_n(X, sample_weight)
-        return -2.0 * self.score(X, sample_weight=sample_weight) * n + self._n_parameters() * np.log(n)
+        total, n = self._log_likelihood(X, sample_weight)
+        return -2.0 * total + self._n_parameters() * np.log(n)
 
     def aic(self, X, sample_weight=None) -> float:
         """Akaike information criterion (lower is better)."""
         X = self._check_X_predict(X)
-        n = self._effective_n(X, sample_weight)
-        return -2.0 * self.score(X, sample_weight=sample_weight) * n + 2.0 * self._n_parameters()
+        total, _ = self._log_likelihood(X, sample_weight)
+        return -2.0 * total + 2.0 * self._n_parameters()
 
     def icl(self, X, sample_weight=None) -> float:
         """Integrated completed likelihood (Biernacki et al. 2000; lower is better).

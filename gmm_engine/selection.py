@@ -55,7 +55,8 @@ class SelectionResult:
         One row per candidate, in grid order, with keys ``n_components``, ``covariance_type``,
         ``n_parameters``, ``log_likelihood``, ``mean_log_likelihood``, ``bic``, ``aic``,
         ``icl``, ``converged``, ``n_iter``, ``seconds``, ``status`` (``ok``, ``degenerate``,
-        ``failed``), ``reason`` and ``selected``.
+        ``failed``), ``reason`` (why it was set aside or failed; for an ``ok`` row, which of its
+        restarts were set aside, else empty) and ``selected``.
     models : dict
         ``(n_components, covariance_type) -> GaussianMixture`` for every candidate that fitted.
     """
@@ -282,11 +283,18 @@ def select_model(
             gm, reason, _ = max(pool_, key=lambda f: f[0].lower_bound_)
             models[(k, ctype)] = gm
             row.update(_criteria(gm, X, w))
+            dropped = [f[1] for f in fitted if f[1]]
+            if not clean:
+                note = f"all {n_init} restarts degenerate: {reason}"
+            elif dropped:
+                note = f"{len(dropped)} of {n_init} restarts set aside: {dropped[0]}"
+            else:
+                note = ""
             row.update(
                 converged=bool(gm.converged_),
                 n_iter=int(gm.n_iter_),
                 status="ok" if clean else "degenerate",
-                reason="" if clean else f"all {n_init} restarts degenerate: {reason}",
+                reason=note,
             )
             table.append(row)
 
