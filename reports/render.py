@@ -1,0 +1,216 @@
+"""Render a run report: every figure as PNG plus an index.html that embeds them."""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from . import figures
+from .profiles import SegmentProfiles, segment_profiles
+from .report_data import COVARIANCE_TYPES, ReportData
+
+__all__ = ["ReportData", "render_report", "figure_files"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222;
+       padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f4f7; } td.text, th.text { text-align: left; }
+tr.chosen td { font-weight: bold; background: #fff7d6; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.92em; }
+"""
+
+
+def figure_files(n_features: int) -> list[str]:
+    """Names of the PNG files a report with ``n_features`` features contains, in page order."""
+    return (["criteria.png", "sizes.png", "profiles.png", "segments.png", "membership.png",
+             "log_likelihood.png"]
+            + [f"feature_{j + 1:02d}.png" for j in range(n_features)])
+
+
+def render_report(data: ReportData, out_dir: str | os.PathLike[str], *, dpi: int = 110,
+                  max_points: int = 4000, seed: int = 0) -> pathlib.Path:
+    """Write every figure as PNG plus index.html into out_dir (created if missing).
+
+    Parameters
+    ----------
+    data : ReportData
+    out_dir : str or path-like
+    dpi : int, default 110
+        Resolution of the PNG files.
+    max_points : int, default 4000
+        At most this many customers are drawn in the 2-D segment figure.
+    seed : int, default 0
+        Seed of that subsample.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the written ``index.html``.
+    """
+    if not isinstance(data, ReportData):
+        raise TypeError(f"render_report: data must be a ReportData, got {type(data).__name__}")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    profiles = segment_profiles(data.X_original, data.labels, data.segment_ids)
+    names = figure_files(data.n_features)
+    builders: list[Callable[[], Figure]] = [
+        lambda: figures.criteria_figure(data.selection, data.criterion),
+        lambda: figures.sizes_figure(profiles.counts, data.segment_ids),
+        lambda: figures.profiles_figure(profiles, data.feature_names, data.feature_units),
+        lambda: figures.segments_figure(data.X_model, data.means, data.covariances, data.labels,
+                                        data.segment_ids, data.feature_names,
+                                        max_points=max_points, seed=seed),
+        lambda: figures.membership_figure(data.max_probability, data.labels, data.segment_ids),
+        lambda: figures.log_likelihood_figure(data.lower_bounds),
+    ] + [_feature_builder(data, j) for j in range(data.n_features)]
+    for name, build in zip(names, builders):
+        _save(build(), out / name, dpi)
+    index = out / "index.html"
+    index.write_text(_page(data, profiles, names), encoding="utf-8")
+    return index
+
+
+def _feature_builder(data: ReportData, j: int) -> Callable[[], Figure]:
+    return lambda: figures.feature_density_figure(
+        data.X_model[:, j], weights=data.weights, component_means=data.means[:, j],
+        component_variances=data.covariances[:, j, j], scaler_mean=float(data.scaler_mean[j]),
+        scaler_scale=float(data.scaler_scale[j]), segment_ids=data.segment_ids,
+        name=data.feature_names[j], unit=data.feature_units[j],
+        transform=data.feature_transforms[j])
+
+
+def _save(fig: Figure, path: pathlib.Path, dpi: int) -> None:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=dpi, format="png")
+    # Not created through pyplot, so dropping the last reference frees it; clearing helps the GC.
+    fig.clear()
+
+
+# --------------------------------------------------------------------------- HTML
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "–" if value is None else str(value)
+    if math.isnan(number):
+        return "–"
+    return f"{number:,.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: set[int],
+           chosen: Sequence[bool] | None = None) -> str:
+    """An HTML table from already formatted cells; every cell is escaped here."""
+    def cls(i: int) -> str:
+        return ' class="text"' if i in text_columns else ""
+    head = "".join(f"<th{cls(i)}>{_e(h)}</th>" for i, h in enumerate(header))
+    body = []
+    for r, row in enumerate(rows):
+        marker = ' class="chosen"' if chosen is not None and chosen[r] else ""
+        body.append(f"<tr{marker}>"
+                    + "".join(f"<td{cls(i)}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _figure(src: str, alt: str, caption: str) -> str:
+    return (f'<figure><img src="{_e(src)}" alt="{_e(alt)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _profile_table(data: ReportData, profiles: SegmentProfiles) -> str:
+    order = sorted(range(data.n_segments), key=lambda c: data.segment_ids[c])
+    header = ["segment", "customers", "share"] + [
+        f"{name} [{unit}] median (mean)" if unit else f"{name} median (mean)"
+        for name, unit in zip(data.feature_names, data.feature_units)]
+    rows = []
+    for c in order:
+        rows.append([str(data.segment_ids[c]), f"{int(profiles.counts[c]):,}",
+                     f"{profiles.shares[c]:.1%}"]
+                    + [f"{_fmt(profiles.median[c, j], 2)} ({_fmt(profiles.mean[c, j], 2)})"
+                       for j in range(data.n_features)])
+    rows.append(["all", f"{int(profiles.counts.sum()):,}", "100.0%"]
+                + [_fmt(profiles.overall_median[j], 2) + " (median)"
+                   for j in range(data.n_features)])
+    return _table(header, rows, text_columns={0})
+
+
+def _selection_table(data: ReportData) -> str:
+    if not data.selection:
+        return "<p>No model-selection table was recorded.</p>"
+    header = ["k", "covariance type", "status", "reason", "BIC", "AIC", "ICL", "chosen"]
+    rows, chosen = [], []
+    known = list(COVARIANCE_TYPES)
+
+    def place(row: dict[str, Any]) -> tuple[int, str, int]:
+        cov = str(row.get("covariance_type"))
+        return (known.index(cov) if cov in known else len(known), cov,
+                int(row.get("n_components", 0)))
+
+    for r in sorted(data.selection, key=place):
+        rows.append([str(r.get("n_components", "")), str(r.get("covariance_type", "")),
+                     str(r.get("status", "")), str(r.get("reason", "") or ""),
+                     _fmt(r.get("bic")), _fmt(r.get("aic")), _fmt(r.get("icl")),
+                     "yes" if r.get("selected") else ""])
+        chosen.append(bool(r.get("selected")))
+    return _table(header, rows, text_columns={1, 2, 3, 7}, chosen=chosen)
+
+
+def _page(data: ReportData, profiles: SegmentProfiles, files: list[str]) -> str:
+    criterion = data.criterion.upper()
+    k = data.n_segments
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(data.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(data.title)}</h1>",
+        _table(["fact", "value"], [[key, value] for key, value in data.summary.items()],
+               text_columns={0, 1}),
+        f"<p>Run <code>{_e(data.run_id)}</code>: {k} segments, {_e(data.covariance_type)} "
+        f"covariance, chosen by {_e(criterion)} among the candidates below.</p>",
+        "<h2>Model selection</h2>",
+        _figure(files[0], "Information criteria versus number of segments",
+                f"BIC, AIC and ICL for every candidate (lower is better); the star marks the model "
+                f"chosen by {criterion}; hollow markers are candidates set aside as degenerate "
+                f"or failed."),
+        "<details><summary>Model-selection table</summary>", _selection_table(data), "</details>",
+        "<h2>Segments</h2>",
+        _figure(files[1], "Segment sizes", "Customers per segment and their share of all."),
+        _figure(files[2], "Segment profiles", "Median, interquartile range and mean of every "
+                "feature per segment, in original units."),
+        _profile_table(data, profiles),
+        _figure(files[3], "Segments in two dimensions",
+                "Customers coloured by assigned segment with each segment's 1- and 2-sigma "
+                "covariance ellipse, in standardised model space."),
+        "<h2>How sure the assignment is</h2>",
+        _figure(files[4], "Membership probabilities",
+                "Probability of each customer's assigned segment; low values mean the customer "
+                "sits between segments."),
+        "<h2>Fit</h2>",
+        _figure(files[5], "Log-likelihood per EM iteration",
+                "Mean log-likelihood per customer after each EM iteration of the chosen model."),
+        "<h2>Features</h2>",
+    ]
+    for j, name in enumerate(data.feature_names):
+        unit = data.feature_units[j]
+        shown = f"log(1 + {name})" if data.feature_transforms[j] == "log1p" else name
+        parts.append(f"<h3>{_e(name)}</h3>")
+        parts.append(_figure(files[6 + j], f"Histogram and mixture density of {name}",
+                             f"{shown} [{unit}]: histogram of all customers with the mixture's "
+                             f"density (black) and each segment's weighted density."))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

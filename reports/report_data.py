@@ -1,0 +1,161 @@
+"""The plain inputs of a run report (ReportData) and the checks that keep figures honest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+CRITERIA = ("bic", "aic", "icl")
+TRANSFORMS = ("none", "log1p")
+
+
+@dataclass(frozen=True, eq=False)
+class ReportData:
+    """Everything a run report shows, as plain values; nothing here refits a model.
+
+    Array arguments are converted to float64 / int64 ndarrays on construction and their shapes
+    are checked against each other, so a figure never receives mismatched inputs.
+
+    Parameters
+    ----------
+    run_id : str
+    title : str
+        Heading of the report, e.g. ``"Customer segments, run 3 (as of 2011-12-10)"``.
+    feature_names, feature_units, feature_transforms : list of str, each of length n_features
+        ``feature_transforms[j]`` is ``"log1p"`` or ``"none"`` (applied before standardisation).
+    scaler_mean, scaler_scale : ndarray of shape (n_features,)
+        ``X_model = (transform(X_original) - scaler_mean) / scaler_scale``.
+    X_original : ndarray of shape (n_customers, n_features)
+        Features in original units.
+    X_model : ndarray of shape (n_customers, n_features)
+        The matrix the model was fitted on.
+    covariance_type : str
+        ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"`` (the chosen model's type).
+    weights : ndarray of shape (n_segments,)
+    means : ndarray of shape (n_segments, n_features)
+        Component means in model space.
+    covariances : ndarray of shape (n_segments, n_features, n_features)
+        Full covariance matrices in model space (tied/diag/spherical expanded by the caller).
+    segment_ids : list of int, length n_segments
+        Displayed segment id of each component.
+    labels : ndarray of shape (n_customers,)
+        Component index ``0..n_segments-1`` of each customer.
+    max_probability : ndarray of shape (n_customers,)
+        Membership probability of the assigned segment.
+    lower_bounds : list of float
+        Mean log-likelihood after every EM iteration of the chosen model.
+    selection : list of dict
+        Model-selection table rows (engine contract).
+    criterion : str
+        ``"bic"``, ``"aic"`` or ``"icl"``.
+    summary : dict of str to str
+        Short facts shown at the top of ``index.html``.
+    """
+
+    run_id: str
+    title: str
+    feature_names: list[str]
+    feature_units: list[str]
+    feature_transforms: list[str]
+    scaler_mean: np.ndarray
+    scaler_scale: np.ndarray
+    X_original: np.ndarray
+    X_model: np.ndarray
+    covariance_type: str
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    segment_ids: list[int]
+    labels: np.ndarray
+    max_probability: np.ndarray
+    lower_bounds: list[float]
+    selection: list[dict[str, Any]] = field(default_factory=list)
+    criterion: str = "bic"
+    summary: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("feature_names", [str(v) for v in self.feature_names])
+        put("feature_units", [str(v) for v in self.feature_units])
+        put("feature_transforms", [str(v) for v in self.feature_transforms])
+        put("segment_ids", [int(v) for v in self.segment_ids])
+        put("lower_bounds", [float(v) for v in self.lower_bounds])
+        put("selection", [dict(row) for row in self.selection])
+        put("summary", {str(k): str(v) for k, v in self.summary.items()})
+        for name in ("scaler_mean", "scaler_scale", "X_original", "X_model", "weights", "means",
+                     "covariances", "max_probability"):
+            put(name, np.asarray(getattr(self, name), dtype=np.float64))
+        labels = np.asarray(self.labels)
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            if not np.all(np.equal(np.mod(labels, 1), 0)):
+                raise ValueError("ReportData.labels: component indices must be whole numbers")
+        put("labels", labels.astype(np.int64))
+        self._check()
+
+    def _check(self) -> None:
+        d = len(self.feature_names)
+        k = len(self.segment_ids)
+        n = self.X_original.shape[0] if self.X_original.ndim == 2 else -1
+
+        def fail(what: str, rule: str) -> None:
+            raise ValueError(f"ReportData.{what}: {rule}")
+
+        if d < 1:
+            fail("feature_names", "at least one feature is required")
+        if k < 1:
+            fail("segment_ids", "at least one segment is required")
+        if len(set(self.segment_ids)) != k:
+            fail("segment_ids", f"ids must be unique, got {self.segment_ids}")
+        for name in ("feature_units", "feature_transforms"):
+            if len(getattr(self, name)) != d:
+                got = len(getattr(self, name))
+                fail(name, f"expected {d} entries (one per feature), got {got}")
+        for j, t in enumerate(self.feature_transforms):
+            if t not in TRANSFORMS:
+                fail("feature_transforms", f"entry {j} is {t!r}, expected one of {TRANSFORMS}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            fail("covariance_type", f"{self.covariance_type!r} is not one of {COVARIANCE_TYPES}")
+        if self.criterion not in CRITERIA:
+            fail("criterion", f"{self.criterion!r} is not one of {CRITERIA}")
+        shapes = {
+            "scaler_mean": (d,), "scaler_scale": (d,), "X_model": (n, d), "weights": (k,),
+            "means": (k, d), "covariances": (k, d, d), "labels": (n,), "max_probability": (n,),
+        }
+        if self.X_original.ndim != 2 or self.X_original.shape[1] != d:
+            fail("X_original", f"expected shape (n_customers, {d}), got {self.X_original.shape}")
+        if n < 1:
+            fail("X_original", "at least one customer is required")
+        for name, shape in shapes.items():
+            got = getattr(self, name).shape
+            if got != shape:
+                fail(name, f"expected shape {shape}, got {got}")
+        for name in ("scaler_mean", "scaler_scale", "X_original", "X_model", "weights", "means",
+                     "covariances", "max_probability"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                fail(name, "contains NaN or infinite values")
+        if np.any(self.scaler_scale <= 0):
+            fail("scaler_scale", "every scale must be > 0")
+        if np.any(self.weights < 0) or not np.isclose(self.weights.sum(), 1.0, atol=1e-6):
+            fail("weights", f"must be non-negative and sum to 1, sum is {self.weights.sum():.6g}")
+        if self.labels.min() < 0 or self.labels.max() >= k:
+            fail("labels", f"component indices must lie in 0..{k - 1}")
+        if np.any(self.max_probability < 0) or np.any(self.max_probability > 1 + 1e-9):
+            fail("max_probability", "probabilities must lie in [0, 1]")
+        diagonals = np.diagonal(self.covariances, axis1=1, axis2=2)
+        if np.any(diagonals <= 0):
+            fail("covariances", "every variance (diagonal entry) must be > 0")
+
+    @property
+    def n_features(self) -> int:
+        """Number of features (columns of X)."""
+        return len(self.feature_names)
+
+    @property
+    def n_segments(self) -> int:
+        """Number of segments (mixture components)."""
+        return len(self.segment_ids)

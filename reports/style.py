@@ -1,0 +1,62 @@
+"""Shared look of the report figures: segment colours, covariance-type styles and safe labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+
+# Fixed per covariance type so the criteria panels read the same in every run.
+COVARIANCE_STYLES = {
+    "full": {"color": "#1b9e77", "marker": "o"},
+    "tied": {"color": "#d95f02", "marker": "s"},
+    "diag": {"color": "#7570b3", "marker": "^"},
+    "spherical": {"color": "#e7298a", "marker": "D"},
+}
+_FALLBACK_STYLE = {"color": "#666666", "marker": "v"}
+
+
+def covariance_style(covariance_type: str) -> dict[str, str]:
+    """Colour and marker of one covariance type in the criteria figure."""
+    return COVARIANCE_STYLES.get(covariance_type, _FALLBACK_STYLE)
+
+
+def segment_colors(segment_ids: Sequence[int]) -> dict[int, tuple[float, float, float, float]]:
+    """Colour of each segment id, the same in every figure of a report.
+
+    Colours follow the sorted order of the ids, so a report always uses the first colours of the
+    palette; tab10 for up to 10 segments, tab20 beyond that, cycling past 20.
+    """
+    ordered = sorted(int(s) for s in segment_ids)
+    palette = matplotlib.colormaps["tab10" if len(ordered) <= 10 else "tab20"]
+    return {s: palette(i % palette.N) for i, s in enumerate(ordered)}
+
+
+def plain(text: str) -> str:
+    """Text shown literally by matplotlib: a '$' in a name must not start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def feature_axis_label(name: str, unit: str, transform: str) -> str:
+    """Axis label of a feature before standardisation, e.g. 'log(1 + monetary) [GBP]'."""
+    shown = f"log(1 + {name})" if transform == "log1p" else name
+    return plain(f"{shown} [{unit}]" if unit else shown)
+
+
+def original_axis_label(name: str, unit: str) -> str:
+    """Axis label of a feature in original units, e.g. 'monetary [GBP]'."""
+    return plain(f"{name} [{unit}]" if unit else name)
+
+
+def nice_ticks(low: float, high: float) -> np.ndarray:
+    """1-2-5 ticks between low and high (original units of a log1p axis, low >= 0)."""
+    low, high = max(low, 0.0), max(high, 0.0)
+    if high <= 0:
+        return np.array([0.0])
+    decades = 10.0 ** np.arange(-3, int(np.ceil(np.log10(high))) + 1)
+    candidates = np.concatenate([[0.0], np.outer(decades, [1.0, 2.0, 5.0]).ravel()])
+    ticks = candidates[(candidates >= low) & (candidates <= high)]
+    # Keep at most ~7 labels so they do not collide on the compressed high end.
+    step = int(np.ceil(len(ticks) / 7)) if len(ticks) > 7 else 1
+    return ticks[::-1][::step][::-1]

@@ -1,0 +1,426 @@
+"""Tests of the report layer: figure contents, PNG files and the escaped index.html."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import matplotlib
+import matplotlib.image
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Ellipse, Rectangle
+
+from reports import ReportData, figure_files, render_report
+from reports import figures
+from reports.profiles import segment_profiles
+from reports.style import segment_colors
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DPI = 40
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def _truth_covariances(rng: np.random.Generator, covariance_type: str, k: int,
+                       d: int) -> np.ndarray:
+    """Full (k, d, d) matrices with the structure of the covariance type."""
+    if covariance_type == "full":
+        A = rng.normal(scale=0.3, size=(k, d, d))
+        return A @ A.transpose(0, 2, 1) + 0.05 * np.eye(d)
+    if covariance_type == "tied":
+        A = rng.normal(scale=0.3, size=(d, d))
+        return np.repeat((A @ A.T + 0.05 * np.eye(d))[None], k, axis=0)
+    if covariance_type == "diag":
+        return np.stack([np.diag(v) for v in rng.uniform(0.05, 0.3, size=(k, d))])
+    return np.stack([s * np.eye(d) for s in rng.uniform(0.05, 0.3, size=k)])
+
+
+def _selection_rows(k_true: int, covariance_type: str) -> list[dict]:
+    rows = []
+    for cov in COVARIANCE_TYPES:
+        for k in range(1, 5):
+            value = 1000.0 + 40.0 * (k - k_true) ** 2 + 10.0 * COVARIANCE_TYPES.index(cov)
+            status = "ok"
+            if (cov, k) == ("full", 4):
+                status = "degenerate"
+            if (cov, k) == ("spherical", 4):
+                status = "failed"
+                value = math.nan
+            rows.append({
+                "n_components": k, "covariance_type": cov, "n_parameters": 3 * k,
+                "bic": value, "aic": value - 25.0, "icl": value + 15.0 if k > 1 else value,
+                "status": status, "reason": "" if status == "ok" else "a component collapsed",
+                "selected": (cov, k) == (covariance_type, k_true),
+            })
+    return rows
+
+
+def make_report_data(d: int, covariance_type: str = "full", *, n: int = 240, k: int = 3,
+                     seed: int = 0, segment_ids: list[int] | None = None,
+                     feature_names: list[str] | None = None,
+                     feature_units: list[str] | None = None,
+                     summary: dict[str, str] | None = None) -> ReportData:
+    """ReportData built from generated blobs and their true parameters (no model fit)."""
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(k, 5.0))
+    means = rng.normal(scale=2.0, size=(k, d))
+    covariances = _truth_covariances(rng, covariance_type, k, d)
+    labels = rng.choice(k, size=n, p=weights)
+    chol = np.linalg.cholesky(covariances)
+    X_model = means[labels] + np.einsum("nij,nj->ni", chol[labels], rng.normal(size=(n, d)))
+
+    # Posterior probabilities from the true parameters, as the engine would report them.
+    log_density = np.empty((n, k))
+    for c in range(k):
+        diff = np.linalg.solve(chol[c], (X_model - means[c]).T)
+        log_det = 2.0 * np.log(np.diag(chol[c])).sum()
+        log_density[:, c] = (np.log(weights[c]) - 0.5 * (diff ** 2).sum(axis=0)
+                             - 0.5 * log_det - 0.5 * d * np.log(2 * np.pi))
+    posterior = np.exp(log_density - log_density.max(axis=1, keepdims=True))
+    posterior /= posterior.sum(axis=1, keepdims=True)
+
+    transforms = ["none" if j % 2 == 0 else "log1p" for j in range(d)]
+    scaler_mean = np.array([30.0 if t == "none" else 5.0 for t in transforms])
+    scaler_scale = np.array([10.0 if t == "none" else 0.8 for t in transforms])
+    transformed = X_model * scaler_scale + scaler_mean
+    X_original = np.where(np.array(transforms) == "log1p", np.expm1(transformed), transformed)
+    return ReportData(
+        run_id="run-7",
+        title="Customer segments, run 7",
+        feature_names=feature_names or [f"feature_{chr(97 + j)}" for j in range(d)],
+        feature_units=feature_units or ["days" if t == "none" else "GBP" for t in transforms],
+        feature_transforms=transforms,
+        scaler_mean=scaler_mean,
+        scaler_scale=scaler_scale,
+        X_original=X_original,
+        X_model=X_model,
+        covariance_type=covariance_type,
+        weights=weights,
+        means=means,
+        covariances=covariances,
+        segment_ids=segment_ids or list(range(1, k + 1)),
+        labels=posterior.argmax(axis=1),
+        max_probability=posterior.max(axis=1),
+        lower_bounds=list(-3.0 + 0.5 * (1 - np.exp(-np.arange(1, 13) / 3.0))),
+        selection=_selection_rows(k, covariance_type),
+        criterion="bic",
+        summary=summary or {"run id": "run-7", "customers": str(n)},
+    )
+
+
+def _read_png(path) -> np.ndarray:
+    raw = path.read_bytes()
+    assert raw[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    return matplotlib.image.imread(path)
+
+
+# --------------------------------------------------------------------------- whole report
+# Rendering costs ~2 s per report, so d = 1, 2, 4 and the four covariance types share four cases;
+# the segments tests below draw all four covariance types without saving.
+@pytest.mark.parametrize(("d", "covariance_type"),
+                         [(1, "spherical"), (2, "diag"), (4, "full"), (4, "tied")])
+def test_render_report_writes_every_png_and_links_them(tmp_path, d, covariance_type):
+    data = make_report_data(d, covariance_type, seed=d)
+    out = tmp_path / "report"
+    figures_before = plt.get_fignums()
+
+    index = render_report(data, out, dpi=DPI)
+
+    assert index == out / "index.html"
+    expected = figure_files(d)
+    assert len(expected) == 6 + d
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected + ["index.html"])
+    for name in expected:
+        image = _read_png(out / name)
+        height, width = image.shape[:2]
+        # Every figure is between 3 and 16 inches wide and 1.5 and 12 inches high.
+        assert 3 * DPI <= width <= 16 * DPI, (name, width)
+        assert 1.5 * DPI <= height <= 12 * DPI, (name, height)
+        assert image[..., :3].std() > 0.01, f"{name} is blank"
+    page = index.read_text(encoding="utf-8")
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sorted(sources) == sorted(expected)
+    assert "http://" not in page and "https://" not in page
+    assert plt.get_fignums() == figures_before
+
+
+def test_index_html_escapes_hostile_names_and_summary(tmp_path):
+    hostile = "<script>alert(1)</script>"
+    data = make_report_data(
+        2, "diag", feature_names=[hostile, "price $ paid"], feature_units=["days", "$"],
+        summary={"input": 'orders & <returns> "2011"', "note": '&<>"'})
+
+    page = render_report(data, tmp_path, dpi=DPI).read_text(encoding="utf-8")
+
+    assert hostile not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&amp;&lt;&gt;&quot;" in page
+    assert "orders &amp; &lt;returns&gt; &quot;2011&quot;" in page
+    assert "<script" not in page.lower()
+    # File names never carry a feature name.
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(figure_files(2))
+
+
+def test_render_report_handles_an_empty_segment_and_missing_history(tmp_path):
+    data = make_report_data(3, "full")
+    nobody_in_third = np.where(data.labels == 2, 0, data.labels)
+    data = ReportData(**{**data.__dict__, "labels": nobody_in_third, "lower_bounds": [],
+                         "selection": []})
+
+    page = render_report(data, tmp_path, dpi=DPI).read_text(encoding="utf-8")
+
+    for name in figure_files(3):
+        assert _read_png(tmp_path / name).size > 0
+    assert "No model-selection table was recorded." in page
+    assert "<td class=\"text\">3</td><td>0</td><td>0.0%</td>" in page
+    profiles = segment_profiles(data.X_original, data.labels, data.segment_ids)
+    fig = figures.profiles_figure(profiles, data.feature_names, data.feature_units)
+    assert "no\ncustomers" in _texts(fig)
+
+
+def test_render_report_rejects_anything_but_report_data(tmp_path):
+    with pytest.raises(TypeError, match="ReportData"):
+        render_report({"run_id": "x"}, tmp_path)
+
+
+# --------------------------------------------------------------------------- ReportData checks
+def test_report_data_names_the_field_with_a_wrong_shape():
+    good = make_report_data(2, "full")
+    with pytest.raises(ValueError, match=r"ReportData\.means: expected shape \(3, 2\)"):
+        ReportData(**{**good.__dict__, "means": good.means[:, :1]})
+    with pytest.raises(ValueError, match=r"ReportData\.labels: component indices must lie in 0"):
+        ReportData(**{**good.__dict__, "labels": np.full(len(good.labels), 3)})
+    with pytest.raises(ValueError, match=r"ReportData\.weights: must be non-negative and sum to 1"):
+        ReportData(**{**good.__dict__, "weights": good.weights * 2})
+    with pytest.raises(ValueError, match=r"ReportData\.feature_transforms: entry 1 is 'log'"):
+        ReportData(**{**good.__dict__, "feature_transforms": ["none", "log"]})
+
+
+# --------------------------------------------------------------------------- single figures
+def _texts(fig: Figure) -> str:
+    return " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+
+
+def test_criteria_figure_draws_one_line_per_covariance_type_and_marks_the_choice():
+    rows = _selection_rows(3, "tied")
+    fig = figures.criteria_figure(rows, "aic")
+
+    assert isinstance(fig, Figure)
+    assert [ax.get_title() for ax in fig.axes] == ["BIC", "AIC (used for the choice)", "ICL"]
+    for ax, name in zip(fig.axes, ("bic", "aic", "icl")):
+        assert len(ax.lines) == len(COVARIANCE_TYPES)
+        assert ax.get_xlabel() == "number of segments k"
+        assert ax.get_ylabel() == f"{name.upper()} (lower is better)"
+        by_type = {line.get_label(): line for line in ax.lines}
+        # Lines hold accepted candidates only: degenerate full k=4 and failed spherical k=4 are off.
+        assert list(by_type["full"].get_xdata()) == [1, 2, 3]
+        assert list(by_type["spherical"].get_xdata()) == [1, 2, 3]
+        assert list(by_type["tied"].get_xdata()) == [1, 2, 3, 4]
+        points = np.concatenate([c.get_offsets() for c in ax.collections])
+        chosen = next(r for r in rows if r["selected"])
+        assert [3, chosen[name]] in points.tolist()
+        degenerate = next(r for r in rows if r["status"] == "degenerate")
+        assert [4, degenerate[name]] in points.tolist()
+    assert "lower is better" in fig.get_suptitle()
+    assert "chosen: k=3, tied" in _texts(fig)
+
+
+def test_criteria_figure_accepts_none_values_and_an_empty_table():
+    rows = _selection_rows(2, "full")
+    rows[0]["icl"] = None
+    fig = figures.criteria_figure(rows, "bic")
+    assert list(fig.axes[2].lines[0].get_xdata()) == [2, 3]
+    empty = figures.criteria_figure([], "bic")
+    assert "no model-selection table" in _texts(empty)
+
+
+def test_principal_axes_match_scikit_learn_pca():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 4)) @ rng.normal(size=(4, 4))
+    centre, W, explained = figures.principal_axes(X)
+    reference = PCA(n_components=2).fit(X)
+
+    np.testing.assert_allclose(centre, reference.mean_)
+    np.testing.assert_allclose(explained, reference.explained_variance_ratio_, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(W.T @ reference.components_.T), np.eye(2), atol=1e-8)
+    assert np.all(W[np.argmax(np.abs(W), axis=0), [0, 1]] > 0)
+    centre_flipped, W_flipped, _ = figures.principal_axes(X * np.array([1, -1, 1, 1]))
+    assert np.all(W_flipped[np.argmax(np.abs(W_flipped), axis=0), [0, 1]] > 0)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_segments_figure_projects_means_and_covariances_with_pca(covariance_type):
+    data = make_report_data(4, covariance_type, seed=5)
+    fig = figures.segments_figure(data.X_model, data.means, data.covariances, data.labels,
+                                  data.segment_ids, data.feature_names, max_points=100)
+
+    (ax,) = fig.axes
+    assert ax.get_xlabel().startswith("PC1 (") and "% of variance" in ax.get_xlabel()
+    assert ax.get_ylabel().startswith("PC2 (")
+    assert "principal components" in ax.get_title()
+    assert "100 of 240 customers shown" in ax.get_title()
+    ellipses = [p for p in ax.patches if isinstance(p, Ellipse)]
+    assert len(ellipses) == 2 * data.n_segments
+    centre, W, _ = figures.principal_axes(data.X_model)
+    for c in range(data.n_segments):
+        projected = W.T @ data.covariances[c] @ W
+        one_sigma = ellipses[2 * c]
+        np.testing.assert_allclose(one_sigma.center, (data.means[c] - centre) @ W)
+        np.testing.assert_allclose(sorted([one_sigma.width, one_sigma.height]),
+                                   2 * np.sqrt(np.linalg.eigvalsh(projected)), rtol=1e-9)
+        np.testing.assert_allclose(ellipses[2 * c + 1].width, 2 * one_sigma.width)
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == \
+        ["segment 1", "segment 2", "segment 3"]
+
+
+def test_segments_figure_uses_feature_names_for_two_features_and_strips_for_one():
+    two = make_report_data(2, "tied")
+    fig = figures.segments_figure(two.X_model, two.means, two.covariances, two.labels,
+                                  two.segment_ids, ["recency_days", "monetary"])
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("recency_days (standardised)",
+                                                  "monetary (standardised)")
+    ellipses = [p for p in ax.patches if isinstance(p, Ellipse)]
+    np.testing.assert_allclose(ellipses[0].center, two.means[0])
+
+    one = make_report_data(1, "spherical", segment_ids=[7, 2, 5])
+    fig = figures.segments_figure(one.X_model, one.means, one.covariances, one.labels,
+                                  one.segment_ids, ["recency_days"])
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "recency_days (standardised)"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["segment 2", "segment 5", "segment 7"]
+
+
+def test_feature_density_figure_maps_the_marginal_density_to_the_transformed_space():
+    rng = np.random.default_rng(1)
+    x_model = rng.normal(0.5, 2.0, size=5000)
+    fig = figures.feature_density_figure(
+        x_model, weights=np.array([1.0]), component_means=np.array([0.5]),
+        component_variances=np.array([4.0]), scaler_mean=6.0, scaler_scale=0.5,
+        segment_ids=[1], name="monetary", unit="GBP", transform="log1p")
+
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "log(1 + monetary) [GBP]"
+    assert "monetary" in ax.get_title()
+    assert len(ax.lines) == 2
+    total = ax.lines[-1]
+    x, y = total.get_xdata(), total.get_ydata()
+    # N(0.5, 4) in model space is N(0.5 * 0.5 + 6, (2 * 0.5)^2) before standardisation.
+    assert x[np.argmax(y)] == pytest.approx(6.25, abs=0.02)
+    assert y.max() == pytest.approx(1.0 / math.sqrt(2.0 * math.pi), rel=1e-3)
+    (top,) = ax.child_axes
+    assert top.get_xlabel() == "monetary [GBP]"
+
+
+def test_dollar_signs_in_names_are_shown_literally_not_as_mathtext():
+    fig = figures.feature_density_figure(
+        np.linspace(-2, 2, 200), weights=np.array([1.0]), component_means=np.array([0.0]),
+        component_variances=np.array([1.0]), scaler_mean=3.0, scaler_scale=1.0,
+        segment_ids=[1], name="price $ paid", unit="$", transform="log1p")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == r"log(1 + price \$ paid) [\$]"
+    assert ax.child_axes[0].get_xlabel() == r"price \$ paid [\$]"
+    FigureCanvasAgg(fig).draw()  # unescaped, mathtext would swallow the text between the dollars
+
+
+def test_feature_density_figure_draws_weighted_components_that_sum_to_the_mixture():
+    data = make_report_data(2, "full", seed=2)
+    fig = figures.feature_density_figure(
+        data.X_model[:, 0], weights=data.weights, component_means=data.means[:, 0],
+        component_variances=data.covariances[:, 0, 0], scaler_mean=30.0, scaler_scale=10.0,
+        segment_ids=data.segment_ids, name="recency_days", unit="days", transform="none")
+
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "recency_days [days]"
+    assert ax.child_axes == []
+    assert len(ax.lines) == data.n_segments + 1
+    components = np.array([line.get_ydata() for line in ax.lines[:-1]])
+    np.testing.assert_allclose(components.sum(axis=0), ax.lines[-1].get_ydata())
+    # The histogram is a density: its area is the share of customers inside the shown range.
+    (histogram,) = ax.patches
+    heights, edges, _baseline = histogram.get_data()
+    assert np.sum(heights * np.diff(edges)) == pytest.approx(1.0, abs=0.01)
+
+
+def test_histogram_edges_give_each_discrete_value_its_own_bin():
+    invoices = np.log1p(np.repeat([1, 2, 3, 4, 5, 8, 13], [50, 20, 10, 6, 4, 2, 1]))
+    edges = figures.histogram_edges(invoices, invoices.min(), invoices.max(), bins=60)
+    counts, _ = np.histogram(invoices, bins=edges)
+    assert np.all(np.diff(edges) > 0)
+    assert list(counts[counts > 0]) == [50, 20, 10, 6, 4, 2, 1]
+    continuous = np.random.default_rng(0).normal(size=5000)
+    edges = figures.histogram_edges(continuous, -2.0, 2.0, bins=40)
+    np.testing.assert_allclose(edges, np.linspace(-2.0, 2.0, 41))
+
+
+def test_membership_figure_annotates_the_share_below_the_threshold():
+    p = np.array([0.45, 0.6, 0.85, 0.95, 0.99, 1.0, 1.0, 0.5])
+    labels = np.array([0, 0, 1, 1, 1, 0, 1, 1])
+    fig = figures.membership_figure(p, labels, [1, 2])
+
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0.0, 1.0)
+    assert "50.0% of customers\nbelow 0.9" in _texts(fig)
+    assert [line.get_xdata()[0] for line in ax.lines] == [0.9]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["segment 1 (67% below 0.9)", "segment 2 (40% below 0.9)"]
+    assert ax.get_xlabel().startswith("probability of the assigned segment")
+    assert ax.get_ylabel() == "customers"
+
+
+def test_sizes_and_profiles_figures_show_the_grouped_data():
+    data = make_report_data(4, "diag", segment_ids=[3, 1, 2], seed=4)
+    profiles = segment_profiles(data.X_original, data.labels, data.segment_ids)
+
+    sizes = figures.sizes_figure(profiles.counts, data.segment_ids)
+    ax = sizes.axes[0]
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    counts_by_id = {s: int(np.sum(data.labels == c)) for c, s in enumerate(data.segment_ids)}
+    assert [b.get_height() for b in bars] == [counts_by_id[s] for s in (1, 2, 3)]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3"]
+    share = counts_by_id[1] / len(data.labels)
+    assert f"{counts_by_id[1]:,}\n({share:.1%})" in _texts(sizes)
+
+    fig = figures.profiles_figure(profiles, data.feature_names, data.feature_units)
+    assert len(fig.axes) == data.n_features
+    for j, ax in enumerate(fig.axes):
+        assert ax.get_title() == data.feature_names[j]
+        assert ax.get_ylabel() == f"{data.feature_names[j]} [{data.feature_units[j]}]"
+        heights = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
+        expected = [np.median(data.X_original[data.labels == data.segment_ids.index(s), j])
+                    for s in (1, 2, 3)]
+        np.testing.assert_allclose(heights, expected)
+
+
+def test_log_likelihood_figure_plots_every_iteration():
+    bounds = [-3.0, -2.5, -2.3, -2.29]
+    fig = figures.log_likelihood_figure(bounds)
+    (ax,) = fig.axes
+    (line,) = ax.lines
+    assert list(line.get_xdata()) == [1, 2, 3, 4]
+    assert list(line.get_ydata()) == bounds
+    assert ax.get_xlabel() == "EM iteration"
+    assert "log-likelihood" in ax.get_ylabel() and "log-likelihood" in ax.get_title()
+    assert "no EM iterations recorded" in _texts(figures.log_likelihood_figure([]))
+
+
+def test_each_segment_keeps_its_colour_across_figures():
+    data = make_report_data(2, "full", segment_ids=[3, 1, 2])
+    colors = segment_colors(data.segment_ids)
+    sizes = figures.sizes_figure(np.bincount(data.labels, minlength=3), data.segment_ids)
+    bar_colors = [p.get_facecolor() for p in sizes.axes[0].patches]
+    assert bar_colors == [colors[s] for s in (1, 2, 3)]
+    density = figures.feature_density_figure(
+        data.X_model[:, 0], weights=data.weights, component_means=data.means[:, 0],
+        component_variances=data.covariances[:, 0, 0], scaler_mean=0.0, scaler_scale=1.0,
+        segment_ids=data.segment_ids, name="x", unit="", transform="none")
+    line_colors = {line.get_label(): matplotlib.colors.to_rgba(line.get_color())
+                   for line in density.axes[0].lines}
+    for c, s in enumerate(data.segment_ids):
+        assert line_colors[f"segment {s} (weight {data.weights[c]:.2f})"] == colors[s]
+    assert len(set(colors.values())) == 3
