@@ -1,0 +1,129 @@
+"""Pipeline benchmark: per-stage seconds and peak memory of the full flow on two workloads.
+
+    python benchmarks/pipeline.py                  # both workloads
+    python benchmarks/pipeline.py --only retail    # the full Online Retail log (541,909 lines)
+    python benchmarks/pipeline.py --only million   # 1,000,000 generated customers x 4 features
+
+Each workload runs in a fresh Python process exactly as ``segment run`` does (Prefect's temporary
+local server included), so "total" is what a user waits for, start-up and imports included. Peak
+memory is the flow process's peak resident set size after each stage (the Prefect server runs in a
+separate process and is reported on its own). Targets on a 2-core machine: Online Retail end to end
+within 30 s; 1,000,000 customers (k = 1..10, all four covariance types) within 3 minutes and 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("load", "validate", "features", "select", "fit", "write", "report")
+
+_CHILD = r"""
+import json, os, resource, sys, time
+t0 = time.perf_counter()
+from flows.pipeline import segment_customers
+params = json.loads(sys.argv[1])
+summary = segment_customers(**params, trigger="manual")
+summary["total_seconds"] = time.perf_counter() - t0
+summary["server_peak_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print("BENCHMARK " + json.dumps(summary, default=str))
+"""
+
+
+def make_million(path: Path, n_customers: int, seed: int = 0) -> None:
+    """Write ``n_customers`` customers drawn from 5 Gaussian segments in 4 features to Parquet (via DuckDB)."""
+    import duckdb
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 4.0, size=(5, 4))
+    labels = rng.choice(5, size=n_customers, p=[0.35, 0.25, 0.2, 0.15, 0.05])
+    X = centres[labels] + rng.standard_normal((n_customers, 4)) * rng.uniform(0.5, 1.5, size=(5, 4))[labels]
+    frame = pd.DataFrame(X, columns=["f1", "f2", "f3", "f4"])
+    frame.insert(0, "customer_id", np.char.add("C", np.arange(n_customers).astype(str)).astype(object))
+    con = duckdb.connect()
+    con.register("customers", frame)
+    con.execute("COPY customers TO ? (FORMAT parquet)", [str(path)])
+    con.close()
+
+
+def run_flow(params: dict) -> dict:
+    """Run the flow in a fresh process; return its summary plus total seconds."""
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(params)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - start
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCHMARK ")), None)
+    if proc.returncode != 0 or line is None:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"benchmark run failed (exit {proc.returncode})")
+    summary = json.loads(line[len("BENCHMARK "):])
+    summary["wall_seconds"] = wall
+    summary["flow_peak_mb"] = max(summary["stage_peak_mb"].values())
+    return summary
+
+
+def print_table(title: str, summary: dict, target_seconds: float, target_mb: float | None) -> None:
+    print(f"\n{title}")
+    print(f"  chosen: {summary['n_components']} segments, {summary['covariance_type']} covariance; "
+          f"{summary['customers']:,} customers from {summary['rows_loaded']:,} rows")
+    print(f"  {'stage':<10}{'seconds':>10}{'peak MiB':>12}")
+    for stage in STAGES:
+        print(f"  {stage:<10}{summary['stage_seconds'].get(stage, float('nan')):>10.2f}"
+              f"{summary['stage_peak_mb'].get(stage, float('nan')):>12.0f}")
+    overhead = summary["wall_seconds"] - sum(summary["stage_seconds"].values())
+    print(f"  {'other':<10}{overhead:>10.2f}   (interpreter, imports, Prefect start-up and shutdown)")
+    verdict = "ok" if summary["wall_seconds"] <= target_seconds else "OVER TARGET"
+    print(f"  {'total':<10}{summary['wall_seconds']:>10.2f}{summary['flow_peak_mb']:>12.0f}   "
+          f"target {target_seconds:.0f} s: {verdict}")
+    if target_mb is not None:
+        verdict = "ok" if summary["flow_peak_mb"] <= target_mb else "OVER TARGET"
+        print(f"  peak memory {summary['flow_peak_mb']:.0f} MiB (flow process), target {target_mb:.0f} MiB: {verdict}")
+    print(f"  Prefect server process peak: {summary['server_peak_mb']:.0f} MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["retail", "million"])
+    parser.add_argument("--customers", type=int, default=1_000_000, help="size of the generated table")
+    args = parser.parse_args(argv)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="segment-bench-") as tmp:
+        tmp_path = Path(tmp)
+        if args.only in (None, "retail"):
+            summary = run_flow({
+                "database": str(tmp_path / "retail.duckdb"),
+                "reports_dir": str(tmp_path / "reports"),
+            })
+            print_table("Online Retail, full log (defaults: k = 1..8, 4 covariance types, n_init = 3)",
+                        summary, 30, None)
+        if args.only in (None, "million"):
+            data = tmp_path / "customers.parquet"
+            t = time.perf_counter()
+            make_million(data, args.customers)
+            print(f"\n(generated {args.customers:,} customers in {time.perf_counter() - t:.1f} s, not counted)")
+            summary = run_flow({
+                "input_path": str(data), "input_kind": "customers", "columns": {"customer_id": "customer_id"},
+                "features": ["f1", "f2", "f3", "f4"], "k_min": 1, "k_max": 10,
+                "database": str(tmp_path / "million.duckdb"), "reports_dir": str(tmp_path / "reports"),
+            })
+            print_table(f"{args.customers:,} customers x 4 features (k = 1..10, 4 covariance types, n_init = 3, "
+                        "max_samples = 200,000)", summary, 180, 4096)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Run configuration: a TOML file, flow parameters and CLI options merged into one validated Settings."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: The embedded UCI Online Retail sample shipped in data/ (used when no input is configured).
+SAMPLE_PATH = Path(__file__).resolve().parent.parent / "data" / "online_retail.csv.gz"
+
+#: Column mapping of the embedded sample: canonical name -> column in the file.
+ONLINE_RETAIL_COLUMNS = {
+    "customer_id": "CustomerID",
+    "invoice_id": "InvoiceNo",
+    "timestamp": "InvoiceDate",
+    "quantity": "Quantity",
+    "unit_price": "UnitPrice",
+}
+
+RFM_FEATURES = ("recency_days", "frequency", "monetary")
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+InputKind = Literal["transactions", "customers"]
+Transform = Literal["log1p", "none"]
+CovarianceType = Literal["full", "tied", "diag", "spherical"]
+Criterion = Literal["bic", "aic", "icl"]
+Trigger = Literal["cli", "manual", "schedule", "test"]
+
+
+class ConfigError(ValueError):
+    """The configuration (file, parameters or options) is invalid; the message says where and why."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors so that a typo in the TOML file does not pass silently.
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSettings(_Section):
+    """Where the data comes from and how its columns are called."""
+
+    path: str = str(SAMPLE_PATH)
+    kind: InputKind = "transactions"
+    table: str | None = None
+    query: str | None = None
+    columns: dict[str, str] = Field(default_factory=lambda: dict(ONLINE_RETAIL_COLUMNS))
+
+
+class RuleSettings(_Section):
+    """Data rules: the RFM reference date, cancellations and the reject budget."""
+
+    as_of: date | None = None
+    cancellation_prefix: str = "C"
+    max_reject_share: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class FeatureSettings(_Section):
+    """Which features describe a customer and how they are transformed before the model sees them."""
+
+    columns: list[str] = Field(default_factory=lambda: list(RFM_FEATURES))
+    transforms: dict[str, Transform] = Field(
+        default_factory=lambda: {"recency_days": "none", "frequency": "log1p", "monetary": "log1p"}
+    )
+    units: dict[str, str] = Field(
+        default_factory=lambda: {"recency_days": "days", "frequency": "invoices", "monetary": "GBP"}
+    )
+    standardize: bool = True
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one feature column is needed")
+        if len(set(value)) != len(value):
+            raise ValueError(f"feature columns repeat a name: {value}")
+        return value
+
+
+class ModelSettings(_Section):
+    """The model-selection grid handed to gmm_engine.select_model."""
+
+    k_min: int = Field(1, ge=1)
+    k_max: int = Field(8, ge=1)
+    covariance_types: list[CovarianceType] = Field(default_factory=lambda: list(COVARIANCE_TYPES))
+    criterion: Criterion = "bic"
+    n_init: int = Field(3, ge=1)
+    seed: int = Field(0, ge=0)
+    max_iter: int = Field(200, ge=1)
+    tol: float = Field(1e-3, gt=0)
+    reg_covar: float = Field(1e-6, ge=0)
+    max_samples: int | None = Field(200_000, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> "ModelSettings":
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) is smaller than k_min ({self.k_min})")
+        if not self.covariance_types:
+            raise ValueError("at least one covariance type is needed")
+        return self
+
+
+class OutputSettings(_Section):
+    """Where results go: one DuckDB file and one report folder per run."""
+
+    database: str = "output/segments.duckdb"
+    reports: str = "output/reports"
+
+
+class Settings(_Section):
+    """Everything a run needs; defaults segment the embedded Online Retail sample."""
+
+    input: InputSettings = Field(default_factory=InputSettings)
+    rules: RuleSettings = Field(default_factory=RuleSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        columns = self.input.columns
+        if self.input.kind == "transactions":
+            if not columns:
+                columns.update({name: name for name in ("customer_id", "invoice_id", "timestamp", "quantity", "unit_price")})
+            unknown = [c for c in self.features.columns if c not in RFM_FEATURES]
+            if unknown:
+                raise ValueError(
+                    f"features.columns {unknown} are not RFM features; a transaction log gives {list(RFM_FEATURES)}"
+                )
+            has_amount = "amount" in self.input.columns
+            has_price = {"quantity", "unit_price"} <= set(self.input.columns)
+            if not (has_amount or has_price):
+                raise ValueError(
+                    "input.columns must map 'amount', or both 'quantity' and 'unit_price', for a transaction log"
+                )
+            for needed in ("customer_id", "invoice_id", "timestamp"):
+                if needed not in self.input.columns:
+                    raise ValueError(f"input.columns must map '{needed}' for a transaction log")
+        else:
+            columns.setdefault("customer_id", "customer_id")
+            if "columns" not in self.features.model_fields_set:
+                raise ValueError("features.columns must list the numeric columns of a customer table")
+            if "customer_id" in self.features.columns or columns["customer_id"] in self.features.columns:
+                raise ValueError("the customer id column cannot also be a feature")
+        if self.input.table and self.input.query:
+            raise ValueError("set input.table or input.query, not both")
+        return self
+
+    def transform_of(self, feature: str) -> str:
+        """Transform applied to ``feature`` before standardisation ("log1p" or "none")."""
+        return self.features.transforms.get(feature, "none")
+
+    def unit_of(self, feature: str) -> str:
+        """Display unit of ``feature`` ("" when none is configured)."""
+        return self.features.units.get(feature, "")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``override``; nested dicts merge, other values (and None-free) replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML configuration file into a dict, with a one-line error when it cannot be read."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_settings(config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the run settings: defaults, then the TOML file, then ``overrides`` (flow parameters / CLI options).
+
+    Relative paths inside the TOML file are taken relative to the file's folder, so a config file works
+    from any working directory; relative paths given as overrides are relative to the working directory.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or malformed, or a value is invalid (the message names the key).
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if config_path is not None:
+        source = str(config_path)
+        data = read_toml(config_path)
+        base = Path(config_path).resolve().parent
+        for section, key in (("input", "path"), ("output", "database"), ("output", "reports")):
+            value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                data[section][key] = str(base / value)
+    data = deep_merge(data, overrides or {})
+    given_input = data.get("input") if isinstance(data.get("input"), dict) else {}
+    if given_input.get("path") not in (None, str(SAMPLE_PATH)) and "columns" not in given_input:
+        # A user's own file does not have Online Retail's column names: default to the canonical names.
+        given_input["columns"] = {}
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"{source}: {where}: {first['msg']}") from None
+    return settings

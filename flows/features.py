@@ -1,0 +1,190 @@
+"""Customer features: RFM from a transaction log in DuckDB SQL, and transforms with stored scaler parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from flows.duck import sql_text
+
+TRANSFORMS = ("none", "log1p")
+
+#: What each count of :func:`rfm_table` means, in words for logs and reports.
+RULE_LABELS = {
+    "lines_without_customer": "lines without a customer id (left out)",
+    "lines_after_as_of": "lines on or after the as-of date (left out)",
+    "cancellation_lines": "cancellation/return lines (subtracted from spend, not purchases)",
+    "customers_without_purchase": "customers with only cancellations (left out)",
+}
+
+
+class FeatureError(ValueError):
+    """Features cannot be built (for example no customer is left after the data rules)."""
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-feature transform then standardisation: ``X_model = (transform(X) - mean) / scale``.
+
+    Stored with every run so that a customer can be placed in a segment later exactly as in the run.
+    """
+
+    transforms: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Map features in original units, shape (n, d), to model space."""
+        return (apply_transforms(X, self.transforms) - self.mean) / self.scale
+
+    def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
+        """Map model-space points, shape (n, d), back to original units."""
+        T = np.asarray(Z, dtype=np.float64) * self.scale + self.mean
+        out = T.copy()
+        for j, name in enumerate(self.transforms):
+            if name == "log1p":
+                out[:, j] = np.expm1(T[:, j])
+        return out
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """The customers and their features, ready for the engine.
+
+    Attributes
+    ----------
+    customer_ids : ndarray of shape (n_customers,)
+        Text customer ids, in row order of the matrices.
+    names, units, transforms : list of str
+        Per feature (length d).
+    X_original : ndarray of shape (n_customers, d)
+        Features in original units.
+    X_model : ndarray of shape (n_customers, d)
+        What the model is fitted on (``scaler.transform(X_original)``).
+    scaler : Scaler
+    as_of : date or None
+        Reference date of recency (transaction logs only).
+    counts : dict
+        Rows and customers left out by the data rules, by rule.
+    """
+
+    customer_ids: np.ndarray
+    names: list[str]
+    units: list[str]
+    transforms: list[str]
+    X_original: np.ndarray
+    X_model: np.ndarray
+    scaler: Scaler
+    as_of: date | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_customers(self) -> int:
+        return int(self.X_original.shape[0])
+
+
+def default_as_of(transactions: pd.DataFrame) -> date:
+    """The day after the last transaction: recency is then reproducible for a given file."""
+    if transactions.empty:
+        raise FeatureError("the transaction log has no valid rows")
+    return (pd.Timestamp(transactions["timestamp"].max()).normalize() + timedelta(days=1)).date()
+
+
+def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str = "C") -> tuple[pd.DataFrame, dict[str, int]]:
+    """RFM features per customer, computed in DuckDB SQL (``flows/sql/rfm.sql``, rules documented there).
+
+    Parameters
+    ----------
+    transactions : DataFrame
+        Validated lines with ``customer_id``, ``invoice_id``, ``timestamp`` and either ``amount`` or
+        ``quantity`` and ``unit_price``.
+    as_of : date
+        Recency is counted in days from the last purchase to this date; later lines are left out.
+    cancellation_prefix : str
+        Invoice ids starting with this mark cancellations ("" to rely on negative amounts only).
+
+    Returns
+    -------
+    features : DataFrame
+        Columns ``customer_id``, ``recency_days``, ``frequency``, ``monetary``; sorted by customer id.
+    counts : dict
+        ``lines_without_customer``, ``lines_after_as_of``, ``cancellation_lines``,
+        ``customers_without_purchase``.
+    """
+    lines = transactions[["customer_id", "invoice_id", "timestamp"]].copy()
+    if "amount" in transactions.columns:
+        lines["amount"] = transactions["amount"].to_numpy(dtype=np.float64)
+    else:
+        lines["amount"] = transactions["quantity"].to_numpy(np.float64) * transactions["unit_price"].to_numpy(np.float64)
+    params = {"as_of": as_of, "cancellation_prefix": cancellation_prefix}
+    con = duckdb.connect()
+    try:
+        con.register("transactions", lines)
+        features = con.execute(sql_text("rfm"), params).df()
+        row = con.execute(sql_text("rfm_exclusions"), params).fetchone()
+        names = [d[0] for d in con.description]
+    finally:
+        con.close()
+    counts = {name: int(value or 0) for name, value in zip(names, row)}
+    features["recency_days"] = features["recency_days"].astype(np.float64)
+    features["frequency"] = features["frequency"].astype(np.float64)
+    features["monetary"] = features["monetary"].astype(np.float64)
+    return features, counts
+
+
+def apply_transforms(X: np.ndarray, transforms: Sequence[str]) -> np.ndarray:
+    """Apply each column's transform ("log1p" or "none") to X of shape (n, d); returns a new float64 array."""
+    out = np.array(X, dtype=np.float64, copy=True)
+    for j, name in enumerate(transforms):
+        if name == "log1p":
+            out[:, j] = np.log1p(out[:, j])
+        elif name != "none":
+            raise ValueError(f"unknown transform {name!r}; expected one of {TRANSFORMS}")
+    return out
+
+
+def fit_scaler(X: np.ndarray, transforms: Sequence[str], standardize: bool = True) -> Scaler:
+    """Learn the standardisation of the transformed features (population standard deviation).
+
+    A feature that is constant over all customers keeps scale 1 so the division stays defined.
+    """
+    T = apply_transforms(X, transforms)
+    d = T.shape[1]
+    if not standardize:
+        return Scaler(tuple(transforms), np.zeros(d), np.ones(d))
+    mean = T.mean(axis=0)
+    scale = T.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    return Scaler(tuple(transforms), mean, scale)
+
+
+def build_feature_matrix(
+    table: pd.DataFrame,
+    names: Sequence[str],
+    units: Sequence[str],
+    transforms: Sequence[str],
+    standardize: bool = True,
+    as_of: date | None = None,
+    counts: dict[str, int] | None = None,
+) -> FeatureMatrix:
+    """Turn a per-customer table (``customer_id`` + feature columns) into the engine's inputs."""
+    if table.empty:
+        raise FeatureError("no customer is left to segment after validation and the data rules")
+    X = table[list(names)].to_numpy(dtype=np.float64)
+    scaler = fit_scaler(X, transforms, standardize)
+    return FeatureMatrix(
+        customer_ids=table["customer_id"].astype(str).to_numpy(dtype=object),
+        names=list(names),
+        units=list(units),
+        transforms=list(transforms),
+        X_original=X,
+        X_model=np.ascontiguousarray(scaler.transform(X)),
+        scaler=scaler,
+        as_of=as_of,
+        counts=dict(counts or {}),
+    )

@@ -1,0 +1,161 @@
+"""From a fitted mixture to segments: memberships, outlier scores and per-segment profiles in original units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from flows.features import FeatureMatrix
+
+
+def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
+    """Expand an engine covariance array of any type to full matrices of shape (k, d, d).
+
+    Shapes in: full (k, d, d), tied (d, d), diag (k, d), spherical (k,).
+    """
+    cov = np.asarray(covariances, dtype=np.float64)
+    if covariance_type == "full":
+        return cov.reshape(n_components, n_features, n_features).copy()
+    if covariance_type == "tied":
+        return np.broadcast_to(cov, (n_components, n_features, n_features)).copy()
+    if covariance_type == "diag":
+        out = np.zeros((n_components, n_features, n_features))
+        idx = np.arange(n_features)
+        out[:, idx, idx] = cov
+        return out
+    if covariance_type == "spherical":
+        return cov[:, None, None] * np.eye(n_features)[None, :, :]
+    raise ValueError(f"unknown covariance_type {covariance_type!r}")
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """The chosen model applied to every customer.
+
+    Attributes
+    ----------
+    segment_ids : ndarray of shape (k,)
+        Displayed id of each component (component index + 1).
+    labels : ndarray of shape (n,)
+        Component index of each customer's most probable segment.
+    probabilities : ndarray of shape (n, k)
+        Membership probabilities.
+    log_density : ndarray of shape (n,)
+        Log-density of each customer under the model (low = unusual customer).
+    weights, means, covariances : ndarrays (k,), (k, d), (k, d, d)
+        Model-space parameters, covariances expanded to full matrices.
+    lower_bounds : list of float
+        Mean log-likelihood per EM iteration of the chosen model.
+    """
+
+    covariance_type: str
+    segment_ids: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+    log_density: np.ndarray
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    lower_bounds: list[float]
+    converged: bool
+    n_iter: int
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def max_probability(self) -> np.ndarray:
+        return self.probabilities[np.arange(self.labels.shape[0]), self.labels]
+
+    @property
+    def customer_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.n_segments).astype(np.int64)
+
+
+def assign_segments(model, X_model: np.ndarray) -> SegmentResult:
+    """Apply a fitted gmm_engine.GaussianMixture to the model-space matrix of all customers."""
+    probabilities = np.asarray(model.predict_proba(X_model), dtype=np.float64)
+    log_density = np.asarray(model.score_samples(X_model), dtype=np.float64)
+    k, d = model.means_.shape
+    labels = probabilities.argmax(axis=1).astype(np.int64)
+    return SegmentResult(
+        covariance_type=model.covariance_type,
+        segment_ids=np.arange(1, k + 1, dtype=np.int64),
+        labels=labels,
+        probabilities=probabilities,
+        log_density=log_density,
+        weights=np.asarray(model.weights_, dtype=np.float64),
+        means=np.asarray(model.means_, dtype=np.float64),
+        covariances=full_covariances(model.covariances_, model.covariance_type, k, d),
+        lower_bounds=[float(v) for v in getattr(model, "lower_bounds_", [model.lower_bound_])],
+        converged=bool(model.converged_),
+        n_iter=int(model.n_iter_),
+    )
+
+
+def segment_table(result: SegmentResult) -> pd.DataFrame:
+    """One row per segment: ``segment_id``, ``weight``, ``customer_count``, ``mean_probability``,
+    and the model-space ``mean`` vector and flattened ``covariance`` (for reproducing assignments)."""
+    counts = result.customer_counts
+    sums = np.bincount(result.labels, weights=result.max_probability, minlength=result.n_segments)
+    mean_probability = np.divide(sums, counts, out=np.full(result.n_segments, np.nan), where=counts > 0)
+    return pd.DataFrame(
+        {
+            "segment_id": result.segment_ids,
+            "weight": result.weights,
+            "customer_count": counts,
+            "mean_probability": mean_probability,
+            "model_mean": [row.tolist() for row in result.means],
+            "model_covariance": [c.ravel().tolist() for c in result.covariances],
+        }
+    )
+
+
+def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataFrame:
+    """Per segment and feature, in original units: membership-weighted mean and standard deviation,
+    the segment centre (model mean mapped back) and a one-standard-deviation band mapped back
+    (``spread_low``/``spread_high``; asymmetric for log1p features)."""
+    R = result.probabilities  # (n, k)
+    X = features.X_original  # (n, d)
+    mass = R.sum(axis=0)  # (k,)
+    safe = np.where(mass > 0, mass, 1.0)[:, None]
+    mean = (R.T @ X) / safe
+    second = (R.T @ (X * X)) / safe
+    std = np.sqrt(np.clip(second - mean * mean, 0.0, None))
+    sd_model = np.sqrt(np.clip(np.diagonal(result.covariances, axis1=1, axis2=2), 0.0, None))  # (k, d)
+    centre = features.scaler.inverse_transform(result.means)
+    low = features.scaler.inverse_transform(result.means - sd_model)
+    high = features.scaler.inverse_transform(result.means + sd_model)
+    k, d = mean.shape
+    return pd.DataFrame(
+        {
+            "segment_id": np.repeat(result.segment_ids, d),
+            "feature_index": np.tile(np.arange(1, d + 1, dtype=np.int64), k),
+            "feature": np.tile(np.array(features.names, dtype=object), k),
+            "unit": np.tile(np.array(features.units, dtype=object), k),
+            "mean": mean.ravel(),
+            "std": std.ravel(),
+            "centre": centre.ravel(),
+            "spread_low": low.ravel(),
+            "spread_high": high.ravel(),
+        }
+    )
+
+
+def assignment_table(result: SegmentResult, customer_ids: np.ndarray) -> pd.DataFrame:
+    """One row per customer: ``customer_id``, ``segment_id``, ``probability``, ``log_density``, then one
+    column ``p_1 .. p_k`` per segment (stored as a list column by the store)."""
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.Series(customer_ids, dtype=object).astype(str),
+            "segment_id": result.segment_ids[result.labels],
+            "probability": result.max_probability,
+            "log_density": result.log_density,
+        }
+    )
+    for j, sid in enumerate(result.segment_ids):
+        frame[f"p_{sid}"] = result.probabilities[:, j]
+    return frame

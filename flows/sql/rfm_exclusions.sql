@@ -1,0 +1,21 @@
+-- Row counts behind the RFM rules (relation `transactions`); parameters as in rfm.sql.
+WITH lines AS (
+    SELECT
+        customer_id,
+        "timestamp" >= CAST($as_of AS TIMESTAMP) AS after_as_of,
+        (starts_with(invoice_id, $cancellation_prefix) AND $cancellation_prefix <> '') OR amount < 0
+            AS is_cancellation
+    FROM transactions
+),
+customers AS (
+    SELECT customer_id, bool_and(is_cancellation) AS only_cancellations
+    FROM lines
+    WHERE customer_id IS NOT NULL AND NOT after_as_of
+    GROUP BY customer_id
+)
+SELECT
+    count(*) FILTER (WHERE customer_id IS NULL) AS lines_without_customer,
+    count(*) FILTER (WHERE customer_id IS NOT NULL AND after_as_of) AS lines_after_as_of,
+    count(*) FILTER (WHERE customer_id IS NOT NULL AND NOT after_as_of AND is_cancellation) AS cancellation_lines,
+    (SELECT count(*) FROM customers WHERE only_cancellations) AS customers_without_purchase
+FROM lines

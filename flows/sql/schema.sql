@@ -1,0 +1,120 @@
+-- Results database: one row per run in `runs`, everything else keyed by run_id.
+-- Idempotent: run at every write so an empty file becomes a results database.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id              BIGINT PRIMARY KEY,   -- 1, 2, 3 ... in start order
+    trigger             VARCHAR NOT NULL,     -- cli | manual | schedule | test
+    status              VARCHAR NOT NULL,     -- running | success | failed
+    failed_stage        VARCHAR,              -- stage that raised, when status = 'failed'
+    error               VARCHAR,              -- one-line error message, when status = 'failed'
+    started_at          TIMESTAMP NOT NULL,   -- UTC
+    finished_at         TIMESTAMP,            -- UTC
+    as_of               DATE,                 -- recency reference date (transaction logs)
+    input               VARCHAR NOT NULL,     -- what was read
+    input_kind          VARCHAR NOT NULL,     -- transactions | customers
+    rows_loaded         BIGINT,
+    rows_rejected       BIGINT,               -- distinct rows with at least one rejected_rows record
+    rows_excluded       JSON,                 -- rows/customers left out by documented data rules, by rule
+    customers           BIGINT,               -- customers segmented
+    features            VARCHAR[],
+    parameters          JSON NOT NULL,        -- the full effective configuration
+    n_components        INTEGER,              -- chosen number of segments
+    covariance_type     VARCHAR,              -- chosen covariance type
+    criterion           VARCHAR,              -- bic | aic | icl (lower is better)
+    bic                 DOUBLE,
+    aic                 DOUBLE,
+    icl                 DOUBLE,
+    log_likelihood      DOUBLE,               -- total log-likelihood of the chosen model on all customers
+    seed                BIGINT,
+    code_version        VARCHAR,
+    report_path         VARCHAR,              -- index.html of the run's report
+    flow_run_id         VARCHAR               -- Prefect flow run id
+);
+
+CREATE TABLE IF NOT EXISTS model_candidates (
+    run_id              BIGINT NOT NULL,
+    n_components        INTEGER NOT NULL,
+    covariance_type     VARCHAR NOT NULL,
+    n_parameters        INTEGER,
+    log_likelihood      DOUBLE,
+    mean_log_likelihood DOUBLE,
+    bic                 DOUBLE,
+    aic                 DOUBLE,
+    icl                 DOUBLE,
+    converged           BOOLEAN,
+    n_iter              INTEGER,
+    seconds             DOUBLE,
+    status              VARCHAR,              -- ok | degenerate | failed
+    reason              VARCHAR,
+    selected            BOOLEAN NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS segments (
+    run_id              BIGINT NOT NULL,
+    segment_id          INTEGER NOT NULL,     -- 1..k
+    weight              DOUBLE NOT NULL,      -- mixture weight (expected share of customers)
+    customer_count      BIGINT NOT NULL,      -- customers whose most probable segment this is
+    mean_probability    DOUBLE,               -- their average membership probability
+    model_mean          DOUBLE[],             -- component mean in model space (standardised features)
+    model_covariance    DOUBLE[]              -- full d x d covariance in model space, row-major
+);
+
+CREATE TABLE IF NOT EXISTS segment_features (
+    run_id              BIGINT NOT NULL,
+    segment_id          INTEGER NOT NULL,
+    feature_index       INTEGER NOT NULL,     -- 1..d, order of runs.features
+    feature             VARCHAR NOT NULL,
+    unit                VARCHAR,
+    mean                DOUBLE,               -- membership-weighted mean, original units
+    std                 DOUBLE,               -- membership-weighted standard deviation, original units
+    centre              DOUBLE,               -- component mean mapped back to original units
+    spread_low          DOUBLE,               -- centre - 1 sd in model space, mapped back
+    spread_high         DOUBLE                -- centre + 1 sd in model space, mapped back
+);
+
+CREATE TABLE IF NOT EXISTS feature_scalers (
+    run_id              BIGINT NOT NULL,
+    feature_index       INTEGER NOT NULL,
+    feature             VARCHAR NOT NULL,
+    unit                VARCHAR,
+    transform           VARCHAR NOT NULL,     -- none | log1p, applied before standardisation
+    scaler_mean         DOUBLE NOT NULL,      -- model value = (transform(x) - scaler_mean) / scaler_scale
+    scaler_scale        DOUBLE NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS assignments (
+    run_id              BIGINT NOT NULL,
+    customer_id         VARCHAR NOT NULL,
+    segment_id          INTEGER NOT NULL,     -- most probable segment
+    probability         DOUBLE NOT NULL,      -- membership probability of that segment
+    probabilities       DOUBLE[] NOT NULL,    -- membership probability of segment 1..k
+    log_density         DOUBLE NOT NULL       -- log-density under the model; low = outlier
+);
+
+CREATE TABLE IF NOT EXISTS rejected_rows (
+    run_id              BIGINT NOT NULL,
+    source              VARCHAR NOT NULL,     -- input file (and table or query)
+    row_number          BIGINT NOT NULL,      -- 1-based data row in the source (header not counted)
+    column_name         VARCHAR NOT NULL,     -- column name as in the source
+    rule                VARCHAR NOT NULL,     -- the Pandera check that failed
+    value               VARCHAR               -- offending value as text (NULL when missing)
+);
+
+CREATE OR REPLACE VIEW latest_run AS
+    SELECT * FROM runs
+    WHERE run_id = (SELECT max(run_id) FROM runs WHERE status = 'success');
+
+CREATE OR REPLACE VIEW current_segments AS
+    SELECT s.run_id, s.segment_id, s.weight, s.customer_count, s.mean_probability,
+           r.n_components, r.covariance_type, r.as_of
+    FROM segments s JOIN latest_run r USING (run_id);
+
+CREATE OR REPLACE VIEW segment_profiles AS
+    SELECT f.run_id, f.segment_id, s.weight, s.customer_count, f.feature_index, f.feature, f.unit,
+           f.mean, f.std, f.centre, f.spread_low, f.spread_high
+    FROM segment_features f
+    JOIN segments s USING (run_id, segment_id)
+    JOIN latest_run r USING (run_id);
+
+CREATE OR REPLACE VIEW current_assignments AS
+    SELECT a.run_id, a.customer_id, a.segment_id, a.probability, a.probabilities, a.log_density
+    FROM assignments a JOIN latest_run r USING (run_id);

@@ -1,0 +1,144 @@
+"""Lazy Pandera validation that splits a frame into valid rows and reject records (from failure_cases)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+#: Columns of a reject record, as stored in the ``rejected_rows`` table (plus ``run_id`` there).
+REJECT_COLUMNS = ["source", "row_number", "column_name", "rule", "value"]
+
+
+class SchemaFailure(ValueError):
+    """The data fails its schema as a whole (not row by row), e.g. a column of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    """Result of :func:`validate_rows`.
+
+    Attributes
+    ----------
+    valid : DataFrame
+        The rows that pass, coerced to the schema's types (index: source row numbers).
+    rejects : DataFrame
+        One record per failed (row, column, rule): columns :data:`REJECT_COLUMNS`.
+    n_rows : int
+        Rows given.
+    """
+
+    valid: pd.DataFrame
+    rejects: pd.DataFrame
+    n_rows: int
+
+    @property
+    def n_rejected_rows(self) -> int:
+        """Distinct rows with at least one failure."""
+        return int(self.rejects["row_number"].nunique())
+
+    @property
+    def reject_share(self) -> float:
+        """Share of the given rows that were rejected (0 for an empty input)."""
+        return self.n_rejected_rows / self.n_rows if self.n_rows else 0.0
+
+
+def validate_rows(
+    frame: pd.DataFrame,
+    schema: pa.DataFrameSchema | type[pa.DataFrameModel],
+    source: str,
+    source_columns: Mapping[str, str] | None = None,
+) -> ValidationOutcome:
+    """Validate ``frame`` lazily; return the valid rows and one reject record per failure.
+
+    Pandera's ``failure_cases`` is the raw material: each case with a row index becomes a reject
+    naming the source, the row number (the frame's index), the column under its name in the source,
+    the rule (Pandera's check name) and the offending value as text.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Rows to check; its index holds the source row numbers.
+    schema : DataFrameSchema or DataFrameModel class
+    source : str
+        Name of the input, written into every reject record.
+    source_columns : mapping, optional
+        Column name in ``frame`` -> column name in the source, so rejects use the user's names.
+
+    Raises
+    ------
+    SchemaFailure
+        When a failure concerns a whole column (e.g. it is missing or its type cannot be used).
+    """
+    if isinstance(schema, type):
+        schema = schema.to_schema()
+    source_columns = dict(source_columns or {})
+    try:
+        valid = schema.validate(frame, lazy=True)
+        return ValidationOutcome(valid=valid, rejects=_empty_rejects(), n_rows=len(frame))
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    row_cases = cases[cases["index"].notna()]
+    frame_cases = cases[cases["index"].isna()]
+    # A failed coercion is also reported as a dtype failure of the same cell; keep only the first.
+    frame_cases = frame_cases[~frame_cases["check"].astype(str).str.startswith("dtype(")]
+    if len(frame_cases):
+        first = frame_cases.iloc[0]
+        # For frame-wide checks (e.g. column_in_dataframe) Pandera puts the column in failure_case.
+        name = first["failure_case"] if first["schema_context"] == "DataFrameSchema" else first["column"]
+        column = source_columns.get(name, name)
+        raise SchemaFailure(f"{source}: column {column!r} fails rule {first['check']} (whole column)")
+    coerce_cells = set(
+        zip(row_cases.loc[row_cases["check"].astype(str).str.startswith("coerce_dtype"), "index"],
+            row_cases.loc[row_cases["check"].astype(str).str.startswith("coerce_dtype"), "column"])
+    )
+    is_dtype_echo = row_cases["check"].astype(str).str.startswith("dtype(") & pd.Series(
+        [(i, c) in coerce_cells for i, c in zip(row_cases["index"], row_cases["column"])],
+        index=row_cases.index,
+        dtype=bool,
+    )
+    row_cases = row_cases[~is_dtype_echo]
+    rejects = pd.DataFrame(
+        {
+            "source": source,
+            "row_number": row_cases["index"].astype("int64").to_numpy(),
+            "column_name": [source_columns.get(c, c) for c in row_cases["column"]],
+            "rule": row_cases["check"].astype(str).to_numpy(),
+            # object dtype keeps None for a missing value (a str column would turn it into NaN)
+            "value": pd.Series([_as_text(v) for v in row_cases["failure_case"]], dtype=object, index=row_cases.index),
+        },
+        columns=REJECT_COLUMNS,
+    ).sort_values(["row_number", "column_name"], kind="stable", ignore_index=True)
+    bad_rows = np.unique(rejects["row_number"].to_numpy())
+    kept = frame.drop(index=bad_rows)
+    try:
+        valid = schema.validate(kept, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        # Frame-wide checks can still fail on the kept rows; that is not a per-row problem.
+        first = exc.failure_cases.iloc[0]
+        raise SchemaFailure(
+            f"{source}: column {source_columns.get(first['column'], first['column'])!r} "
+            f"fails rule {first['check']} after removing rejected rows"
+        ) from None
+    return ValidationOutcome(valid=valid, rejects=rejects, n_rows=len(frame))
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return None
+    return str(value)
+
+
+def _empty_rejects() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source": pd.Series(dtype=object),
+            "row_number": pd.Series(dtype="int64"),
+            "column_name": pd.Series(dtype=object),
+            "rule": pd.Series(dtype=object),
+            "value": pd.Series(dtype=object),
+        }
+    )

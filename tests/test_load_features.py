@@ -1,0 +1,172 @@
+"""Configuration, loading through DuckDB, RFM features in SQL and stored transforms (no Prefect)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.config import ConfigError, load_settings
+from flows.features import apply_transforms, build_feature_matrix, default_as_of, fit_scaler, rfm_table
+from flows.load import InputError, load_input
+from flows.stages import TooManyRejectsError, compute_features, validate_input
+
+LOG = pd.DataFrame(
+    {
+        "Cust No": ["17850.0", "17850.0", "17850.0", "", "42", "42", "77", "99"],
+        "Inv": ["A1", "A1", "A2", "A3", "A4", "C5", "C6", "A7"],
+        "At": [
+            "2011-01-01 09:00:00", "2011-01-01 09:00:00", "2011-01-05 12:00:00", "2011-01-06 10:00:00",
+            "2011-01-02 08:00:00", "2011-01-04 08:00:00", "2011-01-03 08:00:00", "2011-02-01 08:00:00",
+        ],
+        "Qty": [2, 1, 4, 10, 3, -3, -1, 1],
+        "Price": [1.5, 3.0, 2.5, 1.0, 10.0, 10.0, 5.0, 1.0],
+    }
+)
+COLUMNS = {"customer_id": "Cust No", "invoice_id": "Inv", "timestamp": "At", "quantity": "Qty", "unit_price": "Price"}
+
+
+def settings_for(path, **input_extra):
+    return load_settings(overrides={"input": {"path": str(path), "columns": COLUMNS, **input_extra}})
+
+
+@pytest.fixture()
+def log_files(tmp_path):
+    csv = tmp_path / "log.csv"
+    LOG.to_csv(csv, index=False)
+    con = duckdb.connect(str(tmp_path / "shop.duckdb"))
+    con.register("log_df", LOG)
+    con.execute('CREATE SCHEMA sales; CREATE TABLE sales."invoice lines" AS SELECT * FROM log_df')
+    con.execute("COPY (SELECT * FROM log_df) TO ? (FORMAT parquet)", [str(tmp_path / "log.parquet")])
+    con.close()
+    return tmp_path
+
+
+def test_defaults_segment_the_embedded_sample_and_overrides_win(tmp_path):
+    s = load_settings()
+    assert s.input.path.endswith("data/online_retail.csv.gz") and s.input.columns["customer_id"] == "CustomerID"
+    assert (s.model.k_min, s.model.k_max, s.model.criterion, s.model.n_init, s.model.seed) == (1, 8, "bic", 3, 0)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[input]\npath = "mine.csv"\n[model]\nk_max = 5\ncriterion = "aic"\n')
+    s = load_settings(cfg, {"model": {"criterion": "icl"}})
+    assert s.input.path == str(tmp_path / "mine.csv")  # relative to the config file
+    assert s.input.columns["customer_id"] == "customer_id"  # own file: canonical names by default
+    assert (s.model.k_max, s.model.criterion) == (5, "icl")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[model]\nk_min = 4\nk_max = 2\n", "k_max"),
+        ("[model]\ncriterion = 'bic2'\n", "model.criterion"),
+        ("[modle]\nk_max = 2\n", "modle"),
+        ("[input]\nkind = 'customers'\n", "features.columns"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_configuration_fails_with_one_line_naming_the_key(tmp_path, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(cfg)
+    assert str(cfg) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [("log.csv", {}), ("log.parquet", {}), ("shop.duckdb", {"table": 'sales.invoice lines'}),
+     ("shop.duckdb", {"query": 'SELECT * FROM sales."invoice lines" WHERE "Inv" <> \'A7\''}),
+     ("log.csv", {"query": 'SELECT * FROM input WHERE "Inv" <> \'A7\''})],
+)
+def test_every_input_format_loads_with_mapped_columns(log_files, name, extra):
+    loaded = load_input(settings_for(log_files / name, **extra).input, [])
+    expected_rows = 7 if "query" in extra else 8
+    assert list(loaded.frame.columns) == list(COLUMNS)
+    assert len(loaded.frame) == expected_rows and loaded.frame.index[0] == 1
+    # Spreadsheet-style float ids become text ids; empty ids become missing.
+    assert loaded.frame["customer_id"].iloc[0] == "17850"
+    assert pd.isna(loaded.frame["customer_id"].iloc[3])
+    assert loaded.source_columns["customer_id"] == "Cust No"
+
+
+def test_missing_file_and_column_give_clear_errors(log_files):
+    with pytest.raises(InputError, match="input file not found"):
+        load_input(settings_for(log_files / "nope.csv").input, [])
+    bad = dict(COLUMNS, quantity="Quantity")
+    s = load_settings(overrides={"input": {"path": str(log_files / "log.csv"), "columns": bad}})
+    with pytest.raises(InputError, match=r"column 'Quantity' \(for quantity\) not found"):
+        load_input(s.input, [])
+    with pytest.raises(InputError, match="needs input.table or input.query"):
+        load_input(settings_for(log_files / "shop.duckdb").input, [])
+
+
+def test_rfm_rules_on_a_hand_checked_log(log_files):
+    s = settings_for(log_files / "log.csv", )
+    loaded = load_input(s.input, [])
+    outcome = validate_input(loaded, s)
+    as_of = date(2011, 1, 10)
+    table, counts = rfm_table(outcome.valid, as_of, "C")
+    rows = table.set_index("customer_id").to_dict("index")
+    # 17850: invoices A1 (6.0) and A2 (10.0); last purchase 2011-01-05.
+    assert rows["17850"] == {"recency_days": 5.0, "frequency": 2.0, "monetary": 16.0}
+    # 42: one purchase of 30.0 returned in full by C5; the return is not a purchase.
+    assert rows["42"] == {"recency_days": 8.0, "frequency": 1.0, "monetary": 0.0}
+    # 77 only cancelled; 99 bought after the as-of date; the line without customer is left out.
+    assert set(rows) == {"17850", "42"}
+    assert counts == {
+        "lines_without_customer": 1,
+        "lines_after_as_of": 1,
+        "cancellation_lines": 2,
+        "customers_without_purchase": 1,
+    }
+    assert default_as_of(outcome.valid) == date(2011, 2, 2)
+
+
+def test_amount_column_instead_of_quantity_times_price(tmp_path):
+    frame = LOG.assign(Total=LOG["Qty"] * LOG["Price"])
+    path = tmp_path / "amounts.csv"
+    frame.to_csv(path, index=False)
+    cols = {"customer_id": "Cust No", "invoice_id": "Inv", "timestamp": "At", "amount": "Total"}
+    s = load_settings(overrides={"input": {"path": str(path), "columns": cols}, "rules": {"as_of": "2011-01-10"}})
+    features = compute_features(validate_input(load_input(s.input, []), s).valid, s)
+    by_id = dict(zip(features.customer_ids, features.X_original[:, 2]))
+    assert by_id == {"17850": 16.0, "42": 0.0}
+
+
+def test_scaler_parameters_reproduce_the_model_matrix():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.integers(1, 300, 500), rng.integers(1, 20, 500), rng.lognormal(6, 1, 500)]).astype(float)
+    scaler = fit_scaler(X, ["none", "log1p", "log1p"])
+    Z = scaler.transform(X)
+    np.testing.assert_allclose(Z.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(Z.std(axis=0), 1, atol=1e-12)
+    np.testing.assert_allclose(Z, (apply_transforms(X, scaler.transforms) - scaler.mean) / scaler.scale)
+    np.testing.assert_allclose(scaler.inverse_transform(Z), X, rtol=1e-10)
+    constant = fit_scaler(np.ones((4, 1)), ["none"])
+    assert constant.scale[0] == 1.0
+    with pytest.raises(ValueError, match="unknown transform"):
+        apply_transforms(X, ["none", "sqrt", "none"])
+
+
+def test_customer_table_features_and_reject_budget(tmp_path):
+    frame = pd.DataFrame({"id": ["a", "b", "c", "d"], "spend": [10, 20, -1, 40], "visits": [1, 2, 3, 4]})
+    path = tmp_path / "customers.csv"
+    frame.to_csv(path, index=False)
+    over = {
+        "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
+        "features": {"columns": ["spend", "visits"], "transforms": {"spend": "log1p"}, "units": {"spend": "EUR"}},
+    }
+    s = load_settings(overrides=dict(over, rules={"max_reject_share": 0.5}))
+    outcome = validate_input(load_input(s.input, s.features.columns), s)
+    assert outcome.rejects[["row_number", "column_name"]].values.tolist() == [[3, "spend"]]
+    features = compute_features(outcome.valid, s)
+    assert features.customer_ids.tolist() == ["a", "b", "d"]
+    assert features.units == ["EUR", ""] and features.transforms == ["log1p", "none"]
+    matrix = build_feature_matrix(outcome.valid.reset_index(drop=True), ["spend"], ["EUR"], ["log1p"])
+    np.testing.assert_allclose(matrix.X_model[:, 0], features.X_model[:, 0])
+    strict = load_settings(overrides=dict(over, rules={"max_reject_share": 0.2}))
+    with pytest.raises(TooManyRejectsError, match=r"1 of 4 rows \(25.0%\).*row 3, column 'spend'"):
+        validate_input(load_input(strict.input, strict.features.columns), strict)

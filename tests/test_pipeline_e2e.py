@@ -1,0 +1,170 @@
+"""End to end: the real Prefect flow (test harness), a real DuckDB file, real Pandera, real report files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from flows.cli import main
+from flows.pipeline import segment_customers
+from flows.stages import TooManyRejectsError
+from flows.store import TABLES, VIEWS
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "flows" / "sql" / "examples.sql"
+RETAIL_COLUMNS = {
+    "customer_id": "CustomerID", "invoice_id": "InvoiceNo", "timestamp": "InvoiceDate",
+    "quantity": "Quantity", "unit_price": "UnitPrice",
+}
+
+
+def example_queries() -> list[str]:
+    text = EXAMPLES.read_text()
+    statements = [s.strip() for s in text.split(";\n")]
+    return [s for s in statements if s and not all(line.startswith("--") for line in s.splitlines())]
+
+
+def assert_report_complete(index: Path) -> None:
+    html = index.read_text()
+    images = re.findall(r'src="([^"]+\.png)"', html)
+    assert len(images) >= 3
+    for name in images:
+        png = index.parent / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_online_retail_sample_end_to_end(prefect_harness, retail_sample_csv, tmp_path):
+    db = tmp_path / "segments.duckdb"
+    summary = segment_customers(
+        input_path=str(retail_sample_csv), columns=RETAIL_COLUMNS, k_max=4, n_init=1,
+        database=str(db), reports_dir=str(tmp_path / "reports"), trigger="test",
+    )
+    k = summary["n_components"]
+    assert 1 <= k <= 4 and summary["rows_loaded"] == 30_000
+    assert sum(s["customers"] for s in summary["segment_sizes"]) == summary["customers"] > 100
+    assert Path(summary["report"]) == (tmp_path / "reports" / "1" / "index.html").resolve()
+    assert_report_complete(Path(summary["report"]))
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert set(TABLES) | set(VIEWS) <= names
+        run = con.execute(
+            "SELECT status, trigger, as_of, rows_loaded, customers, n_components, covariance_type, criterion, "
+            "bic IS NOT NULL, seed, code_version, parameters->>'$.model.k_max', report_path FROM runs"
+        ).fetchone()
+        assert run[:2] == ("success", "test") and run[3] == 30_000 and run[4] == summary["customers"]
+        assert run[5] == k and run[6] == summary["covariance_type"] and run[7] == "bic" and run[8]
+        assert run[9] == 0 and run[10] and run[11] == "4" and run[12] == summary["report"]
+        # Grid: 4 k values x 4 covariance types, exactly one selected, matching runs.
+        grid = con.execute("SELECT count(*), count(*) FILTER (WHERE selected) FROM model_candidates").fetchone()
+        assert grid == (16, 1)
+        assert con.execute(
+            "SELECT n_components, covariance_type FROM model_candidates WHERE selected"
+        ).fetchone() == (k, summary["covariance_type"])
+        seg = con.execute("SELECT count(*), sum(weight), sum(customer_count) FROM current_segments").fetchone()
+        assert seg[0] == k and seg[1] == pytest.approx(1.0) and seg[2] == summary["customers"]
+        profiles = con.execute("SELECT count(*), count(DISTINCT feature) FROM segment_profiles").fetchone()
+        assert profiles == (3 * k, 3)
+        # Profiles are in original units: recency centres lie inside the observed range of days.
+        low, high = con.execute(
+            "SELECT min(centre), max(centre) FROM segment_profiles WHERE feature = 'recency_days'"
+        ).fetchone()
+        assert 0 <= low <= high <= 400
+        a = con.execute(
+            "SELECT count(*), count(DISTINCT customer_id), max(abs(list_sum(probabilities) - 1)), "
+            "bool_and(probability = list_max(probabilities)), bool_and(len(probabilities) = ?), "
+            "bool_and(segment_id = list_position(probabilities, probability)) FROM current_assignments",
+            [k],
+        ).fetchone()
+        assert a[0] == a[1] == summary["customers"] and a[2] < 1e-9 and a[3] and a[4] and a[5]
+        assert con.execute("SELECT count(*) FROM feature_scalers").fetchone()[0] == 3
+        for sql in example_queries():
+            con.execute(sql).fetchall()  # every README example runs on a real result file
+        assert con.execute(example_queries()[0]).fetchall()
+
+    # What the run shows in the Prefect UI (artifact keys carry the run id; this test's run is 1).
+    from prefect.artifacts import Artifact
+
+    markdown = Artifact.get("segmentation-run-1")
+    assert f"{k} segments, {summary['covariance_type']} covariance" in markdown.data
+    assert "Rows rejected" in markdown.data and Path(summary["report"]).as_uri() in markdown.data
+    grid = Artifact.get("model-selection-grid-run-1")
+    assert grid.type == "table" and len(json.loads(grid.data)) == 16
+    progress = Artifact.get("model-selection-run-1")
+    assert progress.type == "progress" and float(progress.data) == 100.0
+
+
+def test_generated_segments_are_recovered(prefect_harness, customer_table_csv, tmp_path):
+    path, truth = customer_table_csv
+    db = tmp_path / "segments.duckdb"
+    summary = segment_customers(
+        input_path=str(path), input_kind="customers", columns={"customer_id": "Customer Ref"},
+        features=["spend score", "visit score"], k_max=5, n_init=2, database=str(db),
+        reports_dir=str(tmp_path / "reports"), trigger="test",
+    )
+    assert summary["n_components"] == 3
+    with duckdb.connect(str(db), read_only=True) as con:
+        got = con.execute("SELECT customer_id, segment_id FROM current_assignments").df()
+        profile = con.execute(
+            "SELECT feature, unit FROM segment_profiles ORDER BY segment_id, feature_index LIMIT 2"
+        ).fetchall()
+    order = got.assign(n=got["customer_id"].str[1:].astype(int)).sort_values("n")
+    assert adjusted_rand_score(truth, order["segment_id"].to_numpy()) > 0.9
+    assert profile == [("spend score", ""), ("visit score", "")]
+    assert_report_complete(Path(summary["report"]))
+
+
+def test_too_many_rejects_fail_the_run_and_keep_the_rejects(prefect_harness, tmp_path):
+    frame = pd.DataFrame({"id": [f"c{i}" for i in range(40)], "x": np.arange(40.0).astype(object),
+                          "y": np.arange(40.0) % 7})
+    frame.loc[[3, 9, 17], "x"] = ["n/a", "", "-inf"]
+    path = tmp_path / "customers.csv"
+    frame.to_csv(path, index=False)
+    db = tmp_path / "segments.duckdb"
+    with pytest.raises(TooManyRejectsError, match=r"3 of 40 rows"):
+        segment_customers(
+            input_path=str(path), input_kind="customers", columns={"customer_id": "id"}, features=["x", "y"],
+            k_max=2, database=str(db), reports_dir=str(tmp_path / "r"), trigger="test",
+        )
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT status, failed_stage, rows_loaded, rows_rejected FROM runs").fetchone() == (
+            "failed", "validate", 40, 3)
+        rejects = con.execute("SELECT source, row_number, column_name, rule, value FROM rejected_rows ORDER BY 2").fetchall()
+        assert [(r[1], r[2]) for r in rejects] == [(4, "x"), (10, "x"), (18, "x")]
+        assert rejects[0][0] == str(path) and rejects[0][4] == "n/a"
+        assert con.execute("SELECT count(*) FROM current_segments").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM assignments").fetchone()[0] == 0
+
+
+def test_cli_run_prints_the_model_sizes_and_locations(prefect_harness, customer_table_csv, tmp_path, capsys):
+    path, _ = customer_table_csv
+    db = tmp_path / "cli.duckdb"
+    code = main([
+        "run", "--input", str(path), "--kind", "customers", "--column", "customer_id=Customer Ref",
+        "--features", "spend score,visit score", "--k-max", "4", "--covariance-types", "full,diag",
+        "--criterion", "icl", "--n-init", "1", "--seed", "3", "--database", str(db),
+        "--reports", str(tmp_path / "reports"),
+    ])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"Run 1: 3 segments, (full|diag) covariance \(chosen by ICL", out)
+    assert f"Database: {db.resolve()}" in out and "Report:" in out
+    assert len(re.findall(r"^\s+[123]\s+[\d,]+\s+0\.\d{3}$", out, flags=re.M)) == 3
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT trigger, criterion, seed FROM runs").fetchone() == ("cli", "icl", 3)
+        assert con.execute("SELECT count(*) FROM model_candidates").fetchone()[0] == 8
+
+
+def test_cli_rejects_bad_options_before_starting_prefect(tmp_path, capsys):
+    assert main(["run", "--k-min", "5", "--k-max", "2", "--database", str(tmp_path / "x.duckdb")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segment: error:") and "k_max" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.duckdb").exists()

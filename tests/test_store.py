@@ -1,0 +1,137 @@
+"""The DuckDB results store: schema, one-transaction writes, views, failure marking and the write lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.duck import quote_identifier, quote_qualified
+from flows.store import (
+    TABLES,
+    VIEWS,
+    RunRecord,
+    StoreLockedError,
+    connect_for_write,
+    fail_run,
+    feature_scaler_table,
+    finish_run,
+    start_run,
+)
+
+
+def start(db, trigger="test"):
+    return start_run(db, trigger=trigger, input_name="in.csv", input_kind="customers",
+                     parameters={"model": {"k_max": 2}}, seed=0, code_version="test")
+
+
+def record(n_customers=3, k=2, assignments=None) -> RunRecord:
+    ids = [f"c{i}" for i in range(n_customers)]
+    probs = np.full((n_customers, k), 1.0 / k)
+    frame = assignments if assignments is not None else pd.DataFrame(
+        {"customer_id": ids, "segment_id": np.ones(n_customers, dtype=int), "probability": probs[:, 0],
+         "log_density": np.linspace(-3, -1, n_customers), **{f"p_{j + 1}": probs[:, j] for j in range(k)}}
+    )
+    return RunRecord(
+        as_of=None, rows_loaded=n_customers + 1, rows_rejected=1, rows_excluded={"x": 0}, customers=n_customers,
+        features=["f"], n_components=k, covariance_type="diag", criterion="bic", bic=10.0, aic=9.0, icl=float("nan"),
+        log_likelihood=-4.0, report_path="r/index.html",
+        candidates=[{"n_components": j, "covariance_type": "diag", "bic": 10.0 + j, "aic": 9.0, "icl": np.nan,
+                     "status": "ok", "reason": "", "selected": j == k, "converged": True, "n_iter": 3,
+                     "n_parameters": 2 * j, "log_likelihood": -4.0, "mean_log_likelihood": -1.0, "seconds": 0.1}
+                    for j in (1, k)],
+        segments=pd.DataFrame({"segment_id": [1, 2], "weight": [0.5, 0.5], "customer_count": [n_customers, 0],
+                               "mean_probability": [0.5, np.nan], "model_mean": [[0.0], [1.0]],
+                               "model_covariance": [[1.0], [2.0]]}),
+        segment_features=pd.DataFrame({"segment_id": [1, 2], "feature_index": [1, 1], "feature": ["f", "f"],
+                                       "unit": ["u", "u"], "mean": [1.0, 2.0], "std": [0.1, 0.2],
+                                       "centre": [1.0, 2.0], "spread_low": [0.5, 1.5], "spread_high": [1.5, 2.5]}),
+        feature_scalers=feature_scaler_table(["f"], ["u"], ["log1p"], np.array([1.0]), np.array([2.0])),
+        assignments=frame,
+        rejects=pd.DataFrame({"source": ["in.csv"], "row_number": [4], "column_name": ["f"],
+                              "rule": ["finite"], "value": pd.Series([None], dtype=object)}),
+    )
+
+
+def test_quote_identifier_handles_any_name():
+    assert quote_identifier('we"ird name') == '"we""ird name"'
+    assert quote_qualified("sales.lines") == '"sales"."lines"'
+    con = duckdb.connect()
+    name = 'Robert"); DROP TABLE x; --'
+    con.execute(f"CREATE TABLE t ({quote_identifier(name)} INTEGER)")
+    assert [r[0] for r in con.execute("DESCRIBE t").fetchall()] == [name]
+    with pytest.raises(ValueError):
+        quote_identifier("")
+
+
+def test_a_run_appears_in_the_views_only_when_it_succeeded(tmp_path):
+    db = tmp_path / "out" / "segments.duckdb"
+    run_id = start(db)
+    assert run_id == 1
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert set(TABLES) | set(VIEWS) <= tables
+        assert con.execute("SELECT status, trigger FROM runs").fetchall() == [("running", "test")]
+        assert con.execute("SELECT count(*) FROM current_segments").fetchone()[0] == 0
+    finish_run(db, run_id, record())
+    with duckdb.connect(str(db), read_only=True) as con:
+        run = con.execute("SELECT status, n_components, icl, rows_excluded, finished_at IS NOT NULL FROM runs").fetchone()
+        assert run[:3] == ("success", 2, None) and json.loads(run[3]) == {"x": 0} and run[4]
+        assert con.execute("SELECT count(*), sum(customer_count) FROM current_segments").fetchone() == (2, 3)
+        assert con.execute("SELECT probabilities FROM current_assignments WHERE customer_id = 'c0'").fetchone()[0] == [0.5, 0.5]
+        assert con.execute("SELECT row_number, value FROM rejected_rows").fetchall() == [(4, None)]
+        assert con.execute("SELECT count(*) FROM model_candidates WHERE selected").fetchone()[0] == 1
+        assert con.execute("SELECT feature, mean FROM segment_profiles ORDER BY segment_id").fetchall() == [("f", 1.0), ("f", 2.0)]
+        assert con.execute("SELECT transform, scaler_scale FROM feature_scalers").fetchall() == [("log1p", 2.0)]
+    # A second, failed run does not replace the current one and keeps no rows but its rejects.
+    second = start(db)
+    fail_run(db, second, "validate", "too many rejects", rejects=record().rejects, rows_loaded=4)
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT run_id FROM latest_run").fetchall() == [(1,)]
+        assert con.execute("SELECT status, failed_stage, error, rows_rejected FROM runs WHERE run_id = 2").fetchone() == (
+            "failed", "validate", "too many rejects", 1)
+        assert con.execute("SELECT count(*) FROM assignments WHERE run_id = 2").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM rejected_rows WHERE run_id = 2").fetchone()[0] == 1
+
+
+def test_a_write_that_fails_midway_leaves_nothing(tmp_path):
+    db = tmp_path / "s.duckdb"
+    run_id = start(db)
+    broken = record()
+    # NULL customer ids violate assignments.customer_id NOT NULL after every other table is inserted.
+    broken.assignments = broken.assignments.assign(customer_id=pd.Series([None, "a", "b"], dtype=object))
+    with pytest.raises(duckdb.ConstraintException):
+        finish_run(db, run_id, broken)
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]
+        for table in TABLES[1:]:
+            assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+
+
+def test_a_reader_holding_the_file_blocks_the_writer_until_retries_run_out(tmp_path):
+    db = tmp_path / "s.duckdb"
+    start(db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys, time
+            con = duckdb.connect({str(db)!r}, read_only=True)
+            print("open", flush=True)
+            sys.stdin.readline()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreLockedError, match="locked by another process after 3 attempts"):
+            with connect_for_write(db, attempts=3, first_delay=0.05):
+                pass
+    finally:
+        holder.communicate("done\n", timeout=30)
+    with connect_for_write(db, attempts=3, first_delay=0.05) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
