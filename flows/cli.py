@@ -1,8 +1,9 @@
-"""The ``segment`` command line: ``segment run`` runs the segmentation flow once."""
+"""The ``segment`` command line: ``run`` (the flow once), ``serve`` (the deployments) and ``trigger``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from datetime import date
@@ -34,17 +35,8 @@ def _date(value: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="segment", description="Probabilistic customer segmentation (Gaussian mixtures, DuckDB, Prefect)."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser(
-        "run",
-        help="run the segmentation flow once",
-        description="Run the whole flow once. Without options it segments the embedded Online Retail "
-        "sample; options override the configuration file.",
-    )
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    """Options that set flow parameters; shared by ``run``, ``serve`` (defaults) and ``trigger``."""
     run.add_argument("--config", "-c", help="TOML configuration file (see segment.example.toml)")
     run.add_argument("--input", "-i", dest="input_path", help="CSV, Parquet or DuckDB file")
     run.add_argument("--kind", dest="input_kind", choices=["transactions", "customers"], help="input kind")
@@ -72,6 +64,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-reject-share", type=float, help="stop when more than this share of rows is rejected")
     run.add_argument("--database", help="results DuckDB file (default output/segments.duckdb)")
     run.add_argument("--reports", dest="reports_dir", help="reports folder (default output/reports)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segment", description="Probabilistic customer segmentation (Gaussian mixtures, DuckDB, Prefect)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run the segmentation flow once",
+        description="Run the whole flow once. Without options it segments the embedded Online Retail "
+        "sample; options override the configuration file.",
+    )
+    _add_run_options(run)
+    serve = sub.add_parser(
+        "serve",
+        help="serve the nightly and manual deployments on a Prefect server",
+        description="Register the `nightly` (cron) and `manual` deployments on the Prefect server at "
+        "PREFECT_API_URL and execute their runs until stopped. Options set the deployments' default "
+        "parameters.",
+    )
+    _add_run_options(serve)
+    serve.add_argument("--cron", help="schedule of the nightly run (default from [schedule], 0 2 * * *)")
+    serve.add_argument("--timezone", help="IANA time zone of the schedule (default from [schedule], UTC)")
+    trigger = sub.add_parser(
+        "trigger",
+        help="start a re-segmentation on the served deployment",
+        description="Start a run of a served deployment now; options override its default parameters. "
+        "Prints the flow-run id and UI link; with --wait follows the run and exits non-zero if it fails.",
+    )
+    _add_run_options(trigger)
+    trigger.add_argument(
+        "--param", action="append", metavar="NAME=VALUE",
+        help="any flow parameter; VALUE is JSON when it parses as JSON, else text (repeatable)",
+    )
+    trigger.add_argument("--deployment", choices=["manual", "nightly"], default="manual")
+    trigger.add_argument("--wait", action="store_true", help="follow the run to its final state")
+    trigger.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
     return parser
 
 
@@ -117,6 +147,78 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _extra_parameters(values: list[str] | None) -> dict[str, Any]:
+    """``--param NAME=VALUE`` pairs, values decoded as JSON where they parse."""
+    import inspect
+
+    from flows.pipeline import segment_customers
+
+    known = set(inspect.signature(segment_customers.fn).parameters)
+    out: dict[str, Any] = {}
+    for name, raw in (_pairs(values, "--param") or {}).items():
+        if name not in known:
+            raise ConfigError(f"--param {name}: not a parameter of the flow (known: {', '.join(sorted(known))})")
+        try:
+            out[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name] = raw
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows import serve
+    from flows.pipeline import settings_from_parameters
+
+    params = flow_parameters(args)
+    settings = settings_from_parameters(**params, cron=args.cron, timezone=args.timezone)
+    serve.api_url()
+    deployments = serve.build_deployments(settings, serve.absolute_parameters(params))
+    # Prefect starts each flow run as `python -m prefect.engine` in this process's folder, which
+    # then comes first on sys.path: a folder there named like one of our packages (an output
+    # `reports/`, say) would shadow it. The folder holding the installed packages cannot.
+    os.chdir(serve.package_root())
+    print(
+        f"Serving {serve.FLOW_NAME}/{serve.NIGHTLY} ({settings.schedule.cron}, {settings.schedule.timezone}) and "
+        f"{serve.FLOW_NAME}/{serve.MANUAL} on {serve.api_url()}; stop with Ctrl-C.",
+        flush=True,
+    )
+    serve.serve_forever(deployments)
+    return 0
+
+
+def _trigger(args: argparse.Namespace) -> int:
+    from flows import serve
+    from flows.pipeline import settings_from_parameters
+
+    serve.api_url()
+    params = serve.absolute_parameters({**flow_parameters(args), **_extra_parameters(args.param)})
+    # Reject bad parameters here, before a run exists: the deployment's defaults plus these.
+    merged = {**serve.deployment_defaults(args.deployment), **params}
+    merged.pop("trigger", None)
+    settings_from_parameters(**merged)
+    run = serve.start_run(args.deployment, params)
+    print(f"Flow run {run.id} ({run.name}) of {serve.FLOW_NAME}/{args.deployment}")
+    print(f"  {serve.ui_link(run.id)}", flush=True)
+    if not args.wait:
+        return 0
+    final = serve.wait_for(run.id, timeout=args.timeout, on_state=lambda name: print(f"  state: {name}", flush=True))
+    state = final.state
+    if state is not None and state.type.value == "COMPLETED":
+        return 0
+    message = (state.message or "").strip() if state is not None else ""
+    what = state.name if state is not None else "no state"
+    if args.timeout is not None and (state is None or state.type.value not in serve.FINAL_STATES):
+        print(f"segment: error: run {run.id} still {what} after {args.timeout:g} s", file=sys.stderr)
+    else:
+        print(f"segment: error: run {run.id} ended {what}" + (f": {message}" if message else ""), file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segment`` console script."""
     args = build_parser().parse_args(argv)
@@ -124,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     # The temporary local server can take longer than Prefect's 20 s default on a busy small machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "trigger":
+            return _trigger(args)
         params = flow_parameters(args)
         # Check the configuration before Prefect starts, so a typo fails in a second with one line.
         from flows.pipeline import settings_from_parameters
@@ -132,13 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"segment: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # e.g. the server refused a run: one line, not a traceback
+        print(f"segment: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     from flows.pipeline import segment_customers
 
     try:
         summary = segment_customers(**params, trigger="cli")
     except Exception as exc:  # the flow has logged the details; end with one clear line
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"segment: error: {message}", file=sys.stderr)
+        print(f"segment: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     print(format_summary(summary))
     return 0

@@ -6,6 +6,7 @@ import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -108,6 +109,36 @@ class OutputSettings(_Section):
 
     database: str = "output/segments.duckdb"
     reports: str = "output/reports"
+    #: How long a run waits for another run on the same database before it gives up.
+    lock_wait_minutes: float = Field(360.0, ge=0)
+
+
+class ScheduleSettings(_Section):
+    """When ``segment serve`` runs the nightly deployment."""
+
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        # The schedule Prefect will build, so what passes here is what the server accepts.
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=value)
+        except ValidationError:
+            raise ValueError(f"not a valid cron expression: {value!r}") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/London)") from None
+        return value
 
 
 class Settings(_Section):
@@ -118,6 +149,7 @@ class Settings(_Section):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":

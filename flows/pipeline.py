@@ -18,12 +18,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from flows import stages
 from flows.config import Criterion, CovarianceType, InputKind, Settings, Transform, Trigger, load_settings
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
+from flows.runlock import database_lock
 from flows.store import fail_run, finish_run, start_run
 
 
@@ -162,6 +163,7 @@ def settings_from_parameters(
             "max_samples": o.get("max_samples"),
         },
         "output": {"database": o.get("database"), "reports": o.get("reports_dir")},
+        "schedule": {"cron": o.get("cron"), "timezone": o.get("timezone")},
     }
     nested = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in nested.items()}
     nested = {k: v for k, v in nested.items() if v}
@@ -189,10 +191,16 @@ def segment_customers(
     max_reject_share: float | None = None,
     database: str | None = None,
     reports_dir: str | None = None,
-    trigger: Trigger = "cli",
+    trigger: Trigger | None = None,
 ) -> dict[str, Any]:
     """Segment customers: every parameter left as None comes from the TOML file at ``config_path``
-    (or the built-in defaults, which segment the embedded Online Retail sample)."""
+    (or the built-in defaults, which segment the embedded Online Retail sample).
+
+    ``trigger`` (how the run was started) is recorded in ``runs``; when not given it is ``schedule``
+    for a run the Prefect scheduler created, ``manual`` for any other deployment run, else ``cli``.
+    Runs on the same database never overlap: a run waits for the one holding the database
+    (``output.lock_wait_minutes``), whatever started it.
+    """
     logger = get_run_logger()
     settings = settings_from_parameters(
         config_path, input_path=input_path, input_kind=input_kind, input_table=input_table,
@@ -201,6 +209,32 @@ def segment_customers(
         seed=seed, max_samples=max_samples, max_reject_share=max_reject_share, database=database,
         reports_dir=reports_dir,
     )
+    trigger = trigger or infer_trigger()
+    with database_lock(
+        settings.output.database,
+        settings.output.lock_wait_minutes * 60,
+        label=f"flow run {flow_run.get_name()!r} ({trigger})",
+        on_wait=lambda holder: logger.info("waiting for %s to finish with %s", holder, settings.output.database),
+    ):
+        return _segment(settings, trigger, logger)
+
+
+def infer_trigger() -> str:
+    """``schedule``/``manual`` for deployment runs (from the run's ``auto_scheduled`` flag), else ``cli``."""
+    if not deployment.get_id():
+        return "cli"
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run.get_id())
+    except Exception:  # the label is informational; never fail a run over it
+        return "manual"
+    return "schedule" if run.auto_scheduled else "manual"
+
+
+def _segment(settings: Settings, trigger: str, logger) -> dict[str, Any]:
+    """The stages of one run, with the run lock held."""
     database_path = settings.output.database
     run_id = start_task(settings, trigger)
     logger.info("run %d started (trigger %s)", run_id, trigger)

@@ -161,8 +161,13 @@ def _ordered_sum(parts: list):
 
 
 def centred_transposed(X: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """``(X - shift).T`` as a C-contiguous (d, n) array: the layout EM works in."""
-    return _centred_T(X, shift)
+    """``(X - shift).T`` as a C-contiguous (d, n) array: the layout EM works in.
+
+    Transposed first and centred in place, so only one copy of ``X`` is made.
+    """
+    XcT = np.ascontiguousarray(X.T, dtype=np.float64)
+    XcT -= shift[:, None]
+    return XcT
 
 
 def em_statistics(

@@ -1,0 +1,89 @@
+"""One segmentation run at a time per results database: an OS file lock held for the whole run.
+
+Runs can start from the nightly schedule, a manual trigger or ``segment run`` on the command line;
+whatever started them, a run first takes an exclusive ``flock`` on ``<database>.lock`` and waits
+its turn while another run holds it. The kernel releases the lock when the holding process ends,
+even by SIGKILL, so a crashed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+class RunLockTimeout(RuntimeError):
+    """Another run kept the database for longer than this run was willing to wait."""
+
+
+def lock_path(database: str | Path) -> Path:
+    """The lock file beside the results database."""
+    return Path(f"{Path(database).resolve()}.lock")
+
+
+def _holder(fh) -> str:
+    fh.seek(0)
+    try:
+        info = json.loads(fh.read() or "{}")
+    except json.JSONDecodeError:
+        return "another run"
+    parts = [f"pid {info['pid']}" if "pid" in info else "", info.get("label", ""), info.get("since", "")]
+    return "another run (" + ", ".join(p for p in parts if p) + ")"
+
+
+@contextmanager
+def database_lock(
+    database: str | Path,
+    wait_seconds: float,
+    label: str = "",
+    on_wait: Callable[[str], None] | None = None,
+    poll_seconds: float = 0.5,
+) -> Iterator[None]:
+    """Hold the run lock of ``database`` for the duration of the block.
+
+    Parameters
+    ----------
+    database : path of the results DuckDB file.
+    wait_seconds : how long to wait for a run that holds the lock; then :class:`RunLockTimeout`.
+    label : who holds the lock (shown to runs that wait), e.g. ``"flow run 'calm-coucal'"``.
+    on_wait : called once, with a description of the holder, when this run has to wait.
+    """
+    path = lock_path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # "a+" creates the file without truncating what the holder wrote about itself.
+    with open(path, "a+", encoding="utf-8") as fh:
+        deadline = time.monotonic() + wait_seconds
+        told = False
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _holder(fh)
+                if time.monotonic() >= deadline:
+                    raise RunLockTimeout(
+                        f"{database}: {holder} has been using this database for longer than this run "
+                        f"waits ({wait_seconds / 60:.0f} min, output.lock_wait_minutes); try again later"
+                    ) from None
+                if not told and on_wait is not None:
+                    on_wait(holder)
+                    told = True
+                time.sleep(poll_seconds)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            fh.write(json.dumps({"pid": os.getpid(), "label": label, "since": f"since {since}"}))
+            fh.flush()
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fh.flush()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
