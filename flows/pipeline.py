@@ -22,10 +22,11 @@ from prefect.runtime import deployment, flow_run
 
 from flows import stages
 from flows.config import Criterion, CovarianceType, InputKind, Settings, Transform, Trigger, load_settings
+from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
-from flows.runlock import database_lock
-from flows.store import fail_run, finish_run, start_run
+from flows.runlock import RunJournal, database_lock
+from flows.store import RunStart, fail_run, finish_run, start_run
 
 
 def _transient(task, task_run, state) -> bool:
@@ -44,9 +45,10 @@ _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 @task(name="start", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
-def start_task(settings: Settings, trigger: str) -> int:
+def start_task(settings: Settings, trigger: str, journal: RunJournal) -> RunStart:
     return start_run(
         settings.output.database,
+        journal,
         trigger=trigger,
         input_name=settings.input.path,
         input_kind=settings.input.kind,
@@ -93,6 +95,7 @@ def select_task(X_model, settings: Settings, run_id: int):
     shown = {"pct": -100.0}
 
     def progress(done: int, total: int) -> None:
+        fault_point("fit")
         pct = 100.0 * done / max(total, 1)
         # Throttled: every call is an API round trip.
         if pct - shown["pct"] >= 10 or done == total:
@@ -123,9 +126,13 @@ def fit_task(model, features):
 
 
 @task(name="write", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
-def write_task(database: str, run_id: int, record) -> None:
-    finish_run(database, run_id, record)
-    get_run_logger().info("run %d written to %s", run_id, database)
+def write_task(database: str, start: RunStart, record, killed: dict | None) -> None:
+    finish_run(database, start, record, killed)
+    if killed:
+        get_run_logger().warning(
+            "run %s was killed during stage %s; recorded as killed", killed.get("run_id"), killed.get("stage")
+        )
+    get_run_logger().info("run %d published to %s", start.run_id, database)
 
 
 @task(name="report", retries=1, retry_delay_seconds=1, retry_condition_fn=_transient, **_TASK)
@@ -215,8 +222,8 @@ def segment_customers(
         settings.output.lock_wait_minutes * 60,
         label=f"flow run {flow_run.get_name()!r} ({trigger})",
         on_wait=lambda holder: logger.info("waiting for %s to finish with %s", holder, settings.output.database),
-    ):
-        return _segment(settings, trigger, logger)
+    ) as journal:
+        return _segment(settings, trigger, logger, journal)
 
 
 def infer_trigger() -> str:
@@ -233,10 +240,11 @@ def infer_trigger() -> str:
     return "schedule" if run.auto_scheduled else "manual"
 
 
-def _segment(settings: Settings, trigger: str, logger) -> dict[str, Any]:
-    """The stages of one run, with the run lock held."""
+def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> dict[str, Any]:
+    """The stages of one run, with the run lock held and ``journal`` kept up to date."""
     database_path = settings.output.database
-    run_id = start_task(settings, trigger)
+    start = start_task(settings, trigger, journal)
+    run_id = start.run_id
     logger.info("run %d started (trigger %s)", run_id, trigger)
     seconds: dict[str, float] = {}
     peak_mb: dict[str, float] = {}
@@ -251,6 +259,8 @@ def _segment(settings: Settings, trigger: str, logger) -> dict[str, Any]:
         seconds[finished] = round(now - clock, 3)
         peak_mb[finished] = round(peak_rss_mb(), 1)
         clock = now
+        if following:
+            journal.note(stage=following)
         return following
 
     try:
@@ -269,7 +279,7 @@ def _segment(settings: Settings, trigger: str, logger) -> dict[str, Any]:
             loaded=loaded, outcome=outcome, features=features_, selection=selection, segments=segments,
             report_path=str((report_dir / "index.html").resolve()),
         )
-        write_task(database_path, run_id, record)
+        write_task(database_path, start, record, journal.previous)
         stage = done("write", "report")
         data = stages.report_data(
             run_id=run_id, settings=settings, loaded=loaded, outcome=outcome, features=features_,
@@ -283,7 +293,9 @@ def _segment(settings: Settings, trigger: str, logger) -> dict[str, Any]:
             rejects = outcome.rejects
         rows_loaded = len(loaded.frame) if loaded is not None else None
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fail_run(database_path, run_id, stage, message, rejects=rejects, rows_loaded=rows_loaded)
+        fail_run(
+            database_path, start, stage, message, rejects=rejects, rows_loaded=rows_loaded, killed=journal.previous
+        )
         logger.error("run %d failed in stage %s: %s", run_id, stage, message)
         raise
 

@@ -1,9 +1,14 @@
-"""One segmentation run at a time per results database: an OS file lock held for the whole run.
+"""One segmentation run at a time per results database: an OS file lock held for the whole run,
+whose file doubles as the run's journal.
 
 Runs can start from the nightly schedule, a manual trigger or ``segment run`` on the command line;
 whatever started them, a run first takes an exclusive ``flock`` on ``<database>.lock`` and waits
 its turn while another run holds it. The kernel releases the lock when the holding process ends,
 even by SIGKILL, so a crashed run never leaves a stale lock behind.
+
+While it holds the lock, a run keeps a small JSON journal in the lock file (its run id, stage,
+parameters) and empties it when it ends. A journal still present when the next run takes the
+lock was left by a run that was killed; the next run records it in ``runs`` as ``killed``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,46 @@ def _holder(fh) -> str:
     return "another run (" + ", ".join(p for p in parts if p) + ")"
 
 
+class RunJournal:
+    """What the run holding the lock says about itself, kept in the lock file.
+
+    Attributes
+    ----------
+    previous : dict or None
+        The journal a previous holder left behind because it ended without cleaning up (killed),
+        or None.
+    """
+
+    def __init__(self, fh, base: dict, previous: dict | None):
+        self._fh = fh
+        self._content = dict(base)
+        self.previous = previous
+        self._write()
+
+    def note(self, **fields) -> None:
+        """Add or update fields of the journal (written through at once)."""
+        self._content.update(fields)
+        self._write()
+
+    def _write(self) -> None:
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps(self._content, default=str))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+
+def _read_journal(fh) -> dict | None:
+    fh.seek(0)
+    text = fh.read()
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"label": "unreadable journal"}
+
+
 @contextmanager
 def database_lock(
     database: str | Path,
@@ -44,8 +89,8 @@ def database_lock(
     label: str = "",
     on_wait: Callable[[str], None] | None = None,
     poll_seconds: float = 0.5,
-) -> Iterator[None]:
-    """Hold the run lock of ``database`` for the duration of the block.
+) -> Iterator[RunJournal]:
+    """Hold the run lock of ``database`` for the duration of the block; yield the run's journal.
 
     Parameters
     ----------
@@ -76,13 +121,14 @@ def database_lock(
                     told = True
                 time.sleep(poll_seconds)
         try:
-            fh.seek(0)
-            fh.truncate()
             since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-            fh.write(json.dumps({"pid": os.getpid(), "label": label, "since": f"since {since}"}))
-            fh.flush()
-            yield
+            journal = RunJournal(
+                fh, {"pid": os.getpid(), "label": label, "since": f"since {since}"}, _read_journal(fh)
+            )
+            yield journal
         finally:
+            # A clean end (success or a recorded failure) leaves an empty journal; only a killed
+            # process leaves one behind.
             fh.seek(0)
             fh.truncate()
             fh.flush()

@@ -1,9 +1,10 @@
-"""The results store: one DuckDB file, a run's rows written in one transaction, views for analysts."""
+"""The results store: one DuckDB file, published whole after every run, with views for analysts."""
 
 from __future__ import annotations
 
 import json
-import time
+import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from flows.duck import quote_identifier, sql_text
+from flows.faults import fault_point
 
 TABLES = (
     "runs",
@@ -46,47 +48,71 @@ CANDIDATE_COLUMNS = (
 )
 
 
-class StoreLockedError(RuntimeError):
-    """The results database stayed locked by another process (e.g. an analyst's open session)."""
+class StoreBusyError(RuntimeError):
+    """Another process has the published results file open for writing (it must only be read)."""
 
 
-def _is_lock_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "lock" in text or "being used by another process" in text
+def _stale_copies(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
-def connect_for_write(
-    database: str | Path, attempts: int = 6, first_delay: float = 0.5, max_delay: float = 8.0
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the results database for writing, briefly, retrying with backoff while another process holds it.
+def publishing(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Write into a private copy of the results file and publish it atomically.
 
-    DuckDB allows one writing process or many read-only ones per file, so the pipeline keeps the
-    file closed except for two short moments (run start and the final write). An analyst with the
-    file open delays the write by up to ``sum of the backoff delays`` (about 15 s with the defaults)
-    and then the run fails with :class:`StoreLockedError`.
+    The published file is copied, the block writes into the copy (one transaction), the copy is
+    checkpointed, synced and moved over the published file with ``os.replace``. Analysts who have
+    the file open read-only keep reading the snapshot they opened (their file handle still points
+    at it) and never block the write; new connections see the new file; nobody ever sees half a
+    run. If the process dies before the move, the published file is untouched and the copy is
+    removed by the next run. Callers must hold the run lock (``flows.runlock``): it makes this
+    process the only writer.
     """
     path = Path(database)
     path.parent.mkdir(parents=True, exist_ok=True)
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
+    for stale in _stale_copies(path):
+        stale.unlink(missing_ok=True)
+        Path(f"{stale}.wal").unlink(missing_ok=True)
+    wal = Path(f"{path}.wal")
+    if wal.exists():
+        # Someone wrote to the published file without checkpointing (it is meant to be read
+        # only). Replaying the log needs a read-write open; refuse if that process is still there.
         try:
-            con = duckdb.connect(str(path))
-            break
+            duckdb.connect(str(path)).close()
         except duckdb.IOException as exc:
-            if not _is_lock_error(exc) or attempt == attempts:
-                if _is_lock_error(exc):
-                    raise StoreLockedError(
-                        f"{path}: still locked by another process after {attempts} attempts; "
-                        "close other sessions on the file (read-only sessions also block writers)"
-                    ) from None
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay)
+            raise StoreBusyError(
+                f"{path}: another process has it open for writing; open the results read-only "
+                f"(duckdb -readonly, read_only=True) ({str(exc).splitlines()[0]})"
+            ) from None
+    copy = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if path.exists():
+        shutil.copyfile(path, copy)
+    con = duckdb.connect(str(copy))
     try:
+        ensure_schema(con)
+        con.execute("BEGIN TRANSACTION")
         yield con
-    finally:
+        con.execute("COMMIT")
+        fault_point("write")
+        con.execute("CHECKPOINT")
         con.close()
+        _fsync(copy)
+        os.replace(copy, path)
+        _fsync(path.parent)
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.close()
+        copy.unlink(missing_ok=True)
+        Path(f"{copy}.wal").unlink(missing_ok=True)
+        raise
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -99,8 +125,50 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def published_max_run_id(database: str | Path) -> int:
+    """Largest run id in the published file (0 when there is none yet); read-only."""
+    path = Path(database)
+    if not path.exists():
+        return 0
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "runs" not in tables:
+            return 0
+        return int(con.execute("SELECT coalesce(max(run_id), 0) FROM runs").fetchall()[0][0])
+
+
+@dataclass
+class RunStart:
+    """What is known of a run when it starts; written to ``runs`` when it ends (or by the next run)."""
+
+    run_id: int
+    trigger: str
+    started_at: datetime
+    input: str
+    input_kind: str
+    parameters: dict[str, Any]
+    seed: int
+    code_version: str
+    flow_run_id: str | None = None
+
+    def as_journal(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "trigger": self.trigger,
+            "started_at": self.started_at.isoformat(),
+            "input": self.input,
+            "input_kind": self.input_kind,
+            "parameters": self.parameters,
+            "seed": self.seed,
+            "code_version": self.code_version,
+            "flow_run_id": self.flow_run_id,
+            "stage": "start",
+        }
+
+
 def start_run(
     database: str | Path,
+    journal,
     *,
     trigger: str,
     input_name: str,
@@ -109,33 +177,89 @@ def start_run(
     seed: int,
     code_version: str,
     flow_run_id: str | None = None,
-) -> int:
-    """Record a new run with status ``running`` in its own short transaction; return its ``run_id``."""
-    with connect_for_write(database) as con:
-        ensure_schema(con)
-        con.execute("BEGIN TRANSACTION")
-        run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
-        con.execute(
-            """
-            INSERT INTO runs (run_id, trigger, status, started_at, input, input_kind, parameters, seed,
-                              code_version, flow_run_id)
-            VALUES ($run_id, $trigger, 'running', $started_at, $input, $input_kind, $parameters, $seed,
-                    $code_version, $flow_run_id)
-            """,
-            {
-                "run_id": run_id,
-                "trigger": trigger,
-                "started_at": utc_now(),
-                "input": input_name,
-                "input_kind": input_kind,
-                "parameters": json.dumps(parameters, default=str, sort_keys=True),
-                "seed": seed,
-                "code_version": code_version,
-                "flow_run_id": flow_run_id,
-            },
-        )
-        con.execute("COMMIT")
-    return int(run_id)
+) -> RunStart:
+    """Give the run its id and journal it in the lock file (nothing is written to the database yet).
+
+    ``journal`` is the :class:`flows.runlock.RunJournal` of the held run lock. The id follows the
+    published runs and any run a killed predecessor had claimed.
+    """
+    claimed = max((int(j["run_id"]) for j in killed_runs(journal.previous)), default=0)
+    run_id = max(published_max_run_id(database), claimed) + 1
+    start = RunStart(
+        run_id=run_id,
+        trigger=trigger,
+        started_at=utc_now(),
+        input=input_name,
+        input_kind=input_kind,
+        parameters=json.loads(json.dumps(dict(parameters), default=str)),
+        seed=seed,
+        code_version=code_version,
+        flow_run_id=flow_run_id,
+    )
+    # A predecessor that was killed is recorded when this run publishes; if this run is killed
+    # too, its journal carries the predecessor on to the next one.
+    journal.note(**start.as_journal(), unrecorded=killed_runs(journal.previous))
+    return start
+
+
+def killed_runs(previous: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The journals of every killed run not yet recorded, from what the lock file held."""
+    if not previous:
+        return []
+    own = {k: v for k, v in previous.items() if k != "unrecorded"}
+    return list(previous.get("unrecorded") or []) + ([own] if own.get("run_id") else [])
+
+
+def _insert_run_row(con: duckdb.DuckDBPyConnection, start: RunStart, status: str, **fields: Any) -> None:
+    row = {
+        "run_id": start.run_id,
+        "trigger": start.trigger,
+        "status": status,
+        "started_at": start.started_at,
+        "input": start.input,
+        "input_kind": start.input_kind,
+        "parameters": json.dumps(start.parameters, default=str, sort_keys=True),
+        "seed": start.seed,
+        "code_version": start.code_version,
+        "flow_run_id": start.flow_run_id,
+        **fields,
+    }
+    cols = ", ".join(quote_identifier(c) for c in row)
+    marks = ", ".join(f"${c}" for c in row)
+    con.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
+
+
+def _record_killed(con: duckdb.DuckDBPyConnection, previous: Mapping[str, Any] | None, found_by: int) -> None:
+    """Record in ``runs`` every killed run the journal left behind (each once)."""
+    for journal in killed_runs(previous):
+        _record_one_killed(con, journal, found_by)
+
+
+def _record_one_killed(con: duckdb.DuckDBPyConnection, previous: Mapping[str, Any], found_by: int) -> None:
+    run_id = int(previous["run_id"])
+    if con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
+        return  # it was published just before it died
+    start = RunStart(
+        run_id=run_id,
+        trigger=str(previous.get("trigger") or "unknown"),
+        started_at=datetime.fromisoformat(previous["started_at"]),
+        input=str(previous.get("input") or ""),
+        input_kind=str(previous.get("input_kind") or ""),
+        parameters=previous.get("parameters") or {},
+        seed=int(previous.get("seed") or 0),
+        code_version=str(previous.get("code_version") or ""),
+        flow_run_id=previous.get("flow_run_id"),
+    )
+    _insert_run_row(
+        con,
+        start,
+        "killed",
+        failed_stage=previous.get("stage"),
+        error=(
+            f"the process (pid {previous.get('pid')}) ended without finishing, during stage "
+            f"{previous.get('stage')!r}; nothing of it was published (found by run {found_by})"
+        ),
+    )
 
 
 @dataclass
@@ -164,94 +288,62 @@ class RunRecord:
     rejects: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def finish_run(database: str | Path, run_id: int, record: RunRecord) -> None:
-    """Write all of a run's rows and flip its status to ``success`` in ONE transaction.
+def finish_run(database: str | Path, start: RunStart, record: RunRecord, killed: Mapping[str, Any] | None = None) -> None:
+    """Publish all of a successful run's rows at once (see :func:`publishing`).
 
-    Analysts (who read through the views, which only show successful runs) see all of the run or
-    none of it; a process killed before COMMIT leaves only the ``running`` row.
+    ``killed`` is a journal left by a killed predecessor, recorded in the same publication.
     """
-    with connect_for_write(database) as con:
-        ensure_schema(con)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _insert_children(con, run_id, record)
-            con.execute(
-                """
-                UPDATE runs SET status = 'success', finished_at = $finished_at, as_of = $as_of,
-                    rows_loaded = $rows_loaded, rows_rejected = $rows_rejected,
-                    rows_excluded = $rows_excluded, customers = $customers, features = $features,
-                    n_components = $n_components, covariance_type = $covariance_type,
-                    criterion = $criterion, bic = $bic, aic = $aic, icl = $icl,
-                    log_likelihood = $log_likelihood, report_path = $report_path
-                WHERE run_id = $run_id
-                """,
-                {
-                    "run_id": run_id,
-                    "finished_at": utc_now(),
-                    "as_of": record.as_of,
-                    "rows_loaded": record.rows_loaded,
-                    "rows_rejected": record.rows_rejected,
-                    "rows_excluded": json.dumps(record.rows_excluded, sort_keys=True),
-                    "customers": record.customers,
-                    "features": list(record.features),
-                    "n_components": record.n_components,
-                    "covariance_type": record.covariance_type,
-                    "criterion": record.criterion,
-                    "bic": _finite_or_none(record.bic),
-                    "aic": _finite_or_none(record.aic),
-                    "icl": _finite_or_none(record.icl),
-                    "log_likelihood": _finite_or_none(record.log_likelihood),
-                    "report_path": record.report_path,
-                },
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    with publishing(database) as con:
+        _record_killed(con, killed, start.run_id)
+        _insert_children(con, start.run_id, record)
+        _insert_run_row(
+            con,
+            start,
+            "success",
+            finished_at=utc_now(),
+            as_of=record.as_of,
+            rows_loaded=record.rows_loaded,
+            rows_rejected=record.rows_rejected,
+            rows_excluded=json.dumps(record.rows_excluded, sort_keys=True),
+            customers=record.customers,
+            features=list(record.features),
+            n_components=record.n_components,
+            covariance_type=record.covariance_type,
+            criterion=record.criterion,
+            bic=_finite_or_none(record.bic),
+            aic=_finite_or_none(record.aic),
+            icl=_finite_or_none(record.icl),
+            log_likelihood=_finite_or_none(record.log_likelihood),
+            report_path=record.report_path,
+        )
 
 
 def fail_run(
     database: str | Path,
-    run_id: int,
+    start: RunStart,
     stage: str,
     message: str,
     rejects: pd.DataFrame | None = None,
     rows_loaded: int | None = None,
+    killed: Mapping[str, Any] | None = None,
 ) -> None:
-    """Mark a run ``failed`` with the failing stage and message (and its rejects, if any), in one transaction.
-
-    Rows a failed run wrote earlier are removed so that only the run row and its rejects remain.
-    """
-    with connect_for_write(database) as con:
-        ensure_schema(con)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for table in TABLES[1:]:
-                con.execute(f"DELETE FROM {quote_identifier(table)} WHERE run_id = ?", [run_id])
-            n_rejected = 0
-            if rejects is not None and len(rejects):
-                _insert_rejects(con, run_id, rejects)
-                n_rejected = int(rejects["row_number"].nunique())
-            con.execute(
-                """
-                UPDATE runs SET status = 'failed', failed_stage = $stage, error = $error,
-                    finished_at = $finished_at, rows_rejected = $rows_rejected,
-                    rows_loaded = coalesce($rows_loaded, rows_loaded)
-                WHERE run_id = $run_id
-                """,
-                {
-                    "run_id": run_id,
-                    "stage": stage,
-                    "error": message,
-                    "finished_at": utc_now(),
-                    "rows_rejected": n_rejected,
-                    "rows_loaded": rows_loaded,
-                },
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+    """Publish a failed run: its ``runs`` row with the failing stage and message, and its rejects."""
+    with publishing(database) as con:
+        _record_killed(con, killed, start.run_id)
+        n_rejected = 0
+        if rejects is not None and len(rejects):
+            _insert_rejects(con, start.run_id, rejects)
+            n_rejected = int(rejects["row_number"].nunique())
+        _insert_run_row(
+            con,
+            start,
+            "failed",
+            failed_stage=stage,
+            error=message,
+            finished_at=utc_now(),
+            rows_rejected=n_rejected,
+            rows_loaded=rows_loaded,
+        )
 
 
 def _insert_children(con: duckdb.DuckDBPyConnection, run_id: int, record: RunRecord) -> None:

@@ -163,9 +163,10 @@ def _ordered_sum(parts: list):
 def centred_transposed(X: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """``(X - shift).T`` as a C-contiguous (d, n) array: the layout EM works in.
 
-    Transposed first and centred in place, so only one copy of ``X`` is made.
+    Transposed into a new array first and centred in place, so only one copy of ``X`` is made
+    (an explicit copy: for one feature ``X.T`` is already contiguous and would be a view).
     """
-    XcT = np.ascontiguousarray(X.T, dtype=np.float64)
+    XcT = np.array(X.T, dtype=np.float64, order="C", copy=True)
     XcT -= shift[:, None]
     return XcT
 

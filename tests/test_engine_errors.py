@@ -325,3 +325,16 @@ def test_select_model_rejects_bad_arguments(X):
         select_model(np.r_[X, [[np.nan, 0.0]]], n_components=[1, 2])
     with pytest.raises(ValueError, match=names("sample_weight")):
         select_model(X, n_components=[1, 2], sample_weight=-np.ones(len(X)))
+
+
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_fit_and_predict_never_modify_the_callers_array(d, covariance_type):
+    X = np.random.default_rng(3).normal(size=(200, d)) + 50.0
+    w = np.ones(200)
+    original, original_w = X.copy(), w.copy()
+    gm = GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X, sample_weight=w)
+    gm.predict_proba(X)
+    gm.score_samples(X)
+    np.testing.assert_array_equal(X, original)
+    np.testing.assert_array_equal(w, original_w)

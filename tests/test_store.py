@@ -1,4 +1,4 @@
-"""The DuckDB results store: schema, one-transaction writes, views, failure marking and the write lock."""
+"""The DuckDB results store: schema, whole-run publication, views, failed and killed runs, open readers."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 
 from flows.duck import quote_identifier, quote_qualified
+from flows.runlock import database_lock
 from flows.store import (
     TABLES,
     VIEWS,
     RunRecord,
-    StoreLockedError,
-    connect_for_write,
     fail_run,
     feature_scaler_table,
     finish_run,
@@ -26,8 +25,19 @@ from flows.store import (
 )
 
 
-def start(db, trigger="test"):
-    return start_run(db, trigger=trigger, input_name="in.csv", input_kind="customers",
+class Journal:
+    """Stands in for the run lock's journal where the lock itself is not under test."""
+
+    def __init__(self, previous=None):
+        self.previous = previous
+        self.content = {}
+
+    def note(self, **fields):
+        self.content.update(fields)
+
+
+def start(db, trigger="test", journal=None):
+    return start_run(db, journal or Journal(), trigger=trigger, input_name="in.csv", input_kind="customers",
                      parameters={"model": {"k_max": 2}}, seed=0, code_version="test")
 
 
@@ -72,17 +82,15 @@ def test_quote_identifier_handles_any_name():
 
 def test_a_run_appears_in_the_views_only_when_it_succeeded(tmp_path):
     db = tmp_path / "out" / "segments.duckdb"
-    run_id = start(db)
-    assert run_id == 1
+    first = start(db)
+    assert first.run_id == 1
+    assert not db.exists(), "nothing is published before the run ends"
+    finish_run(db, first, record())
     with duckdb.connect(str(db), read_only=True) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         assert set(TABLES) | set(VIEWS) <= tables
-        assert con.execute("SELECT status, trigger FROM runs").fetchall() == [("running", "test")]
-        assert con.execute("SELECT count(*) FROM current_segments").fetchone()[0] == 0
-    finish_run(db, run_id, record())
-    with duckdb.connect(str(db), read_only=True) as con:
-        run = con.execute("SELECT status, n_components, icl, rows_excluded, finished_at IS NOT NULL FROM runs").fetchone()
-        assert run[:3] == ("success", 2, None) and json.loads(run[3]) == {"x": 0} and run[4]
+        run = con.execute("SELECT status, trigger, n_components, icl, rows_excluded, finished_at IS NOT NULL FROM runs").fetchone()
+        assert run[:4] == ("success", "test", 2, None) and json.loads(run[4]) == {"x": 0} and run[5]
         assert con.execute("SELECT count(*), sum(customer_count) FROM current_segments").fetchone() == (2, 3)
         assert con.execute("SELECT probabilities FROM current_assignments WHERE customer_id = 'c0'").fetchone()[0] == [0.5, 0.5]
         assert con.execute("SELECT row_number, value FROM rejected_rows").fetchall() == [(4, None)]
@@ -91,6 +99,7 @@ def test_a_run_appears_in_the_views_only_when_it_succeeded(tmp_path):
         assert con.execute("SELECT transform, scaler_scale FROM feature_scalers").fetchall() == [("log1p", 2.0)]
     # A second, failed run does not replace the current one and keeps no rows but its rejects.
     second = start(db)
+    assert second.run_id == 2
     fail_run(db, second, "validate", "too many rejects", rejects=record().rejects, rows_loaded=4)
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT run_id FROM latest_run").fetchall() == [(1,)]
@@ -100,38 +109,59 @@ def test_a_run_appears_in_the_views_only_when_it_succeeded(tmp_path):
         assert con.execute("SELECT count(*) FROM rejected_rows WHERE run_id = 2").fetchone()[0] == 1
 
 
-def test_a_write_that_fails_midway_leaves_nothing(tmp_path):
+def test_a_write_that_fails_midway_leaves_the_published_file_untouched(tmp_path):
     db = tmp_path / "s.duckdb"
-    run_id = start(db)
+    finish_run(db, start(db), record())
+    before = db.read_bytes()
     broken = record()
     # NULL customer ids violate assignments.customer_id NOT NULL after every other table is inserted.
     broken.assignments = broken.assignments.assign(customer_id=pd.Series([None, "a", "b"], dtype=object))
     with pytest.raises(duckdb.ConstraintException):
-        finish_run(db, run_id, broken)
-    with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]
-        for table in TABLES[1:]:
-            assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+        finish_run(db, start(db), broken)
+    assert db.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["s.duckdb"], "the private copy is removed"
 
 
-def test_a_reader_holding_the_file_blocks_the_writer_until_retries_run_out(tmp_path):
+def test_a_killed_predecessor_is_recorded_once_and_its_id_not_reused(tmp_path):
     db = tmp_path / "s.duckdb"
-    start(db)
-    holder = subprocess.Popen(
+    finish_run(db, start(db), record())
+    # Run 2 claimed its id, reached "select" and was killed: its journal is what the lock file kept.
+    journal = Journal()
+    killed = start(db, journal=journal)
+    journal.note(stage="select", pid=4242)
+    left_behind = dict(journal.content)
+    third = start(db, journal=Journal(previous=left_behind))
+    assert (killed.run_id, third.run_id) == (2, 3)
+    finish_run(db, third, record(), killed=left_behind)
+    finish_run(db, start(db, journal=Journal(previous=left_behind)), record(), killed=left_behind)
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT run_id, status, failed_stage, error FROM runs ORDER BY run_id").fetchall()
+    assert [r[:3] for r in rows] == [(1, "success", None), (2, "killed", "select"), (3, "success", None), (4, "success", None)]
+    assert "pid 4242" in rows[1][3] and "found by run 3" in rows[1][3]
+
+
+def test_a_reader_holding_the_file_neither_blocks_the_write_nor_sees_it_half_done(tmp_path):
+    db = tmp_path / "s.duckdb"
+    finish_run(db, start(db), record())
+    reader = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
-            import duckdb, sys, time
+            import duckdb, sys
             con = duckdb.connect({str(db)!r}, read_only=True)
-            print("open", flush=True)
+            count = lambda: con.execute("SELECT count(*) FROM runs").fetchall()[0][0]
+            print(count(), flush=True)
             sys.stdin.readline()
+            print(count(), flush=True)   # still the snapshot it opened
         """)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
-        assert holder.stdout.readline().strip() == "open"
-        with pytest.raises(StoreLockedError, match="locked by another process after 3 attempts"):
-            with connect_for_write(db, attempts=3, first_delay=0.05):
-                pass
+        assert reader.stdout.readline().strip() == "1"
+        with database_lock(db, 5) as journal:
+            finish_run(db, start(db, journal=journal), record())
+        out, _ = reader.communicate("go\n", timeout=30)
+        assert out.strip() == "1"
     finally:
-        holder.communicate("done\n", timeout=30)
-    with connect_for_write(db, attempts=3, first_delay=0.05) as con:
-        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+        if reader.poll() is None:
+            reader.kill()
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM runs WHERE status = 'success'").fetchall()[0][0] == 2
