@@ -2,8 +2,8 @@
 -- Idempotent: run at every write so an empty file becomes a results database.
 CREATE TABLE IF NOT EXISTS runs (
     run_id              BIGINT PRIMARY KEY,   -- 1, 2, 3 ... in start order
-    trigger             VARCHAR NOT NULL,     -- cli | manual | schedule | test
-    status              VARCHAR NOT NULL,     -- running | success | failed
+    trigger             VARCHAR NOT NULL,     -- schedule | manual | cli | test
+    status              VARCHAR NOT NULL,     -- success | failed | killed (recorded by the next run)
     failed_stage        VARCHAR,              -- stage that raised, when status = 'failed'
     error               VARCHAR,              -- one-line error message, when status = 'failed'
     started_at          TIMESTAMP NOT NULL,   -- UTC
