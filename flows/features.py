@@ -172,10 +172,30 @@ def build_feature_matrix(
     as_of: date | None = None,
     counts: dict[str, int] | None = None,
 ) -> FeatureMatrix:
-    """Turn a per-customer table (``customer_id`` + feature columns) into the engine's inputs."""
+    """Turn a per-customer table (``customer_id`` + feature columns) into the engine's inputs.
+
+    Raises
+    ------
+    FeatureError
+        No customer or a single one, or a feature with the same value for every customer (zero
+        variance: nothing to separate on, and the standardised column would be all zeros).
+    """
     if table.empty:
         raise FeatureError("no customer is left to segment after validation and the data rules")
+    if len(table) == 1:
+        raise FeatureError(
+            f"only 1 customer ({table['customer_id'].iloc[0]}) is left to segment after validation and the "
+            f"data rules; a segment of {len(names)} feature{'s' if len(names) != 1 else ''} needs at least "
+            f"{len(names) + 1} customers"
+        )
     X = table[list(names)].to_numpy(dtype=np.float64)
+    constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
+    if constant.size:
+        j = int(constant[0])
+        raise FeatureError(
+            f"feature {names[j]!r} has the same value ({X[0, j]:g}) for every one of the {len(table):,} "
+            f"customers, so it cannot separate segments; drop it from features.columns"
+        )
     scaler = fit_scaler(X, transforms, standardize)
     return FeatureMatrix(
         customer_ids=table["customer_id"].astype(str).to_numpy(dtype=object),

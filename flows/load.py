@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from flows.config import InputSettings
@@ -30,11 +34,28 @@ class LoadedInput:
         What was read, for messages and the ``rejected_rows`` table (a path, ``path:table`` or ``path:query``).
     source_columns : dict
         Canonical column name -> the column's name in the source, to name columns in errors and rejects.
+    rejects : DataFrame
+        Rows the CSV reader could not split into the header's columns (wrong number of fields, bytes
+        that are not UTF-8, broken quoting), one record per row in the ``rejected_rows`` layout
+        (``source``, ``row_number``, ``column_name``, ``rule``, ``value``); they are not in ``frame``.
     """
 
     frame: pd.DataFrame
     source: str
     source_columns: dict[str, str] = field(default_factory=dict)
+    rejects: pd.DataFrame = field(default_factory=lambda: empty_rejects())
+
+    @property
+    def n_rows(self) -> int:
+        """Data rows in the source: the rows read plus the rows the reader rejected."""
+        return len(self.frame) + (int(self.rejects["row_number"].nunique()) if len(self.rejects) else 0)
+
+
+#: Column name written into ``rejected_rows`` for a reader reject that concerns the whole row.
+WHOLE_ROW = "(row)"
+
+#: Separators tried on the header line of a CSV file (then any other punctuation in it).
+_DELIMITERS = (",", ";", "\t", "|")
 
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt", ".csv.zst", ".tsv.gz", ".txt.gz")
@@ -80,17 +101,23 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
     features : list of str
         Feature columns of a customer table (ignored for a transaction log).
 
+    A CSV file's separator is chosen from its header line (the one that yields the configured column
+    names; see :func:`detect_delimiter`). CSV rows that cannot be split into the header's columns, or
+    that hold bytes which are not UTF-8, are set aside by DuckDB's reader and returned in
+    ``LoadedInput.rejects`` (validation adds them to the run's rejects and reject budget).
+
     Raises
     ------
     InputError
-        Missing file, unknown format, missing column, or a table/query DuckDB cannot run.
+        Missing, empty or header-only file, unknown format, missing column, or a table/query DuckDB
+        cannot run.
     """
     path = settings.path
-    if not Path(path).exists():
-        raise InputError(f"{path}: input file not found")
     fmt = source_format(path)
+    check_file(path, fmt)
     columns = wanted_columns(settings, features)
     source = path
+    reader_rejects = empty_rejects()
     con = duckdb.connect()
     try:
         if fmt == "duckdb":
@@ -105,16 +132,19 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
             else:
                 raise InputError(f"{path}: a DuckDB input needs input.table or input.query")
         else:
-            # The Python relation API binds the path as a value (a view definition cannot take parameters).
+            # A view definition cannot take parameters, so the path goes in as an escaped literal.
+            if fmt == "csv":
+                delimiter = detect_delimiter(path, list(columns.values()))
+                options = "header = true, all_varchar = true, store_rejects = true"
+                if delimiter is not None:
+                    options += f", delim = {_literal(delimiter)}"
+                reader = f"read_csv({_literal(path)}, {options})"
+            else:
+                reader = f"read_parquet({_literal(path)})"
             try:
-                relation = (
-                    con.read_csv(path, header=True, all_varchar=True)
-                    if fmt == "csv"
-                    else con.read_parquet(path)
-                )
+                con.execute(f"CREATE VIEW input AS SELECT * FROM {reader}")
             except duckdb.Error as exc:
                 raise InputError(f"{path}: cannot read input ({_first_line(exc)})") from None
-            relation.create_view("input")
             relation_sql = f"({settings.query})" if settings.query else "input"
             if settings.query:
                 source = f"{path}:query"
@@ -124,8 +154,14 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
             raise InputError(f"{source}: cannot read input ({_first_line(exc)})") from None
         missing = [f"{src!r} (for {canon})" for canon, src in columns.items() if src not in available]
         if missing:
+            hint = ""
+            if fmt == "csv" and len(available) == 1:
+                hint = (
+                    "; the header was read as a single column: separate the columns with "
+                    "',', ';', tab or '|'"
+                )
             raise InputError(
-                f"{source}: column {', '.join(missing)} not found; the input has {available}; "
+                f"{source}: column {', '.join(missing)} not found; the input has columns {available}{hint}; "
                 "map your column names in [input.columns]"
             )
         select_list = []
@@ -136,12 +172,146 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
             select_list.append(f"{expr} AS {quote_identifier(canon)}")
         try:
             frame = con.execute(f"SELECT {', '.join(select_list)} FROM {relation_sql} AS r").df()
+            if fmt == "csv":
+                reader_rejects = _reader_rejects(con, source)
         except duckdb.Error as exc:
             raise InputError(f"{source}: cannot read input ({_first_line(exc)})") from None
     finally:
         con.close()
-    frame.index = pd.RangeIndex(1, len(frame) + 1, name="row")
-    return LoadedInput(frame=frame, source=source, source_columns=columns)
+    if len(frame) == 0 and len(reader_rejects) == 0:
+        what = "only a header line" if fmt == "csv" else "no rows"
+        raise InputError(f"{source}: no data rows (the input has {what}, columns {available})")
+    frame.index = pd.Index(_kept_row_numbers(len(frame), reader_rejects, settings.query is None), name="row")
+    return LoadedInput(frame=frame, source=source, source_columns=columns, rejects=reader_rejects)
+
+
+def check_file(path: str, fmt: str | None = None) -> None:
+    """Stop with a one-line InputError when ``path`` is missing, not a file, or empty.
+
+    An empty file (0 bytes, or a compressed file that holds 0 bytes) has no header and no rows;
+    DuckDB's CSV sniffer would fail on it with an unhelpful message.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: input file not found")
+    if not p.is_file():
+        raise InputError(f"{path}: not a file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes); expected a header line and data rows")
+    if path.lower().endswith(".gz"):
+        try:
+            with gzip.open(p, "rb") as fh:
+                empty = fh.read(1) == b""
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: not a readable gzip file ({_first_line(exc)})") from None
+        if empty:
+            raise InputError(f"{path}: the file is empty (no bytes after decompression); "
+                             "expected a header line and data rows")
+
+
+def detect_delimiter(path: str, wanted: list[str]) -> str | None:
+    """The separator that splits the CSV header into the most of the ``wanted`` column names.
+
+    ``,``, ``;``, tab and ``|`` are tried, then any other punctuation found in the header line. None
+    when no separator yields a wanted name (DuckDB's sniffer then decides) or the header cannot be
+    read (e.g. a compression this function does not open). Choosing by the wanted names rather than
+    by DuckDB's sniffer keeps a file readable when a share of its rows are garbage, which can make the
+    sniffer settle on a single column.
+    """
+    header = _header_line(path)
+    if header is None:
+        return None
+    others = sorted({ch for ch in header if not ch.isalnum() and ch not in "\"' _-.\r\n" and ch not in _DELIMITERS})
+    best, best_key = None, (0, 0)
+    for delimiter in (*_DELIMITERS, *others):
+        try:
+            fields = next(csv.reader([header], delimiter=delimiter))
+        except (csv.Error, StopIteration):
+            continue
+        names = {f.strip() for f in fields}
+        key = (sum(1 for w in wanted if w in names), len(fields))
+        if key[0] > 0 and key > best_key:
+            best, best_key = delimiter, key
+    return best
+
+
+def _header_line(path: str) -> str | None:
+    lower = path.lower()
+    try:
+        if lower.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                raw = fh.readline(1 << 20)
+        elif lower.endswith((".csv", ".tsv", ".txt")):
+            with open(path, "rb") as fh:
+                raw = fh.readline(1 << 20)
+        else:
+            return None
+    except (OSError, EOFError, zlib.error):
+        return None
+    return raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+
+
+def _reader_rejects(con: duckdb.DuckDBPyConnection, source: str) -> pd.DataFrame:
+    """Rows DuckDB's CSV reader set aside in its latest scan (``store_rejects``), as reject records.
+
+    DuckDB's ``line`` counts records from the header (1), so the data row is ``line - 1`` even when
+    quoted fields span lines.
+    """
+    found = con.execute(
+        """
+        SELECT DISTINCT ON (line) line - 1 AS row_number, column_name, error_type, csv_line
+        FROM reject_errors
+        WHERE scan_id = (SELECT max(scan_id) FROM reject_scans)
+        ORDER BY line, column_idx
+        """
+    ).fetchall()
+    if not found:
+        return empty_rejects()
+    return pd.DataFrame(
+        {
+            "source": source,
+            "row_number": np.array([r[0] for r in found], dtype=np.int64),
+            "column_name": [_reader_column(r[1], r[2]) for r in found],
+            "rule": ["csv_" + str(r[2]).strip().lower().replace(" ", "_") for r in found],
+            "value": pd.Series([r[3] for r in found], dtype=object),
+        },
+        columns=["source", "row_number", "column_name", "rule", "value"],
+    )
+
+
+def _reader_column(name: str | None, error_type: str) -> str:
+    # A wrong field count concerns the row, not the column DuckDB happened to stop at.
+    if name is None or str(error_type).upper() in ("TOO MANY COLUMNS", "MISSING COLUMNS"):
+        return WHOLE_ROW
+    return str(name)
+
+
+def _kept_row_numbers(n_kept: int, rejects: pd.DataFrame, in_source_order: bool) -> np.ndarray:
+    """1-based source row numbers of the rows read, given the rows the reader rejected."""
+    if not in_source_order or len(rejects) == 0:
+        return np.arange(1, n_kept + 1, dtype=np.int64)
+    rejected = np.unique(rejects["row_number"].to_numpy(dtype=np.int64))
+    total = n_kept + rejected.size
+    numbers = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), rejected, assume_unique=True)
+    return numbers[:n_kept]
+
+
+def empty_rejects() -> pd.DataFrame:
+    """A reject table with no rows (the ``rejected_rows`` columns, without ``run_id``)."""
+    return pd.DataFrame(
+        {
+            "source": pd.Series(dtype=object),
+            "row_number": pd.Series(dtype="int64"),
+            "column_name": pd.Series(dtype=object),
+            "rule": pd.Series(dtype=object),
+            "value": pd.Series(dtype=object),
+        }
+    )
+
+
+def _literal(text: str) -> str:
+    """A DuckDB string literal (single quotes doubled; standard strings have no backslash escapes)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _customer_id_sql(expr: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pandas as pd
 
 from flows.config import Settings
 from flows.features import RULE_LABELS, FeatureMatrix, build_feature_matrix, default_as_of, rfm_table
-from flows.load import LoadedInput
+from flows.load import WHOLE_ROW, LoadedInput
 from flows.segments import SegmentResult, assignment_table, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
@@ -33,6 +34,8 @@ class TooManyRejectsError(ValueError):
 def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome:
     """Validate the loaded rows with the schema of their kind; stop when rejects exceed the allowed share.
 
+    Rows the CSV reader already set aside (``loaded.rejects``) count as rejected rows too.
+
     Raises
     ------
     TooManyRejectsError
@@ -44,17 +47,34 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
     else:
         schema = customer_table_schema(settings.features.columns, settings.features.transforms)
     outcome = validate_rows(loaded.frame, schema, loaded.source, loaded.source_columns)
+    if len(loaded.rejects):
+        rejects = pd.concat([loaded.rejects, outcome.rejects], ignore_index=True)
+        rejects = rejects.sort_values(["row_number", "column_name"], kind="stable", ignore_index=True)
+        outcome = ValidationOutcome(valid=outcome.valid, rejects=rejects, n_rows=loaded.n_rows)
     limit = settings.rules.max_reject_share
     if outcome.reject_share > limit:
         first = outcome.rejects.iloc[0]
+        where = "the whole row" if first["column_name"] == WHOLE_ROW else f"column {first['column_name']!r}"
         raise TooManyRejectsError(
             f"{loaded.source}: {outcome.n_rejected_rows} of {outcome.n_rows} rows "
             f"({outcome.reject_share:.1%}) fail validation, more than the allowed {limit:.1%} "
-            f"(rules.max_reject_share); first: row {first['row_number']}, column {first['column_name']!r}, "
-            f"rule {first['rule']}, value {first['value']!r}; all are in rejected_rows",
+            f"(rules.max_reject_share); first: row {first['row_number']}, {where}, "
+            f"rule {first['rule']}, value {first['value']!r}{_reject_hint(outcome.rejects)}; "
+            "all are in rejected_rows",
             outcome,
         )
     return outcome
+
+
+def _reject_hint(rejects: pd.DataFrame) -> str:
+    """Advice for the reject patterns that have one likely cause (a separator, an encoding)."""
+    rules = rejects["rule"].value_counts()
+    top = str(rules.index[0]) if len(rules) else ""
+    if top in ("csv_missing_columns", "csv_too_many_columns"):
+        return " (rows with another number of fields than the header: garbage lines, or a separator other than the header's)"
+    if top == "csv_invalid_encoding":
+        return " (the file is not UTF-8: convert it, e.g. iconv -f latin1 -t utf-8)"
+    return ""
 
 
 def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
@@ -78,28 +98,72 @@ def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
 def select_segments(
     X_model: np.ndarray, settings: Settings, progress: Callable[[int, int], None] | None = None
 ):
-    """Run gmm_engine.select_model over the configured grid; returns its SelectionResult."""
+    """Run gmm_engine.select_model over the configured grid; returns its SelectionResult.
+
+    The engine sets aside a component holding fewer than d + 1 customers (d features), so k segments
+    need at least k * (d + 1) customers. When the data support fewer segments than ``model.k_max``
+    the grid is cut to what they support, with a warning; when they do not support ``model.k_min``
+    the run stops with a message saying how many customers there are and how many are needed.
+
+    Raises
+    ------
+    ValueError
+        Too few customers for ``model.k_min`` segments, or no candidate of the grid could be fitted.
+    """
     from gmm_engine import select_model
 
     m = settings.model
-    k_max = min(m.k_max, X_model.shape[0])
-    if k_max < m.k_min:
+    n, d = X_model.shape
+    per_segment = d + 1
+    supported = n // per_segment
+    if supported < m.k_min:
         raise ValueError(
-            f"only {X_model.shape[0]} customers: too few for k_min = {m.k_min} segments (model.k_min)"
+            f"only {n:,} customer{'s' if n != 1 else ''} to segment: with {d} feature{'s' if d != 1 else ''} "
+            f"a segment needs at least {per_segment} customers, so model.k_min = {m.k_min} needs "
+            f"{m.k_min * per_segment:,}"
         )
-    return select_model(
-        X_model,
-        n_components=range(m.k_min, k_max + 1),
-        covariance_types=tuple(m.covariance_types),
-        criterion=m.criterion,
-        n_init=m.n_init,
-        random_state=m.seed,
-        max_iter=m.max_iter,
-        tol=m.tol,
-        reg_covar=m.reg_covar,
-        max_samples=m.max_samples,
-        progress=progress,
-    )
+    k_max = min(m.k_max, supported)
+    if k_max < m.k_max:
+        run_logger().warning(
+            "only %s customers for %d features: trying at most %d segments instead of model.k_max = %d "
+            "(each segment needs at least %d customers)",
+            f"{n:,}", d, k_max, m.k_max, per_segment,
+        )
+    try:
+        return select_model(
+            X_model,
+            n_components=range(m.k_min, k_max + 1),
+            covariance_types=tuple(m.covariance_types),
+            criterion=m.criterion,
+            n_init=m.n_init,
+            random_state=m.seed,
+            max_iter=m.max_iter,
+            tol=m.tol,
+            reg_covar=m.reg_covar,
+            max_samples=m.max_samples,
+            progress=progress,
+        )
+    except ValueError as exc:
+        text = str(exc)
+        if not text.startswith("no acceptable candidate"):
+            raise
+        # The engine lists every candidate's reason; the first one is enough for a one-line error.
+        first = text.split(": ", 1)[1].split("; ")[0] if ": " in text else text
+        raise ValueError(
+            f"no model could be fitted to {n:,} customers x {d} features: every candidate of "
+            f"k = {m.k_min}..{k_max} was degenerate or failed (first: {first}); too few distinct "
+            "customers for these settings: lower model.k_min/k_max or use fewer features"
+        ) from None
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task run (so the line shows in the UI), else this module's."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a run context (plain function calls in tests and scripts)
+        return logging.getLogger(__name__)
 
 
 def fit_segments(model, features: FeatureMatrix) -> SegmentResult:

@@ -16,3 +16,35 @@ def is_finite(series: pd.Series) -> pd.Series:
 def is_not_blank(series: pd.Series) -> pd.Series:
     """True where text is not empty or only spaces."""
     return series.astype(str).str.strip().str.len() > 0
+
+
+#: Largest magnitude accepted for an amount, price, quantity or feature value. Anything larger is a
+#: data error (an overflowed export, a misplaced exponent), and values near 1e300 would overflow to
+#: inf in sums and squares.
+MAX_MAGNITUDE = 1e12
+
+#: Name of the rule a value above :data:`MAX_MAGNITUDE` fails (as written into ``rejected_rows``).
+MAGNITUDE_RULE = "magnitude_at_most(1e12)"
+
+
+def is_within_magnitude(series: pd.Series) -> pd.Series:
+    """True where ``|value| <= MAX_MAGNITUDE`` (nulls, non-numbers and inf are other rules' business)."""
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        ok = ~(np.abs(values) > MAX_MAGNITUDE) | ~np.isfinite(values)
+    return pd.Series(ok, index=series.index)
+
+
+def is_not_in_future(series: pd.Series) -> pd.Series:
+    """True where a timestamp is not later than one day after now (nulls pass).
+
+    The day of slack covers time-zone offsets between the data's local times and the clock; a
+    later timestamp is a data error (a typo'd year, day and month swapped) that would otherwise
+    move the default as-of date and every customer's recency.
+    """
+    stamps = pd.to_datetime(series, errors="coerce")
+    now = pd.Timestamp.now(tz="UTC")
+    if getattr(stamps.dt, "tz", None) is None:
+        now = now.tz_localize(None)
+    limit = now + pd.Timedelta(days=1)
+    return (stamps <= limit) | stamps.isna()

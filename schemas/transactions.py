@@ -6,7 +6,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from schemas.checks import is_finite, is_not_blank
+from schemas.checks import MAGNITUDE_RULE, is_finite, is_not_blank, is_not_in_future, is_within_magnitude
 
 
 class Transactions(pa.DataFrameModel):
@@ -17,7 +17,9 @@ class Transactions(pa.DataFrameModel):
     (invoice id starting with the cancellation prefix, or a negative quantity or amount: they reduce
     monetary value but do not count as purchases).
     A value that cannot be read (a date that is not a date, a price that is not a number, a negative
-    unit price) rejects the row.
+    unit price) rejects the row, and so does a value that cannot be true: a quantity, price or amount
+    that is not finite or larger in magnitude than 1e12 (``magnitude_at_most(1e12)``), or a timestamp
+    more than a day after the moment of validation (``not_in_future``). A zero amount is kept.
     """
 
     invoice_id: Series[str] = pa.Field(nullable=False, coerce=True)
@@ -36,6 +38,16 @@ class Transactions(pa.DataFrameModel):
     @classmethod
     def _finite(cls, series: Series[float]) -> Series[bool]:
         return is_finite(series)
+
+    @pa.check("quantity", "unit_price", "amount", name=MAGNITUDE_RULE)
+    @classmethod
+    def _magnitude(cls, series: Series[float]) -> Series[bool]:
+        return is_within_magnitude(series)
+
+    @pa.check("timestamp", name="not_in_future")
+    @classmethod
+    def _not_in_future(cls, series: Series[pd.Timestamp]) -> Series[bool]:
+        return is_not_in_future(series)
 
     class Config:
         strict = "filter"

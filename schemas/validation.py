@@ -76,11 +76,40 @@ def validate_rows(
     if isinstance(schema, type):
         schema = schema.to_schema()
     source_columns = dict(source_columns or {})
-    try:
-        valid = schema.validate(frame, lazy=True)
+    parts: list[pd.DataFrame] = []
+    kept = frame
+    # When a column's coercion fails for some cells, Pandera checks that column's other rules on the
+    # uncoerced values, so a cell such as the text "NaN" (coerces to NaN, then fails not_nullable)
+    # only shows up once the failed cells are gone: validate again on the kept rows until clean.
+    for attempt in range(_MAX_PASSES):
+        try:
+            valid = schema.validate(kept, lazy=True)
+            break
+        except pa.errors.SchemaErrors as exc:
+            cases = exc.failure_cases
+        rejects = _row_rejects(cases, source, source_columns, after_rejects=attempt > 0)
+        if rejects.empty:
+            raise SchemaFailure(f"{source}: validation failed without naming a row or column")
+        parts.append(rejects)
+        kept = kept.drop(index=np.unique(rejects["row_number"].to_numpy()))
+    else:
+        raise SchemaFailure(f"{source}: rows still fail validation after {_MAX_PASSES} passes")
+    if not parts:
         return ValidationOutcome(valid=valid, rejects=_empty_rejects(), n_rows=len(frame))
-    except pa.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
+    rejects = pd.concat(parts, ignore_index=True).sort_values(
+        ["row_number", "column_name"], kind="stable", ignore_index=True
+    )
+    return ValidationOutcome(valid=valid, rejects=rejects, n_rows=len(frame))
+
+
+#: Validation passes before giving up (each removes the rows the previous one found; 2 are typical).
+_MAX_PASSES = 4
+
+
+def _row_rejects(
+    cases: pd.DataFrame, source: str, source_columns: Mapping[str, str], after_rejects: bool
+) -> pd.DataFrame:
+    """Reject records from Pandera's failure_cases; SchemaFailure for a whole-column failure."""
     row_cases = cases[cases["index"].notna()]
     frame_cases = cases[cases["index"].isna()]
     # A failed coercion is also reported as a dtype failure of the same cell; keep only the first.
@@ -90,18 +119,17 @@ def validate_rows(
         # For frame-wide checks (e.g. column_in_dataframe) Pandera puts the column in failure_case.
         name = first["failure_case"] if first["schema_context"] == "DataFrameSchema" else first["column"]
         column = source_columns.get(name, name)
-        raise SchemaFailure(f"{source}: column {column!r} fails rule {first['check']} (whole column)")
-    coerce_cells = set(
-        zip(row_cases.loc[row_cases["check"].astype(str).str.startswith("coerce_dtype"), "index"],
-            row_cases.loc[row_cases["check"].astype(str).str.startswith("coerce_dtype"), "column"])
-    )
+        when = " after removing rejected rows" if after_rejects else " (whole column)"
+        raise SchemaFailure(f"{source}: column {column!r} fails rule {first['check']}{when}")
+    is_coerce = row_cases["check"].astype(str).str.startswith("coerce_dtype")
+    coerce_cells = set(zip(row_cases.loc[is_coerce, "index"], row_cases.loc[is_coerce, "column"]))
     is_dtype_echo = row_cases["check"].astype(str).str.startswith("dtype(") & pd.Series(
         [(i, c) in coerce_cells for i, c in zip(row_cases["index"], row_cases["column"])],
         index=row_cases.index,
         dtype=bool,
     )
     row_cases = row_cases[~is_dtype_echo]
-    rejects = pd.DataFrame(
+    return pd.DataFrame(
         {
             "source": source,
             "row_number": row_cases["index"].astype("int64").to_numpy(),
@@ -111,19 +139,7 @@ def validate_rows(
             "value": pd.Series([_as_text(v) for v in row_cases["failure_case"]], dtype=object, index=row_cases.index),
         },
         columns=REJECT_COLUMNS,
-    ).sort_values(["row_number", "column_name"], kind="stable", ignore_index=True)
-    bad_rows = np.unique(rejects["row_number"].to_numpy())
-    kept = frame.drop(index=bad_rows)
-    try:
-        valid = schema.validate(kept, lazy=True)
-    except pa.errors.SchemaErrors as exc:
-        # Frame-wide checks can still fail on the kept rows; that is not a per-row problem.
-        first = exc.failure_cases.iloc[0]
-        raise SchemaFailure(
-            f"{source}: column {source_columns.get(first['column'], first['column'])!r} "
-            f"fails rule {first['check']} after removing rejected rows"
-        ) from None
-    return ValidationOutcome(valid=valid, rejects=rejects, n_rows=len(frame))
+    )
 
 
 def _as_text(value: object) -> str | None:
