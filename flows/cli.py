@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import logging
 import os
 import sys
+import traceback
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from flows.config import COVARIANCE_TYPES, ConfigError
@@ -64,6 +68,10 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--max-reject-share", type=float, help="stop when more than this share of rows is rejected")
     run.add_argument("--database", help="results DuckDB file (default output/segments.duckdb)")
     run.add_argument("--reports", dest="reports_dir", help="reports folder (default output/reports)")
+    run.add_argument(
+        "--debug", action="store_true",
+        help="show Python tracebacks in the terminal (by default errors are one line; the Prefect UI keeps them)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", metavar="NAME=VALUE",
         help="any flow parameter; VALUE is JSON when it parses as JSON, else text (repeatable)",
     )
+    name = sub.add_parser(
+        "name",
+        help="name a segment (names stay attached to the stable segment id)",
+        description="Give a segment id a name shown in current_segments, segment_history and the views "
+        "(segment ids are kept from run to run). Waits for a run in progress.",
+    )
+    name.add_argument("segment_id", type=int, help="the segment id, e.g. 3")
+    name.add_argument("name", nargs="?", help="the name, e.g. 'Loyal big spenders'")
+    name.add_argument("--clear", action="store_true", help="remove the segment's name")
+    name.add_argument("--config", "-c", help="TOML configuration file (for output.database)")
+    name.add_argument("--database", help="results DuckDB file (default output/segments.duckdb)")
     trigger.add_argument("--deployment", choices=["manual", "nightly"], default="manual")
     trigger.add_argument("--wait", action="store_true", help="follow the run to its final state")
     trigger.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
@@ -165,6 +184,53 @@ def _extra_parameters(values: list[str] | None) -> dict[str, Any]:
     return out
 
 
+class _NoTraceback(logging.Formatter):
+    """Formats a record with another formatter, leaving out its traceback and stack.
+
+    The record is copied so that other handlers of the same record (Prefect's API handler, which
+    sends the traceback to the UI) still see it whole.
+    """
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record = copy.copy(record)
+            record.exc_info = record.exc_text = record.stack_info = None
+        return self.inner.format(record)
+
+
+def hide_tracebacks() -> int:
+    """Stop tracebacks from reaching the terminal through logging; returns how many handlers changed.
+
+    Prefect logs a failed task or flow with ``exc_info``; without ``--debug`` its console handlers
+    (and any other handler writing to stdout/stderr) print the log line without the traceback. Call
+    after Prefect has configured logging (importing ``prefect`` does). Idempotent.
+    """
+    loggers = [logging.getLogger()] + [
+        obj for obj in logging.Logger.manager.loggerDict.values() if isinstance(obj, logging.Logger)
+    ]
+    changed = 0
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not isinstance(handler, logging.StreamHandler) or isinstance(handler.formatter, _NoTraceback):
+                continue
+            if getattr(handler, "stream", None) not in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__):
+                continue
+            handler.setFormatter(_NoTraceback(handler.formatter))
+            changed += 1
+    return changed
+
+
+def _error(exc: BaseException, debug: bool) -> str:
+    """The final ``segment: error:`` line; with ``--debug`` the traceback is printed before it."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    return f"segment: error: {_one_line(exc)}"
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -219,36 +285,64 @@ def _trigger(args: argparse.Namespace) -> int:
     return 1
 
 
+def _name(args: argparse.Namespace) -> int:
+    from flows.pipeline import settings_from_parameters
+    from flows.runlock import database_lock
+    from flows.store import name_segment
+
+    if args.clear == (args.name is not None):
+        raise ConfigError("give a NAME, or --clear to remove the name")
+    settings = settings_from_parameters(args.config, database=args.database)
+    database = settings.output.database
+    if not Path(database).exists():
+        raise ConfigError(f"{database}: no results database yet; run `segment run` first")
+    with database_lock(database, settings.output.lock_wait_minutes * 60, label="segment name",
+                       on_wait=lambda holder: print(f"waiting for {holder} ...", file=sys.stderr, flush=True)):
+        name_segment(database, args.segment_id, None if args.clear else args.name.strip())
+    what = "name removed" if args.clear else f"named {args.name.strip()!r}"
+    print(f"segment {args.segment_id}: {what} in {Path(database).resolve()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segment`` console script."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary local server can take longer than Prefect's 20 s default on a busy small machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    debug = bool(getattr(args, "debug", False))
+    if not debug:
+        import prefect  # noqa: F401  (configures Prefect's logging, whose handlers are then changed)
+
+        hide_tracebacks()
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "trigger":
             return _trigger(args)
+        if args.command == "name":
+            return _name(args)
         params = flow_parameters(args)
         # Check the configuration before Prefect starts, so a typo fails in a second with one line.
         from flows.pipeline import settings_from_parameters
 
         settings_from_parameters(**params)
     except ConfigError as exc:
-        print(f"segment: error: {exc}", file=sys.stderr)
+        print(_error(exc, debug), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # e.g. the server refused a run: one line, not a traceback
-        print(f"segment: error: {_one_line(exc)}", file=sys.stderr)
+        print(_error(exc, debug), file=sys.stderr)
         return 1
     from flows.pipeline import segment_customers
 
+    if not debug:
+        hide_tracebacks()  # handlers Prefect configured while importing the flow
     try:
         summary = segment_customers(**params, trigger="cli")
     except Exception as exc:  # the flow has logged the details; end with one clear line
-        print(f"segment: error: {_one_line(exc)}", file=sys.stderr)
+        print(_error(exc, debug), file=sys.stderr)
         return 1
     print(format_summary(summary))
     return 0

@@ -113,6 +113,22 @@ class OutputSettings(_Section):
     lock_wait_minutes: float = Field(360.0, ge=0)
 
 
+class TrackingSettings(_Section):
+    """Stable segment ids across runs and drift (see flows/tracking.py for the rules)."""
+
+    #: A Bhattacharyya distance up to this keeps a segment's id (2.0: overlap coefficient e^-2).
+    max_distance: float = Field(2.0, gt=0)
+    #: When the features changed, a Jaccard index of customers at least this keeps an id.
+    min_jaccard: float = Field(0.5, gt=0, le=1)
+    #: MONIC thresholds: share of a segment's customers for a survival / for each part of a split.
+    tau_match: float = Field(0.5, gt=0, le=1)
+    tau_split: float = Field(0.25, gt=0, le=1)
+    #: Flag the run when more than this share of the customers in both runs changed segment.
+    moved_threshold: float = Field(0.2, ge=0, le=1)
+    #: Also fit the previous run's model from its own parameters; keep it if it scores better.
+    warm_start: bool = False
+
+
 class ScheduleSettings(_Section):
     """When ``segment serve`` runs the nightly deployment."""
 
@@ -150,6 +166,7 @@ class Settings(_Section):
     model: ModelSettings = Field(default_factory=ModelSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":

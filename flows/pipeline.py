@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import time
@@ -20,13 +21,14 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from flows import stages
+from flows import continuity, stages
 from flows.config import Criterion, CovarianceType, InputKind, Settings, Transform, Trigger, load_settings
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
 from flows.runlock import RunJournal, database_lock
 from flows.store import RunStart, fail_run, finish_run, start_run
+from flows.tracking import drift_markdown
 
 
 def _transient(task, task_run, state) -> bool:
@@ -120,9 +122,31 @@ def select_task(X_model, settings: Settings, run_id: int):
     return selection
 
 
+@task(name="previous", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
+def previous_task(database: str):
+    previous = continuity.load_previous(database)
+    if previous is not None:
+        get_run_logger().info("comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments)
+    return previous
+
+
 @task(name="fit", **_TASK)
-def fit_task(model, features):
-    return stages.fit_segments(model, features)
+def fit_task(selection, features, previous, settings: Settings):
+    warm = continuity.warm_start(selection, features, previous, settings)
+    if warm is not None:
+        get_run_logger().info("warm start: %s", warm)
+    return stages.fit_segments(selection.best, features), warm
+
+
+@task(name="track", **_TASK)
+def track_task(segments, features, previous, settings: Settings):
+    segments, drift = continuity.track(segments, features, previous, settings)
+    logger = get_run_logger()
+    for line in drift.summary().splitlines():
+        logger.info("%s", line)
+    for flag in drift.flags:
+        logger.warning("drift: %s", flag)
+    return segments, drift
 
 
 @task(name="write", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
@@ -272,26 +296,31 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> d
         stage = done("features", "select")
         selection = select_task(features_.X_model, settings, run_id)
         stage = done("select", "fit")
-        segments = fit_task(selection.best, features_)
-        stage = done("fit", "write")
+        previous = previous_task(database_path)
+        segments, warm = fit_task(selection, features_, previous, settings)
+        stage = done("fit", "track")
+        segments, drift = track_task(segments, features_, previous, settings)
+        stage = done("track", "write")
         report_dir = Path(settings.output.reports) / str(run_id)
         record = stages.build_record(
             loaded=loaded, outcome=outcome, features=features_, selection=selection, segments=segments,
             report_path=str((report_dir / "index.html").resolve()),
         )
+        record.tracking = continuity.tracking_record(drift, warm)
         write_task(database_path, start, record, journal.previous)
         stage = done("write", "report")
         data = stages.report_data(
             run_id=run_id, settings=settings, loaded=loaded, outcome=outcome, features=features_,
             selection=selection, segments=segments,
         )
+        data = dataclasses.replace(data, drift=drift.report_drift())
         report_index = str(Path(report_task(data, str(report_dir))).resolve())
         done("report", "")
     except Exception as exc:
         rejects = getattr(getattr(exc, "outcome", None), "rejects", None)
         if rejects is None and outcome is not None:
             rejects = outcome.rejects
-        rows_loaded = len(loaded.frame) if loaded is not None else None
+        rows_loaded = loaded.n_rows if loaded is not None else None
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         fail_run(
             database_path, start, stage, message, rejects=rejects, rows_loaded=rows_loaded, killed=journal.previous
@@ -317,10 +346,19 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> d
         "report": report_index,
         "stage_seconds": seconds,
         "stage_peak_mb": peak_mb,
+        "previous_run_id": record.tracking.previous_run_id,
+        "new_segments": record.tracking.new_segments,
+        "retired_segments": record.tracking.retired_segments,
+        "moved_share": record.tracking.moved_share,
+        "drift_flags": record.tracking.drift_flags,
+        "warm_start": warm,
     }
     try:
+        markdown = markdown_summary(summary)
+        if drift.previous is not None:
+            markdown += "\n\n" + drift_markdown(drift)
         create_markdown_artifact(
-            markdown_summary(summary), key=f"segmentation-run-{run_id}", description=f"Segmentation run {run_id}"
+            markdown, key=f"segmentation-run-{run_id}", description=f"Segmentation run {run_id}"
         )
     except Exception as exc:  # the run is stored; a UI artifact must not turn it into a failure
         logger.warning("could not publish the run summary artifact: %s", exc)

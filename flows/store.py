@@ -27,8 +27,19 @@ TABLES = (
     "feature_scalers",
     "assignments",
     "rejected_rows",
+    "segment_migrations",
+    "segment_transitions",
+    "segment_shifts",
+    "segment_names",
 )
-VIEWS = ("latest_run", "current_segments", "segment_profiles", "current_assignments")
+VIEWS = (
+    "latest_run",
+    "current_segments",
+    "segment_profiles",
+    "current_assignments",
+    "segment_history",
+    "current_migration",
+)
 
 CANDIDATE_COLUMNS = (
     "n_components",
@@ -286,6 +297,8 @@ class RunRecord:
     feature_scalers: pd.DataFrame
     assignments: pd.DataFrame
     rejects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: flows.continuity.TrackingRecord: ids and drift against the previous run (None: not tracked)
+    tracking: Any = None
 
 
 def finish_run(database: str | Path, start: RunStart, record: RunRecord, killed: Mapping[str, Any] | None = None) -> None:
@@ -315,6 +328,7 @@ def finish_run(database: str | Path, start: RunStart, record: RunRecord, killed:
             icl=_finite_or_none(record.icl),
             log_likelihood=_finite_or_none(record.log_likelihood),
             report_path=record.report_path,
+            **_tracking_columns(record.tracking),
         )
 
 
@@ -379,6 +393,46 @@ def _insert_children(con: duckdb.DuckDBPyConnection, run_id: int, record: RunRec
     _insert_assignments(con, run_id, record.assignments)
     if record.rejects is not None and len(record.rejects):
         _insert_rejects(con, run_id, record.rejects)
+    tracking = record.tracking
+    if tracking is not None and tracking.previous_run_id is not None:
+        for table, frame in (
+            ("segment_migrations", tracking.migrations),
+            ("segment_transitions", tracking.transitions),
+            ("segment_shifts", tracking.shifts),
+        ):
+            if len(frame):
+                frame = frame.assign(previous_run_id=tracking.previous_run_id)
+                _insert_frame(con, table, run_id, frame, list(frame.columns))
+
+
+def _tracking_columns(tracking: Any) -> dict[str, Any]:
+    if tracking is None:
+        return {}
+    return {
+        "previous_run_id": tracking.previous_run_id,
+        "match_method": tracking.match_method,
+        "new_segments": tracking.new_segments,
+        "retired_segments": tracking.retired_segments,
+        "moved_share": tracking.moved_share,
+        "drift_flags": tracking.drift_flags,
+        "what_changed": tracking.what_changed,
+        "warm_start": None if tracking.warm_start is None else json.dumps(tracking.warm_start, default=str),
+    }
+
+
+def name_segment(database: str | Path, segment_id: int, name: str | None) -> None:
+    """Give a stable segment id a name (``None``: remove it), published like a run.
+
+    Callers hold the run lock, so a name never races a run's publication.
+    """
+    with publishing(database) as con:
+        known = con.execute("SELECT count(*) FROM segments WHERE segment_id = ?", [segment_id]).fetchall()[0][0]
+        if not known:
+            ids = [r[0] for r in con.execute("SELECT DISTINCT segment_id FROM segments ORDER BY 1").fetchall()]
+            raise ValueError(f"{database}: no segment {segment_id} in any run (segment ids: {ids})")
+        con.execute("DELETE FROM segment_names WHERE segment_id = ?", [segment_id])
+        if name is not None:
+            con.execute("INSERT INTO segment_names VALUES (?, ?, ?)", [segment_id, name, utc_now()])
 
 
 @contextmanager

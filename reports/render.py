@@ -12,6 +12,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from . import drift as drift_figures
 from . import figures
 from .profiles import SegmentProfiles, segment_profiles
 from .report_data import COVARIANCE_TYPES, ReportData
@@ -28,13 +29,17 @@ th { background: #f2f4f7; } td.text, th.text { text-align: left; }
 tr.chosen td { font-weight: bold; background: #fff7d6; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.92em; }
+ul.flags li { color: #8a3b00; font-weight: bold; }
+pre.what-changed { background: #f6f8fa; padding: 0.8em; white-space: pre-wrap; }
 """
 
 
-def figure_files(n_features: int) -> list[str]:
-    """Names of the PNG files a report with ``n_features`` features contains, in page order."""
-    return (["criteria.png", "sizes.png", "profiles.png", "segments.png", "membership.png",
-             "log_likelihood.png"]
+def figure_files(n_features: int, *, drift: bool = False) -> list[str]:
+    """Names of the PNG files a report with ``n_features`` features contains, in page order
+    (``migration.png`` first when the report compares with a previous run)."""
+    return ((["migration.png"] if drift else [])
+            + ["criteria.png", "sizes.png", "profiles.png", "segments.png", "membership.png",
+               "log_likelihood.png"]
             + [f"feature_{j + 1:02d}.png" for j in range(n_features)])
 
 
@@ -63,8 +68,12 @@ def render_report(data: ReportData, out_dir: str | os.PathLike[str], *, dpi: int
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     profiles = segment_profiles(data.X_original, data.labels, data.segment_ids)
-    names = figure_files(data.n_features)
-    builders: list[Callable[[], Figure]] = [
+    names = figure_files(data.n_features, drift=data.drift is not None)
+    builders: list[Callable[[], Figure]] = [] if data.drift is None else [
+        lambda: drift_figures.migration_figure(
+            data.drift["migration"], data.drift["previous_segment_ids"], data.segment_ids,
+            previous_run_id=data.drift["previous_run_id"])]
+    builders += [
         lambda: figures.criteria_figure(data.selection, data.criterion),
         lambda: figures.sizes_figure(profiles.counts, data.segment_ids),
         lambda: figures.profiles_figure(profiles, data.feature_names, data.feature_units),
@@ -169,9 +178,34 @@ def _selection_table(data: ReportData) -> str:
     return _table(header, rows, text_columns={1, 2, 3, 7}, chosen=chosen)
 
 
-def _page(data: ReportData, profiles: SegmentProfiles, files: list[str]) -> str:
+def _drift_section(drift: dict[str, Any], src: str) -> list[str]:
+    run = drift["previous_run_id"]
+    parts = [f"<h2>What changed since run {_e(run)}</h2>"]
+    if drift["flags"]:
+        parts.append('<ul class="flags">' + "".join(f"<li>{_e(f)}</li>" for f in drift["flags"]) + "</ul>")
+    else:
+        parts.append("<p>No drift flags.</p>")
+    parts.append(f'<pre class="what-changed">{_e(drift["what_changed"])}</pre>')
+    parts.append(_figure(src, f"Customers moving between segments since run {run}",
+                         f"Customers in both runs, from their segment in run {run} (rows) to their "
+                         f"segment now (columns); colour is the share of the row, outlined cells "
+                         f"keep their segment id."))
+    if drift["transitions"]:
+        rows = [[t["kind"], ", ".join(map(str, t["from_ids"])) or "–",
+                 ", ".join(map(str, t["to_ids"])) or "–", f"{t['share']:.1%}"]
+                for t in drift["transitions"]]
+        parts += ["<details><summary>Segment transitions (MONIC)</summary>",
+                  _table(["transition", "from segments", "to segments", "share"], rows,
+                         text_columns={0, 1, 2}),
+                  "</details>"]
+    return parts
+
+
+def _page(data: ReportData, profiles: SegmentProfiles, names: list[str]) -> str:
     criterion = data.criterion.upper()
     k = data.n_segments
+    # Page positions of the figures that every report has, whether or not a drift section leads.
+    files = names[1:] if data.drift is not None else names
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -182,6 +216,7 @@ def _page(data: ReportData, profiles: SegmentProfiles, files: list[str]) -> str:
                text_columns={0, 1}),
         f"<p>Run <code>{_e(data.run_id)}</code>: {k} segments, {_e(data.covariance_type)} "
         f"covariance, chosen by {_e(criterion)} among the candidates below.</p>",
+        *([] if data.drift is None else _drift_section(data.drift, names[0])),
         "<h2>Model selection</h2>",
         _figure(files[0], "Information criteria versus number of segments",
                 f"BIC, AIC and ICL for every candidate (lower is better); the star marks the model "

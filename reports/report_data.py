@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,13 @@ class ReportData:
         ``"bic"``, ``"aic"`` or ``"icl"``.
     summary : dict of str to str
         Short facts shown at the top of ``index.html``.
+    drift : dict or None, default None
+        What changed since the previous successful run (``flows.tracking.RunDrift.report_drift()``);
+        when given, the report draws the migration heat-map and a "What changed since run N"
+        section. Keys: ``previous_run_id``; ``migration`` (list of dicts ``from_segment``,
+        ``to_segment``, ``customers``); ``what_changed`` (plain text); ``flags`` (list of str);
+        optional ``previous_segment_ids`` (list of int, default: the migration's from_segment
+        values) and ``transitions`` (list of dicts ``kind``, ``from_ids``, ``to_ids``, ``share``).
     """
 
     run_id: str
@@ -75,6 +83,7 @@ class ReportData:
     selection: list[dict[str, Any]] = field(default_factory=list)
     criterion: str = "bic"
     summary: dict[str, str] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -87,6 +96,8 @@ class ReportData:
         put("lower_bounds", [float(v) for v in self.lower_bounds])
         put("selection", [dict(row) for row in self.selection])
         put("summary", {str(k): str(v) for k, v in self.summary.items()})
+        if self.drift is not None:
+            put("drift", _normalise_drift(self.drift))
         for name in ("scaler_mean", "scaler_scale", "X_original", "X_model", "weights", "means",
                      "covariances", "max_probability"):
             put(name, np.asarray(getattr(self, name), dtype=np.float64))
@@ -159,3 +170,47 @@ class ReportData:
     def n_segments(self) -> int:
         """Number of segments (mixture components)."""
         return len(self.segment_ids)
+
+
+_DRIFT_KEYS = ("previous_run_id", "migration", "what_changed", "flags")
+
+
+def _normalise_drift(drift: Any) -> dict[str, Any]:
+    """A checked copy of ReportData.drift with plain types (ints, strs, lists)."""
+    def fail(rule: str) -> None:
+        raise ValueError(f"ReportData.drift: {rule}")
+
+    if not isinstance(drift, Mapping):
+        fail(f"must be a dict, got {type(drift).__name__}")
+    for key in _DRIFT_KEYS:
+        if key not in drift:
+            fail(f"missing key {key!r} (needs {', '.join(_DRIFT_KEYS)})")
+    migration = []
+    for i, row in enumerate(drift["migration"]):
+        try:
+            item = {name: int(row[name]) for name in ("from_segment", "to_segment", "customers")}
+        except (KeyError, TypeError, ValueError):
+            fail(f"migration row {i + 1} needs integer from_segment, to_segment and customers")
+        if item["customers"] < 0:
+            fail(f"migration row {i + 1}: customers must be >= 0")
+        migration.append(item)
+    if isinstance(drift["flags"], str):
+        fail("flags must be a list of strings, not one string")
+    previous_ids = drift.get("previous_segment_ids")
+    if previous_ids is None:
+        previous_ids = sorted({r["from_segment"] for r in migration})
+    transitions = []
+    for i, row in enumerate(drift.get("transitions") or []):
+        try:
+            transitions.append({"kind": str(row["kind"]), "from_ids": [int(v) for v in row["from_ids"]],
+                                "to_ids": [int(v) for v in row["to_ids"]], "share": float(row["share"])})
+        except (KeyError, TypeError, ValueError):
+            fail(f"transitions row {i + 1} needs kind, from_ids, to_ids and share")
+    return {
+        "previous_run_id": str(drift["previous_run_id"]),
+        "migration": migration,
+        "what_changed": str(drift["what_changed"]),
+        "flags": [str(f) for f in drift["flags"]],
+        "previous_segment_ids": [int(v) for v in previous_ids],
+        "transitions": transitions,
+    }

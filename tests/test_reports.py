@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Rectangle
 
 from reports import ReportData, figure_files, render_report
+from reports import drift as figures_drift
 from reports import figures
 from reports.profiles import segment_profiles
 from reports.style import segment_colors
@@ -424,3 +425,114 @@ def test_each_segment_keeps_its_colour_across_figures():
     for c, s in enumerate(data.segment_ids):
         assert line_colors[f"segment {s} (weight {data.weights[c]:.2f})"] == colors[s]
     assert len(set(colors.values())) == 3
+
+
+# --------------------------------------------------------------------------- drift since the previous run
+def _drift(previous_run_id="6", flags=None, what_changed=None) -> dict:
+    """A drift section as flows.tracking.RunDrift.report_drift() gives it: segment 3 retired (its
+    customers went to 1 and 2), segment 4 new (with 20 customers from segment 2)."""
+    return {
+        "previous_run_id": previous_run_id,
+        "previous_segment_ids": [1, 2, 3],
+        "migration": [
+            {"from_segment": 1, "to_segment": 1, "customers": 90},
+            {"from_segment": 1, "to_segment": 2, "customers": 10},
+            {"from_segment": 2, "to_segment": 2, "customers": 60},
+            {"from_segment": 2, "to_segment": 4, "customers": 20},
+            {"from_segment": 3, "to_segment": 1, "customers": 5},
+            {"from_segment": 3, "to_segment": 2, "customers": 15},
+        ],
+        "transitions": [
+            {"kind": "survived", "from_ids": [1], "to_ids": [1], "share": 0.9},
+            {"kind": "survived", "from_ids": [2], "to_ids": [2], "share": 0.75},
+            {"kind": "disappeared", "from_ids": [3], "to_ids": [], "share": 0.75},
+            {"kind": "emerged", "from_ids": [], "to_ids": [4], "share": 1.0},
+        ],
+        "what_changed": what_changed or "Since run 6: 200 customers in both runs.\nSegment 3 disappeared.",
+        "flags": ["covariance type changed full -> diag"] if flags is None else flags,
+    }
+
+
+def test_migration_figure_shows_counts_with_row_normalised_colour():
+    drift = _drift()
+    fig = figures_drift.migration_figure(drift["migration"], [1, 2, 3], [1, 2, 4], previous_run_id=6)
+
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "segment in this run"
+    assert ax.get_ylabel() == "segment in run 6"
+    assert ax.get_title().startswith("Customers moving between segments since run 6")
+    assert "200 customers in both runs" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4 (new)"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "2", "3 (retired)"]
+    (image,) = ax.get_images()
+    np.testing.assert_allclose(image.get_array(), [[0.9, 0.1, 0.0], [0.0, 0.75, 0.25], [0.25, 0.75, 0.0]])
+    cells = {t.get_text() for t in ax.texts}
+    assert {"90\n90%", "10\n10%", "60\n75%", "20\n25%", "5\n25%", "15\n75%"} == cells
+    # The cells where a segment keeps its id (1 -> 1, 2 -> 2) are outlined.
+    outlined = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert sorted((p.get_x(), p.get_y()) for p in outlined) == [(-0.5, -0.5), (0.5, 0.5)]
+    assert "share of the previous segment" in fig.axes[1].get_ylabel()
+
+
+def test_migration_figure_accepts_a_dataframe_and_no_shared_customers():
+    import pandas as pd
+
+    table = pd.DataFrame(_drift()["migration"])
+    fig = figures_drift.migration_figure(table, [1, 2, 3], [1, 2, 4])
+    assert fig.axes[0].get_ylabel() == "segment in the previous run"
+    empty = figures_drift.migration_figure([], [1, 2], [3])
+    assert "no customers in both runs" in _texts(empty)
+    with pytest.raises(ValueError, match="migration row 1: needs integer"):
+        figures_drift.migration_figure([{"from_segment": 1, "customers": 3}], [1], [1])
+
+
+def test_render_report_with_drift_leads_with_what_changed(tmp_path):
+    hostile = "<script>alert('x')</script>"
+    drift = _drift(flags=["31% of customers changed segment (threshold 20%)", hostile],
+                   what_changed="Since run 6: <b>bold</b> & more\nsecond line")
+    data = make_report_data(2, "diag", segment_ids=[1, 2, 4])
+    with_drift = ReportData(**{**data.__dict__, "drift": drift})
+
+    page = render_report(with_drift, tmp_path, dpi=DPI).read_text(encoding="utf-8")
+
+    expected = figure_files(2, drift=True)
+    assert expected[0] == "migration.png" and expected[1:] == figure_files(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected + ["index.html"])
+    assert re.findall(r'src="([^"]*)"', page) == expected
+    image = _read_png(tmp_path / "migration.png")
+    assert image[..., :3].std() > 0.01
+    assert "<h2>What changed since run 6</h2>" in page
+    assert page.index("What changed since run 6") < page.index("<h2>Model selection</h2>")
+    assert "<li>31% of customers changed segment (threshold 20%)</li>" in page
+    assert hostile not in page and "&lt;script&gt;" in page
+    assert "Since run 6: &lt;b&gt;bold&lt;/b&gt; &amp; more\nsecond line" in page
+    assert "<td class=\"text\">disappeared</td><td class=\"text\">3</td><td class=\"text\">–</td><td>75.0%</td>" in page
+
+    quiet = ReportData(**{**data.__dict__, "drift": _drift(flags=[])})
+    assert "<p>No drift flags.</p>" in render_report(quiet, tmp_path / "quiet", dpi=DPI).read_text(encoding="utf-8")
+
+
+def test_report_without_drift_has_no_drift_section(tmp_path):
+    data = make_report_data(1, "spherical")
+    assert data.drift is None
+    page = render_report(data, tmp_path, dpi=DPI).read_text(encoding="utf-8")
+    assert "What changed" not in page and "migration.png" not in page
+    assert not (tmp_path / "migration.png").exists()
+
+
+def test_report_data_checks_the_drift_dict():
+    good = make_report_data(2, "full")
+    drift = _drift()
+    del drift["flags"]
+    with pytest.raises(ValueError, match=r"ReportData\.drift: missing key 'flags'"):
+        ReportData(**{**good.__dict__, "drift": drift})
+    with pytest.raises(ValueError, match=r"ReportData\.drift: migration row 2 needs integer"):
+        ReportData(**{**good.__dict__, "drift": {**_drift(), "migration": [
+            {"from_segment": 1, "to_segment": 1, "customers": 1}, {"from_segment": "a", "to_segment": 1,
+                                                                  "customers": 1}]}})
+    with pytest.raises(ValueError, match=r"ReportData\.drift: flags must be a list"):
+        ReportData(**{**good.__dict__, "drift": {**_drift(), "flags": "k changed"}})
+    # Without previous_segment_ids the rows of the migration name the previous segments.
+    drift = _drift()
+    del drift["previous_segment_ids"]
+    assert ReportData(**{**good.__dict__, "drift": drift}).drift["previous_segment_ids"] == [1, 2, 3]

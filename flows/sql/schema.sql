@@ -99,14 +99,66 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
     value               VARCHAR               -- offending value as text (NULL when missing)
 );
 
+-- Continuity between runs (flows/tracking.py). Columns added to runs by later versions:
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS previous_run_id BIGINT;     -- run this one was compared with
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS match_method VARCHAR;       -- first_run | bhattacharyya | customer_overlap | none
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS new_segments INTEGER[];     -- ids given for the first time
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS retired_segments INTEGER[]; -- previous ids no longer used
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS moved_share DOUBLE;         -- share of customers in both runs who changed segment
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS drift_flags VARCHAR[];      -- e.g. 'k changed 4 -> 5'
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS what_changed VARCHAR;       -- short plain-text summary
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS warm_start JSON;            -- what a warm start did, when enabled
+
+CREATE TABLE IF NOT EXISTS segment_migrations (
+    run_id              BIGINT NOT NULL,
+    previous_run_id     BIGINT NOT NULL,
+    from_segment        INTEGER NOT NULL,     -- segment id in the previous run
+    to_segment          INTEGER NOT NULL,     -- segment id in this run
+    customers           BIGINT NOT NULL       -- customers present in both runs who made this move
+);
+
+CREATE TABLE IF NOT EXISTS segment_transitions (
+    run_id              BIGINT NOT NULL,
+    previous_run_id     BIGINT NOT NULL,
+    kind                VARCHAR NOT NULL,     -- survived | split | merged | emerged | disappeared (MONIC)
+    from_segments       INTEGER[],
+    to_segments         INTEGER[],
+    share               DOUBLE                -- share of the customers concerned that made the transition
+);
+
+CREATE TABLE IF NOT EXISTS segment_shifts (
+    run_id              BIGINT NOT NULL,
+    previous_run_id     BIGINT NOT NULL,
+    segment_id          INTEGER NOT NULL,
+    feature_index       INTEGER NOT NULL,
+    feature             VARCHAR NOT NULL,
+    transform           VARCHAR,
+    unit                VARCHAR,
+    previous_mean       DOUBLE,               -- segment mean, transformed units (e.g. log(1 + GBP))
+    current_mean        DOUBLE,
+    shift               DOUBLE,
+    shift_sd            DOUBLE,               -- shift in the previous segment's standard deviations
+    previous_centre     DOUBLE,               -- segment centre, original units
+    current_centre      DOUBLE,
+    distance_sd         DOUBLE,               -- Mahalanobis distance the segment moved (whole segment)
+    bhattacharyya       DOUBLE                -- distance between the two Gaussians (whole segment)
+);
+
+CREATE TABLE IF NOT EXISTS segment_names (
+    segment_id          INTEGER PRIMARY KEY,  -- stable across runs
+    name                VARCHAR NOT NULL,
+    named_at            TIMESTAMP NOT NULL    -- UTC
+);
+
 CREATE OR REPLACE VIEW latest_run AS
     SELECT * FROM runs
     WHERE run_id = (SELECT max(run_id) FROM runs WHERE status = 'success');
 
 CREATE OR REPLACE VIEW current_segments AS
     SELECT s.run_id, s.segment_id, s.weight, s.customer_count, s.mean_probability,
-           r.n_components, r.covariance_type, r.as_of
-    FROM segments s JOIN latest_run r USING (run_id);
+           r.n_components, r.covariance_type, r.as_of, n.name
+    FROM segments s JOIN latest_run r USING (run_id)
+    LEFT JOIN segment_names n USING (segment_id);
 
 CREATE OR REPLACE VIEW segment_profiles AS
     SELECT f.run_id, f.segment_id, s.weight, s.customer_count, f.feature_index, f.feature, f.unit,
@@ -118,3 +170,20 @@ CREATE OR REPLACE VIEW segment_profiles AS
 CREATE OR REPLACE VIEW current_assignments AS
     SELECT a.run_id, a.customer_id, a.segment_id, a.probability, a.probabilities, a.log_density
     FROM assignments a JOIN latest_run r USING (run_id);
+
+-- Every successful run's segments over time: size and centre of each stable segment id.
+CREATE OR REPLACE VIEW segment_history AS
+    SELECT r.run_id, r.as_of, r.finished_at, s.segment_id, n.name, s.weight, s.customer_count,
+           f.feature_index, f.feature, f.unit, f.centre, f.mean
+    FROM segments s
+    JOIN runs r ON r.run_id = s.run_id AND r.status = 'success'
+    JOIN segment_features f ON f.run_id = s.run_id AND f.segment_id = s.segment_id
+    LEFT JOIN segment_names n ON n.segment_id = s.segment_id;
+
+-- Customers moving between segments since the previous run, for the latest successful run.
+CREATE OR REPLACE VIEW current_migration AS
+    SELECT m.run_id, m.previous_run_id, m.from_segment, pn.name AS from_name, m.to_segment,
+           cn.name AS to_name, m.customers
+    FROM segment_migrations m JOIN latest_run r USING (run_id)
+    LEFT JOIN segment_names pn ON pn.segment_id = m.from_segment
+    LEFT JOIN segment_names cn ON cn.segment_id = m.to_segment;
