@@ -62,3 +62,19 @@ SELECT feature, unit, transform, scaler_mean, scaler_scale
 FROM feature_scalers
 WHERE run_id = (SELECT run_id FROM latest_run)
 ORDER BY feature_index;
+
+-- 11. What changed since the previous run: the summary and the drift flags.
+SELECT run_id, previous_run_id, n_components, covariance_type, new_segments, retired_segments,
+       round(moved_share, 3) AS moved_share, drift_flags, what_changed
+FROM latest_run;
+
+-- 12. Customers moving between segments since the previous run (stayers on the diagonal).
+PIVOT (SELECT from_segment, to_segment, customers FROM current_migration)
+ON to_segment USING sum(customers)
+ORDER BY from_segment;
+
+-- 13. One segment's size and centre over time (segment ids are stable from run to run).
+SELECT run_id, as_of, segment_id, name, customer_count, round(weight, 3) AS weight, feature, round(centre, 1) AS centre
+FROM segment_history
+WHERE segment_id = 1
+ORDER BY run_id, feature_index;
