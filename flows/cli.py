@@ -243,6 +243,9 @@ def _serve(args: argparse.Namespace) -> int:
     params = flow_parameters(args)
     settings = settings_from_parameters(**params, cron=args.cron, timezone=args.timezone)
     serve.api_url()
+    # Runs execute in another folder (below), so the outputs are pinned to absolute paths now:
+    # the ones the configuration resolves to from here, where `segment name` and analysts look.
+    params = {**params, "database": settings.output.database, "reports_dir": settings.output.reports}
     deployments = serve.build_deployments(settings, serve.absolute_parameters(params))
     # Prefect starts each flow run as `python -m prefect.engine` in this process's folder, which
     # then comes first on sys.path: a folder there named like one of our packages (an output

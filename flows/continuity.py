@@ -159,8 +159,9 @@ def warm_start(selection, features: FeatureMatrix, previous: PreviousRun | None,
         "cold_choice": {"n_components": chosen["n_components"], "covariance_type": chosen["covariance_type"],
                         selection.criterion: chosen[selection.criterion]},
     }
-    if k > X.shape[0]:
-        return {**info, "used": False, "reason": f"{k} segments for {X.shape[0]} customers"}
+    row = next((r for r in selection.table if r["n_components"] == k and r["covariance_type"] == ctype), None)
+    if row is None:
+        return {**info, "used": False, "reason": f"k={k} {ctype} is not in this run's model grid"}
     gm = GaussianMixture(k, covariance_type=ctype, tol=m.tol, reg_covar=m.reg_covar, max_iter=m.max_iter, **init)
     try:
         with warnings.catch_warnings():
@@ -177,7 +178,6 @@ def warm_start(selection, features: FeatureMatrix, previous: PreviousRun | None,
     if not value < chosen[selection.criterion]:
         return {**info, "used": False, "reason": f"{selection.criterion.upper()} not better than the cold start"}
     # The warm fit wins: it becomes the choice, in the table too, so every record agrees.
-    row = next(r for r in selection.table if r["n_components"] == k and r["covariance_type"] == ctype)
     ll = gm.score_samples(X)
     row.update(
         log_likelihood=float(ll.sum()), mean_log_likelihood=float(ll.mean()), bic=float(gm.bic(X)),

@@ -141,13 +141,20 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
                 reader = f"read_csv({_literal(path)}, {options})"
             else:
                 reader = f"read_parquet({_literal(path)})"
+            # With a query, read the file now: the query then runs with file access switched off.
+            kind = "TABLE" if settings.query else "VIEW"
             try:
-                con.execute(f"CREATE VIEW input AS SELECT * FROM {reader}")
+                con.execute(f"CREATE {kind} input AS SELECT * FROM {reader}")
             except duckdb.Error as exc:
                 raise InputError(f"{path}: cannot read input ({_first_line(exc)})") from None
             relation_sql = f"({settings.query})" if settings.query else "input"
             if settings.query:
                 source = f"{path}:query"
+        if settings.query:
+            # input.query is SQL from configuration or a flow parameter: it may read its input and
+            # nothing else (no ATTACH of the results file, no COPY TO, no other files), for good.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
         try:
             available = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation_sql} AS r").fetchall()]
         except duckdb.Error as exc:

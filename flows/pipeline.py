@@ -27,7 +27,7 @@ from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
 from flows.runlock import RunJournal, database_lock
-from flows.store import RunStart, fail_run, finish_run, start_run
+from flows.store import RunStart, fail_run, finish_run, note_report_failure, start_run
 from flows.tracking import drift_markdown
 
 
@@ -308,6 +308,7 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> d
         )
         record.tracking = continuity.tracking_record(drift, warm)
         write_task(database_path, start, record, journal.previous)
+        journal.recorded = True
         stage = done("write", "report")
         data = stages.report_data(
             run_id=run_id, settings=settings, loaded=loaded, outcome=outcome, features=features_,
@@ -322,9 +323,15 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> d
             rejects = outcome.rejects
         rows_loaded = loaded.n_rows if loaded is not None else None
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fail_run(
-            database_path, start, stage, message, rejects=rejects, rows_loaded=rows_loaded, killed=journal.previous
-        )
+        if journal.recorded:
+            # The results are published and stand; only the report is missing.
+            note_report_failure(database_path, run_id, message)
+        else:
+            fail_run(
+                database_path, start, stage, message, rejects=rejects, rows_loaded=rows_loaded,
+                killed=journal.previous,
+            )
+            journal.recorded = True
         logger.error("run %d failed in stage %s: %s", run_id, stage, message)
         raise
 

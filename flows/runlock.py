@@ -56,7 +56,21 @@ class RunJournal:
         self._fh = fh
         self._content = dict(base)
         self.previous = previous
+        #: Set once the run (and any killed predecessor) is recorded in the database.
+        self.recorded = False
+        # Until this holder records them, a killed predecessor's journal stays in the file.
+        self._content["unrecorded"] = killed_runs(previous)
         self._write()
+
+    def leave(self) -> None:
+        """Called when the lock is released: keep in the file whatever is not recorded yet, so
+        the next holder records it (a run stopped by Ctrl-C, a cancellation or a failing write)."""
+        pending = [] if self.recorded else killed_runs(self._content)
+        self._fh.seek(0)
+        self._fh.truncate()
+        if pending:
+            self._fh.write(json.dumps({"unrecorded": pending}, default=str))
+        self._fh.flush()
 
     def note(self, **fields) -> None:
         """Add or update fields of the journal (written through at once)."""
@@ -69,6 +83,15 @@ class RunJournal:
         self._fh.write(json.dumps(self._content, default=str))
         self._fh.flush()
         os.fsync(self._fh.fileno())
+
+
+def killed_runs(journal: dict | None) -> list[dict]:
+    """The journals of every run a journal says was not recorded: its own (if it had claimed a
+    run id) and those it carried on from killed predecessors."""
+    if not journal:
+        return []
+    own = {k: v for k, v in journal.items() if k != "unrecorded"}
+    return list(journal.get("unrecorded") or []) + ([own] if own.get("run_id") else [])
 
 
 def _read_journal(fh) -> dict | None:
@@ -125,11 +148,10 @@ def database_lock(
             journal = RunJournal(
                 fh, {"pid": os.getpid(), "label": label, "since": f"since {since}"}, _read_journal(fh)
             )
-            yield journal
+            try:
+                yield journal
+            finally:
+                # A recorded run leaves an empty journal; anything unrecorded stays for the next.
+                journal.leave()
         finally:
-            # A clean end (success or a recorded failure) leaves an empty journal; only a killed
-            # process leaves one behind.
-            fh.seek(0)
-            fh.truncate()
-            fh.flush()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

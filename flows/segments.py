@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from flows.features import FeatureMatrix
+from gmm_engine.covariance import COVARIANCE_MODELS
 
 
 def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
@@ -15,19 +16,11 @@ def full_covariances(covariances: np.ndarray, covariance_type: str, n_components
 
     Shapes in: full (k, d, d), tied (d, d), diag (k, d), spherical (k,).
     """
-    cov = np.asarray(covariances, dtype=np.float64)
-    if covariance_type == "full":
-        return cov.reshape(n_components, n_features, n_features).copy()
-    if covariance_type == "tied":
-        return np.broadcast_to(cov, (n_components, n_features, n_features)).copy()
-    if covariance_type == "diag":
-        out = np.zeros((n_components, n_features, n_features))
-        idx = np.arange(n_features)
-        out[:, idx, idx] = cov
-        return out
-    if covariance_type == "spherical":
-        return cov[:, None, None] * np.eye(n_features)[None, :, :]
-    raise ValueError(f"unknown covariance_type {covariance_type!r}")
+    if covariance_type not in COVARIANCE_MODELS:
+        raise ValueError(f"unknown covariance_type {covariance_type!r}")
+    model = COVARIANCE_MODELS[covariance_type]
+    cov = np.asarray(covariances, dtype=np.float64).reshape(model.covariance_shape(n_components, n_features))
+    return model.full_covariances(cov, n_components, n_features)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from flows.segments import SegmentResult, assignment_table, assign_segments, fea
 from flows.store import RunRecord, feature_scaler_table
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
 
-STAGES = ("load", "validate", "features", "select", "fit", "write", "report")
 
 
 class TooManyRejectsError(ValueError):

@@ -18,6 +18,7 @@ import pandas as pd
 
 from flows.duck import quote_identifier, sql_text
 from flows.faults import fault_point
+from flows.runlock import killed_runs
 
 TABLES = (
     "runs",
@@ -209,16 +210,11 @@ def start_run(
     )
     # A predecessor that was killed is recorded when this run publishes; if this run is killed
     # too, its journal carries the predecessor on to the next one.
-    journal.note(**start.as_journal(), unrecorded=killed_runs(journal.previous))
+    journal.note(**start.as_journal())
     return start
 
 
-def killed_runs(previous: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The journals of every killed run not yet recorded, from what the lock file held."""
-    if not previous:
-        return []
-    own = {k: v for k, v in previous.items() if k != "unrecorded"}
-    return list(previous.get("unrecorded") or []) + ([own] if own.get("run_id") else [])
+
 
 
 def _insert_run_row(con: duckdb.DuckDBPyConnection, start: RunStart, status: str, **fields: Any) -> None:
@@ -308,6 +304,8 @@ def finish_run(database: str | Path, start: RunStart, record: RunRecord, killed:
     """
     with publishing(database) as con:
         _record_killed(con, killed, start.run_id)
+        if _published(con, start.run_id):
+            return  # a retry after the file was already replaced: the run is there, whole
         _insert_children(con, start.run_id, record)
         _insert_run_row(
             con,
@@ -329,6 +327,19 @@ def finish_run(database: str | Path, start: RunStart, record: RunRecord, killed:
             log_likelihood=_finite_or_none(record.log_likelihood),
             report_path=record.report_path,
             **_tracking_columns(record.tracking),
+        )
+
+
+def _published(con: duckdb.DuckDBPyConnection, run_id: int) -> bool:
+    return bool(con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0])
+
+
+def note_report_failure(database: str | Path, run_id: int, message: str) -> None:
+    """A published run whose report could not be rendered: its results stand; say so in ``runs``."""
+    with publishing(database) as con:
+        con.execute(
+            "UPDATE runs SET failed_stage = 'report', error = ?, report_path = NULL WHERE run_id = ?",
+            [f"results published, report not rendered: {message}", run_id],
         )
 
 

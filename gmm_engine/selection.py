@@ -37,6 +37,7 @@ from ._validation import (
 )
 from .covariance import COVARIANCE_MODELS, n_parameters
 from .mixture import GaussianMixture
+from .threads import single_threaded_blas
 
 CRITERIA = ("bic", "aic", "icl")
 
@@ -110,6 +111,22 @@ def _criteria(model: GaussianMixture, X, w) -> dict:
         "aic": -2.0 * total + 2.0 * p,
         "icl": model.icl(X, sample_weight=w),
     }
+
+
+def _run_jobs(jobs, fit_one, results: dict, n_jobs: int, progress) -> None:
+    """Fit every (k, type, restart) job, on ``n_jobs`` threads, reporting progress as they finish."""
+    if n_jobs == 1:
+        for i, job in enumerate(jobs, 1):
+            results[job] = fit_one(*job)
+            if progress:
+                progress(i, len(jobs))
+        return
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        futures = {pool.submit(fit_one, *job): job for job in jobs}
+        for i, future in enumerate(as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            if progress:
+                progress(i, len(jobs))
 
 
 def _default_jobs() -> int:
@@ -238,18 +255,8 @@ def select_model(
         (k, ti, r) for k in ks for ti in range(len(types)) for r in range(n_init)
     ]
     results: dict[tuple[int, int, int], tuple] = {}
-    if n_jobs == 1:
-        for i, job in enumerate(jobs, 1):
-            results[job] = fit_one(*job)
-            if progress:
-                progress(i, len(jobs))
-    else:
-        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-            futures = {pool.submit(fit_one, *job): job for job in jobs}
-            for i, future in enumerate(as_completed(futures), 1):
-                results[futures[future]] = future.result()
-                if progress:
-                    progress(i, len(jobs))
+    with single_threaded_blas():
+        _run_jobs(jobs, fit_one, results, n_jobs, progress)
 
     table: list[dict] = []
     models: dict = {}
@@ -324,13 +331,19 @@ def select_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             refit.fit(X, sample_weight=w)
-        best = refit
-        models[(chosen["n_components"], chosen["covariance_type"])] = refit
-        chosen.update(_criteria(refit, X, w))
-        chosen.update(
-            converged=bool(refit.converged_),
-            n_iter=chosen["n_iter"] + int(refit.n_iter_),
-            seconds=chosen["seconds"] + time.perf_counter() - start,
+        total = float(n if w is None else w.sum())
+        full_std = np.sqrt(np.average((X - np.average(X, axis=0, weights=w)) ** 2, axis=0, weights=w))
+        collapsed = degeneracy_reason(
+            refit, np.where(full_std > 0, full_std, 1.0), total, variance_floor, min_size
         )
+        if collapsed:
+            # Keep the subsample fit (already scored on all samples) rather than a collapsed one.
+            chosen["reason"] = f"refit on all samples set aside: {collapsed}"
+        else:
+            best = refit
+            models[(chosen["n_components"], chosen["covariance_type"])] = refit
+            chosen.update(_criteria(refit, X, w))
+            chosen.update(converged=bool(refit.converged_), n_iter=chosen["n_iter"] + int(refit.n_iter_))
+        chosen["seconds"] += time.perf_counter() - start
     chosen["selected"] = True
     return SelectionResult(best=best, criterion=criterion, table=table, models=models)

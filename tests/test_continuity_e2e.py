@@ -101,3 +101,12 @@ def test_warm_start_is_recorded(prefect_harness, tmp_path):
     assert json.loads(stored)["from_run"] == 1
     if warm["used"]:
         assert "changed_choice" in warm
+    # The previous model (full) is outside a diag-only grid: reported, not a crash.
+    csv = tmp_path / "diag.csv"
+    base.to_csv(csv, index=False)
+    third = segment_customers(
+        config_path=str(config), input_path=str(csv), input_kind="customers", columns={"customer_id": "id"},
+        features=["a", "b"], k_min=2, k_max=4, covariance_types=["diag"], n_init=1, seed=6,
+        database=str(tmp_path / "segments.duckdb"), reports_dir=str(tmp_path / "reports"), trigger="test",
+    )
+    assert third["warm_start"]["used"] is False and "not in this run's model grid" in third["warm_start"]["reason"]

@@ -170,3 +170,27 @@ def test_customer_table_features_and_reject_budget(tmp_path):
     strict = load_settings(overrides=dict(over, rules={"max_reject_share": 0.2}))
     with pytest.raises(TooManyRejectsError, match=r"1 of 4 rows \(25.0%\).*row 3, column 'spend'"):
         validate_input(load_input(strict.input, strict.features.columns), strict)
+
+
+@pytest.mark.parametrize("fmt", ["duckdb", "csv"])
+def test_an_input_query_can_read_its_input_and_nothing_else(tmp_path, fmt):
+    from flows.config import InputSettings
+    from flows.load import InputError, load_input
+
+    csv = tmp_path / "c.csv"
+    pd.DataFrame({"customer_id": ["a", "b"], "x": [1.0, 2.0]}).to_csv(csv, index=False)
+    path = csv
+    if fmt == "duckdb":
+        path = tmp_path / "src.duckdb"
+        with duckdb.connect(str(path)) as con:
+            con.execute("CREATE TABLE c AS SELECT * FROM read_csv(?)", [str(csv)])
+    source = "c" if fmt == "duckdb" else "input"
+    ok = InputSettings(path=str(path), kind="customers", query=f"SELECT * FROM {source} WHERE customer_id = 'b'",
+                       columns={"customer_id": "customer_id"})
+    assert len(load_input(ok, ["x"]).frame) == 1
+    evil = tmp_path / "evil.csv"
+    bad = InputSettings(path=str(path), kind="customers", columns={"customer_id": "customer_id"},
+                        query=f"SELECT * FROM read_csv('{csv}') UNION ALL SELECT * FROM {source}")
+    with pytest.raises(InputError, match="file system operations are disabled"):
+        load_input(bad, ["x"])
+    assert not evil.exists()

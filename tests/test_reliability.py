@@ -164,3 +164,22 @@ def test_hostile_column_and_feature_names(prefect_harness, tmp_path):
         )
     with duckdb.connect(str(source), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM customers").fetchall()[0][0] == len(table)
+
+
+def test_a_report_that_fails_after_publication_keeps_the_results(prefect_harness, customers_csv, tmp_path, monkeypatch):
+    import reports
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full while writing the report")
+
+    monkeypatch.setattr(reports, "render_report", broken)
+    db = tmp_path / "segments.duckdb"
+    with pytest.raises(OSError, match="disk full"):
+        run_flow(customers_csv, db)
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT run_id, status, failed_stage, error, report_path FROM runs").fetchall()
+        assignments = con.execute("SELECT count(*) FROM current_assignments").fetchall()[0][0]
+    assert rows == [(1, "success", "report", "results published, report not rendered: disk full while writing the report", None)]
+    assert assignments == 900
+    monkeypatch.undo()
+    assert run_flow(customers_csv, db)["run_id"] == 2  # the id was not claimed twice

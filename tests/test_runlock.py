@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flows.runlock import RunLockTimeout, database_lock, lock_path
+from flows.runlock import RunLockTimeout, database_lock, killed_runs, lock_path
 
 HOLD = """
 import sys, time
@@ -69,4 +69,22 @@ def test_the_lock_is_reentrant_across_sequential_runs(tmp_path):
     for _ in range(3):
         with database_lock(db, 1):
             pass
-    assert lock_path(db).read_text() == ""
+    assert lock_path(db).read_text() == ""  # nothing claimed, nothing left
+
+
+def test_an_unrecorded_run_stays_in_the_journal_for_the_next_holder(tmp_path):
+    """A run stopped by an exception, Ctrl-C or a cancellation before it was recorded is left
+    for the next holder; a holder that records nothing (e.g. `segment name`) passes it on."""
+    db = tmp_path / "seg.duckdb"
+    with pytest.raises(KeyboardInterrupt):
+        with database_lock(db, 1) as journal:
+            journal.note(run_id=7, stage="select")
+            raise KeyboardInterrupt
+    with database_lock(db, 1) as journal:  # records nothing
+        assert [j["run_id"] for j in killed_runs(journal.previous)] == [7]
+    with database_lock(db, 1) as journal:
+        assert [j["run_id"] for j in killed_runs(journal.previous)] == [7]
+        assert killed_runs(journal.previous)[0]["stage"] == "select"
+        journal.recorded = True
+    with database_lock(db, 1) as journal:
+        assert journal.previous is None

@@ -125,7 +125,7 @@ def assert_table_consistent(result: SelectionResult, X, grid_k, grid_types, crit
         assert row["seconds"] >= 0
         if row["status"] == "ok":
             # An accepted candidate only mentions restarts of its own that were set aside.
-            assert row["reason"] == "" or re.match(r"^\d+ of \d+ restarts set aside: ", row["reason"])
+            assert row["reason"] == "" or re.match(r"^(\d+ of \d+ restarts set aside|refit on all samples set aside): ", row["reason"])
         else:
             assert isinstance(row["reason"], str) and row["reason"].strip(), row
         if row["status"] == "failed":
