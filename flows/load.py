@@ -14,6 +14,7 @@ import pandas as pd
 
 from flows.config import InputSettings
 from flows.duck import quote_identifier, quote_qualified
+from schemas.validation import empty_rejects
 
 
 class InputError(ValueError):
@@ -301,19 +302,6 @@ def _kept_row_numbers(n_kept: int, rejects: pd.DataFrame, in_source_order: bool)
     total = n_kept + rejected.size
     numbers = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), rejected, assume_unique=True)
     return numbers[:n_kept]
-
-
-def empty_rejects() -> pd.DataFrame:
-    """A reject table with no rows (the ``rejected_rows`` columns, without ``run_id``)."""
-    return pd.DataFrame(
-        {
-            "source": pd.Series(dtype=object),
-            "row_number": pd.Series(dtype="int64"),
-            "column_name": pd.Series(dtype=object),
-            "rule": pd.Series(dtype=object),
-            "value": pd.Series(dtype=object),
-        }
-    )
 
 
 def _literal(text: str) -> str:

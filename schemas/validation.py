@@ -95,7 +95,7 @@ def validate_rows(
     else:
         raise SchemaFailure(f"{source}: rows still fail validation after {_MAX_PASSES} passes")
     if not parts:
-        return ValidationOutcome(valid=valid, rejects=_empty_rejects(), n_rows=len(frame))
+        return ValidationOutcome(valid=valid, rejects=empty_rejects(), n_rows=len(frame))
     rejects = pd.concat(parts, ignore_index=True).sort_values(
         ["row_number", "column_name"], kind="stable", ignore_index=True
     )
@@ -148,7 +148,8 @@ def _as_text(value: object) -> str | None:
     return str(value)
 
 
-def _empty_rejects() -> pd.DataFrame:
+def empty_rejects() -> pd.DataFrame:
+    """A reject table with no rows (the ``rejected_rows`` columns, without ``run_id``)."""
     return pd.DataFrame(
         {
             "source": pd.Series(dtype=object),
