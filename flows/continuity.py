@@ -24,8 +24,8 @@ from flows.tracking import (
     TrackedModel,
     TransitionThresholds,
     common_model,
-    comparable,
     compare_runs,
+    same_features,
     warm_start_init,
 )
 from gmm_engine import ConvergenceWarning, GaussianMixture, degeneracy_reason
@@ -146,7 +146,7 @@ def warm_start(selection, features: FeatureMatrix, previous: PreviousRun | None,
     """
     if not settings.tracking.warm_start or previous is None:
         return None
-    if not comparable(previous.model, current_model_placeholder(features, previous.model)):
+    if not same_features(features.names, features.transforms, previous.model.feature_names, previous.model.transforms):
         return {"used": False, "reason": "the feature set or a transform changed since the previous run"}
     m = settings.model
     X = features.X_model
@@ -190,17 +190,6 @@ def warm_start(selection, features: FeatureMatrix, previous: PreviousRun | None,
     selection.models[(k, ctype)] = gm
     changed = (chosen["n_components"], chosen["covariance_type"]) != (k, ctype)
     return {**info, "used": True, "changed_choice": changed}
-
-
-def current_model_placeholder(features: FeatureMatrix, previous: TrackedModel) -> TrackedModel:
-    """A model with this run's features and transforms (parameters of no consequence), for
-    :func:`flows.tracking.comparable`."""
-    d = len(features.names)
-    return TrackedModel(
-        weights=np.ones(1), means=np.zeros((1, d)), covariances=np.eye(d)[None], segment_ids=np.array([1]),
-        feature_names=tuple(features.names), transforms=tuple(features.transforms),
-        covariance_type=previous.covariance_type,
-    )
 
 
 @dataclass

@@ -185,10 +185,16 @@ def common_model(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray
         covariance_type=covariance_type, feature_units=tuple(feature_units), run_id=run_id)
 
 
+def same_features(names_a: Sequence[str], transforms_a: Sequence[str],
+                  names_b: Sequence[str], transforms_b: Sequence[str]) -> bool:
+    """True when two runs use the same features with the same transforms (in any order)."""
+    return (sorted(zip(map(str, names_a), map(str, transforms_a)))
+            == sorted(zip(map(str, names_b), map(str, transforms_b))))
+
+
 def comparable(previous: TrackedModel, current: TrackedModel) -> bool:
     """True when both models live in the same common space: same features, same transforms."""
-    return (sorted(zip(previous.feature_names, previous.transforms))
-            == sorted(zip(current.feature_names, current.transforms)))
+    return same_features(previous.feature_names, previous.transforms, current.feature_names, current.transforms)
 
 
 def warm_start_init(previous: TrackedModel, scaler_mean: np.ndarray, scaler_scale: np.ndarray,
@@ -206,7 +212,7 @@ def warm_start_init(previous: TrackedModel, scaler_mean: np.ndarray, scaler_scal
     dict with ``weights_init`` (k,), ``means_init`` (k, d), ``precisions_init`` (shape of the type).
     """
     names = [str(n) for n in feature_names]
-    if sorted(zip(names, map(str, transforms))) != sorted(zip(previous.feature_names, previous.transforms)):
+    if not same_features(names, transforms, previous.feature_names, previous.transforms):
         raise ValueError("warm_start_init: the feature set or a transform changed since the previous run; "
                          "start EM from scratch")
     prev = previous.reordered(names)
