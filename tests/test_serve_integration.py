@@ -157,11 +157,15 @@ with get_client(sync_client=True) as c:
 
 
 def _flow_run_count(env) -> int:
+    """Flow runs of the manual deployment; the every-minute schedule keeps adding its own meanwhile."""
     code = """
 import json
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 with get_client(sync_client=True) as c:
-    print(json.dumps(len(c.read_flow_runs())))
+    manual = c.read_deployment_by_name("segment-customers/manual")
+    runs = c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[manual.id])))
+    print(json.dumps(len(runs)))
 """
     return _client_call(env, code)
 
