@@ -252,19 +252,9 @@ class Tied(CovarianceModel):
         return -0.5 * np.einsum("ji,ji->i", y, y)
 
 
-class Diag(CovarianceModel):
-    """Each component has its own axis-aligned covariance (mclust ``VVI``)."""
-
-    name = "diag"
-
-    def n_second_order(self, d):
-        return d
-
-    def fill_second_order(self, XcT, out):
-        np.multiply(XcT, XcT, out=out)
-
-    def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
-        return second / nk[:, None] - means_c**2 + reg_covar
+class _Elementwise(CovarianceModel):
+    """Variances stored as plain numbers (no off-diagonal terms): their Cholesky factors are
+    square roots, element by element."""
 
     def precision_cholesky(self, covariances):
         if np.any(covariances <= 0.0):
@@ -281,6 +271,21 @@ class Diag(CovarianceModel):
 
     def covariances_from_precision_cholesky(self, prec_chol):
         return 1.0 / prec_chol**2
+
+
+class Diag(_Elementwise):
+    """Each component has its own axis-aligned covariance (mclust ``VVI``)."""
+
+    name = "diag"
+
+    def n_second_order(self, d):
+        return d
+
+    def fill_second_order(self, XcT, out):
+        np.multiply(XcT, XcT, out=out)
+
+    def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
+        return second / nk[:, None] - means_c**2 + reg_covar
 
     def log_det_precision_cholesky(self, prec_chol, k, d):
         return np.log(prec_chol).sum(axis=1)
@@ -308,7 +313,7 @@ class Diag(CovarianceModel):
         return const, linear.T, (-0.5 * prec).T
 
 
-class Spherical(CovarianceModel):
+class Spherical(_Elementwise):
     """Each component has its own single variance (mclust ``VII``)."""
 
     name = "spherical"
@@ -322,22 +327,6 @@ class Spherical(CovarianceModel):
     def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
         d = means_c.shape[1]
         return (second[:, 0] / nk - (means_c**2).sum(axis=1)) / d + reg_covar
-
-    def precision_cholesky(self, covariances):
-        if np.any(covariances <= 0.0):
-            raise ValueError(_ILL_DEFINED)
-        return 1.0 / np.sqrt(covariances)
-
-    def precision_cholesky_from_precisions(self, precisions):
-        if np.any(precisions <= 0.0):
-            raise ValueError("precisions_init must be strictly positive")
-        return np.sqrt(precisions)
-
-    def precisions(self, prec_chol):
-        return prec_chol**2
-
-    def covariances_from_precision_cholesky(self, prec_chol):
-        return 1.0 / prec_chol**2
 
     def log_det_precision_cholesky(self, prec_chol, k, d):
         return d * np.log(prec_chol)
