@@ -13,7 +13,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flows.config import COVARIANCE_TYPES, ConfigError
+from flows.config import ConfigError
+from gmm_engine import COVARIANCE_TYPES, CRITERIA
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str] | None:
@@ -61,7 +62,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--covariance-types", help=f"comma-separated subset of {','.join(COVARIANCE_TYPES)}"
     )
-    run.add_argument("--criterion", choices=["bic", "aic", "icl"], help="model-selection criterion")
+    run.add_argument("--criterion", choices=CRITERIA, help="model-selection criterion")
     run.add_argument("--n-init", type=int, help="EM restarts per candidate")
     run.add_argument("--seed", type=int, help="random seed")
     run.add_argument("--max-samples", type=int, help="fit candidates on a subsample of this many customers")

@@ -10,6 +10,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flows.features import TRANSFORMS
+from gmm_engine import COVARIANCE_TYPES, CRITERIA
+
 #: The embedded UCI Online Retail sample shipped in data/ (used when no input is configured).
 SAMPLE_PATH = Path(__file__).resolve().parent.parent / "data" / "online_retail.csv.gz"
 
@@ -23,12 +26,12 @@ ONLINE_RETAIL_COLUMNS = {
 }
 
 RFM_FEATURES = ("recency_days", "frequency", "monetary")
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 InputKind = Literal["transactions", "customers"]
-Transform = Literal["log1p", "none"]
-CovarianceType = Literal["full", "tied", "diag", "spherical"]
-Criterion = Literal["bic", "aic", "icl"]
+# One list of names each, where they are defined (a Literal of a tuple is the Literal of its items).
+Transform = Literal[TRANSFORMS]
+CovarianceType = Literal[COVARIANCE_TYPES]
+Criterion = Literal[CRITERIA]
 Trigger = Literal["cli", "manual", "schedule", "test"]
 
 

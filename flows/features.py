@@ -96,7 +96,8 @@ def default_as_of(transactions: pd.DataFrame) -> date:
 
 
 def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str = "C") -> tuple[pd.DataFrame, dict[str, int]]:
-    """RFM features per customer, computed in DuckDB SQL (``flows/sql/rfm.sql``, rules documented there).
+    """RFM features per customer, computed in DuckDB SQL (``flows/sql/rfm_lines.sql`` and ``rfm.sql``,
+    rules documented there).
 
     Parameters
     ----------
@@ -121,12 +122,12 @@ def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str 
         lines["amount"] = transactions["amount"].to_numpy(dtype=np.float64)
     else:
         lines["amount"] = transactions["quantity"].to_numpy(np.float64) * transactions["unit_price"].to_numpy(np.float64)
-    params = {"as_of": as_of, "cancellation_prefix": cancellation_prefix}
     con = duckdb.connect()
     try:
         con.register("transactions", lines)
-        features = con.execute(sql_text("rfm"), params).df()
-        row = con.execute(sql_text("rfm_exclusions"), params).fetchone()
+        con.execute(sql_text("rfm_lines"), {"as_of": as_of, "cancellation_prefix": cancellation_prefix})
+        features = con.execute(sql_text("rfm"), {"as_of": as_of}).df()
+        row = con.execute(sql_text("rfm_exclusions")).fetchone()
         names = [d[0] for d in con.description]
     finally:
         con.close()

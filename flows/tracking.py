@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from flows.features import TRANSFORMS
+
 #: A current component keeps a previous id only when their Bhattacharyya distance is at most this.
 #: exp(-2) = 0.135 is the Bhattacharyya coefficient, so the Bayes error of telling the two Gaussians
 #: apart is at most 6.8 %: beyond that they are different segments. For equal covariances it is a
@@ -42,7 +44,6 @@ DEFAULT_MIN_JACCARD = 0.5
 DEFAULT_MOVED_THRESHOLD = 0.2
 TRANSITION_KINDS = ("survived", "split", "merged", "disappeared", "emerged")
 MATCH_METHODS = ("first_run", "bhattacharyya", "customer_overlap", "none")
-_TRANSFORMS = ("none", "log1p")
 
 
 # --------------------------------------------------------------------------- models in the common space
@@ -100,8 +101,8 @@ class TrackedModel:
         if len(set(self.feature_names)) != d:
             raise ValueError(f"TrackedModel.feature_names: names must be unique, got {list(self.feature_names)}")
         for j, t in enumerate(self.transforms):
-            if t not in _TRANSFORMS:
-                raise ValueError(f"TrackedModel.transforms: entry {j} is {t!r}, expected one of {_TRANSFORMS}")
+            if t not in TRANSFORMS:
+                raise ValueError(f"TrackedModel.transforms: entry {j} is {t!r}, expected one of {TRANSFORMS}")
         for name in ("weights", "means", "covariances"):
             if not np.all(np.isfinite(getattr(self, name))):
                 raise ValueError(f"TrackedModel.{name}: contains NaN or infinite values")

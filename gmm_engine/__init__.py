@@ -7,10 +7,11 @@ trailing-underscore fitted attributes); :func:`select_model` is the entry point 
 from ._validation import ConvergenceWarning, NotFittedError
 from .covariance import COVARIANCE_TYPES, n_parameters
 from .mixture import GaussianMixture
-from .selection import SelectionResult, degeneracy_reason, select_model
+from .selection import CRITERIA, SelectionResult, degeneracy_reason, select_model
 
 __all__ = [
     "COVARIANCE_TYPES",
+    "CRITERIA",
     "ConvergenceWarning",
     "GaussianMixture",
     "NotFittedError",

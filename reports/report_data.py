@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-CRITERIA = ("bic", "aic", "icl")
+from gmm_engine import COVARIANCE_TYPES, CRITERIA
+
+#: Transforms applied before standardisation (the pipeline's ``flows.features.TRANSFORMS``; the
+#: report layer does not import the pipeline).
 TRANSFORMS = ("none", "log1p")
 
 

@@ -200,6 +200,14 @@ def test_report_data_names_the_field_with_a_wrong_shape():
         ReportData(**{**good.__dict__, "feature_transforms": ["none", "log"]})
 
 
+def test_report_data_accepts_every_transform_the_pipeline_applies():
+    from flows.features import TRANSFORMS
+
+    good = make_report_data(2, "full")
+    for name in TRANSFORMS:
+        ReportData(**{**good.__dict__, "feature_transforms": [name, name]})
+
+
 # --------------------------------------------------------------------------- single figures
 def _texts(fig: Figure) -> str:
     return " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))

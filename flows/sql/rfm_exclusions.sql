@@ -1,13 +1,5 @@
--- Row counts behind the RFM rules (relation `transactions`); parameters as in rfm.sql.
-WITH lines AS (
-    SELECT
-        customer_id,
-        "timestamp" >= CAST($as_of AS TIMESTAMP) AS after_as_of,
-        (starts_with(invoice_id, $cancellation_prefix) AND $cancellation_prefix <> '') OR amount < 0
-            AS is_cancellation
-    FROM transactions
-),
-customers AS (
+-- Row counts behind the RFM rules, from the classified lines (temp table `lines`, see rfm_lines.sql).
+WITH customers AS (
     SELECT customer_id, bool_and(is_cancellation) AS only_cancellations
     FROM lines
     WHERE customer_id IS NOT NULL AND NOT after_as_of
