@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import logging
 import os
 import sys
 import traceback
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import ConfigError
+from flows.console import HIDE_TRACEBACKS_ENV, hide_tracebacks
 from gmm_engine import COVARIANCE_TYPES, CRITERIA
 
 
@@ -185,46 +184,6 @@ def _extra_parameters(values: list[str] | None) -> dict[str, Any]:
     return out
 
 
-class _NoTraceback(logging.Formatter):
-    """Formats a record with another formatter, leaving out its traceback and stack.
-
-    The record is copied so that other handlers of the same record (Prefect's API handler, which
-    sends the traceback to the UI) still see it whole.
-    """
-
-    def __init__(self, inner: logging.Formatter | None):
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info or record.exc_text or record.stack_info:
-            record = copy.copy(record)
-            record.exc_info = record.exc_text = record.stack_info = None
-        return self.inner.format(record)
-
-
-def hide_tracebacks() -> int:
-    """Stop tracebacks from reaching the terminal through logging; returns how many handlers changed.
-
-    Prefect logs a failed task or flow with ``exc_info``; without ``--debug`` its console handlers
-    (and any other handler writing to stdout/stderr) print the log line without the traceback. Call
-    after Prefect has configured logging (importing ``prefect`` does). Idempotent.
-    """
-    loggers = [logging.getLogger()] + [
-        obj for obj in logging.Logger.manager.loggerDict.values() if isinstance(obj, logging.Logger)
-    ]
-    changed = 0
-    for logger in loggers:
-        for handler in logger.handlers:
-            if not isinstance(handler, logging.StreamHandler) or isinstance(handler.formatter, _NoTraceback):
-                continue
-            if getattr(handler, "stream", None) not in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__):
-                continue
-            handler.setFormatter(_NoTraceback(handler.formatter))
-            changed += 1
-    return changed
-
-
 def _error(exc: BaseException, debug: bool) -> str:
     """The final ``segment: error:`` line; with ``--debug`` the traceback is printed before it."""
     if debug:
@@ -252,6 +211,9 @@ def _serve(args: argparse.Namespace) -> int:
     # then comes first on sys.path: a folder there named like one of our packages (an output
     # `reports/`, say) would shadow it. The folder holding the installed packages cannot.
     os.chdir(serve.package_root())
+    if not args.debug:
+        # The runs start in their own processes, which inherit this and log failures in one line.
+        os.environ[HIDE_TRACEBACKS_ENV] = "1"
     print(
         f"Serving {serve.FLOW_NAME}/{serve.NIGHTLY} ({settings.schedule.cron}, {settings.schedule.timezone}) and "
         f"{serve.FLOW_NAME}/{serve.MANUAL} on {serve.api_url()}; stop with Ctrl-C.",

@@ -23,6 +23,7 @@ from prefect.runtime import deployment, flow_run
 
 from flows import continuity, stages
 from flows.config import Criterion, CovarianceType, InputKind, Settings, Transform, Trigger, load_settings
+from flows.console import hide_tracebacks_if_asked
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
@@ -232,6 +233,7 @@ def segment_customers(
     Runs on the same database never overlap: a run waits for the one holding the database
     (``output.lock_wait_minutes``), whatever started it.
     """
+    hide_tracebacks_if_asked()
     logger = get_run_logger()
     settings = settings_from_parameters(
         config_path, input_path=input_path, input_kind=input_kind, input_table=input_table,

@@ -253,6 +253,14 @@ def test_failed_run_is_visible_and_leaves_results_intact(served):
         latest_status = con.execute("SELECT status FROM runs WHERE run_id = (SELECT run_id FROM latest_run)").fetchall()[0][0]
     pd.testing.assert_frame_equal(before, after)
     assert latest_status == "success"  # the views never point at the failed run
+    # The service log says why in one line; the traceback is for the UI (or `serve --debug`).
+    # Prefect logs the exception (with its traceback, unless hidden) before "Finished in state Failed".
+    log_file = served["work"] / "serve.log"
+    _wait_until(lambda: "Finished in state Failed('Flow run encountered an exception: InputError" in log_file.read_text(),
+                30, "the failed run's last lines in the serve log")
+    log = log_file.read_text()
+    assert f"run {failed.run_id} failed in stage load: {served['work'] / 'missing.csv'}: input file not found" in log
+    assert "Traceback" not in log
 
 
 def test_nightly_schedule_fires_and_survives_a_restart(served):
