@@ -114,6 +114,9 @@ class OutputSettings(_Section):
     reports: str = "output/reports"
     #: How long a run waits for another run on the same database before it gives up.
     lock_wait_minutes: float = Field(360.0, ge=0)
+    #: Keep the per-customer rows (assignments, rejected_rows) of this many newest successful runs;
+    #: older runs keep their summary rows (runs, segments, candidates, drift). 0 keeps everything.
+    keep_runs: int = Field(0, ge=0)
 
 
 class TrackingSettings(_Section):

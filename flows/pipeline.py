@@ -151,8 +151,8 @@ def track_task(segments, features, previous, settings: Settings):
 
 
 @task(name="write", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
-def write_task(database: str, start: RunStart, record, killed: dict | None) -> None:
-    finish_run(database, start, record, killed)
+def write_task(database: str, start: RunStart, record, killed: dict | None, keep_runs: int = 0) -> None:
+    finish_run(database, start, record, killed, keep_runs)
     if killed:
         get_run_logger().warning(
             "run %s was killed during stage %s; recorded as killed", killed.get("run_id"), killed.get("stage")
@@ -309,7 +309,7 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> d
             report_path=str((report_dir / "index.html").resolve()),
         )
         record.tracking = continuity.tracking_record(drift, warm)
-        write_task(database_path, start, record, journal.previous)
+        write_task(database_path, start, record, journal.previous, settings.output.keep_runs)
         journal.recorded = True
         stage = done("write", "report")
         data = stages.report_data(

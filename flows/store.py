@@ -297,10 +297,18 @@ class RunRecord:
     tracking: Any = None
 
 
-def finish_run(database: str | Path, start: RunStart, record: RunRecord, killed: Mapping[str, Any] | None = None) -> None:
+def finish_run(
+    database: str | Path,
+    start: RunStart,
+    record: RunRecord,
+    killed: Mapping[str, Any] | None = None,
+    keep_runs: int = 0,
+) -> None:
     """Publish all of a successful run's rows at once (see :func:`publishing`).
 
     ``killed`` is a journal left by a killed predecessor, recorded in the same publication.
+    ``keep_runs`` > 0 removes, in the same publication, the per-customer rows of runs older than
+    the ``keep_runs`` newest successful ones (see :func:`prune_details`).
     """
     with publishing(database) as con:
         _record_killed(con, killed, start.run_id)
@@ -328,6 +336,32 @@ def finish_run(database: str | Path, start: RunStart, record: RunRecord, killed:
             report_path=record.report_path,
             **_tracking_columns(record.tracking),
         )
+        if keep_runs:
+            prune_details(con, keep_runs)
+
+
+def prune_details(con: duckdb.DuckDBPyConnection, keep_runs: int) -> int:
+    """Delete the assignments and rejected rows of every run older than the ``keep_runs`` newest
+    successful runs; mark those runs ``pruned_at``. Returns how many runs were pruned now.
+
+    Their summary rows (runs, segments, segment_features, model_candidates, drift tables) stay, so
+    segment history and drift remain queryable. The newest successful run is always kept whole:
+    the next run compares its customers with it.
+    """
+    if keep_runs < 1:
+        raise ValueError(f"keep_runs must be at least 1, got {keep_runs}")
+    kept = con.execute(
+        "SELECT run_id FROM runs WHERE status = 'success' ORDER BY run_id DESC LIMIT ?", [keep_runs]
+    ).fetchall()
+    if len(kept) < keep_runs:
+        return 0
+    oldest_kept = kept[-1][0]
+    con.execute("DELETE FROM assignments WHERE run_id < ?", [oldest_kept])
+    con.execute("DELETE FROM rejected_rows WHERE run_id < ?", [oldest_kept])
+    pruned = con.execute(
+        "UPDATE runs SET pruned_at = ? WHERE run_id < ? AND pruned_at IS NULL", [utc_now(), oldest_kept]
+    ).fetchall()
+    return int(pruned[0][0]) if pruned else 0
 
 
 def _published(con: duckdb.DuckDBPyConnection, run_id: int) -> bool:

@@ -89,9 +89,10 @@ def test_ids_names_migration_and_history_across_runs(prefect_harness, tmp_path):
     assert (report.parent / "migration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_warm_start_is_recorded(prefect_harness, tmp_path):
+def test_warm_start_is_recorded_and_retention_keeps_what_it_needs(prefect_harness, tmp_path):
     config = tmp_path / "segment.toml"
-    config.write_text("[tracking]\nwarm_start = true\n")
+    # keep_runs = 1: each run still finds the previous run's customers to warm-start and compare with.
+    config.write_text("[tracking]\nwarm_start = true\n[output]\nkeep_runs = 1\n")
     base = customers(200, 3, seed=4)
     run(tmp_path, base, seed=4, config=config)
     second = run(tmp_path, base, seed=5, config=config)
@@ -110,3 +111,8 @@ def test_warm_start_is_recorded(prefect_harness, tmp_path):
         database=str(tmp_path / "segments.duckdb"), reports_dir=str(tmp_path / "reports"), trigger="test",
     )
     assert third["warm_start"]["used"] is False and "not in this run's model grid" in third["warm_start"]["reason"]
+    assert third["previous_run_id"] == 2 and third["moved_share"] is not None
+    db = tmp_path / "segments.duckdb"
+    assert query(db, "SELECT DISTINCT run_id FROM assignments").run_id.tolist() == [3]
+    assert query(db, "SELECT run_id FROM runs WHERE pruned_at IS NOT NULL ORDER BY 1").run_id.tolist() == [1, 2]
+    assert query(db, "SELECT count(DISTINCT run_id) AS n FROM segment_history").n[0] == 3

@@ -109,6 +109,34 @@ def test_a_run_appears_in_the_views_only_when_it_succeeded(tmp_path):
         assert con.execute("SELECT count(*) FROM rejected_rows WHERE run_id = 2").fetchone()[0] == 1
 
 
+def test_retention_keeps_the_newest_runs_whole_and_every_summary(tmp_path):
+    db = tmp_path / "s.duckdb"
+    finish_run(db, start(db), record(), keep_runs=2)  # 1
+    fail_run(db, start(db), "validate", "too many rejects", rejects=record().rejects, rows_loaded=4)  # 2
+    for _ in range(2):  # 3, 4: two successful runs kept, so 1 and 2 lose their details
+        finish_run(db, start(db), record(), keep_runs=2)
+
+    def state():
+        with duckdb.connect(str(db), read_only=True) as con:
+            return {
+                "assignments": con.execute("SELECT DISTINCT run_id FROM assignments ORDER BY 1").fetchall(),
+                "rejects": con.execute("SELECT DISTINCT run_id FROM rejected_rows ORDER BY 1").fetchall(),
+                "pruned": con.execute("SELECT run_id FROM runs WHERE pruned_at IS NOT NULL ORDER BY 1").fetchall(),
+                "history": con.execute("SELECT DISTINCT run_id FROM segment_history ORDER BY 1").fetchall(),
+                "candidates": con.execute("SELECT count(DISTINCT run_id) FROM model_candidates").fetchone()[0],
+            }
+
+    assert state() == {"assignments": [(3,), (4,)], "rejects": [(3,), (4,)], "pruned": [(1,), (2,)],
+                       "history": [(1,), (3,), (4,)], "candidates": 3}
+    finish_run(db, start(db), record(), keep_runs=2)  # 5
+    after = state()
+    assert after["assignments"] == after["rejects"] == [(4,), (5,)]
+    assert after["pruned"] == [(1,), (2,), (3,)] and after["history"] == [(1,), (3,), (4,), (5,)]
+    # keep_runs = 0 (the default) keeps everything from then on.
+    finish_run(db, start(db), record())  # 6
+    assert state()["assignments"] == [(4,), (5,), (6,)]
+
+
 def test_a_write_that_fails_midway_leaves_the_published_file_untouched(tmp_path):
     db = tmp_path / "s.duckdb"
     finish_run(db, start(db), record())
