@@ -122,7 +122,9 @@ def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str 
         lines["amount"] = transactions["amount"].to_numpy(dtype=np.float64)
     else:
         lines["amount"] = transactions["quantity"].to_numpy(np.float64) * transactions["unit_price"].to_numpy(np.float64)
-    con = duckdb.connect()
+    # One thread: parallel partial sums of floating-point amounts combine in a varying order, so
+    # net spend would differ in its last bits from run to run (and could flip a near-tie).
+    con = duckdb.connect(config={"threads": 1})
     try:
         con.register("transactions", lines)
         con.execute(sql_text("rfm_lines"), {"as_of": as_of, "cancellation_prefix": cancellation_prefix})
