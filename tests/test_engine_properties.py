@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import logsumexp
@@ -134,10 +134,15 @@ def assert_same_model(a: GaussianMixture, b: GaussianMixture, rtol: float) -> No
 @given(X=datasets(), cov_type=st.sampled_from(COV_TYPES), k=st.integers(1, 3))
 def test_log_likelihood_never_decreases(X, cov_type, k):
     """EM ascent: with reg_covar=0 on non-degenerate data every iteration's bound is >= the last."""
-    gm = quiet_fit(
-        GaussianMixture(k, covariance_type=cov_type, reg_covar=0.0, tol=1e-10, max_iter=60, random_state=0),
-        X,
-    )
+    gm = GaussianMixture(k, covariance_type=cov_type, reg_covar=0.0, tol=1e-10, max_iter=60, random_state=0)
+    try:
+        quiet_fit(gm, X)
+    except ValueError:  # a component collapsed onto <= d points: its likelihood is unbounded
+        assume(False)
+    n, d = X.shape
+    # Ascent holds for non-degenerate fits only: at reg_covar=0 a component on <= d + 1 points is
+    # (nearly) singular and the bound is dominated by rounding. About 1% of random examples.
+    assume((gm.weights_ * n).min() > d + 1)
     lb = np.asarray(gm.lower_bounds_)
     assert len(lb) == gm.n_iter_ >= 1
     assert np.all(np.isfinite(lb))

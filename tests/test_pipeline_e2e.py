@@ -91,14 +91,23 @@ def test_online_retail_sample_end_to_end(prefect_harness, retail_sample_csv, tmp
         assert con.execute(example_queries()[0]).fetchall()
 
     # What the run shows in the Prefect UI (artifact keys carry the run id; this test's run is 1).
-    from prefect.artifacts import Artifact
+    # Other tests' runs 1 share the session's server: read this flow run's own artifacts.
+    from uuid import UUID
 
-    markdown = Artifact.get("segmentation-run-1")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        flow_run_id = UUID(con.execute("SELECT flow_run_id FROM runs WHERE run_id = 1").fetchall()[0][0])
+    with get_client(sync_client=True) as client:
+        own = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=own)}
+    markdown = artifacts["segmentation-run-1"]
     assert f"{k} segments, {summary['covariance_type']} covariance" in markdown.data
     assert "Rows rejected" in markdown.data and Path(summary["report"]).as_uri() in markdown.data
-    grid = Artifact.get("model-selection-grid-run-1")
+    grid = artifacts["model-selection-grid-run-1"]
     assert grid.type == "table" and len(json.loads(grid.data)) == 16
-    progress = Artifact.get("model-selection-run-1")
+    progress = artifacts["model-selection-run-1"]
     assert progress.type == "progress" and float(progress.data) == 100.0
 
 
