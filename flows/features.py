@@ -127,9 +127,10 @@ def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str 
     con = duckdb.connect(config={"threads": 1})
     try:
         con.register("transactions", lines)
-        con.execute(sql_text("rfm_lines"), {"as_of": as_of, "cancellation_prefix": cancellation_prefix})
-        features = con.execute(sql_text("rfm"), {"as_of": as_of}).df()
-        row = con.execute(sql_text("rfm_exclusions")).fetchone()
+        con.execute(sql_text("rfm_lines"))
+        params = {"as_of": as_of, "cancellation_prefix": cancellation_prefix}
+        features = con.execute(sql_text("rfm"), params).df()
+        row = con.execute(sql_text("rfm_exclusions"), params).fetchone()
         names = [d[0] for d in con.description]
     finally:
         con.close()

@@ -1,5 +1,5 @@
--- RFM features per customer from the classified lines (temp table `lines`, see rfm_lines.sql).
--- Parameter: $as_of (DATE).
+-- RFM features per customer from the classified lines (macro in rfm_lines.sql).
+-- Parameters: $as_of (DATE), $cancellation_prefix (VARCHAR).
 -- Rules (documented in the README):
 --   * lines without a customer id cannot be attributed and are left out;
 --   * lines dated on or after the as-of date are left out;
@@ -13,7 +13,7 @@ SELECT
         AS recency_days,
     count(DISTINCT invoice_id) FILTER (WHERE NOT is_cancellation) AS frequency,
     greatest(sum(amount), 0.0) AS monetary
-FROM lines
+FROM classified_lines($as_of, $cancellation_prefix)
 WHERE customer_id IS NOT NULL AND NOT after_as_of
 GROUP BY customer_id
 HAVING count(*) FILTER (WHERE NOT is_cancellation) > 0

@@ -1,5 +1,9 @@
--- Row counts behind the RFM rules, from the classified lines (temp table `lines`, see rfm_lines.sql).
-WITH customers AS (
+-- Row counts behind the RFM rules, from the classified lines (macro in rfm_lines.sql); parameters as
+-- in rfm.sql.
+WITH lines AS (
+    SELECT * FROM classified_lines($as_of, $cancellation_prefix)
+),
+customers AS (
     SELECT customer_id, bool_and(is_cancellation) AS only_cancellations
     FROM lines
     WHERE customer_id IS NOT NULL AND NOT after_as_of
