@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows.features import TRANSFORMS
 from gmm_engine import COVARIANCE_TYPES, CRITERIA
 
 #: The embedded UCI Online Retail sample shipped in data/ (used when no input is configured).
@@ -26,6 +25,8 @@ ONLINE_RETAIL_COLUMNS = {
 }
 
 RFM_FEATURES = ("recency_days", "frequency", "monetary")
+#: Transforms a feature can have before standardisation (applied in flows.features).
+TRANSFORMS = ("none", "log1p")
 
 InputKind = Literal["transactions", "customers"]
 # One list of names each, where they are defined (a Literal of a tuple is the Literal of its items).

@@ -10,9 +10,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from flows.config import TRANSFORMS
 from flows.duck import sql_text
-
-TRANSFORMS = ("none", "log1p")
 
 #: What each count of :func:`rfm_table` means, in words for logs and reports.
 RULE_LABELS = {

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from flows.features import TRANSFORMS
+from flows.config import TRANSFORMS
 
 #: A current component keeps a previous id only when their Bhattacharyya distance is at most this.
 #: exp(-2) = 0.135 is the Bhattacharyya coefficient, so the Bayes error of telling the two Gaussians

@@ -10,7 +10,7 @@ import numpy as np
 
 from gmm_engine import COVARIANCE_TYPES, CRITERIA
 
-#: Transforms applied before standardisation (the pipeline's ``flows.features.TRANSFORMS``; the
+#: Transforms applied before standardisation (the pipeline's ``flows.config.TRANSFORMS``; the
 #: report layer does not import the pipeline).
 TRANSFORMS = ("none", "log1p")
 

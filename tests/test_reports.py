@@ -201,7 +201,7 @@ def test_report_data_names_the_field_with_a_wrong_shape():
 
 
 def test_report_data_accepts_every_transform_the_pipeline_applies():
-    from flows.features import TRANSFORMS
+    from flows.config import TRANSFORMS
 
     good = make_report_data(2, "full")
     for name in TRANSFORMS:
