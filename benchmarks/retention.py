@@ -73,6 +73,8 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=200_000)
     parser.add_argument("--keep", type=int, default=2)
     args = parser.parse_args()
+    if args.keep < 1:
+        parser.error("--keep must be at least 1 (0 is the keep-everything reference, always measured)")
     mib = 2.0**20
     with tempfile.TemporaryDirectory() as tmp:
         dbs = {0: Path(tmp) / "all" / "s.duckdb", args.keep: Path(tmp) / "kept" / "s.duckdb"}

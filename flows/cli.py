@@ -211,8 +211,10 @@ def _serve(args: argparse.Namespace) -> int:
     # then comes first on sys.path: a folder there named like one of our packages (an output
     # `reports/`, say) would shadow it. The folder holding the installed packages cannot.
     os.chdir(serve.package_root())
-    if not args.debug:
-        # The runs start in their own processes, which inherit this and log failures in one line.
+    # The runs start in their own processes, which inherit this (and without it show tracebacks).
+    if args.debug:
+        os.environ.pop(HIDE_TRACEBACKS_ENV, None)
+    else:
         os.environ[HIDE_TRACEBACKS_ENV] = "1"
     print(
         f"Serving {serve.FLOW_NAME}/{serve.NIGHTLY} ({settings.schedule.cron}, {settings.schedule.timezone}) and "
@@ -277,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     # The temporary local server can take longer than Prefect's 20 s default on a busy small machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     debug = bool(getattr(args, "debug", False))
-    if not debug:
+    if debug:  # asked for tracebacks: an inherited setting of a served run must not hide them
+        os.environ.pop(HIDE_TRACEBACKS_ENV, None)
+    else:
         import prefect  # noqa: F401  (configures Prefect's logging, whose handlers are then changed)
 
         hide_tracebacks()

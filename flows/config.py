@@ -117,7 +117,7 @@ class OutputSettings(_Section):
     lock_wait_minutes: float = Field(360.0, ge=0)
     #: Keep the per-customer rows (assignments, rejected_rows) of this many newest successful runs;
     #: older runs keep their summary rows (runs, segments, candidates, drift). 0 keeps everything.
-    keep_runs: int = Field(0, ge=0)
+    keep_runs: int = Field(0, ge=0, strict=True)  # strict: `true` must not silently mean 1
 
 
 class TrackingSettings(_Section):

@@ -1,5 +1,4 @@
-"""Console output of runs: Prefect's log lines without their tracebacks, for people reading a
-terminal or a service log (the Prefect UI keeps the tracebacks)."""
+"""Console log lines without tracebacks, for terminals and service logs (the Prefect UI keeps them)."""
 
 from __future__ import annotations
 

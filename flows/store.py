@@ -341,8 +341,10 @@ def finish_run(
 
 
 def prune_details(con: duckdb.DuckDBPyConnection, keep_runs: int) -> int:
-    """Delete the assignments and rejected rows of every run older than the ``keep_runs`` newest
-    successful runs; mark those runs ``pruned_at``. Returns how many runs were pruned now.
+    """Delete the per-customer rows of runs older than the ``keep_runs`` newest successful runs.
+
+    Their assignments and rejected rows go; the runs are marked ``pruned_at``. Returns how many
+    runs were marked now.
 
     Their summary rows (runs, segments, segment_features, model_candidates, drift tables) stay, so
     segment history and drift remain queryable. The newest successful run is always kept whole:

@@ -450,8 +450,9 @@ def test_cli_shows_a_traceback_only_with_debug(store, tmp_path, debug):
     from prefect.settings import PREFECT_API_URL
 
     path = write_csv(tmp_path / "flat.csv", customer_rows().assign(y=4.0))
+    # As if exported from a service's environment: --debug must still show every traceback.
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SEGMENT_HIDE_TRACEBACKS": "1"}
     argv = [sys.executable, "-m", "flows.cli", "run", "--input", str(path), "--kind", "customers",
             "--column", "customer_id=id", "--features", "x,y", "--k-max", "2", "--n-init", "1",
             "--database", str(store.db), "--reports", str(store.reports)] + (["--debug"] if debug else [])
@@ -460,7 +461,9 @@ def test_cli_shows_a_traceback_only_with_debug(store, tmp_path, debug):
     errors = [line for line in done.stderr.splitlines() if line.startswith("segment: error:")]
     assert errors == ["segment: error: feature 'y' has the same value (4) for every one of the 60 customers, "
                       "so it cannot separate segments; drop it from features.columns"]
-    # The error's own traceback (a frame of the feature stage), not any traceback of Prefect's.
-    assert ("in build_feature_matrix" in done.stderr) is debug
+    assert ("Traceback (most recent call last)" in done.stderr) is debug
+    assert ("in build_feature_matrix" in done.stderr) is debug  # the error's own frames
+    if debug:  # Prefect's log lines keep theirs too, not only the final error
+        assert done.stderr.count("Traceback (most recent call last)") >= 2
     assert "Traceback" not in done.stdout
     _assert_run1_intact(store, snapshot(store.db))

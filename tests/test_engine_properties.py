@@ -137,7 +137,9 @@ def test_log_likelihood_never_decreases(X, cov_type, k):
     gm = GaussianMixture(k, covariance_type=cov_type, reg_covar=0.0, tol=1e-10, max_iter=60, random_state=0)
     try:
         quiet_fit(gm, X)
-    except ValueError:  # a component collapsed onto <= d points: its likelihood is unbounded
+    except ValueError as exc:  # a component collapsed onto <= d points: its likelihood is unbounded
+        if "ill-defined empirical covariance" not in str(exc):
+            raise
         assume(False)
     n, d = X.shape
     # Ascent holds for non-degenerate fits only: at reg_covar=0 a component on <= d + 1 points is

@@ -63,6 +63,7 @@ def test_defaults_segment_the_embedded_sample_and_overrides_win(tmp_path):
         ("[model]\nk_min = 4\nk_max = 2\n", "k_max"),
         ("[model]\ncriterion = 'bic2'\n", "model.criterion"),
         ("[modle]\nk_max = 2\n", "modle"),
+        ("[output]\nkeep_runs = true\n", "output.keep_runs"),  # deletes data: no loose coercion
         ("[input]\nkind = 'customers'\n", "features.columns"),
         ("not toml [", "not valid TOML"),
     ],

@@ -108,7 +108,7 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS moved_share DOUBLE;         -- share o
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS drift_flags VARCHAR[];      -- e.g. 'k changed 4 -> 5'
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS what_changed VARCHAR;       -- short plain-text summary
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS warm_start JSON;            -- what a warm start did, when enabled
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;        -- UTC; assignments and rejected rows removed (output.keep_runs)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;        -- UTC; older than the runs output.keep_runs keeps: no assignments or rejected rows
 
 CREATE TABLE IF NOT EXISTS segment_migrations (
     run_id              BIGINT NOT NULL,
