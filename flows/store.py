@@ -388,9 +388,15 @@ def fail_run(
     rows_loaded: int | None = None,
     killed: Mapping[str, Any] | None = None,
 ) -> None:
-    """Publish a failed run: its ``runs`` row with the failing stage and message, and its rejects."""
+    """Publish a failed run: its ``runs`` row with the failing stage and message, and its rejects.
+
+    A run already published (its write failed after the file was replaced, e.g. syncing the
+    folder) stays as published: its results are whole.
+    """
     with publishing(database) as con:
         _record_killed(con, killed, start.run_id)
+        if _published(con, start.run_id):
+            return
         n_rejected = 0
         if rejects is not None and len(rejects):
             _insert_rejects(con, start.run_id, rejects)

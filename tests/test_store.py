@@ -137,6 +137,15 @@ def test_retention_keeps_the_newest_runs_whole_and_every_summary(tmp_path):
     assert state()["assignments"] == [(4,), (5,), (6,)]
 
 
+def test_a_run_that_fails_after_its_publication_stays_published(tmp_path):
+    db = tmp_path / "s.duckdb"
+    run = start(db)
+    finish_run(db, run, record())
+    fail_run(db, run, "write", "syncing the folder failed")  # no duplicate key, no second row
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT run_id, status, error FROM runs").fetchall() == [(1, "success", None)]
+
+
 def test_a_write_that_fails_midway_leaves_the_published_file_untouched(tmp_path):
     db = tmp_path / "s.duckdb"
     finish_run(db, start(db), record())
