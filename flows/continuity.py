@@ -28,7 +28,7 @@ from flows.tracking import (
     same_features,
     warm_start_init,
 )
-from gmm_engine import ConvergenceWarning, GaussianMixture, degeneracy_reason
+from gmm_engine import VARIANCE_FLOOR, ConvergenceWarning, GaussianMixture, degeneracy_reason
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,7 +170,8 @@ def warm_start(selection, features: FeatureMatrix, previous: PreviousRun | None,
     except ValueError as exc:
         return {**info, "used": False, "reason": f"warm-started fit failed: {exc}"}
     std = X.std(axis=0)
-    reason = degeneracy_reason(gm, np.where(std > 0, std, 1.0), float(X.shape[0]), 1e-3, float(X.shape[1] + 1))
+    # The rule select_model applied to the cold candidates (its defaults: floor, d + 1 customers).
+    reason = degeneracy_reason(gm, np.where(std > 0, std, 1.0), float(X.shape[0]), VARIANCE_FLOOR, float(X.shape[1] + 1))
     value = float(getattr(gm, selection.criterion)(X))
     info[selection.criterion] = value
     if reason:

@@ -21,7 +21,6 @@ from flows.store import RunRecord, feature_scaler_table
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
 
 
-
 class TooManyRejectsError(ValueError):
     """More rows failed validation than the configured share allows; the run stops."""
 

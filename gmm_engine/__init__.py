@@ -7,7 +7,7 @@ trailing-underscore fitted attributes); :func:`select_model` is the entry point 
 from ._validation import ConvergenceWarning, NotFittedError
 from .covariance import COVARIANCE_TYPES, n_parameters
 from .mixture import GaussianMixture
-from .selection import CRITERIA, SelectionResult, degeneracy_reason, select_model
+from .selection import CRITERIA, VARIANCE_FLOOR, SelectionResult, degeneracy_reason, select_model
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -16,6 +16,7 @@ __all__ = [
     "GaussianMixture",
     "NotFittedError",
     "SelectionResult",
+    "VARIANCE_FLOOR",
     "degeneracy_reason",
     "n_parameters",
     "select_model",

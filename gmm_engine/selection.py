@@ -40,6 +40,8 @@ from .mixture import GaussianMixture
 from .threads import single_threaded_blas
 
 CRITERIA = ("bic", "aic", "icl")
+#: Default of ``variance_floor``: a component variance below this share of the data's is degenerate.
+VARIANCE_FLOOR = 1e-3
 
 
 @dataclass
@@ -147,7 +149,7 @@ def select_model(
     init_params: str = "kmeans",
     sample_weight=None,
     n_jobs: int | None = None,
-    variance_floor: float = 1e-3,
+    variance_floor: float = VARIANCE_FLOOR,
     min_component_size: float | None = None,
     max_samples: int | None = None,
     progress: Callable[[int, int], None] | None = None,
