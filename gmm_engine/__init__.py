@@ -7,16 +7,26 @@ trailing-underscore fitted attributes); :func:`select_model` is the entry point 
 from ._validation import ConvergenceWarning, NotFittedError
 from .covariance import COVARIANCE_TYPES, n_parameters
 from .mixture import GaussianMixture
-from .selection import CRITERIA, VARIANCE_FLOOR, SelectionResult, degeneracy_reason, select_model
+from .selection import (
+    CRITERIA,
+    VARIANCE_FLOOR,
+    NoAcceptableModelError,
+    SelectionResult,
+    criteria,
+    degeneracy_reason,
+    select_model,
+)
 
 __all__ = [
     "COVARIANCE_TYPES",
     "CRITERIA",
     "ConvergenceWarning",
     "GaussianMixture",
+    "NoAcceptableModelError",
     "NotFittedError",
     "SelectionResult",
     "VARIANCE_FLOOR",
+    "criteria",
     "degeneracy_reason",
     "n_parameters",
     "select_model",

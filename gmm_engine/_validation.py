@@ -86,6 +86,23 @@ def check_float(value, name: str, minimum: float = 0.0, inclusive: bool = True) 
     return float(value)
 
 
+def check_per_feature(value, name: str, n_features: int) -> float | np.ndarray:
+    """A finite number >= 0, or one per feature (shape (n_features,)); returned as float or array."""
+    if np.ndim(value) == 0:
+        return check_float(value, name, 0.0)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or one number per feature, got {value!r}") from None
+    if arr.shape != (n_features,):
+        raise ValueError(
+            f"{name} must be a number or have shape ({n_features},) (one per feature), got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"{name} must hold finite numbers >= 0, got {arr.tolist()}")
+    return arr
+
+
 def as_generator(random_state) -> np.random.Generator:
     """``None``, an int, a ``SeedSequence`` or a ``Generator`` -> a ``Generator``."""
     if isinstance(random_state, np.random.Generator):

@@ -68,7 +68,24 @@ class CovarianceModel:
 
         ``nk`` (k,) summed weights, ``means_c`` (k, d) centred means, ``second`` (k, q) summed
         second-order terms, ``data_second`` the data's own total second moment (tied only).
+        ``reg_covar`` (a number, or one per feature) is added to the diagonal; ``spherical``
+        adds its mean, the amount that maximises the same objective with a single variance.
         """
+        raise NotImplementedError
+
+    # --- conjugate prior (MAP EM) ----------------------------------------------------------
+    def prior_scale(self, data_covariance: np.ndarray, k: int) -> np.ndarray | float:
+        """mclust's default prior scale for k components (Fraley & Raftery 2007):
+        ``data_covariance / k**(2/d)``, reduced to this type (its diagonal, or their mean)."""
+        raise NotImplementedError
+
+    def map_covariances(self, covariances, nk, scale, dof, d):
+        """The MAP covariances under an inverse-Wishart prior (inverse-gamma per variance for
+        diag and spherical) with ``scale`` and ``dof``, from the maximum-likelihood ones."""
+        raise NotImplementedError
+
+    def log_prior(self, prec_chol, scale, dof, k: int, d: int) -> float:
+        """Log density of the covariances under that prior, up to a constant."""
         raise NotImplementedError
 
     def precision_cholesky(self, covariances: np.ndarray) -> np.ndarray:
@@ -85,6 +102,10 @@ class CovarianceModel:
 
     def log_det_precision_cholesky(self, prec_chol: np.ndarray, k: int, d: int) -> np.ndarray:
         """``log det U_k`` for every component, shape (k,)."""
+        raise NotImplementedError
+
+    def precision_diagonal(self, prec_chol: np.ndarray, k: int, d: int) -> np.ndarray:
+        """Diagonal of every component's precision matrix, shape (k, d)."""
         raise NotImplementedError
 
     def n_covariance_parameters(self, k: int, d: int) -> int:
@@ -149,6 +170,20 @@ class Full(CovarianceModel):
         cov[:, np.arange(d), np.arange(d)] += reg_covar
         return cov
 
+    def prior_scale(self, data_covariance, k):
+        d = data_covariance.shape[0]
+        return data_covariance / k ** (2.0 / d)
+
+    def map_covariances(self, covariances, nk, scale, dof, d):
+        return (nk[:, None, None] * covariances + scale) / (nk + dof + d + 1)[:, None, None]
+
+    def log_prior(self, prec_chol, scale, dof, k, d):
+        # log IW(S | scale, dof) = -(dof + d + 1) / 2 log|S| - tr(scale S^-1) / 2, and
+        # log|S| = -2 log det U, tr(scale U U^T) = |scale^1/2 U|^2 summed.
+        log_det = self.log_det_precision_cholesky(prec_chol, k, d)
+        trace = np.einsum("ij,kjl,kil->k", scale, prec_chol, prec_chol)
+        return float(np.sum((dof + d + 1) * log_det - 0.5 * trace))
+
     def precision_cholesky(self, covariances):
         return np.stack([_cholesky_precision(c) for c in covariances])
 
@@ -165,6 +200,10 @@ class Full(CovarianceModel):
 
     def log_det_precision_cholesky(self, prec_chol, k, d):
         return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+
+    def precision_diagonal(self, prec_chol, k, d):
+        # P = U U^T, so P_jj is the squared norm of row j of U.
+        return np.einsum("kij,kij->ki", prec_chol, prec_chol)
 
     def n_covariance_parameters(self, k, d):
         return k * d * (d + 1) // 2
@@ -212,6 +251,19 @@ class Tied(CovarianceModel):
         cov[np.arange(d), np.arange(d)] += reg_covar
         return cov
 
+    def prior_scale(self, data_covariance, k):
+        d = data_covariance.shape[0]
+        return data_covariance / k ** (2.0 / d)
+
+    def map_covariances(self, covariances, nk, scale, dof, d):
+        n = nk.sum()
+        return (n * covariances + scale) / (n + dof + d + 1)
+
+    def log_prior(self, prec_chol, scale, dof, k, d):
+        log_det = np.log(np.diag(prec_chol)).sum()
+        trace = np.einsum("ij,jl,il->", scale, prec_chol, prec_chol)
+        return float((dof + d + 1) * log_det - 0.5 * trace)
+
     def precision_cholesky(self, covariances):
         return _cholesky_precision(covariances)
 
@@ -227,6 +279,9 @@ class Tied(CovarianceModel):
 
     def log_det_precision_cholesky(self, prec_chol, k, d):
         return np.full(k, np.log(np.diag(prec_chol)).sum())
+
+    def precision_diagonal(self, prec_chol, k, d):
+        return np.broadcast_to(np.einsum("ij,ij->i", prec_chol, prec_chol), (k, d))
 
     def n_covariance_parameters(self, k, d):
         return d * (d + 1) // 2
@@ -290,6 +345,21 @@ class Diag(_Elementwise):
     def log_det_precision_cholesky(self, prec_chol, k, d):
         return np.log(prec_chol).sum(axis=1)
 
+    def prior_scale(self, data_covariance, k):
+        d = data_covariance.shape[0]
+        return np.diag(data_covariance) / k ** (2.0 / d)
+
+    def map_covariances(self, covariances, nk, scale, dof, d):
+        return (nk[:, None] * covariances + scale) / (nk + dof + 2)[:, None]
+
+    def log_prior(self, prec_chol, scale, dof, k, d):
+        # An inverse-gamma prior per variance: -(dof + 2) / 2 log s - scale / (2 s).
+        prec = prec_chol**2
+        return float(np.sum((dof + 2) * np.log(prec_chol) - 0.5 * scale * prec))
+
+    def precision_diagonal(self, prec_chol, k, d):
+        return prec_chol**2
+
     def n_covariance_parameters(self, k, d):
         return k * d
 
@@ -326,10 +396,23 @@ class Spherical(_Elementwise):
 
     def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
         d = means_c.shape[1]
-        return (second[:, 0] / nk - (means_c**2).sum(axis=1)) / d + reg_covar
+        return (second[:, 0] / nk - (means_c**2).sum(axis=1)) / d + np.mean(reg_covar)
 
     def log_det_precision_cholesky(self, prec_chol, k, d):
         return d * np.log(prec_chol)
+
+    def prior_scale(self, data_covariance, k):
+        d = data_covariance.shape[0]
+        return float(np.trace(data_covariance)) / d / k ** (2.0 / d)
+
+    def map_covariances(self, covariances, nk, scale, dof, d):
+        return (nk * d * covariances + scale) / (nk * d + dof + 2)
+
+    def log_prior(self, prec_chol, scale, dof, k, d):
+        return float(np.sum((dof + 2) * np.log(prec_chol) - 0.5 * scale * prec_chol**2))
+
+    def precision_diagonal(self, prec_chol, k, d):
+        return np.broadcast_to((prec_chol**2)[:, None], (k, d))
 
     def n_covariance_parameters(self, k, d):
         return k

@@ -14,6 +14,7 @@ from ._validation import (
     check_array,
     check_float,
     check_int,
+    check_per_feature,
     check_sample_weight,
 )
 from .covariance import COVARIANCE_MODELS, n_parameters
@@ -31,9 +32,24 @@ class GaussianMixture:
     """Gaussian mixture model fitted by expectation-maximisation.
 
     Same parameters, attributes and semantics as ``sklearn.mixture.GaussianMixture``, plus
-    ``sample_weight`` (weighted EM: integer weights give the model of repeated rows) and the
-    ``icl`` criterion. E- and M-steps run on chunks of samples as one matrix product each
-    (see :mod:`gmm_engine.statistics`), so memory stays flat on large inputs.
+    ``sample_weight`` (weighted EM: integer weights give the model of repeated rows), the
+    ``icl`` criterion and ``resolution`` (features recorded on a grid). E- and M-steps run on
+    chunks of samples as one matrix product each (see :mod:`gmm_engine.statistics`), so memory
+    stays flat on large inputs.
+
+    Discrete features. A count, a price in cents or a day number is recorded on a grid; with
+    ``resolution`` (the grid's spacing per feature) each recorded value stands for its rounding
+    cell, which carries ``resolution**2 / 12`` of variance (Sheppard's correction). EM then
+    maximises the *cell-averaged* log-likelihood: each component's log-density is averaged over
+    the cell (``log N(x) - tr(P R) / 2`` with ``R = diag(resolution**2 / 12)``, ``P`` the
+    precision), and the M-step adds ``R`` to every covariance's diagonal. No component's variance
+    along a feature can fall below its cell's, so a spike of identical values (say, customers with
+    exactly one purchase) is fitted by a component of bounded density instead of a collapsed one;
+    the objective is bounded, EM ascends it at every iteration, and ``score_samples``,
+    ``predict_proba``, ``score``, ``bic``, ``aic``, ``icl`` and ``lower_bound_`` all use it. It is
+    a lower bound of the log of each cell's probability per unit of cell volume. A resolution of
+    0 marks a continuous feature; with no resolution (the default) everything is as in
+    scikit-learn.
 
     Parameters
     ----------
@@ -44,8 +60,9 @@ class GaussianMixture:
         ``diag``: each its own diagonal covariance; ``spherical``: each its own variance.
     tol : float, default=1e-3
         EM stops when the mean per-sample log-likelihood changes by less than this.
-    reg_covar : float, default=1e-6
-        Added to the diagonal of every covariance, keeping it positive definite.
+    reg_covar : float or array-like of shape (n_features,), default=1e-6
+        Added to the diagonal of every covariance, keeping it positive definite (one value per
+        feature, or one for all; ``spherical`` adds their mean).
     max_iter : int, default=100
         EM iterations per initialisation.
     n_init : int, default=1
@@ -63,6 +80,22 @@ class GaussianMixture:
     n_jobs : int, default=None
         Threads that process chunks of samples at once (``None``: up to 2). Results do not
         depend on it: chunk totals are always summed in the same order.
+    resolution : float or array-like of shape (n_features,), default=None
+        Spacing of the grid each feature is recorded on, in the units of ``X`` (0: continuous).
+        See *Discrete features* above.
+    covariance_prior : {"data"} or None, default=None
+        A conjugate prior on the covariances, fitted by MAP EM as mclust's ``priorControl()``
+        (Fraley & Raftery 2007, "Bayesian regularization for normal mixture estimation and
+        model-based clustering"): inverse-Wishart for ``full`` and ``tied`` (inverse-gamma per
+        variance for ``diag`` and ``spherical``) with scale ``cov(X) / n_components**(2/d)``
+        (its diagonal, or their mean) and ``degrees_of_freedom_prior`` degrees of freedom. Each
+        M-step covariance becomes ``(n_k * S_k + scale) / (n_k + dof + d + 1)`` (``d + 1`` is
+        ``2`` per variance), so a component on a handful of identical points keeps a variance
+        of the prior's order while a large component is hardly changed. Means and weights stay
+        maximum-likelihood. ``score``, ``bic`` and the other criteria are the likelihood at the
+        MAP estimate (as mclust); ``lower_bound_`` adds the log prior, the objective EM ascends.
+    degrees_of_freedom_prior : float, default=None
+        Degrees of freedom of that prior (``None``: ``n_features + 2``, mclust's default).
 
     Attributes
     ----------
@@ -78,9 +111,17 @@ class GaussianMixture:
     n_iter_ : int
         EM iterations of the kept initialisation.
     lower_bound_ : float
-        Mean (weighted) log-likelihood of the kept initialisation at its last iteration.
+        Mean (weighted) log-likelihood of the kept initialisation at its last iteration
+        (cell-averaged when ``resolution`` is given; plus the log prior density of the
+        covariances, divided by the total weight, with ``covariance_prior``).
     lower_bounds_ : list of float
         ``lower_bound_`` after every iteration of the kept initialisation.
+    rounding_variance_ : ndarray of shape (n_features,) or None
+        ``resolution**2 / 12``, the variance of each feature's rounding cell (None without
+        ``resolution``).
+    covariance_prior_ : ndarray, float or None
+        The prior scale used (shape of one covariance of the type), or None without a prior.
+    degrees_of_freedom_prior_ : float or None
     n_features_in_ : int
     """
 
@@ -100,6 +141,9 @@ class GaussianMixture:
         random_state=None,
         warm_start: bool = False,
         n_jobs: int | None = None,
+        resolution=None,
+        covariance_prior: str | None = None,
+        degrees_of_freedom_prior: float | None = None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -114,12 +158,16 @@ class GaussianMixture:
         self.random_state = random_state
         self.warm_start = warm_start
         self.n_jobs = n_jobs
+        self.resolution = resolution
+        self.covariance_prior = covariance_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
 
     # ------------------------------------------------------------------ scikit-learn API glue
     def get_params(self, deep: bool = True) -> dict:
         names = (
             "n_components covariance_type tol reg_covar max_iter n_init init_params "
-            "weights_init means_init precisions_init random_state warm_start n_jobs"
+            "weights_init means_init precisions_init random_state warm_start n_jobs resolution "
+            "covariance_prior degrees_of_freedom_prior"
         ).split()
         return {name: getattr(self, name) for name in names}
 
@@ -136,8 +184,7 @@ class GaussianMixture:
         changed = [
             f"{k}={v!r}"
             for k, v in self.get_params().items()
-            if not (isinstance(v, np.ndarray) or isinstance(defaults[k], np.ndarray))
-            and v != defaults[k]
+            if not (np.ndim(v) or np.ndim(defaults[k])) and v != defaults[k]
         ]
         return f"GaussianMixture({', '.join(changed)})"
 
@@ -164,7 +211,13 @@ class GaussianMixture:
                 f"init_params must be one of {list(INIT_METHODS)}, got {self.init_params!r}"
             )
         check_float(self.tol, "tol", 0.0)
-        check_float(self.reg_covar, "reg_covar", 0.0)
+        check_per_feature(self.reg_covar, "reg_covar", d)
+        if self.resolution is not None:
+            check_per_feature(self.resolution, "resolution", d)
+        if self.covariance_prior not in (None, "data"):
+            raise ValueError(f"covariance_prior must be None or 'data', got {self.covariance_prior!r}")
+        if self.degrees_of_freedom_prior is not None:
+            check_float(self.degrees_of_freedom_prior, "degrees_of_freedom_prior", 0.0)
         check_int(self.max_iter, "max_iter", 0)
         check_int(self.n_init, "n_init", 1)
         if self.n_jobs is not None:
@@ -210,19 +263,47 @@ class GaussianMixture:
         return X
 
     # ------------------------------------------------------------------ parameter state
-    def _params_from_stats(self, sums: np.ndarray, d: int, shift, data_second):
+    def _rounding_variance(self, d: int) -> np.ndarray | None:
+        """``resolution**2 / 12`` per feature, or None when no feature has a resolution."""
+        if self.resolution is None:
+            return None
+        r = np.broadcast_to(np.asarray(self.resolution, dtype=np.float64), (d,))
+        return r**2 / 12.0 if np.any(r > 0) else None
+
+    def _covariance_floor(self, d: int):
+        """What the M-step adds to the covariance diagonal: ``reg_covar`` plus the rounding variance.
+
+        A plain number when it is one (the scikit-learn case, kept bitwise identical).
+        """
+        floor = check_per_feature(self.reg_covar, "reg_covar", d)
+        rounding = self._rounding_variance(d)
+        return floor if rounding is None else floor + rounding
+
+    def _prior(self, XcT: np.ndarray, w, total_weight: float, data_second) -> tuple | None:
+        """``(scale, dof)`` of the covariance prior for centred data ``XcT``, or None."""
+        if self.covariance_prior is None:
+            return None
+        d = XcT.shape[0]
+        second = data_second if data_second is not None else st.data_second_moment(XcT, w)
+        scale = self._model.prior_scale(second / total_weight, self.n_components)
+        dof = float(d + 2 if self.degrees_of_freedom_prior is None else self.degrees_of_freedom_prior)
+        return scale, dof
+
+    def _params_from_stats(self, sums: np.ndarray, d: int, shift, data_second, prior=None):
         """M-step: (weights, means, covariances, precisions_cholesky) from summed statistics."""
         model = self._model
         nk = sums[:, 0] + _NK_FLOOR
         means_c = sums[:, 1 : 1 + d] / nk[:, None]
         covariances = model.covariances_from_stats(
-            nk, means_c, sums[:, 1 + d :], self.reg_covar, data_second
+            nk, means_c, sums[:, 1 + d :], self._covariance_floor(d), data_second
         )
+        if prior is not None:
+            covariances = model.map_covariances(covariances, nk, prior[0], prior[1], d)
         prec_chol = model.precision_cholesky(covariances)
         weights = nk / nk.sum()
         return weights, means_c + shift, covariances, prec_chol
 
-    def _initial_params(self, X, XcT, w, shift, rng, data_second):
+    def _initial_params(self, X, XcT, w, shift, rng, data_second, prior=None):
         k, d = self.n_components, X.shape[1]
         needs_partition = (
             self.weights_init is None or self.means_init is None or self.precisions_init is None
@@ -240,7 +321,7 @@ class GaussianMixture:
                 )
                 data_second = st.data_second_moment(XcT, covered if w is None else covered * w)
             weights, means, covariances, prec_chol = self._params_from_stats(
-                sums, d, shift, data_second
+                sums, d, shift, data_second, prior
             )
         if self.weights_init is not None:
             weights = np.array(self.weights_init, dtype=np.float64)
@@ -257,7 +338,9 @@ class GaussianMixture:
     def _internal(self, shift: np.ndarray) -> st.MixtureParameters:
         with np.errstate(divide="ignore"):
             log_weights = np.log(self.weights_)
-        return st.MixtureParameters(log_weights, self.means_ - shift, self.precisions_cholesky_)
+        return st.MixtureParameters(
+            log_weights, self.means_ - shift, self.precisions_cholesky_, getattr(self, "rounding_variance_", None)
+        )
 
     def _set(self, weights, means, covariances, prec_chol) -> None:
         self.weights_ = weights
@@ -323,6 +406,8 @@ class GaussianMixture:
             )
         n_init = 1 if warm else self.n_init
         rng = as_generator(self.random_state)
+        rounding = self._rounding_variance(d)
+        prior = self._prior(XcT, w, total_weight, data_second)
 
         best = None
         best_bound = -np.inf
@@ -331,7 +416,7 @@ class GaussianMixture:
                 params = (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
                 bound = self.lower_bound_
             else:
-                params = self._initial_params(X, XcT, w, shift, rng, data_second)
+                params = self._initial_params(X, XcT, w, shift, rng, data_second, prior)
                 bound = -np.inf
             bounds: list[float] = []
             converged = False
@@ -340,10 +425,12 @@ class GaussianMixture:
                 previous = bound
                 weights, means, _, prec_chol = params
                 with np.errstate(divide="ignore"):
-                    internal = st.MixtureParameters(np.log(weights), means - shift, prec_chol)
+                    internal = st.MixtureParameters(np.log(weights), means - shift, prec_chol, rounding)
                 stats = st.em_statistics(model, XcT, w, internal, self._threads())
                 bound = stats.log_likelihood / total_weight
-                params = self._params_from_stats(stats.sums, d, shift, data_second)
+                if prior is not None:
+                    bound += model.log_prior(prec_chol, prior[0], prior[1], self.n_components, d) / total_weight
+                params = self._params_from_stats(stats.sums, d, shift, data_second, prior)
                 bounds.append(bound)
                 if abs(bound - previous) < self.tol:
                     converged = True
@@ -365,6 +452,9 @@ class GaussianMixture:
         self.n_iter_ = n_iter
         self.lower_bound_ = float(best_bound)
         self.lower_bounds_ = bounds
+        self.rounding_variance_ = rounding
+        self.covariance_prior_ = None if prior is None else prior[0]
+        self.degrees_of_freedom_prior_ = None if prior is None else prior[1]
         self.n_features_in_ = d
         return X
 
@@ -427,20 +517,21 @@ class GaussianMixture:
         total, n = self._log_likelihood(X, sample_weight)
         return total / n
 
-    def _n_parameters(self) -> int:
+    def n_parameters(self) -> int:
+        """Free parameters of the fitted model (weights, means, covariances), as BIC counts them."""
         return n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
 
     def bic(self, X, sample_weight=None) -> float:
         """Bayesian information criterion (lower is better)."""
         X = self._check_X_predict(X)
         total, n = self._log_likelihood(X, sample_weight)
-        return -2.0 * total + self._n_parameters() * np.log(n)
+        return -2.0 * total + self.n_parameters() * np.log(n)
 
     def aic(self, X, sample_weight=None) -> float:
         """Akaike information criterion (lower is better)."""
         X = self._check_X_predict(X)
         total, _ = self._log_likelihood(X, sample_weight)
-        return -2.0 * total + 2.0 * self._n_parameters()
+        return -2.0 * total + 2.0 * self.n_parameters()
 
     def icl(self, X, sample_weight=None) -> float:
         """Integrated completed likelihood (Biernacki et al. 2000; lower is better).
@@ -464,7 +555,7 @@ class GaussianMixture:
             loglik, entropy = ll.sum(), -log_tau_max.sum()
         else:
             loglik, entropy = ll @ w, -(log_tau_max @ w)
-        return float(-2.0 * loglik + self._n_parameters() * np.log(n) + 2.0 * entropy)
+        return float(-2.0 * loglik + self.n_parameters() * np.log(n) + 2.0 * entropy)
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Draw samples from the fitted mixture.

@@ -14,6 +14,15 @@ aside as *degenerate* when any component
 
 A candidate keeps its best non-degenerate restart; a candidate whose every restart is degenerate
 is reported with ``status="degenerate"`` and the reason, and is never selected.
+
+The rule is the last line of defence. Data known to be discrete are better fitted with
+``resolution`` (no component narrower than the grid the values are recorded on) and
+``covariance_prior="data"`` (mclust's conjugate prior, so a handful of identical points cannot
+pull a variance to zero): then a spike of identical values is a legitimate component.
+
+Grid edge. A best candidate with the largest number of components tried says only that more
+might fit better; with ``k_limit`` the grid is extended one component at a time until the best
+lies inside it (``SelectionResult.grid_note`` says what happened).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from ._validation import (
     check_array,
     check_float,
     check_int,
+    check_per_feature,
     check_sample_weight,
 )
 from .covariance import COVARIANCE_MODELS, n_parameters
@@ -42,6 +52,14 @@ from .threads import single_threaded_blas
 CRITERIA = ("bic", "aic", "icl")
 #: Default of ``variance_floor``: a component variance below this share of the data's is degenerate.
 VARIANCE_FLOOR = 1e-3
+
+
+class NoAcceptableModelError(ValueError):
+    """Every candidate of the grid was degenerate or failed; ``table`` holds them with reasons."""
+
+    def __init__(self, message: str, table: list[dict]):
+        super().__init__(message)
+        self.table = table
 
 
 @dataclass
@@ -62,12 +80,55 @@ class SelectionResult:
         restarts were set aside, else empty) and ``selected``.
     models : dict
         ``(n_components, covariance_type) -> GaussianMixture`` for every candidate that fitted.
+    k_max_given : int
+        The largest number of components of the grid asked for.
+    k_max_tried : int
+        The largest number of components tried: ``k_max_given``, or more when the grid was
+        extended because the best candidate sat at its edge (see ``k_limit``).
+    k_limit : int
+        How far the grid could be extended (``k_max_given`` when extension was off).
     """
 
     best: GaussianMixture
     criterion: str
     table: list[dict]
     models: dict = field(default_factory=dict)
+    k_max_given: int = 0
+    k_max_tried: int = 0
+    k_limit: int = 0
+
+    @property
+    def extended(self) -> bool:
+        """Whether components beyond the given grid were tried."""
+        return self.k_max_tried > self.k_max_given
+
+    @property
+    def at_edge(self) -> bool:
+        """Whether the chosen model has the largest number of components tried (of two or more)."""
+        k_min = min(row["n_components"] for row in self.table)
+        return self.k_max_tried > k_min and self.best.n_components >= self.k_max_tried
+
+    @property
+    def at_limit(self) -> bool:
+        """Whether the choice sits at the edge of a grid that could not be extended further."""
+        return self.at_edge and self.k_max_tried >= self.k_limit
+
+    def grid_note(self) -> str:
+        """One sentence on the grid's edge, or ``""`` when the choice lies inside the grid."""
+        if not self.at_edge:
+            if self.extended:
+                return f"best at the edge of {self._given()}; extended to {self.k_max_tried}"
+            return ""
+        if self.extended:
+            return (
+                f"best at the edge of {self._given()}; extended to {self.k_max_tried}, the limit, "
+                "and still at the edge"
+            )
+        return f"best at the edge of {self._given()}, which is also the limit"
+
+    def _given(self) -> str:
+        k_min = min(row["n_components"] for row in self.table)
+        return f"k = {k_min}..{self.k_max_given}"
 
 
 def degeneracy_reason(
@@ -101,11 +162,13 @@ def degeneracy_reason(
     return ""
 
 
-def _criteria(model: GaussianMixture, X, w) -> dict:
+def criteria(model: GaussianMixture, X, w=None) -> dict:
+    """A fitted model's table entries on ``X``: ``log_likelihood``, ``mean_log_likelihood``,
+    ``bic``, ``aic`` and ``icl`` (the objective the model was fitted on)."""
     ll = model.score_samples(X)
     total = float(ll.sum() if w is None else ll @ w)
     n = float(X.shape[0] if w is None else w.sum())
-    p = model._n_parameters()
+    p = model.n_parameters()
     return {
         "log_likelihood": total,
         "mean_log_likelihood": total / n,
@@ -145,13 +208,16 @@ def select_model(
     random_state=0,
     max_iter: int = 200,
     tol: float = 1e-3,
-    reg_covar: float = 1e-6,
+    reg_covar=1e-6,
+    resolution=None,
+    covariance_prior: str | None = None,
     init_params: str = "kmeans",
     sample_weight=None,
     n_jobs: int | None = None,
     variance_floor: float = VARIANCE_FLOOR,
     min_component_size: float | None = None,
     max_samples: int | None = None,
+    k_limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SelectionResult:
     """Fit every (n_components, covariance_type) candidate and choose one by a criterion.
@@ -169,8 +235,11 @@ def select_model(
         Restarts per candidate, each with its own seed derived from ``random_state``.
     random_state : int or None
         Seed of every restart and of the subsample; the result does not depend on ``n_jobs``.
-    max_iter, tol, reg_covar, init_params
-        As in :class:`GaussianMixture`.
+    max_iter, tol, reg_covar, resolution, covariance_prior, init_params
+        As in :class:`GaussianMixture`. With ``resolution`` every candidate is fitted and scored
+        on the cell-averaged log-likelihood, so the criteria compare like with like; with
+        ``covariance_prior`` every candidate is a MAP fit scored on its likelihood (mclust's BIC
+        with a prior).
     sample_weight : array-like of shape (n_samples,), optional
     n_jobs : int, optional
         Restarts fitted at once in threads (numpy releases the GIL in its kernels);
@@ -181,8 +250,14 @@ def select_model(
         If there are more samples, fit candidates on a seeded uniform subsample of this size,
         compute the table's criteria on all samples, and refit the chosen candidate on all
         samples from its subsample parameters.
+    k_limit : int, optional
+        Grid extension. When the best candidate has the largest number of components tried,
+        try one more component (every covariance type, ``n_init`` restarts), and again, until
+        the best has fewer components than the largest tried or ``k_limit`` components were
+        tried. A choice at the edge of a grid says little: more components might fit better.
+        Default: no extension.
     progress : callable(done, total), optional
-        Called after every finished restart fit.
+        Called after every finished restart fit (``total`` grows when the grid is extended).
 
     Returns
     -------
@@ -196,7 +271,7 @@ def select_model(
     X = check_array(X)
     n, d = X.shape
     w = check_sample_weight(sample_weight, n)
-    ks = [check_int(k, "n_components", 1) for k in n_components]
+    ks = sorted({check_int(k, "n_components", 1) for k in n_components})
     types = list(covariance_types)
     if not ks or not types:
         raise ValueError("n_components and covariance_types must not be empty")
@@ -209,8 +284,12 @@ def select_model(
         raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
     n_init = check_int(n_init, "n_init", 1)
     variance_floor = check_float(variance_floor, "variance_floor", 0.0)
+    reg_covar = check_per_feature(reg_covar, "reg_covar", d)
+    if resolution is not None:
+        resolution = check_per_feature(resolution, "resolution", d)
     min_size = float(d + 1 if min_component_size is None else min_component_size)
     n_jobs = _default_jobs() if n_jobs is None else check_int(n_jobs, "n_jobs", 1)
+    limit = ks[-1] if k_limit is None else max(ks[-1], check_int(k_limit, "k_limit", 1))
     if random_state is None:
         random_state = int(np.random.SeedSequence().entropy % (2**63))
     seed = check_int(random_state, "random_state", 0)
@@ -225,21 +304,18 @@ def select_model(
         X_fit, w_fit = X[rows], (None if w is None else w[rows])
     n_fit = X_fit.shape[0]
     total_fit = float(n_fit if w_fit is None else w_fit.sum())
-    data_std = np.sqrt(
-        np.average((X_fit - np.average(X_fit, axis=0, weights=w_fit)) ** 2, axis=0, weights=w_fit)
-    )
-    # A constant feature gives no scale to compare against; any variance counts as relative 1.
-    data_std = np.where(data_std > 0, data_std, 1.0)
+    data_std = _data_std(X_fit, w_fit)
+
+    def estimator(k: int, covariance_type: str, **kwargs) -> GaussianMixture:
+        return GaussianMixture(
+            k, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
+            resolution=resolution, covariance_prior=covariance_prior, **kwargs,
+        )
 
     def fit_one(k: int, type_index: int, restart: int):
         start = time.perf_counter()
-        gm = GaussianMixture(
-            k,
-            covariance_type=types[type_index],
-            tol=tol,
-            reg_covar=reg_covar,
-            max_iter=max_iter,
-            init_params=init_params,
+        gm = estimator(
+            k, types[type_index], init_params=init_params,
             random_state=np.random.SeedSequence([seed, k, type_index, restart]),
         )
         try:
@@ -253,99 +329,128 @@ def select_model(
         reason = degeneracy_reason(gm, data_std, total_fit, variance_floor, min_size)
         return gm, reason, time.perf_counter() - start
 
-    jobs = [
-        (k, ti, r) for k in ks for ti in range(len(types)) for r in range(n_init)
-    ]
-    results: dict[tuple[int, int, int], tuple] = {}
-    with single_threaded_blas():
-        _run_jobs(jobs, fit_one, results, n_jobs, progress)
-
     table: list[dict] = []
     models: dict = {}
-    for k in ks:
-        for ti, ctype in enumerate(types):
-            restarts = [results[(k, ti, r)] for r in range(n_init)]
-            fitted = [(gm, reason, s) for gm, reason, s in restarts if gm is not None]
-            seconds = sum(s for _, _, s in restarts)
-            row = {
-                "n_components": k,
-                "covariance_type": ctype,
-                "n_parameters": n_parameters(ctype, k, d),
-                "log_likelihood": np.nan,
-                "mean_log_likelihood": np.nan,
-                "bic": np.nan,
-                "aic": np.nan,
-                "icl": np.nan,
-                "converged": False,
-                "n_iter": 0,
-                "seconds": seconds,
-                "status": "failed",
-                "reason": "",
-                "selected": False,
-            }
-            if not fitted:
-                row["reason"] = restarts[0][1]
-                table.append(row)
-                continue
-            clean = [f for f in fitted if not f[1]]
-            pool_ = clean or fitted
-            gm, reason, _ = max(pool_, key=lambda f: f[0].lower_bound_)
-            models[(k, ctype)] = gm
-            row.update(_criteria(gm, X, w))
-            dropped = [f[1] for f in fitted if f[1]]
-            if not clean:
-                note = f"all {n_init} restarts degenerate: {reason}"
-            elif dropped:
-                note = f"{len(dropped)} of {n_init} restarts set aside: {dropped[0]}"
-            else:
-                note = ""
-            row.update(
-                converged=bool(gm.converged_),
-                n_iter=int(gm.n_iter_),
-                status="ok" if clean else "degenerate",
-                reason=note,
-            )
-            table.append(row)
+    counter = {"done": 0, "total": 0}
 
-    ok = [i for i, row in enumerate(table) if row["status"] == "ok"]
-    if not ok:
+    def report(_done: int, _total: int) -> None:
+        counter["done"] += 1
+        if progress:
+            progress(counter["done"], counter["total"])
+
+    def fit_grid(grid_ks: list[int]) -> None:
+        jobs = [(k, ti, r) for k in grid_ks for ti in range(len(types)) for r in range(n_init)]
+        counter["total"] += len(jobs)
+        results: dict[tuple[int, int, int], tuple] = {}
+        with single_threaded_blas():
+            _run_jobs(jobs, fit_one, results, n_jobs, report)
+        for k in grid_ks:
+            for ti, ctype in enumerate(types):
+                row, gm = _candidate_row(
+                    k, ctype, d, [results[(k, ti, r)] for r in range(n_init)], X, w
+                )
+                table.append(row)
+                if gm is not None:
+                    models[(k, ctype)] = gm
+
+    def best_index() -> int | None:
+        ok = [i for i, row in enumerate(table) if row["status"] == "ok"]
+        return min(ok, key=lambda i: table[i][criterion]) if ok else None
+
+    fit_grid(ks)
+    best_i = best_index()
+    k_tried = ks[-1]
+    # Extend while the best sits at the edge: a choice at the edge says more components might fit.
+    while (
+        best_i is not None
+        and table[best_i]["n_components"] == k_tried
+        and k_tried < min(limit, n_fit)
+        and len(ks) > 1
+    ):
+        k_tried += 1
+        fit_grid([k_tried])
+        best_i = best_index()
+
+    if best_i is None:
         reasons = "; ".join(
             f"k={r['n_components']} {r['covariance_type']}: {r['reason']}" for r in table[:6]
         )
-        raise ValueError(f"no acceptable candidate among {len(table)}: {reasons}")
-    best_i = min(ok, key=lambda i: table[i][criterion])
+        raise NoAcceptableModelError(f"no acceptable candidate among {len(table)}: {reasons}", table)
     chosen = table[best_i]
     best = models[(chosen["n_components"], chosen["covariance_type"])]
 
     if n_fit < n:
         start = time.perf_counter()
-        refit = GaussianMixture(
-            best.n_components,
-            covariance_type=best.covariance_type,
-            tol=tol,
-            reg_covar=reg_covar,
-            max_iter=max_iter,
-            weights_init=best.weights_,
-            means_init=best.means_,
-            precisions_init=best.precisions_,
-            random_state=seed,
+        refit = estimator(
+            best.n_components, best.covariance_type, weights_init=best.weights_,
+            means_init=best.means_, precisions_init=best.precisions_, random_state=seed,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             refit.fit(X, sample_weight=w)
         total = float(n if w is None else w.sum())
-        full_std = np.sqrt(np.average((X - np.average(X, axis=0, weights=w)) ** 2, axis=0, weights=w))
-        collapsed = degeneracy_reason(
-            refit, np.where(full_std > 0, full_std, 1.0), total, variance_floor, min_size
-        )
+        collapsed = degeneracy_reason(refit, _data_std(X, w), total, variance_floor, min_size)
         if collapsed:
             # Keep the subsample fit (already scored on all samples) rather than a collapsed one.
             chosen["reason"] = f"refit on all samples set aside: {collapsed}"
         else:
             best = refit
             models[(chosen["n_components"], chosen["covariance_type"])] = refit
-            chosen.update(_criteria(refit, X, w))
+            chosen.update(criteria(refit, X, w))
             chosen.update(converged=bool(refit.converged_), n_iter=chosen["n_iter"] + int(refit.n_iter_))
         chosen["seconds"] += time.perf_counter() - start
     chosen["selected"] = True
-    return SelectionResult(best=best, criterion=criterion, table=table, models=models)
+    return SelectionResult(
+        best=best, criterion=criterion, table=table, models=models,
+        k_max_given=ks[-1], k_max_tried=k_tried, k_limit=max(ks[-1], min(limit, n_fit)),
+    )
+
+
+def _data_std(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """Each feature's (weighted) standard deviation; 1 for a constant feature, which gives no
+    scale to compare against."""
+    std = np.sqrt(np.average((X - np.average(X, axis=0, weights=w)) ** 2, axis=0, weights=w))
+    return np.where(std > 0, std, 1.0)
+
+
+def _candidate_row(k: int, ctype: str, d: int, restarts: list[tuple], X, w) -> tuple[dict, GaussianMixture | None]:
+    """The table row of one candidate from its restarts ``(model or None, reason, seconds)``,
+    and the restart it keeps: the best non-degenerate one, else the best degenerate one."""
+    n_init = len(restarts)
+    fitted = [(gm, reason, s) for gm, reason, s in restarts if gm is not None]
+    row = {
+        "n_components": k,
+        "covariance_type": ctype,
+        "n_parameters": n_parameters(ctype, k, d),
+        "log_likelihood": np.nan,
+        "mean_log_likelihood": np.nan,
+        "bic": np.nan,
+        "aic": np.nan,
+        "icl": np.nan,
+        "converged": False,
+        "n_iter": 0,
+        "seconds": sum(s for _, _, s in restarts),
+        "status": "failed",
+        "reason": "",
+        "selected": False,
+    }
+    if not fitted:
+        row["reason"] = restarts[0][1]
+        return row, None
+    clean = [f for f in fitted if not f[1]]
+    gm, reason, _ = max(clean or fitted, key=lambda f: f[0].lower_bound_)
+    row.update(criteria(gm, X, w))
+    dropped = [f[1] for f in fitted if f[1]]
+    if not clean:
+        note = f"all {n_init} restarts degenerate: {reason}"
+    elif dropped:
+        note = f"{len(dropped)} of {n_init} restarts set aside: {dropped[0]}"
+    else:
+        note = ""
+    row.update(
+        converged=bool(gm.converged_),
+        n_iter=int(gm.n_iter_),
+        status="ok" if clean else "degenerate",
+        reason=note,
+    )
+    return row, gm

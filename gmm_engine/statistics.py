@@ -36,11 +36,19 @@ def default_threads() -> int:
 
 @dataclass
 class MixtureParameters:
-    """Parameters in centred coordinates (``x - shift``), the form the E-step uses."""
+    """Parameters in centred coordinates (``x - shift``), the form the E-step uses.
+
+    ``rounding_variance`` (d,), when given, is the variance of each feature's rounding cell
+    (``resolution**2 / 12``): every component's log-density is then averaged over the cell a
+    recorded value stands for, which subtracts ``0.5 * sum_j P_jj * rounding_variance_j`` (``P`` the
+    component's precision) from it. The M-step that maximises this objective adds
+    ``rounding_variance`` to the covariance diagonal, so EM ascends it exactly.
+    """
 
     log_weights: np.ndarray  # (k,)
     means_c: np.ndarray  # (k, d)
     prec_chol: np.ndarray  # shape depends on the covariance type
+    rounding_variance: np.ndarray | None = None  # (d,)
 
 
 @dataclass
@@ -86,6 +94,9 @@ def coefficient_matrix(model: CovarianceModel, params: MixtureParameters) -> np.
     """``W`` of shape (p, k) with ``W.T @ Phi.T`` = weighted log-probabilities (k, n), apart
     from the per-sample shared term of ``tied``."""
     const, linear, second = model.log_prob_coefficients(params.means_c, params.prec_chol)
+    if params.rounding_variance is not None:
+        k, d = params.means_c.shape
+        const = const - 0.5 * (model.precision_diagonal(params.prec_chol, k, d) @ params.rounding_variance)
     return np.vstack([(const + params.log_weights)[None, :], linear, second])
 
 
