@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("load", "validate", "features", "select", "fit", "track", "write", "report")
+STAGES = ("load", "validate", "features", "previous", "select", "choose", "assign", "track", "write", "report")
 
 _CHILD = r"""
 import json, os, resource, sys, time

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import traceback
 from datetime import date
 from pathlib import Path
@@ -66,6 +67,11 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, help="random seed")
     run.add_argument("--max-samples", type=int, help="fit candidates on a subsample of this many customers")
     run.add_argument("--max-reject-share", type=float, help="stop when more than this share of rows is rejected")
+    run.add_argument(
+        "--fresh", action="store_true", default=None,
+        help="choose the number of segments and covariance type afresh, instead of keeping the previous "
+        "run's unless a fresh choice is better by model.switch_margin (a manual re-segmentation)",
+    )
     run.add_argument("--database", help="results DuckDB file (default output/segments.duckdb)")
     run.add_argument("--reports", dest="reports_dir", help="reports folder (default output/reports)")
     run.add_argument(
@@ -146,6 +152,7 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "max_reject_share": args.max_reject_share,
         "database": args.database,
         "reports_dir": args.reports_dir,
+        "fresh": args.fresh,
     }
     return {k: v for k, v in params.items() if v is not None}
 
@@ -162,6 +169,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     for s in summary["segment_sizes"]:
         lines.append(f"  {s['segment_id']:>7}  {s['customers']:>9,}  {s['weight']:.3f}")
+    if summary.get("decision_note"):
+        lines.append(textwrap.fill(summary["decision_note"], width=100, initial_indent="  ", subsequent_indent="  "))
+    if summary.get("grid_note"):
+        lines.append(f"  Grid: {summary['grid_note']}.")
     lines += [f"Database: {summary['database']}", f"Report:   {summary['report']}"]
     return "\n".join(lines)
 

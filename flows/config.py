@@ -74,6 +74,9 @@ class FeatureSettings(_Section):
         default_factory=lambda: {"recency_days": "days", "frequency": "invoices", "monetary": "GBP"}
     )
     standardize: bool = True
+    #: "auto": a feature whose customers pile up on one value (a count's 1, a share's 0) keeps
+    #: every segment at least as wide as the spacing of its values there; "off": all continuous.
+    resolution: Literal["auto", "off"] = "auto"
 
     @field_validator("columns")
     @classmethod
@@ -98,11 +101,22 @@ class ModelSettings(_Section):
     tol: float = Field(1e-3, gt=0)
     reg_covar: float = Field(1e-6, ge=0)
     max_samples: int | None = Field(200_000, ge=1)
+    #: "data": mclust's conjugate prior on the covariances (MAP EM: a segment of a few identical
+    #: customers keeps a variance of the data's order); "none": maximum likelihood; "auto": the
+    #: prior when a feature has a spike (discrete data), none for continuous data.
+    covariance_prior: Literal["auto", "data", "none"] = "auto"
+    #: When the best model has k_max segments, try more, up to this many (default 2 x k_max).
+    k_limit: int | None = Field(None, ge=1)
+    #: Keep the previous run's number of segments and covariance type unless a fresh choice
+    #: beats its refit by more than this on the criterion (10: "very strong" evidence for BIC).
+    switch_margin: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
     def _range(self) -> "ModelSettings":
         if self.k_max < self.k_min:
             raise ValueError(f"k_max ({self.k_max}) is smaller than k_min ({self.k_min})")
+        if self.k_limit is not None and self.k_limit < self.k_max:
+            raise ValueError(f"k_limit ({self.k_limit}) is smaller than k_max ({self.k_max})")
         if not self.covariance_types:
             raise ValueError("at least one covariance type is needed")
         return self
@@ -132,8 +146,9 @@ class TrackingSettings(_Section):
     tau_split: float = Field(0.25, gt=0, le=1)
     #: Flag the run when more than this share of the customers in both runs changed segment.
     moved_threshold: float = Field(0.2, ge=0, le=1)
-    #: Also fit the previous run's model from its own parameters; keep it if it scores better.
-    warm_start: bool = False
+    #: No longer used: every run refits the previous run's model (see model.switch_margin).
+    #: Accepted so that older configuration files still load; a run logs a warning when it is set.
+    warm_start: bool | None = None
 
 
 class ScheduleSettings(_Section):
@@ -204,6 +219,12 @@ class Settings(_Section):
         if self.input.table and self.input.query:
             raise ValueError("set input.table or input.query, not both")
         return self
+
+    @property
+    def k_limit(self) -> int:
+        """How far the model grid may be extended when its best model sits at ``k_max``."""
+        m = self.model
+        return m.k_limit if m.k_limit is not None else (m.k_max if m.k_min == m.k_max else 2 * m.k_max)
 
     def transform_of(self, feature: str) -> str:
         """Transform applied to ``feature`` before standardisation ("log1p" or "none")."""

@@ -1,21 +1,20 @@
 """Segments that keep their ids from run to run: the previous run read back, this run re-labelled.
 
 The pure matching and drift logic is :mod:`flows.tracking`; this module connects it to the store
-(the previous successful run, read-only) and to this run's results, and optionally warm-starts EM
-from the previous model.
+(the previous successful run, read-only) and to this run's results. Whether the previous run's
+model structure is kept is :mod:`flows.choice`.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
+from flows.choice import ModelChoice
 from flows.config import Settings
 from flows.features import FeatureMatrix
 from flows.segments import SegmentResult
@@ -25,10 +24,7 @@ from flows.tracking import (
     TransitionThresholds,
     common_model,
     compare_runs,
-    same_features,
-    warm_start_init,
 )
-from gmm_engine import VARIANCE_FLOOR, ConvergenceWarning, GaussianMixture, degeneracy_reason
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,9 +111,17 @@ def relabel(segments: SegmentResult, ids: np.ndarray) -> SegmentResult:
 
 
 def track(
-    segments: SegmentResult, features: FeatureMatrix, previous: PreviousRun | None, settings: Settings
+    segments: SegmentResult,
+    features: FeatureMatrix,
+    previous: PreviousRun | None,
+    settings: Settings,
+    choice: ModelChoice | None = None,
 ) -> tuple[SegmentResult, RunDrift]:
-    """Match this run's segments to the previous run's, and return them re-labelled with the drift."""
+    """Match this run's segments to the previous run's, and return them re-labelled with the drift.
+
+    A model chosen at the edge of a grid that could not be extended further (``choice.at_limit``)
+    adds a drift flag: more segments might fit the data better than any the run could try.
+    """
     t = settings.tracking
     drift = compare_runs(
         None if previous is None else previous.model,
@@ -132,65 +136,10 @@ def track(
         thresholds=TransitionThresholds(tau_match=t.tau_match, tau_split=t.tau_split),
         moved_threshold=t.moved_threshold,
     )
+    if choice is not None and choice.at_limit:
+        flag = f"best model at the edge of the grid even at its limit, k = {choice.k_max_tried} (model.k_limit)"
+        drift = replace(drift, flags=[*drift.flags, flag])
     return relabel(segments, drift.match.segment_ids), drift
-
-
-def warm_start(selection, features: FeatureMatrix, previous: PreviousRun | None, settings: Settings) -> dict[str, Any] | None:
-    """Fit the previous run's model again from its own parameters and keep it if it wins.
-
-    EM starts from the previous model (mapped to this run's scaler) with the previous k and
-    covariance type. If that fit is not degenerate and scores better on the run's criterion than
-    the model chosen from scratch, it replaces the choice in ``selection`` (its table row is
-    updated and marked selected). Returns what happened, or None when warm start is off or not
-    possible (first run, or the features or transforms changed).
-    """
-    if not settings.tracking.warm_start or previous is None:
-        return None
-    if not same_features(features.names, features.transforms, previous.model.feature_names, previous.model.transforms):
-        return {"used": False, "reason": "the feature set or a transform changed since the previous run"}
-    m = settings.model
-    X = features.X_model
-    k, ctype = previous.model.n_segments, previous.model.covariance_type
-    init = warm_start_init(previous.model, features.scaler.mean, features.scaler.scale, ctype,
-                           feature_names=features.names, transforms=features.transforms)
-    chosen = next(row for row in selection.table if row["selected"])
-    info: dict[str, Any] = {
-        "from_run": previous.run_id, "n_components": k, "covariance_type": ctype,
-        "cold_choice": {"n_components": chosen["n_components"], "covariance_type": chosen["covariance_type"],
-                        selection.criterion: chosen[selection.criterion]},
-    }
-    row = next((r for r in selection.table if r["n_components"] == k and r["covariance_type"] == ctype), None)
-    if row is None:
-        return {**info, "used": False, "reason": f"k={k} {ctype} is not in this run's model grid"}
-    gm = GaussianMixture(k, covariance_type=ctype, tol=m.tol, reg_covar=m.reg_covar, max_iter=m.max_iter, **init)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gm.fit(X)
-    except ValueError as exc:
-        return {**info, "used": False, "reason": f"warm-started fit failed: {exc}"}
-    std = X.std(axis=0)
-    # The rule select_model applied to the cold candidates (its defaults: floor, d + 1 customers).
-    reason = degeneracy_reason(gm, np.where(std > 0, std, 1.0), float(X.shape[0]), VARIANCE_FLOOR, float(X.shape[1] + 1))
-    value = float(getattr(gm, selection.criterion)(X))
-    info[selection.criterion] = value
-    if reason:
-        return {**info, "used": False, "reason": f"warm-started fit degenerate: {reason}"}
-    if not value < chosen[selection.criterion]:
-        return {**info, "used": False, "reason": f"{selection.criterion.upper()} not better than the cold start"}
-    # The warm fit wins: it becomes the choice, in the table too, so every record agrees.
-    ll = gm.score_samples(X)
-    row.update(
-        log_likelihood=float(ll.sum()), mean_log_likelihood=float(ll.mean()), bic=float(gm.bic(X)),
-        aic=float(gm.aic(X)), icl=float(gm.icl(X)), converged=bool(gm.converged_), n_iter=int(gm.n_iter_),
-        status="ok", reason=f"warm start from run {previous.run_id}",
-    )
-    chosen["selected"] = False
-    row["selected"] = True
-    selection.best = gm
-    selection.models[(k, ctype)] = gm
-    changed = (chosen["n_components"], chosen["covariance_type"]) != (k, ctype)
-    return {**info, "used": True, "changed_choice": changed}
 
 
 @dataclass
@@ -204,13 +153,12 @@ class TrackingRecord:
     moved_share: float | None
     drift_flags: list[str]
     what_changed: str
-    warm_start: dict[str, Any] | None
     migrations: pd.DataFrame
     transitions: pd.DataFrame
     shifts: pd.DataFrame
 
 
-def tracking_record(drift: RunDrift, warm: dict[str, Any] | None) -> TrackingRecord:
+def tracking_record(drift: RunDrift) -> TrackingRecord:
     """The rows and ``runs`` columns a run stores about its drift."""
     previous_id = None if drift.previous is None else int(drift.previous.run_id)
     transitions = pd.DataFrame(
@@ -230,7 +178,6 @@ def tracking_record(drift: RunDrift, warm: dict[str, Any] | None) -> TrackingRec
         moved_share=None if moved is None or not np.isfinite(moved) else float(moved),
         drift_flags=list(drift.flags),
         what_changed=drift.summary(),
-        warm_start=warm,
         migrations=drift.migration.astype({"from_segment": "int64", "to_segment": "int64", "customers": "int64"}),
         transitions=transitions,
         shifts=drift.shifts,

@@ -22,6 +22,11 @@ RULE_LABELS = {
 }
 
 
+#: A feature's most common value is a *spike* when at least this share of the customers (and at
+#: least d + 1 of them, enough to pin a full covariance) hold exactly that value.
+SPIKE_SHARE = 0.01
+
+
 class FeatureError(ValueError):
     """Features cannot be built (for example no customer is left after the data rules)."""
 
@@ -70,6 +75,12 @@ class FeatureMatrix:
         Reference date of recency (transaction logs only).
     counts : dict
         Rows and customers left out by the data rules, by rule.
+    resolution : ndarray of shape (d,)
+        Spacing of the recorded values at each feature's spike, in model units (0: no spike, a
+        continuous feature); see :func:`feature_resolution`.
+    spike_value, spike_share : ndarray of shape (d,)
+        Each feature's spike in original units and the share of customers on it (NaN and 0
+        without a spike).
     """
 
     customer_ids: np.ndarray
@@ -81,6 +92,15 @@ class FeatureMatrix:
     scaler: Scaler
     as_of: date | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    resolution: np.ndarray | None = None
+    spike_value: np.ndarray | None = None
+    spike_share: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        d = len(self.names)
+        for name, empty in (("resolution", 0.0), ("spike_value", np.nan), ("spike_share", 0.0)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full(d, empty))
 
     @property
     def n_customers(self) -> int:
@@ -121,9 +141,9 @@ def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str 
         lines["amount"] = transactions["amount"].to_numpy(dtype=np.float64)
     else:
         lines["amount"] = transactions["quantity"].to_numpy(np.float64) * transactions["unit_price"].to_numpy(np.float64)
-    # One thread: parallel partial sums of floating-point amounts combine in a varying order, so
-    # net spend would differ in its last bits from run to run (and could flip a near-tie).
-    con = duckdb.connect(config={"threads": 1})
+    # Net spend is summed as DECIMAL in rfm.sql: floating-point partial sums combined in a varying
+    # order (threads, or lines in another order) would differ in their last bits from run to run.
+    con = duckdb.connect()
     try:
         con.register("transactions", lines)
         con.execute(sql_text("rfm_lines"))
@@ -166,6 +186,55 @@ def fit_scaler(X: np.ndarray, transforms: Sequence[str], standardize: bool = Tru
     return Scaler(tuple(transforms), mean, scale)
 
 
+def feature_resolution(
+    X: np.ndarray, scaler: Scaler, min_customers: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How finely each feature is recorded where its customers pile up, in model units.
+
+    Counts, whole days and rounded shares put many customers on exactly one value (frequency = 1
+    for one-time buyers). A Gaussian fitted to such a spike has no lower bound on its variance;
+    the values only say that those customers lie closer to the spike than to the next recorded
+    value. So a feature's *resolution* is the distance from its most common value to the nearest
+    other recorded value, after the feature's transform and standardisation (a log1p count at a
+    spike at 1: ``(log 3 - log 2) / scale``). The engine then keeps every segment's variance along
+    the feature at least ``resolution**2 / 12``, the variance of a value rounded to that grid
+    (Sheppard's correction). A feature whose most common value is held by fewer than
+    ``min_customers`` customers (default: the larger of d + 1 and 1 % of them) has no spike and
+    resolution 0: it is treated as continuous, exactly as without this rule.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+        Features in original units (equal recorded values are equal floats).
+    scaler : Scaler
+        The run's transforms and standardisation.
+    min_customers : int, optional
+
+    Returns
+    -------
+    resolution, spike_value, spike_share : ndarrays of shape (d,)
+        Resolution in model units (0 without a spike), the spike in original units (NaN without
+        one) and the share of customers on it (0 without one).
+    """
+    n, d = X.shape
+    if min_customers is None:
+        min_customers = max(d + 1, int(np.ceil(SPIKE_SHARE * n)))
+    resolution = np.zeros(d)
+    spike_value = np.full(d, np.nan)
+    spike_share = np.zeros(d)
+    for j in range(d):  # a sort per feature; no loop over customers
+        values, counts = np.unique(X[:, j], return_counts=True)
+        top = int(np.argmax(counts))  # the smallest of equally common values: deterministic
+        if values.size < 2 or counts[top] < min_customers:
+            continue
+        around = values[[i for i in (top, top - 1, top + 1) if 0 <= i < values.size]]
+        model = (apply_transforms(around[:, None], scaler.transforms[j : j + 1])[:, 0] - scaler.mean[j]) / scaler.scale[j]
+        resolution[j] = float(np.min(np.abs(model[1:] - model[0])))
+        spike_value[j] = float(values[top])
+        spike_share[j] = float(counts[top]) / n
+    return resolution, spike_value, spike_share
+
+
 def build_feature_matrix(
     table: pd.DataFrame,
     names: Sequence[str],
@@ -174,8 +243,13 @@ def build_feature_matrix(
     standardize: bool = True,
     as_of: date | None = None,
     counts: dict[str, int] | None = None,
+    resolution: bool = True,
 ) -> FeatureMatrix:
     """Turn a per-customer table (``customer_id`` + feature columns) into the engine's inputs.
+
+    Customers are put in order of their id first: the model is then fitted on the same rows in
+    the same order however the input was sorted, so the same customers give the same segments.
+    ``resolution=False`` treats every feature as continuous (see :func:`feature_resolution`).
 
     Raises
     ------
@@ -191,7 +265,10 @@ def build_feature_matrix(
             f"data rules; a segment of {len(names)} feature{'s' if len(names) != 1 else ''} needs at least "
             f"{len(names) + 1} customers"
         )
-    X = table[list(names)].to_numpy(dtype=np.float64)
+    ids = table["customer_id"].astype(str).to_numpy(dtype=object)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    X = table[list(names)].to_numpy(dtype=np.float64)[order]
     constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
     if constant.size:
         j = int(constant[0])
@@ -200,8 +277,10 @@ def build_feature_matrix(
             f"customers, so it cannot separate segments; drop it from features.columns"
         )
     scaler = fit_scaler(X, transforms, standardize)
+    d = len(names)
+    spikes = feature_resolution(X, scaler) if resolution else (np.zeros(d), np.full(d, np.nan), np.zeros(d))
     return FeatureMatrix(
-        customer_ids=table["customer_id"].astype(str).to_numpy(dtype=object),
+        customer_ids=ids,
         names=list(names),
         units=list(units),
         transforms=list(transforms),
@@ -210,4 +289,7 @@ def build_feature_matrix(
         scaler=scaler,
         as_of=as_of,
         counts=dict(counts or {}),
+        resolution=spikes[0],
+        spike_value=spikes[1],
+        spike_share=spikes[2],
     )

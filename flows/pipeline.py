@@ -89,8 +89,16 @@ def features_task(valid, settings: Settings):
     return features
 
 
+@task(name="previous", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
+def previous_task(database: str):
+    previous = continuity.load_previous(database)
+    if previous is not None:
+        get_run_logger().info("comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments)
+    return previous
+
+
 @task(name="select", **_TASK)
-def select_task(X_model, settings: Settings, run_id: int):
+def select_task(features, settings: Settings, run_id: int, previous):
     logger = get_run_logger()
     artifact_id = create_progress_artifact(
         0.0, key=f"model-selection-run-{run_id}", description="Model selection: candidate fits done"
@@ -109,39 +117,37 @@ def select_task(X_model, settings: Settings, run_id: int):
             except Exception:  # progress display must never fail the fit
                 pass
 
-    selection = stages.select_segments(X_model, settings, progress)
+    selection = stages.select_segments(features, settings, progress, previous_k=stages.previous_k(previous, features))
     chosen = stages.selected_row(selection.table)
     logger.info(
-        "chosen: %d segments, %s covariance (%s = %.1f)",
+        "best fresh model: %d segments, %s covariance (%s = %.1f)",
         chosen["n_components"], chosen["covariance_type"], selection.criterion.upper(), chosen[selection.criterion],
     )
-    create_table_artifact(
-        [stages.clean_row(r) for r in selection.table],
-        key=f"model-selection-grid-run-{run_id}",
-        description=f"Model-selection grid of run {run_id} ({selection.criterion.upper()}, lower is better)",
-    )
+    if selection.grid_note():
+        (logger.warning if selection.at_limit else logger.info)("model grid: %s", selection.grid_note())
     return selection
 
 
-@task(name="previous", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
-def previous_task(database: str):
-    previous = continuity.load_previous(database)
-    if previous is not None:
-        get_run_logger().info("comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments)
-    return previous
+@task(name="choose", **_TASK)
+def choose_task(selection, features, previous, settings: Settings, fresh: bool, run_id: int):
+    choice = stages.choose(selection, features, previous, settings, fresh=fresh)
+    get_run_logger().info("%s", choice.note)
+    create_table_artifact(
+        [stages.clean_row(r) for r in choice.table],
+        key=f"model-selection-grid-run-{run_id}",
+        description=f"Model-selection grid of run {run_id} ({choice.criterion.upper()}, lower is better)",
+    )
+    return choice
 
 
-@task(name="fit", **_TASK)
-def fit_task(selection, features, previous, settings: Settings):
-    warm = continuity.warm_start(selection, features, previous, settings)
-    if warm is not None:
-        get_run_logger().info("warm start: %s", warm)
-    return stages.fit_segments(selection.best, features), warm
+@task(name="assign", **_TASK)
+def assign_task(choice, features):
+    return stages.fit_segments(choice.model, features)
 
 
 @task(name="track", **_TASK)
-def track_task(segments, features, previous, settings: Settings):
-    segments, drift = continuity.track(segments, features, previous, settings)
+def track_task(segments, features, previous, settings: Settings, choice):
+    segments, drift = continuity.track(segments, features, previous, settings, choice)
     logger = get_run_logger()
     for line in drift.summary().splitlines():
         logger.info("%s", line)
@@ -224,9 +230,14 @@ def segment_customers(
     database: str | None = None,
     reports_dir: str | None = None,
     trigger: Trigger | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Segment customers: every parameter left as None comes from the TOML file at ``config_path``
     (or the built-in defaults, which segment the embedded Online Retail sample).
+
+    ``fresh`` chooses the number of segments and the covariance type afresh, instead of keeping
+    the previous run's unless a fresh choice is clearly better (``model.switch_margin``): what a
+    manual re-segmentation is for.
 
     ``trigger`` (how the run was started) is recorded in ``runs``; when not given it is ``schedule``
     for a run the Prefect scheduler created, ``manual`` for any other deployment run, else ``cli``.
@@ -243,13 +254,18 @@ def segment_customers(
         reports_dir=reports_dir,
     )
     trigger = trigger or infer_trigger()
+    if settings.tracking.warm_start is not None:
+        logger.warning(
+            "tracking.warm_start is no longer used: every run refits the previous run's model and keeps it "
+            "unless a fresh choice is better by model.switch_margin (use --fresh / fresh=true to choose afresh)"
+        )
     with database_lock(
         settings.output.database,
         settings.output.lock_wait_minutes * 60,
         label=f"flow run {flow_run.get_name()!r} ({trigger})",
         on_wait=lambda holder: logger.info("waiting for %s to finish with %s", holder, settings.output.database),
     ) as journal:
-        return _segment(settings, trigger, logger, journal)
+        return _segment(settings, trigger, logger, journal, fresh=fresh)
 
 
 def infer_trigger() -> str:
@@ -266,7 +282,7 @@ def infer_trigger() -> str:
     return "schedule" if run.auto_scheduled else "manual"
 
 
-def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> dict[str, Any]:
+def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fresh: bool = False) -> dict[str, Any]:
     """The stages of one run, with the run lock held and ``journal`` kept up to date."""
     database_path = settings.output.database
     start = start_task(settings, trigger, journal)
@@ -295,26 +311,29 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> d
         outcome = validate_task(loaded, settings)
         stage = done("validate", "features")
         features_ = features_task(outcome.valid, settings)
-        stage = done("features", "select")
-        selection = select_task(features_.X_model, settings, run_id)
-        stage = done("select", "fit")
+        stage = done("features", "previous")
         previous = previous_task(database_path)
-        segments, warm = fit_task(selection, features_, previous, settings)
-        stage = done("fit", "track")
-        segments, drift = track_task(segments, features_, previous, settings)
+        stage = done("previous", "select")
+        selection = select_task(features_, settings, run_id, previous)
+        stage = done("select", "choose")
+        choice = choose_task(selection, features_, previous, settings, fresh, run_id)
+        stage = done("choose", "assign")
+        segments = assign_task(choice, features_)
+        stage = done("assign", "track")
+        segments, drift = track_task(segments, features_, previous, settings, choice)
         stage = done("track", "write")
         report_dir = Path(settings.output.reports) / str(run_id)
         record = stages.build_record(
-            loaded=loaded, outcome=outcome, features=features_, selection=selection, segments=segments,
+            loaded=loaded, outcome=outcome, features=features_, choice=choice, segments=segments,
             report_path=str((report_dir / "index.html").resolve()),
         )
-        record.tracking = continuity.tracking_record(drift, warm)
+        record.tracking = continuity.tracking_record(drift)
         write_task(database_path, start, record, journal.previous, settings.output.keep_runs)
         journal.recorded = True
         stage = done("write", "report")
         data = stages.report_data(
             run_id=run_id, settings=settings, loaded=loaded, outcome=outcome, features=features_,
-            selection=selection, segments=segments,
+            choice=choice, segments=segments,
         )
         data = dataclasses.replace(data, drift=drift.report_drift())
         report_index = str(Path(report_task(data, str(report_dir))).resolve())
@@ -360,7 +379,10 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal) -> d
         "retired_segments": record.tracking.retired_segments,
         "moved_share": record.tracking.moved_share,
         "drift_flags": record.tracking.drift_flags,
-        "warm_start": warm,
+        "decision": choice.decision,
+        "decision_note": choice.note,
+        "grid_note": choice.grid_note,
+        "k_max_tried": choice.k_max_tried,
     }
     try:
         markdown = markdown_summary(summary)
@@ -398,6 +420,10 @@ def markdown_summary(summary: dict[str, Any]) -> str:
     ]
     for s in summary["segment_sizes"]:
         lines.append(f"| {s['segment_id']} | {s['customers']:,} | {s['weight']:.3f} |")
+    if summary.get("decision_note"):
+        lines += ["", f"**How it was chosen:** {summary['decision_note']}"]
+    if summary.get("grid_note"):
+        lines += ["", f"**Model grid:** {summary['grid_note']}."]
     lines += [
         "",
         f"**Database:** `{summary['database']}`  ",

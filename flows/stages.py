@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flows.choice import ModelChoice, PreviousStructure, choose_model
 from flows.config import Settings
 from flows.features import RULE_LABELS, FeatureMatrix, build_feature_matrix, default_as_of, rfm_table
 from flows.load import WHOLE_ROW, LoadedInput
 from flows.segments import SegmentResult, assignment_table, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
+from flows.tracking import same_features
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
 
 
@@ -80,21 +82,25 @@ def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
     names = list(settings.features.columns)
     units = [settings.unit_of(n) for n in names]
     transforms = [settings.transform_of(n) for n in names]
+    resolution = settings.features.resolution == "auto"
     if settings.input.kind == "transactions":
         as_of = settings.rules.as_of or default_as_of(valid)
         table, counts = rfm_table(valid, as_of, settings.rules.cancellation_prefix)
         table = RFMFeatures.validate(table)
         return build_feature_matrix(
-            table, names, units, transforms, settings.features.standardize, as_of, counts
+            table, names, units, transforms, settings.features.standardize, as_of, counts, resolution=resolution
         )
     return build_feature_matrix(
         valid.reset_index(drop=True), names, units, transforms, settings.features.standardize,
-        as_of=settings.rules.as_of,
+        as_of=settings.rules.as_of, resolution=resolution,
     )
 
 
 def select_segments(
-    X_model: np.ndarray, settings: Settings, progress: Callable[[int, int], None] | None = None
+    features: FeatureMatrix,
+    settings: Settings,
+    progress: Callable[[int, int], None] | None = None,
+    previous_k: int | None = None,
 ):
     """Run gmm_engine.select_model over the configured grid; returns its SelectionResult.
 
@@ -103,14 +109,20 @@ def select_segments(
     the grid is cut to what they support, with a warning; when they do not support ``model.k_min``
     the run stops with a message saying how many customers there are and how many are needed.
 
+    The grid reaches at least one segment past ``previous_k`` (the previous run's number), so that
+    keeping the previous structure is never a choice at the grid's edge; when the best candidate
+    sits at the edge the engine extends the grid up to ``model.k_limit`` (default 2 x k_max).
+    Every feature's resolution (``features.resolution``) floors the segments' variances.
+
     Raises
     ------
     ValueError
         Too few customers for ``model.k_min`` segments, or no candidate of the grid could be fitted.
     """
-    from gmm_engine import select_model
+    from gmm_engine import NoAcceptableModelError, select_model
 
     m = settings.model
+    X_model = features.X_model
     n, d = X_model.shape
     per_segment = d + 1
     supported = n // per_segment
@@ -120,8 +132,11 @@ def select_segments(
             f"a segment needs at least {per_segment} customers, so model.k_min = {m.k_min} needs "
             f"{m.k_min * per_segment:,}"
         )
+    k_limit = min(settings.k_limit, supported)
     k_max = min(m.k_max, supported)
-    if k_max < m.k_max:
+    if previous_k is not None and m.k_min < m.k_max and m.k_min <= previous_k <= settings.k_limit:
+        k_max = min(max(k_max, previous_k + 1), k_limit)
+    if supported < m.k_max:
         run_logger().warning(
             "only %s customers for %d features: trying at most %d segments instead of model.k_max = %d "
             "(each segment needs at least %d customers)",
@@ -138,20 +153,51 @@ def select_segments(
             max_iter=m.max_iter,
             tol=m.tol,
             reg_covar=m.reg_covar,
+            resolution=features.resolution,
+            covariance_prior=covariance_prior(settings, features),
             max_samples=m.max_samples,
+            k_limit=k_limit,
             progress=progress,
         )
-    except ValueError as exc:
-        text = str(exc)
-        if not text.startswith("no acceptable candidate"):
-            raise
+    except NoAcceptableModelError as exc:
         # The engine lists every candidate's reason; the first one is enough for a one-line error.
-        first = text.split(": ", 1)[1].split("; ")[0] if ": " in text else text
+        first = exc.table[0]
         raise ValueError(
             f"no model could be fitted to {n:,} customers x {d} features: every candidate of "
-            f"k = {m.k_min}..{k_max} was degenerate or failed (first: {first}); too few distinct "
-            "customers for these settings: lower model.k_min/k_max or use fewer features"
+            f"k = {m.k_min}..{k_max} was degenerate or failed (first: k={first['n_components']} "
+            f"{first['covariance_type']}: {first['reason']}); too few distinct customers for these "
+            "settings: lower model.k_min/k_max or use fewer features"
         ) from None
+
+
+def previous_k(previous, features: FeatureMatrix) -> int | None:
+    """The previous run's number of segments when this run could keep its structure (same
+    features and transforms), else None."""
+    if previous is None or not same_features(
+        features.names, features.transforms, previous.model.feature_names, previous.model.transforms
+    ):
+        return None
+    return previous.model.n_segments
+
+
+def covariance_prior(settings: Settings, features: FeatureMatrix) -> str | None:
+    """The engine's ``covariance_prior`` for this run: ``model.covariance_prior``, where "auto"
+    means the prior for discrete data (a feature with a spike) and none for continuous data."""
+    setting = settings.model.covariance_prior
+    if setting == "auto":
+        return "data" if np.any(features.resolution > 0) else None
+    return None if setting == "none" else "data"
+
+
+def choose(selection, features: FeatureMatrix, previous, settings: Settings, fresh: bool = False) -> ModelChoice:
+    """Keep the previous run's structure or switch to the best fresh candidate (:mod:`flows.choice`)."""
+    m = settings.model
+    structure = None if previous is None else PreviousStructure(run_id=previous.run_id, model=previous.model)
+    return choose_model(
+        selection, features, structure, switch_margin=m.switch_margin, fresh=fresh,
+        tol=m.tol, reg_covar=m.reg_covar, max_iter=m.max_iter,
+        allowed=(m.k_min, settings.k_limit, tuple(m.covariance_types)),
+    )
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -179,12 +225,12 @@ def build_record(
     loaded: LoadedInput,
     outcome: ValidationOutcome,
     features: FeatureMatrix,
-    selection,
+    choice: ModelChoice,
     segments: SegmentResult,
     report_path: str | None,
 ) -> RunRecord:
     """Collect a successful run's rows for :func:`flows.store.finish_run`."""
-    chosen = selected_row(selection.table)
+    chosen = choice.chosen
     assignments = assignment_table(segments, features.customer_ids)
     Assignments.validate(assignments)
     return RunRecord(
@@ -196,17 +242,24 @@ def build_record(
         features=list(features.names),
         n_components=int(chosen["n_components"]),
         covariance_type=str(chosen["covariance_type"]),
-        criterion=selection.criterion,
+        criterion=choice.criterion,
         bic=float(chosen["bic"]),
         aic=float(chosen["aic"]),
         icl=float(chosen["icl"]),
         log_likelihood=float(chosen["log_likelihood"]),
         report_path=report_path,
-        candidates=selection.table,
+        candidates=choice.table,
+        decision=choice.decision,
+        decision_note=choice.note,
+        fresh_value=choice.fresh_value,
+        previous_value=choice.previous_value,
+        k_max_tried=choice.k_max_tried,
+        grid_note=choice.grid_note,
         segments=segment_table(segments),
         segment_features=feature_profiles(segments, features),
         feature_scalers=feature_scaler_table(
-            features.names, features.units, features.transforms, features.scaler.mean, features.scaler.scale
+            features.names, features.units, features.transforms, features.scaler.mean, features.scaler.scale,
+            features.resolution, features.spike_value, features.spike_share,
         ),
         assignments=assignments,
         rejects=outcome.rejects,
@@ -220,7 +273,7 @@ def report_data(
     loaded: LoadedInput,
     outcome: ValidationOutcome,
     features: FeatureMatrix,
-    selection,
+    choice: ModelChoice,
     segments: SegmentResult,
 ):
     """The reports.ReportData of a run, from the same in-memory objects that were stored."""
@@ -239,10 +292,16 @@ def report_data(
         "Rows rejected": f"{outcome.n_rejected_rows:,}",
         "Customers segmented": f"{features.n_customers:,}",
         "Chosen model": f"{segments.n_segments} segments, {segments.covariance_type} covariance "
-        f"({selection.criterion.upper()})",
+        f"({choice.criterion.upper()})",
+        "How it was chosen": choice.note,
         "Segment sizes": sizes,
         "Seed": str(settings.model.seed),
     }
+    if choice.grid_note:
+        summary["Model grid"] = choice.grid_note
+    spikes = discrete_features_note(features)
+    if spikes:
+        summary["Discrete features"] = spikes
     for rule, count in features.counts.items():
         label = RULE_LABELS.get(rule, rule.replace("_", " "))
         summary[label[0].upper() + label[1:]] = f"{count:,}"
@@ -264,10 +323,25 @@ def report_data(
         labels=segments.labels,
         max_probability=segments.max_probability,
         lower_bounds=list(segments.lower_bounds),
-        selection=[clean_row(r) for r in selection.table],
-        criterion=selection.criterion,
+        selection=[clean_row(r) for r in choice.table],
+        criterion=choice.criterion,
         summary=summary,
+        choice_note=" ".join(part for part in (choice.note, choice.grid_note and f"Grid: {choice.grid_note}.") if part),
     )
+
+
+def discrete_features_note(features: FeatureMatrix) -> str:
+    """The features with a spike and their resolution, for the report (``""`` when none has one)."""
+    parts = []
+    for j, name in enumerate(features.names):
+        if features.resolution[j] > 0:
+            unit = f" ({features.units[j]})" if features.units[j] else ""
+            parts.append(
+                f"{name}: {features.spike_share[j]:.1%} of customers at exactly {features.spike_value[j]:g}{unit}, "
+                f"next value {features.resolution[j]:.3g} standard deviations away; no segment is narrower "
+                f"along it than that spacing allows (variance spacing²/12)"
+            )
+    return "; ".join(parts)
 
 
 def clean_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ CANDIDATE_COLUMNS = (
     "status",
     "reason",
     "selected",
+    "origin",
 )
 
 
@@ -295,6 +296,14 @@ class RunRecord:
     rejects: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: flows.continuity.TrackingRecord: ids and drift against the previous run (None: not tracked)
     tracking: Any = None
+    #: How the model structure was chosen (flows.choice): decision, its sentence, both criterion
+    #: values, and the grid actually tried.
+    decision: str | None = None
+    decision_note: str | None = None
+    fresh_value: float | None = None
+    previous_value: float | None = None
+    k_max_tried: int | None = None
+    grid_note: str | None = None
 
 
 def finish_run(
@@ -334,6 +343,12 @@ def finish_run(
             icl=_finite_or_none(record.icl),
             log_likelihood=_finite_or_none(record.log_likelihood),
             report_path=record.report_path,
+            decision=record.decision,
+            decision_note=record.decision_note,
+            fresh_value=_finite_or_none(record.fresh_value),
+            previous_value=_finite_or_none(record.previous_value),
+            k_max_tried=record.k_max_tried,
+            grid_note=record.grid_note or None,
             **_tracking_columns(record.tracking),
         )
         if keep_runs:
@@ -421,6 +436,7 @@ def _insert_children(con: duckdb.DuckDBPyConnection, run_id: int, record: RunRec
     for name in ("log_likelihood", "mean_log_likelihood", "bic", "aic", "icl", "seconds"):
         candidates[name] = pd.to_numeric(candidates[name], errors="coerce").astype("float64")
     candidates["reason"] = candidates["reason"].fillna("").astype(str)
+    candidates["origin"] = candidates["origin"].fillna("grid").astype(str)
     _insert_frame(con, "model_candidates", run_id, candidates, list(CANDIDATE_COLUMNS))
     _insert_frame(
         con,
@@ -441,7 +457,8 @@ def _insert_children(con: duckdb.DuckDBPyConnection, run_id: int, record: RunRec
         "feature_scalers",
         run_id,
         record.feature_scalers,
-        ["feature_index", "feature", "unit", "transform", "scaler_mean", "scaler_scale"],
+        ["feature_index", "feature", "unit", "transform", "scaler_mean", "scaler_scale", "resolution",
+         "spike_value", "spike_share"],
     )
     _insert_assignments(con, run_id, record.assignments)
     if record.rejects is not None and len(record.rejects):
@@ -469,7 +486,6 @@ def _tracking_columns(tracking: Any) -> dict[str, Any]:
         "moved_share": tracking.moved_share,
         "drift_flags": tracking.drift_flags,
         "what_changed": tracking.what_changed,
-        "warm_start": None if tracking.warm_start is None else json.dumps(tracking.warm_start, default=str),
     }
 
 
@@ -539,16 +555,37 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def feature_scaler_table(names: Sequence[str], units: Sequence[str], transforms: Sequence[str],
-                         mean: np.ndarray, scale: np.ndarray) -> pd.DataFrame:
-    """The ``feature_scalers`` rows of a run (one per feature, in model column order)."""
+def feature_scaler_table(
+    names: Sequence[str],
+    units: Sequence[str],
+    transforms: Sequence[str],
+    mean: np.ndarray,
+    scale: np.ndarray,
+    resolution: np.ndarray | None = None,
+    spike_value: np.ndarray | None = None,
+    spike_share: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The ``feature_scalers`` rows of a run (one per feature, in model column order).
+
+    ``resolution`` (model units), ``spike_value`` and ``spike_share`` describe each feature's
+    spike (:func:`flows.features.feature_resolution`); left out, every feature is continuous.
+    """
+    d = len(names)
+
+    def column(values: np.ndarray | None, empty: float) -> np.ndarray:
+        return np.full(d, empty) if values is None else np.asarray(values, dtype=np.float64)
+
     return pd.DataFrame(
         {
-            "feature_index": np.arange(1, len(names) + 1, dtype=np.int64),
+            "feature_index": np.arange(1, d + 1, dtype=np.int64),
             "feature": list(names),
             "unit": list(units),
             "transform": list(transforms),
             "scaler_mean": np.asarray(mean, dtype=np.float64),
             "scaler_scale": np.asarray(scale, dtype=np.float64),
+            "resolution": column(resolution, 0.0),
+            # NULL, not NaN, where a feature has no spike (nullable dtype: DuckDB reads NA as NULL).
+            "spike_value": pd.array(column(spike_value, np.nan), dtype="Float64"),
+            "spike_share": column(spike_share, 0.0),
         }
     )

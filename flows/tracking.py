@@ -897,6 +897,7 @@ def what_changed(drift: RunDrift) -> str:
             "First tracked run: no previous run to compare with.",
             f"{cur.n_segments} segments, {cur.covariance_type} covariance; ids {_ids(sorted(m.new_ids))} given.",
             "Later runs keep these ids for the segments they continue.",
+            *(["Flags: " + "; ".join(drift.flags) + "."] if drift.flags else []),
         ])
     run = f"run {prev.run_id}" if prev.run_id is not None else "the previous run"
     lines = []

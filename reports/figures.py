@@ -70,8 +70,9 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
     -------
     Figure
         Three axes (BIC, AIC, ICL). Each holds exactly one line per covariance type (accepted
-        candidates); set-aside candidates with a value are hollow markers and the chosen candidate
-        is a star.
+        grid candidates); set-aside candidates with a value are hollow markers, the previous run's
+        model refitted (a row with ``origin`` ``previous``) is a black diamond, and the chosen
+        candidate is a star.
     """
     rows = [
         {
@@ -79,14 +80,17 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
             "type": str(r["covariance_type"]),
             "status": str(r.get("status", "ok")),
             "selected": bool(r.get("selected", False)),
+            "previous": r.get("origin") == "previous",
             **{name: _number(r.get(name)) for name in CRITERIA},
         }
         for r in selection
     ]
+    refit = next((r for r in rows if r["previous"]), None)
+    rows = [r for r in rows if not r["previous"]]
     present = {r["type"] for r in rows}
     types = ([t for t in COVARIANCE_STYLES if t in present]
              + sorted(present - set(COVARIANCE_STYLES)))
-    chosen = next((r for r in rows if r["selected"]), None)
+    chosen = next((r for r in rows if r["selected"]), refit if refit and refit["selected"] else None)
 
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     axes = fig.subplots(1, len(CRITERIA), sharex=True)
@@ -104,6 +108,9 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
                 ax.scatter([k for k, _ in aside], [v for _, v in aside], marker=style["marker"],
                            s=42, facecolors="none", edgecolors=style["color"], linewidths=1.4,
                            zorder=3)
+        if refit is not None and np.isfinite(refit[name]):
+            ax.scatter([refit["k"]], [refit[name]], marker="D", s=60, facecolor="black",
+                       edgecolor="black", zorder=4)
         if chosen is not None and np.isfinite(chosen[name]):
             ax.scatter([chosen["k"]], [chosen[name]], marker="*", s=320, facecolor="gold",
                        edgecolor="black", linewidths=1.0, zorder=5)
@@ -135,6 +142,9 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
                               label=f"set aside: degenerate/failed ({n_aside}"
                                     + (f", {n_missing} without a value, not drawn)" if n_missing
                                        else ")")))
+    if refit is not None:
+        handles.append(Line2D([], [], linestyle="none", marker="D", markersize=7, color="black",
+                              label=f"previous run's model refitted: k={refit['k']}, {plain(refit['type'])}"))
     if chosen is not None:
         handles.append(Line2D([], [], linestyle="none", marker="*", markersize=14,
                               markerfacecolor="gold", markeredgecolor="black",

@@ -160,7 +160,7 @@ def _profile_table(data: ReportData, profiles: SegmentProfiles) -> str:
 def _selection_table(data: ReportData) -> str:
     if not data.selection:
         return "<p>No model-selection table was recorded.</p>"
-    header = ["k", "covariance type", "status", "reason", "BIC", "AIC", "ICL", "chosen"]
+    header = ["k", "covariance type", "origin", "status", "reason", "BIC", "AIC", "ICL", "chosen"]
     rows, chosen = [], []
     known = list(COVARIANCE_TYPES)
 
@@ -171,11 +171,11 @@ def _selection_table(data: ReportData) -> str:
 
     for r in sorted(data.selection, key=place):
         rows.append([str(r.get("n_components", "")), str(r.get("covariance_type", "")),
-                     str(r.get("status", "")), str(r.get("reason", "") or ""),
+                     str(r.get("origin") or "grid"), str(r.get("status", "")), str(r.get("reason", "") or ""),
                      _fmt(r.get("bic")), _fmt(r.get("aic")), _fmt(r.get("icl")),
                      "yes" if r.get("selected") else ""])
         chosen.append(bool(r.get("selected")))
-    return _table(header, rows, text_columns={1, 2, 3, 7}, chosen=chosen)
+    return _table(header, rows, text_columns={1, 2, 3, 4, 8}, chosen=chosen)
 
 
 def _drift_section(drift: dict[str, Any], src: str) -> list[str]:
@@ -218,6 +218,7 @@ def _page(data: ReportData, profiles: SegmentProfiles, names: list[str]) -> str:
         f"covariance, chosen by {_e(criterion)} among the candidates below.</p>",
         *([] if data.drift is None else _drift_section(data.drift, names[0])),
         "<h2>Model selection</h2>",
+        *([f'<p class="choice">{_e(data.choice_note)}</p>'] if data.choice_note else []),
         _figure(files[0], "Information criteria versus number of segments",
                 f"BIC, AIC and ICL for every candidate (lower is better); the star marks the model "
                 f"chosen by {criterion}; hollow markers are candidates set aside as degenerate "

@@ -56,6 +56,10 @@ class ReportData:
         ``"bic"``, ``"aic"`` or ``"icl"``.
     summary : dict of str to str
         Short facts shown at the top of ``index.html``.
+    choice_note : str, default ""
+        How the run came to its model, in a sentence or two (kept the previous run's structure,
+        switched, chosen afresh; what happened at the edge of the grid). Shown under
+        "Model selection".
     drift : dict or None, default None
         What changed since the previous successful run (``flows.tracking.RunDrift.report_drift()``);
         when given, the report draws the migration heat-map and a "What changed since run N"
@@ -85,6 +89,7 @@ class ReportData:
     selection: list[dict[str, Any]] = field(default_factory=list)
     criterion: str = "bic"
     summary: dict[str, str] = field(default_factory=dict)
+    choice_note: str = ""
     drift: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +103,7 @@ class ReportData:
         put("lower_bounds", [float(v) for v in self.lower_bounds])
         put("selection", [dict(row) for row in self.selection])
         put("summary", {str(k): str(v) for k, v in self.summary.items()})
+        put("choice_note", str(self.choice_note))
         if self.drift is not None:
             put("drift", _normalise_drift(self.drift))
         for name in ("scaler_mean", "scaler_scale", "X_original", "X_model", "weights", "means",

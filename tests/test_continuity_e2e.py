@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
@@ -89,30 +88,54 @@ def test_ids_names_migration_and_history_across_runs(prefect_harness, tmp_path):
     assert (report.parent / "migration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_warm_start_is_recorded_and_retention_keeps_what_it_needs(prefect_harness, tmp_path):
+def test_structure_is_kept_unless_a_fresh_choice_is_clearly_better(prefect_harness, tmp_path):
+    """model.switch_margin: refit the previous (k, type), switch only on strong evidence; --fresh."""
+    db = tmp_path / "segments.duckdb"
     config = tmp_path / "segment.toml"
-    # keep_runs = 1: each run still finds the previous run's customers to warm-start and compare with.
+    # An old key is still accepted (and ignored with a warning); keep_runs = 1 keeps what the
+    # next run compares with.
     config.write_text("[tracking]\nwarm_start = true\n[output]\nkeep_runs = 1\n")
     base = customers(200, 3, seed=4)
-    run(tmp_path, base, seed=4, config=config)
+    first = run(tmp_path, base, seed=4, config=config)
+    assert first["decision"] == "first_run" and first["n_components"] == 3
+
     second = run(tmp_path, base, seed=5, config=config)
-    warm = second["warm_start"]
-    assert warm["from_run"] == 1 and warm["n_components"] == 3 and isinstance(warm["used"], bool)
-    stored = query(tmp_path / "segments.duckdb", "SELECT warm_start FROM runs WHERE run_id = 2").warm_start[0]
-    assert json.loads(stored)["from_run"] == 1
-    if warm["used"]:
-        assert "changed_choice" in warm
-    # The previous model (full) is outside a diag-only grid: reported, not a crash.
-    csv = tmp_path / "diag.csv"
-    base.to_csv(csv, index=False)
-    third = segment_customers(
+    assert second["decision"] == "kept" and second["n_components"] == 3
+    assert "Kept run 1's 3 full, refitted" in second["decision_note"]
+    assert second["moved_share"] < 0.01
+    row = query(db, "SELECT decision, fresh_value, previous_value, bic, k_max_tried FROM runs WHERE run_id = 2")
+    assert row.decision[0] == "kept" and row.bic[0] == pytest.approx(row.previous_value[0])
+    assert row.previous_value[0] - row.fresh_value[0] <= 10.0  # within the margin
+    kept = query(db, "SELECT n_components, covariance_type, origin, selected FROM model_candidates "
+                     "WHERE run_id = 2 AND selected")
+    assert kept.to_dict("records") == [{"n_components": 3, "covariance_type": "full", "origin": "previous",
+                                        "selected": True}]
+
+    # A fourth, well-separated segment: the fresh 4 beats the refitted 3 by far more than 10.
+    grown = pd.concat([base, customers(200, 4, seed=6).query("a > 10.5 and b > 10.5")], ignore_index=True)
+    third = run(tmp_path, grown, seed=6, config=config)
+    assert third["decision"] == "switched" and third["n_components"] == 4
+    values = query(db, "SELECT fresh_value, previous_value FROM runs WHERE run_id = 3")
+    assert values.previous_value[0] - values.fresh_value[0] > 10.0
+
+    # A manual re-segmentation chooses afresh.
+    csv = tmp_path / "grown.csv"
+    grown.to_csv(csv, index=False)
+    common = dict(
         config_path=str(config), input_path=str(csv), input_kind="customers", columns={"customer_id": "id"},
-        features=["a", "b"], k_min=2, k_max=4, covariance_types=["diag"], n_init=1, seed=6,
-        database=str(tmp_path / "segments.duckdb"), reports_dir=str(tmp_path / "reports"), trigger="test",
+        features=["a", "b"], k_min=2, n_init=1, seed=7, database=str(db), reports_dir=str(tmp_path / "reports"),
+        trigger="test",
     )
-    assert third["warm_start"]["used"] is False and "not in this run's model grid" in third["warm_start"]["reason"]
-    assert third["previous_run_id"] == 2 and third["moved_share"] is not None
-    db = tmp_path / "segments.duckdb"
-    assert query(db, "SELECT DISTINCT run_id FROM assignments").run_id.tolist() == [3]
-    assert query(db, "SELECT run_id FROM runs WHERE pruned_at IS NOT NULL ORDER BY 1").run_id.tolist() == [1, 2]
-    assert query(db, "SELECT count(DISTINCT run_id) AS n FROM segment_history").n[0] == 3
+    fourth = segment_customers(**common, k_max=5, covariance_types=["full"], fresh=True)
+    assert fourth["decision"] == "fresh" and "Fresh choice asked for" in fourth["decision_note"]
+    assert query(db, "SELECT previous_value FROM runs WHERE run_id = 4").previous_value.isna().all()
+
+    # The previous model (full) is outside a diag-only grid: chosen afresh, said why.
+    fifth = segment_customers(**common, k_max=4, covariance_types=["diag"])
+    assert fifth["decision"] == "previous_unusable" and "outside this run's settings" in fifth["decision_note"]
+    assert fifth["previous_run_id"] == 4 and fifth["moved_share"] is not None
+    assert query(db, "SELECT DISTINCT run_id FROM assignments").run_id.tolist() == [5]
+    assert query(db, "SELECT run_id FROM runs WHERE pruned_at IS NOT NULL ORDER BY 1").run_id.tolist() == [1, 2, 3, 4]
+    assert query(db, "SELECT count(DISTINCT run_id) AS n FROM segment_history").n[0] == 5
+    html = Path(fifth["report"]).read_text()
+    assert "outside this run&#x27;s settings" in html

@@ -48,7 +48,9 @@ def test_online_retail_sample_end_to_end(prefect_harness, retail_sample_csv, tmp
         database=str(db), reports_dir=str(tmp_path / "reports"), trigger="test",
     )
     k = summary["n_components"]
-    assert 1 <= k <= 4 and summary["rows_loaded"] == 30_000
+    tried = summary["k_max_tried"]  # k_max = 4, extended (up to 8) while the best sat at the edge
+    assert 1 <= k < tried <= 8 and summary["rows_loaded"] == 30_000
+    assert (tried > 4) == bool(summary["grid_note"])
     assert sum(s["customers"] for s in summary["segment_sizes"]) == summary["customers"] > 100
     assert Path(summary["report"]) == (tmp_path / "reports" / "1" / "index.html").resolve()
     assert_report_complete(Path(summary["report"]))
@@ -63,9 +65,16 @@ def test_online_retail_sample_end_to_end(prefect_harness, retail_sample_csv, tmp
         assert run[:2] == ("success", "test") and run[3] == 30_000 and run[4] == summary["customers"]
         assert run[5] == k and run[6] == summary["covariance_type"] and run[7] == "bic" and run[8]
         assert run[9] == 0 and run[10] and run[11] == "4" and run[12] == summary["report"]
-        # Grid: 4 k values x 4 covariance types, exactly one selected, matching runs.
+        # Grid: the k values tried x 4 covariance types, exactly one selected, matching runs.
         grid = con.execute("SELECT count(*), count(*) FILTER (WHERE selected) FROM model_candidates").fetchone()
-        assert grid == (16, 1)
+        assert grid == (4 * tried, 1)
+        assert con.execute("SELECT k_max_tried, decision, grid_note FROM runs").fetchone() == (
+            tried, "first_run", summary["grid_note"] or None)
+        origins = dict(con.execute("SELECT origin, count(*) FROM model_candidates GROUP BY 1").fetchall())
+        assert origins == ({"grid": 16, "extension": 4 * (tried - 4)} if tried > 4 else {"grid": 16})
+        # The frequency spike (one-time buyers) sets that feature's resolution; monetary has none.
+        scalers = dict(con.execute("SELECT feature, resolution FROM feature_scalers").fetchall())
+        assert scalers["frequency"] > 0.1 and scalers["monetary"] == 0.0
         assert con.execute(
             "SELECT n_components, covariance_type FROM model_candidates WHERE selected"
         ).fetchone() == (k, summary["covariance_type"])
@@ -106,7 +115,7 @@ def test_online_retail_sample_end_to_end(prefect_harness, retail_sample_csv, tmp
     assert f"{k} segments, {summary['covariance_type']} covariance" in markdown.data
     assert "Rows rejected" in markdown.data and Path(summary["report"]).as_uri() in markdown.data
     grid = artifacts["model-selection-grid-run-1"]
-    assert grid.type == "table" and len(json.loads(grid.data)) == 16
+    assert grid.type == "table" and len(json.loads(grid.data)) == 4 * tried
     progress = artifacts["model-selection-run-1"]
     assert progress.type == "progress" and float(progress.data) == 100.0
 

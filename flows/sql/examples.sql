@@ -78,3 +78,18 @@ SELECT run_id, as_of, segment_id, name, customer_count, round(weight, 3) AS weig
 FROM segment_history
 WHERE segment_id = 1
 ORDER BY run_id, feature_index;
+
+-- 14. How each run chose its model: kept the previous structure, switched, or chose afresh, with
+--     both criterion values (lower is better) and what happened at the edge of the grid.
+SELECT run_id, as_of, n_components, covariance_type, decision, round(previous_value, 1) AS previous_value,
+       round(fresh_value, 1) AS fresh_value, k_max_tried, grid_note, round(moved_share, 3) AS moved_share
+FROM runs
+WHERE status = 'success'
+ORDER BY run_id;
+
+-- 15. Features recorded on a grid: the spike (e.g. one-time buyers) and the spacing of the values
+--     there, which no segment is narrower than (model units: standard deviations of the feature).
+SELECT feature, unit, spike_value, round(spike_share, 3) AS spike_share, round(resolution, 3) AS resolution
+FROM feature_scalers
+WHERE run_id = (SELECT run_id FROM latest_run)
+ORDER BY feature_index;

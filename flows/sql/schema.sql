@@ -107,8 +107,19 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS retired_segments INTEGER[]; -- previou
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS moved_share DOUBLE;         -- share of customers in both runs who changed segment
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS drift_flags VARCHAR[];      -- e.g. 'k changed 4 -> 5'
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS what_changed VARCHAR;       -- short plain-text summary
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS warm_start JSON;            -- what a warm start did, when enabled
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS warm_start JSON;            -- what a warm start did (runs before model.switch_margin; now NULL)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;        -- UTC; older than the runs output.keep_runs keeps: no assignments or rejected rows
+-- How the model structure was chosen (flows/choice.py):
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS decision VARCHAR;           -- first_run | fresh | features_changed | previous_unusable | kept | switched
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS decision_note VARCHAR;      -- the decision in a sentence
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS fresh_value DOUBLE;         -- criterion of the best fresh candidate
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS previous_value DOUBLE;      -- criterion of the previous run's model refitted (NULL: not refitted)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS k_max_tried INTEGER;        -- largest number of segments tried (> model.k_max when the grid was extended)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS grid_note VARCHAR;          -- what happened at the edge of the grid (NULL: the choice lay inside it)
+ALTER TABLE model_candidates ADD COLUMN IF NOT EXISTS origin VARCHAR; -- grid | extension (tried past model.k_max) | previous (the previous run's model refitted)
+ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS resolution DOUBLE;  -- spacing of the values at the feature's spike, model units (0: continuous)
+ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_value DOUBLE; -- the feature's most common value, original units (NULL: no spike)
+ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_share DOUBLE; -- share of customers on it
 
 CREATE TABLE IF NOT EXISTS segment_migrations (
     run_id              BIGINT NOT NULL,

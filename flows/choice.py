@@ -1,0 +1,310 @@
+"""Which model a run keeps: the previous run's structure, unless a fresh choice is clearly better.
+
+A fresh model choice on discrete customer data flips between neighbouring structures (7 or 8
+segments, full or tied) from night to night on evidence too weak to matter, and every flip moves
+customers between segments. So a run that follows a successful run on the same features refits
+the previous run's number of segments and covariance type, starting EM from the previous
+parameters (mapped to this run's scaler), and keeps that structure unless the best fresh
+candidate beats the refit by more than ``model.switch_margin`` on the run's criterion (default
+10: "very strong" evidence on Kass & Raftery's BIC scale). A manual re-segmentation asks for a
+fresh choice (``segment run --fresh``, flow parameter ``fresh``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flows.features import FeatureMatrix
+from flows.tracking import TrackedModel, same_features, warm_start_init
+from gmm_engine import (
+    VARIANCE_FLOOR,
+    ConvergenceWarning,
+    GaussianMixture,
+    SelectionResult,
+    criteria,
+    degeneracy_reason,
+    n_parameters,
+)
+
+#: What a run did about its model structure (``runs.decision``).
+DECISIONS = ("first_run", "fresh", "features_changed", "previous_unusable", "kept", "switched")
+
+
+@dataclass(frozen=True)
+class PreviousStructure:
+    """The previous successful run's model, as the choice needs it."""
+
+    run_id: int
+    model: TrackedModel
+
+    @property
+    def n_components(self) -> int:
+        return self.model.n_segments
+
+    @property
+    def covariance_type(self) -> str:
+        return self.model.covariance_type
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a run keeps, and why.
+
+    Attributes
+    ----------
+    model : GaussianMixture
+        The kept model, fitted on all customers.
+    table : list of dict
+        The candidates (the selection grid, plus the refit of the previous model when there was
+        one), each with ``origin`` (``grid``, ``extension`` or ``previous``); exactly one is
+        ``selected``. New rows: the selection's own table is left as it was.
+    criterion : str
+    decision : str
+        One of :data:`DECISIONS`.
+    note : str
+        The decision in one sentence, for the console, the report and ``runs.decision_note``.
+    fresh_value : float
+        Criterion value of the best fresh candidate.
+    previous_value : float or None
+        Criterion value of the refitted previous structure (None when not refitted).
+    margin : float
+    previous_run_id : int or None
+    grid_note : str
+        What happened at the edge of the grid (:meth:`SelectionResult.grid_note`).
+    k_max_tried : int
+    at_limit : bool
+        The fresh choice sat at the edge of a grid that could not be extended further.
+    """
+
+    model: GaussianMixture
+    table: list[dict[str, Any]]
+    criterion: str
+    decision: str
+    note: str
+    fresh_value: float
+    previous_value: float | None
+    margin: float
+    previous_run_id: int | None
+    grid_note: str
+    k_max_tried: int
+    at_limit: bool
+
+    @property
+    def chosen(self) -> dict[str, Any]:
+        return next(row for row in self.table if row["selected"])
+
+
+def _structure(k: int, covariance_type: str) -> str:
+    return f"{k} {covariance_type}"
+
+
+def _grid_table(selection: SelectionResult) -> list[dict[str, Any]]:
+    return [
+        {**row, "origin": "grid" if row["n_components"] <= selection.k_max_given else "extension"}
+        for row in selection.table
+    ]
+
+
+def _polished(model: GaussianMixture, X: np.ndarray, tol: float, max_iter: int) -> GaussianMixture:
+    """More EM iterations of a fitted model, from its own parameters, down to ``tol``."""
+    gm = GaussianMixture(
+        model.n_components, covariance_type=model.covariance_type, tol=tol, reg_covar=model.reg_covar,
+        max_iter=max_iter, resolution=model.resolution, covariance_prior=model.covariance_prior,
+        weights_init=model.weights_,
+        means_init=model.means_, precisions_init=model.precisions_,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return gm.fit(X)
+
+
+def decision_tol(tol: float, n_samples: int) -> float:
+    """EM tolerance for the two models a decision compares.
+
+    ``tol`` is a change of the mean log-likelihood per customer; the criteria are totals, so at
+    ``tol = 1e-3`` and 4,000 customers a fit stops while BIC still moves by about 8 an iteration,
+    as much as the switch margin. The two models compared are taken on until the total moves by
+    less than 0.5 (BIC by 1).
+    """
+    return min(tol, 0.5 / n_samples)
+
+
+def refit_previous(
+    previous: PreviousStructure,
+    features: FeatureMatrix,
+    *,
+    tol: float,
+    reg_covar: float,
+    max_iter: int,
+    covariance_prior: str | None = None,
+) -> tuple[GaussianMixture | None, str]:
+    """EM for the previous structure, started from the previous parameters in this run's space.
+
+    Returns the fitted model (None when it failed) and why it cannot be used (``""`` when it can:
+    the rule ``select_model`` applies to every candidate).
+    """
+    X = features.X_model
+    n, d = X.shape
+    k, ctype = previous.n_components, previous.covariance_type
+    if k * (d + 1) > n:
+        return None, f"{k} segments need at least {k * (d + 1):,} customers, this run has {n:,}"
+    init = warm_start_init(
+        previous.model, features.scaler.mean, features.scaler.scale, ctype,
+        feature_names=features.names, transforms=features.transforms,
+    )
+    gm = GaussianMixture(
+        k, covariance_type=ctype, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
+        resolution=features.resolution, covariance_prior=covariance_prior, **init,
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(X)
+    except ValueError as exc:
+        return None, f"the refit failed: {exc}"
+    reason = _degenerate(gm, X)
+    return gm, (f"the refit is degenerate: {reason}" if reason else "")
+
+
+def _degenerate(model: GaussianMixture, X: np.ndarray) -> str:
+    """The reason ``select_model`` would set this fit aside (its default rule), or ``""``."""
+    n, d = X.shape
+    std = X.std(axis=0)
+    return degeneracy_reason(model, np.where(std > 0, std, 1.0), float(n), VARIANCE_FLOOR, float(d + 1))
+
+
+def choose_model(
+    selection: SelectionResult,
+    features: FeatureMatrix,
+    previous: PreviousStructure | None,
+    *,
+    switch_margin: float,
+    fresh: bool = False,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    max_iter: int = 200,
+    allowed: tuple[int, int, tuple[str, ...]] | None = None,
+) -> ModelChoice:
+    """Keep the previous run's structure or switch to the best fresh candidate (module docstring).
+
+    Parameters
+    ----------
+    selection : SelectionResult
+        The fresh choice over the grid (not changed).
+    features : FeatureMatrix
+        This run's customers.
+    previous : PreviousStructure or None
+        The previous successful run's model (None on a first run).
+    switch_margin : float
+        How much better (lower) the fresh criterion value must be to switch.
+    fresh : bool
+        Choose afresh: ignore the previous structure.
+    tol, reg_covar, max_iter
+        EM settings of the refit, as for the grid.
+    allowed : (k_min, k_limit, covariance types), optional
+        What this run's settings allow; a previous structure outside them is not kept.
+    """
+    criterion = selection.criterion
+    table = _grid_table(selection)
+    best_fresh = next(row for row in table if row["selected"])
+    fresh_label = _structure(best_fresh["n_components"], best_fresh["covariance_type"])
+    name = criterion.upper()
+    grid = f"the best of k = {min(r['n_components'] for r in table)}..{selection.k_max_tried} by {name}"
+
+    def result(decision: str, note: str, model: GaussianMixture, previous_value: float | None = None) -> ModelChoice:
+        return ModelChoice(
+            model=model, table=table, criterion=criterion, decision=decision, note=note,
+            fresh_value=float(best_fresh[criterion]), previous_value=previous_value, margin=float(switch_margin),
+            previous_run_id=None if previous is None else previous.run_id,
+            grid_note=selection.grid_note(), k_max_tried=selection.k_max_tried, at_limit=selection.at_limit,
+        )
+
+    if previous is None:
+        return result("first_run", f"First run: {fresh_label}, {grid}.", selection.best)
+    if fresh:
+        return result("fresh", f"Fresh choice asked for: {fresh_label}, {grid}.", selection.best)
+    if not same_features(features.names, features.transforms, previous.model.feature_names, previous.model.transforms):
+        return result(
+            "features_changed",
+            f"The features or their transforms changed since run {previous.run_id}, so the model was "
+            f"chosen afresh: {fresh_label}, {grid}.",
+            selection.best,
+        )
+
+    k, ctype = previous.n_components, previous.covariance_type
+    if allowed is not None and not (allowed[0] <= k <= allowed[1] and ctype in allowed[2]):
+        types = ", ".join(allowed[2])
+        return result(
+            "previous_unusable",
+            f"Run {previous.run_id}'s {_structure(k, ctype)} is outside this run's settings (k = "
+            f"{allowed[0]}..{allowed[1]}, {types}), so the model was chosen afresh: {fresh_label}, {grid}.",
+            selection.best,
+        )
+    start = time.perf_counter()
+    X = features.X_model
+    tight = decision_tol(tol, X.shape[0])
+    gm, problem = refit_previous(
+        previous, features, tol=tight, reg_covar=reg_covar, max_iter=max_iter,
+        covariance_prior=selection.best.covariance_prior,
+    )
+    previous_label = _structure(k, ctype)
+    row: dict[str, Any] = {
+        "n_components": k, "covariance_type": ctype, "n_parameters": n_parameters(ctype, k, X.shape[1]),
+        "log_likelihood": np.nan, "mean_log_likelihood": np.nan, "bic": np.nan, "aic": np.nan, "icl": np.nan,
+        "converged": False, "n_iter": 0, "status": "failed", "selected": False, "origin": "previous",
+        "reason": f"run {previous.run_id}'s model refitted from its parameters",
+    }
+    if gm is not None:
+        row.update(criteria(gm, X), converged=bool(gm.converged_), n_iter=int(gm.n_iter_),
+                   status="degenerate" if problem else "ok")
+    if problem:
+        row["reason"] += f"; {problem}"
+    row["seconds"] = time.perf_counter() - start
+    table.append(row)
+    if gm is None or problem:
+        return result(
+            "previous_unusable",
+            f"Run {previous.run_id}'s {previous_label} could not be kept ({problem}), so the model was "
+            f"chosen afresh: {fresh_label}, {grid}.",
+            selection.best,
+        )
+
+    # Both sides of the comparison converged alike (decision_tol), so the margin is not spent on
+    # one of them having stopped earlier. (Should the longer run collapse a component, the grid's
+    # own fit stands.)
+    fresh_model = _polished(selection.best, X, tight, max_iter)
+    if _degenerate(fresh_model, X):
+        fresh_model = selection.best
+    else:
+        best_fresh.update(criteria(fresh_model, X), n_iter=best_fresh["n_iter"] + int(fresh_model.n_iter_),
+                          converged=bool(fresh_model.converged_))
+    fresh_value = float(best_fresh[criterion])
+    previous_value = float(row[criterion])
+    gain = previous_value - fresh_value
+    if gain > switch_margin:
+        return result(
+            "switched",
+            f"Switched from run {previous.run_id}'s {previous_label} ({name} {previous_value:,.1f}) to "
+            f"{fresh_label} ({name} {fresh_value:,.1f}): better by {gain:,.1f}, more than the switch "
+            f"margin {switch_margin:g}.",
+            fresh_model,
+            previous_value,
+        )
+    best_fresh["selected"] = False
+    row["selected"] = True
+    if gain > 0:
+        why = f"the best fresh model, {fresh_label} ({name} {fresh_value:,.1f}), is better by only {gain:,.1f}"
+    else:
+        why = f"the best fresh model, {fresh_label} ({name} {fresh_value:,.1f}), is not better"
+    return result(
+        "kept",
+        f"Kept run {previous.run_id}'s {previous_label}, refitted ({name} {previous_value:,.1f}): {why}, "
+        f"within the switch margin {switch_margin:g}.",
+        gm,
+        previous_value,
+    )
