@@ -1,0 +1,222 @@
+"""Stability benchmark: do segments hold still from one run to the next?
+
+    python benchmarks/stability.py                    # both workloads
+    python benchmarks/stability.py --only retail      # weekly backfill of the embedded sample
+    python benchmarks/stability.py --only generated   # generated customers with a 50% count spike
+
+**retail.** The embedded Online Retail log segmented as of every Sunday from 2011-09-04 to
+2011-12-04, plus 2011-12-10 (15 runs), one after the other into one database with the default
+settings, exactly as a weekly schedule would: each run keeps the previous run's number of segments
+and covariance type unless a fresh choice beats it by ``model.switch_margin``. The reference is the
+naive approach, a fresh choice every week (``--fresh``), into a second database. For every week it
+prints the choice, its criterion value, the decision, the share of customers in both runs who
+changed segment (``moved``), whether the grid was extended, and the run's wall time; plus
+``held``: the share that would have changed segment had last week's model been applied unchanged
+(no refit), which is what the customers' own purchases and a week's ageing cause.
+
+**generated.** 8 weekly snapshots of 6,000 generated customers with a count feature (``orders``,
+half of the customers at exactly 1) and a spend: each week about 5 % of the customers order again
+and 2 % join. The same two arms; it also prints the share of the one-time buyers that the segment
+on the spike holds.
+
+Targets (issue 15): over the 15 weeks at most one change of (k, covariance type), median moved
+share <= 5 %, no week above 15 % except at that change, no choice at the top of the grid tried,
+every run within the 30 s demo budget. Runs execute in this process on Prefect's temporary server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import warnings
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+WEEKS = [date(2011, 9, 4) + timedelta(days=7 * i) for i in range(14)] + [date(2011, 12, 10)]
+
+
+def held_moved_share(database: Path, features) -> float:
+    """Share of the customers in both runs whose segment would change if the previous run's model
+    were applied unchanged to this run's features (no refit): the customers' own movement."""
+    from flows import continuity
+    from flows.segments import assign_segments
+    from flows.tracking import warm_start_init
+    from gmm_engine import GaussianMixture
+
+    previous = continuity.load_previous(database)
+    if previous is None:
+        return float("nan")
+    model = previous.model
+    init = warm_start_init(model, features.scaler.mean, features.scaler.scale, "full",
+                           feature_names=features.names, transforms=features.transforms)
+    fixed = GaussianMixture(model.n_segments, max_iter=0, resolution=features.resolution, **init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fixed.fit(features.X_model)  # max_iter=0: the given parameters, unchanged
+    labels = assign_segments(fixed, features.X_model).labels
+    now = pd.Series(model.segment_ids[labels], index=features.customer_ids)
+    before = pd.Series(previous.segment_ids, index=previous.customer_ids)
+    common = now.index.intersection(before.index)
+    return float((now.loc[common] != before.loc[common]).mean())
+
+
+def run_arm(name: str, runs: list[tuple[str, dict]], database: Path, features_of, fresh: bool) -> list[dict]:
+    """Run the flow once per (label, parameters), in order, into ``database``."""
+    from flows.pipeline import segment_customers
+
+    rows = []
+    for i, (label, params) in enumerate(runs, 1):
+        held = held_moved_share(database, features_of(params)) if features_of and i > 1 else float("nan")
+        start = time.perf_counter()
+        summary = segment_customers(**params, database=str(database),
+                                    reports_dir=str(database.parent / f"reports-{name}"),
+                                    fresh=fresh, trigger="manual")
+        seconds = time.perf_counter() - start
+        rows.append({
+            "run": i, "label": label,
+            "k": summary["n_components"], "type": summary["covariance_type"],
+            "value": summary["criterion_value"], "decision": summary["decision"],
+            "moved": summary["moved_share"], "held": held,
+            "k_max_tried": summary["k_max_tried"], "grid": summary["grid_note"] or "",
+            "seconds": seconds,
+        })
+        r = rows[-1]
+        print(f"  {name:>5} {r['label']:>10}  {r['k']:>2} {r['type']:<9} BIC {r['value']:>10,.1f}  "
+              f"{r['decision']:<17} moved {_pct(r['moved']):>6}  held {_pct(r['held']):>6}  "
+              f"tried to k={r['k_max_tried']:<2} {r['seconds']:5.1f} s  {r['grid']}", flush=True)
+    return rows
+
+
+def _pct(value) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.1%}"
+
+
+def verdict(name: str, rows: list[dict]) -> dict:
+    """The issue's targets measured on one arm."""
+    structures = [(r["k"], r["type"]) for r in rows]
+    changes = [i for i in range(1, len(rows)) if structures[i] != structures[i - 1]]
+    moved = np.array([r["moved"] for r in rows[1:]], dtype=float)
+    held = np.array([r["held"] for r in rows[1:]], dtype=float)
+    above = [rows[i]["run"] for i in range(1, len(rows)) if moved[i - 1] > 0.15 and i not in changes]
+    top = [r["run"] for r in rows if r["k"] >= r["k_max_tried"]]
+    out = {
+        "arm": name,
+        "changes of (k, type)": len(changes),
+        "median moved": float(np.nanmedian(moved)),
+        "max moved": float(np.nanmax(moved)),
+        "median held": float(np.nanmedian(held)) if np.isfinite(held).any() else float("nan"),
+        "weeks above 15% outside a change": len(above),
+        "choices at the top of the grid tried": len(top),
+        "slowest run s": max(r["seconds"] for r in rows),
+    }
+    return out
+
+
+def print_verdicts(verdicts: list[dict]) -> None:
+    keys = list(verdicts[0])[1:]
+    print(f"\n  {'':<38}" + "".join(f"{v['arm']:>14}" for v in verdicts))
+    for key in keys:
+        cells = []
+        for v in verdicts:
+            value = v[key]
+            cells.append(_pct(value) if "moved" in key or "held" in key else
+                         (f"{value:.1f}" if isinstance(value, float) else str(value)))
+        print(f"  {key:<38}" + "".join(f"{c:>14}" for c in cells))
+
+
+def retail(folder: Path) -> list[dict]:
+    from flows import stages
+    from flows.config import load_settings
+    from flows.load import load_input
+
+    print("\nOnline Retail, weekly backfill (as of every Sunday 2011-09-04 .. 2011-12-04, then 2011-12-10)")
+    settings = load_settings()
+    valid = stages.validate_input(load_input(settings.input, settings.features.columns), settings).valid
+
+    def features_of(params: dict):
+        return stages.compute_features(valid, load_settings(overrides={"rules": {"as_of": params["as_of"]}}))
+
+    runs = [(str(w), {"as_of": w}) for w in WEEKS]
+    results = []
+    for name, fresh in (("hold", False), ("fresh", True)):
+        rows = run_arm(name, runs, folder / f"retail-{name}" / "segments.duckdb", features_of, fresh)
+        results.append(verdict(name, rows))
+    print_verdicts(results)
+    return results
+
+
+def generated_snapshots(folder: Path, weeks: int = 8, n: int = 6000, seed: int = 0) -> list[Path]:
+    """Weekly customer tables: orders (50% at exactly 1) and spend; some customers order again,
+    some join, each week."""
+    rng = np.random.default_rng(seed)
+    orders = 1 + rng.poisson(4.0, n)
+    orders[: n // 2] = 1
+    spend = np.round(np.exp(rng.normal(3.5, 0.6, n)) * orders, 2)
+    ids = np.array([f"G{i:06d}" for i in range(n)], dtype=object)
+    paths = []
+    for week in range(weeks):
+        path = folder / f"customers_week{week + 1}.csv"
+        pd.DataFrame({"customer_id": ids, "orders": orders, "spend": spend}).to_csv(path, index=False)
+        paths.append(path)
+        again = rng.random(ids.size) < 0.05
+        orders = orders + again
+        spend = np.round(spend + again * np.exp(rng.normal(3.5, 0.6, ids.size)), 2)
+        new = max(1, int(0.02 * ids.size))
+        ids = np.concatenate([ids, np.array([f"G{ids.size + i:06d}" for i in range(new)], dtype=object)])
+        orders = np.concatenate([orders, np.ones(new, dtype=orders.dtype)])
+        spend = np.concatenate([spend, np.round(np.exp(rng.normal(3.5, 0.6, new)), 2)])
+    return paths
+
+
+def generated(folder: Path) -> list[dict]:
+    import duckdb
+
+    print("\nGenerated customers: orders with 50% at exactly 1, and spend; 8 weekly snapshots")
+    paths = generated_snapshots(folder)
+    runs = [(f"week {i + 1}", {"input_path": str(p), "input_kind": "customers",
+                                "columns": {"customer_id": "customer_id"}, "features": ["orders", "spend"],
+                                "transforms": {"orders": "log1p", "spend": "log1p"}})
+            for i, p in enumerate(paths)]
+    results = []
+    for name, fresh in (("hold", False), ("fresh", True)):
+        db = folder / f"generated-{name}" / "segments.duckdb"
+        rows = run_arm(name, runs, db, None, fresh)
+        with duckdb.connect(str(db), read_only=True) as con:
+            spike = con.execute(
+                """
+                SELECT s.segment_id, s.customer_count, f.centre
+                FROM current_segments s JOIN segment_profiles f USING (segment_id)
+                WHERE f.feature = 'orders' ORDER BY abs(f.centre - 1) LIMIT 1
+                """
+            ).fetchall()[0]
+        one_time = pd.read_csv(paths[-1]).eval("orders == 1").sum()
+        print(f"  {name}: the segment on the spike (centre {spike[2]:.3f} orders) holds {spike[1]:,} customers; "
+              f"{one_time:,} customers have exactly 1 order")
+        results.append(verdict(name, rows))
+    print_verdicts(results)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["retail", "generated"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="stability-") as tmp:
+        folder = Path(tmp)
+        if args.only in (None, "generated"):
+            generated(folder)
+        if args.only in (None, "retail"):
+            retail(folder)
+
+
+if __name__ == "__main__":
+    main()
