@@ -204,7 +204,24 @@ def _error(exc: BaseException, debug: bool) -> str:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if _unreachable(exc):
+        url = os.environ.get("PREFECT_API_URL") or "the temporary local server"
+        return (f"the Prefect server ({url}) is unreachable: {line}; the results database's runs table "
+                "says how far the run got")
+    return line
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an error is the Prefect API not answering (connection refused, timed out)."""
+    import httpx
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionRefusedError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -212,7 +229,7 @@ def _serve(args: argparse.Namespace) -> int:
     from flows.pipeline import settings_from_parameters
 
     params = flow_parameters(args)
-    settings = settings_from_parameters(**params, cron=args.cron, timezone=args.timezone)
+    settings = settings_from_parameters(**params, cron=args.cron, timezone=args.timezone, source="command line")
     serve.api_url()
     # Runs execute in another folder (below), so the outputs are pinned to absolute paths now:
     # the ones the configuration resolves to from here, where `segment name` and analysts look.
@@ -245,7 +262,7 @@ def _trigger(args: argparse.Namespace) -> int:
     # Reject bad parameters here, before a run exists: the deployment's defaults plus these.
     merged = {**serve.deployment_defaults(args.deployment), **params}
     merged.pop("trigger", None)
-    settings_from_parameters(**merged)
+    settings_from_parameters(**merged, source="command line")
     run = serve.start_run(args.deployment, params)
     print(f"Flow run {run.id} ({run.name}) of {serve.FLOW_NAME}/{args.deployment}")
     print(f"  {serve.ui_link(run.id)}", flush=True)
@@ -271,13 +288,17 @@ def _name(args: argparse.Namespace) -> int:
 
     if args.clear == (args.name is not None):
         raise ConfigError("give a NAME, or --clear to remove the name")
-    settings = settings_from_parameters(args.config, database=args.database)
+    settings = settings_from_parameters(args.config, database=args.database, source="command line")
     database = settings.output.database
     if not Path(database).exists():
         raise ConfigError(f"{database}: no results database yet; run `segment run` first")
     with database_lock(database, settings.output.lock_wait_minutes * 60, label="segment name",
                        on_wait=lambda holder: print(f"waiting for {holder} ...", file=sys.stderr, flush=True)):
-        name_segment(database, args.segment_id, None if args.clear else args.name.strip())
+        name_segment(
+            database, args.segment_id, None if args.clear else args.name.strip(),
+            writer_wait_seconds=settings.output.writer_wait_minutes * 60,
+            notify=lambda line: print(line, file=sys.stderr, flush=True),
+        )
     what = "name removed" if args.clear else f"named {args.name.strip()!r}"
     print(f"segment {args.segment_id}: {what} in {Path(database).resolve()}")
     return 0
@@ -306,8 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         params = flow_parameters(args)
         # Check the configuration before Prefect starts, so a typo fails in a second with one line.
         from flows.pipeline import settings_from_parameters
+        from flows.store import StoreFileError, results_path
 
-        settings_from_parameters(**params)
+        settings = settings_from_parameters(**params, source="command line")
+        try:
+            results_path(settings.output.database)
+        except StoreFileError as exc:
+            raise ConfigError(str(exc)) from None
     except ConfigError as exc:
         print(_error(exc, debug), file=sys.stderr)
         return 2

@@ -53,6 +53,13 @@ class InputSettings(_Section):
     table: str | None = None
     query: str | None = None
     columns: dict[str, str] = Field(default_factory=lambda: dict(ONLINE_RETAIL_COLUMNS))
+    #: How text timestamps are written, as a strftime pattern (e.g. "%d/%m/%Y %H:%M"). Without it
+    #: the order of day and month is read from the data and a column that does not settle it stops.
+    date_format: str | None = None
+
+
+#: The dates a timestamp can hold (pandas' nanosecond range, whole days).
+FIRST_DATE, LAST_DATE = date(1678, 1, 1), date(2262, 4, 10)
 
 
 class RuleSettings(_Section):
@@ -61,6 +68,13 @@ class RuleSettings(_Section):
     as_of: date | None = None
     cancellation_prefix: str = "C"
     max_reject_share: float = Field(0.05, ge=0.0, le=1.0)
+
+    @field_validator("as_of")
+    @classmethod
+    def _in_range(cls, value: date | None) -> date | None:
+        if value is not None and not FIRST_DATE <= value <= LAST_DATE:
+            raise ValueError(f"{value} is out of range: dates from {FIRST_DATE} to {LAST_DATE} can be used")
+        return value
 
 
 class FeatureSettings(_Section):
@@ -129,6 +143,9 @@ class OutputSettings(_Section):
     reports: str = "output/reports"
     #: How long a run waits for another run on the same database before it gives up.
     lock_wait_minutes: float = Field(360.0, ge=0)
+    #: How long a run waits for a process that has the results file open for writing (an
+    #: analyst's session opened without read_only) before it stops, naming the process.
+    writer_wait_minutes: float = Field(10.0, ge=0)
     #: Keep the per-customer rows (assignments, rejected_rows) of this many newest successful runs;
     #: older runs keep their summary rows (runs, segments, candidates, drift). 0 keeps everything.
     keep_runs: int = Field(0, ge=0, strict=True)  # strict: `true` must not silently mean 1
@@ -218,6 +235,11 @@ class Settings(_Section):
                 raise ValueError("the customer id column cannot also be a feature")
         if self.input.table and self.input.query:
             raise ValueError("set input.table or input.query, not both")
+        if Path(self.input.path).resolve() == Path(self.output.database).resolve():
+            raise ValueError(
+                f"output.database is the input file ({self.input.path}): the results go to a file of "
+                "their own, e.g. output/segments.duckdb"
+            )
         return self
 
     @property
@@ -260,7 +282,20 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
-def load_settings(config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+def _has(data: Any, loc: tuple) -> bool:
+    """Whether the nested dict ``data`` holds a value at the key path ``loc``."""
+    for key in loc:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    overrides_source: str = "options",
+) -> Settings:
     """Build the run settings: defaults, then the TOML file, then ``overrides`` (flow parameters / CLI options).
 
     Relative paths inside the TOML file are taken relative to the file's folder, so a config file works
@@ -269,7 +304,8 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
     Raises
     ------
     ConfigError
-        When the file is missing or malformed, or a value is invalid (the message names the key).
+        When the file is missing or malformed, or a value is invalid. The message names the key
+        and where the value came from: the file, or ``overrides_source`` (e.g. "command line").
     """
     data: dict[str, Any] = {}
     source = "defaults"
@@ -281,6 +317,7 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
             value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
             if isinstance(value, str) and value and not Path(value).is_absolute():
                 data[section][key] = str(base / value)
+    file_data = data
     data = deep_merge(data, overrides or {})
     given_input = data.get("input") if isinstance(data.get("input"), dict) else {}
     if given_input.get("path") not in (None, str(SAMPLE_PATH)) and "columns" not in given_input:
@@ -290,6 +327,24 @@ def load_settings(config_path: str | Path | None = None, overrides: dict[str, An
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(f"{source}: {where}: {first['msg']}") from None
+        loc = tuple(str(p) for p in first["loc"])
+        where = ".".join(loc) or "settings"
+        raise ConfigError(f"{_origin(loc, file_data, overrides or {}, source, overrides_source)}: {where}: {first['msg']}") from None
     return settings
+
+
+def _origin(loc: tuple, file_data: dict, overrides: dict, file_source: str, overrides_source: str) -> str:
+    """Where the value an error is about came from: the options/parameters or the file.
+
+    A rule that spans keys (k_max below k_min) has no value of its own: it is the options' fault
+    when the file alone passes.
+    """
+    if loc and _has(overrides, loc):
+        return overrides_source
+    if (loc and _has(file_data, loc)) or not overrides:
+        return file_source
+    try:
+        Settings.model_validate(file_data)
+    except ValidationError:
+        return file_source
+    return overrides_source

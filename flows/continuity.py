@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
 from flows.choice import ModelChoice
 from flows.config import Settings
+from flows.duck import connect
 from flows.features import FeatureMatrix
 from flows.segments import SegmentResult
 from flows.tracking import (
@@ -43,7 +43,7 @@ def load_previous(database: str | Path) -> PreviousRun | None:
     path = Path(database)
     if not path.exists():
         return None
-    with duckdb.connect(str(path), read_only=True) as con:
+    with connect(path, read_only=True) as con:
         latest = con.execute("SELECT run_id, covariance_type FROM latest_run").fetchall()
         if not latest:
             return None

@@ -1,11 +1,58 @@
-"""DuckDB helpers shared by loading, features and the store: identifier quoting and SQL files."""
+"""DuckDB helpers shared by loading, features and the store: connections, file kinds, identifier
+quoting and SQL files."""
 
 from __future__ import annotations
 
+import codecs
 from functools import cache
 from pathlib import Path
 
+import duckdb
+
 _SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+#: Settings of every connection the project opens. DuckDB installs and loads "known" extensions on
+#: demand: an SQLite or Postgres file, an https:// path, would make it download a scanner from the
+#: network in the middle of a nightly run. Nothing is installed or loaded behind our back.
+SAFE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+def connect(path: str | Path | None = None, *, read_only: bool = False, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection (in memory without ``path``) with extension autoloading switched off."""
+    return duckdb.connect(
+        ":memory:" if path is None else str(path), read_only=read_only, config={**SAFE_CONFIG, **(config or {})}
+    )
+
+
+def file_kind(path: str | Path) -> str:
+    """What a file holds, from its first bytes: ``duckdb``, ``sqlite``, ``parquet``, ``gzip``,
+    ``empty``, ``text`` (CSV or anything readable as text) or ``binary``."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head:
+        return "empty"
+    if head[8:12] == b"DUCK":
+        return "duckdb"
+    if head.startswith(b"SQLite format 3\x00"):
+        return "sqlite"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    try:
+        # Incremental: a character cut at the 64th byte is not an error.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return "binary"
+    return "binary" if b"\x00" in head else "text"
+
+
+#: How :func:`file_kind`'s answers read in a message ("it looks like ...").
+KIND_WORDS = {
+    "sqlite": "an SQLite database", "parquet": "a Parquet file", "gzip": "a gzip file",
+    "empty": "an empty file", "text": "text (CSV?)", "binary": "a binary file of another kind",
+    "duckdb": "a DuckDB file",
+}
 
 
 def quote_identifier(name: str) -> str:

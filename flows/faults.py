@@ -2,8 +2,8 @@
 
 A run started with ``SEGMENT_FAULT=<name>`` in its environment kills itself with SIGKILL when it
 reaches the fault point of that name; otherwise a fault point does nothing. The points are where
-a crash matters: ``fit`` (during model selection) and ``write`` (rows inserted into the private
-copy, not yet published).
+a crash matters: ``fit`` (during model selection), ``write`` (rows inserted into the private
+copy, not yet published) and ``report`` (results published, report being drawn).
 """
 
 from __future__ import annotations
@@ -13,6 +13,16 @@ import signal
 
 
 def fault_point(name: str) -> None:
-    """Die here, as a power cut or OOM kill would, if the environment asks for it."""
-    if os.environ.get("SEGMENT_FAULT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Die here, as a power cut or OOM kill would, if the environment asks for it.
+
+    With ``SEGMENT_FAULT_KILL=<pid>`` the other process dies instead (once), e.g. the Prefect
+    server a run reports to, to see the run go on without it.
+    """
+    if os.environ.get("SEGMENT_FAULT") != name:
+        return
+    other = os.environ.pop("SEGMENT_FAULT_KILL", None)
+    if other:
+        os.environ.pop("SEGMENT_FAULT", None)
+        os.kill(int(other), signal.SIGKILL)
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

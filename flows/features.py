@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-import duckdb
 import numpy as np
 import pandas as pd
 
 from flows.config import TRANSFORMS
-from flows.duck import sql_text
+from flows.duck import connect, sql_text
 
 #: What each count of :func:`rfm_table` means, in words for logs and reports.
 RULE_LABELS = {
@@ -143,7 +142,7 @@ def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str 
         lines["amount"] = transactions["quantity"].to_numpy(np.float64) * transactions["unit_price"].to_numpy(np.float64)
     # Net spend is summed as DECIMAL in rfm.sql: floating-point partial sums combined in a varying
     # order (threads, or lines in another order) would differ in their last bits from run to run.
-    con = duckdb.connect()
+    con = connect()
     try:
         con.register("transactions", lines)
         con.execute(sql_text("rfm_lines"))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from flows.config import InputSettings
-from flows.duck import quote_identifier, quote_qualified
+from flows.duck import connect, file_kind, KIND_WORDS, quote_identifier, quote_qualified
 from schemas.validation import empty_rejects
 
 
@@ -119,7 +119,7 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
     columns = wanted_columns(settings, features)
     source = path
     reader_rejects = empty_rejects()
-    con = duckdb.connect()
+    con = connect()
     try:
         if fmt == "duckdb":
             con.execute("ATTACH ? AS src (READ_ONLY)", [path])
@@ -160,6 +160,12 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
             available = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation_sql} AS r").fetchall()]
         except duckdb.Error as exc:
             raise InputError(f"{source}: cannot read input ({_first_line(exc)})") from None
+        if not settings.query:
+            # DuckDB renames a repeated CSV/Parquet column (CustomerID, CustomerID_1): use the names
+            # the file itself holds, so a repeated one is refused rather than silently the first.
+            names = _file_column_names(con, fmt, path, delimiter if fmt == "csv" else None)
+            available = names if names is not None else available
+        _refuse_repeated_columns(source, available, columns)
         missing = [f"{src!r} (for {canon})" for canon, src in columns.items() if src not in available]
         if missing:
             hint = ""
@@ -193,8 +199,56 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
     return LoadedInput(frame=frame, source=source, source_columns=columns, rejects=reader_rejects)
 
 
+#: What :func:`flows.duck.file_kind` may find in a file of each input format.
+_EXPECTED_KINDS = {"csv": ("text", "gzip", "binary"), "parquet": ("parquet",), "duckdb": ("duckdb",)}
+
+
+def _file_column_names(con: duckdb.DuckDBPyConnection, fmt: str, path: str, delimiter: str | None) -> list[str] | None:
+    """The column names as the file holds them, repeats included (None when not known)."""
+    if fmt == "csv":
+        header = _header_line(path)
+        if header is None:
+            return None
+        try:
+            fields = next(csv.reader([header], delimiter=delimiter or ","))
+        except (csv.Error, StopIteration):
+            return None
+        return [f.strip() for f in fields]
+    if fmt == "parquet":
+        rows = con.execute(
+            "SELECT name, num_children FROM parquet_schema(?)", [path]
+        ).fetchall()
+        # Depth-first: the root, then each top-level column followed by its nested children.
+        def after(i: int) -> int:
+            end = i + 1
+            for _ in range(int(rows[i][1] or 0)):
+                end = after(end)
+            return end
+
+        names, i = [], 1
+        for _ in range(int(rows[0][1] or 0)):
+            names.append(rows[i][0])
+            i = after(i)
+        return names
+    return None
+
+
+def _refuse_repeated_columns(source: str, available: list[str], columns: dict[str, str]) -> None:
+    """InputError when a column the run reads appears more than once in the input."""
+    for canon, name in columns.items():
+        positions = [i + 1 for i, found in enumerate(available) if found == name]
+        if len(positions) > 1:
+            where = ", ".join(str(p) for p in positions)
+            raise InputError(
+                f"{source}: column {name!r} (for {canon}) appears {len(positions)} times, as columns {where}; "
+                "rename or drop the repeats so that it is clear which one to use"
+            )
+
+
 def check_file(path: str, fmt: str | None = None) -> None:
-    """Stop with a one-line InputError when ``path`` is missing, not a file, or empty.
+    """Stop with a one-line InputError when ``path`` is missing, not a file, empty, or holds
+    another kind of file than its name says (an SQLite database named ``.db``: DuckDB would try
+    to download a reader for it).
 
     An empty file (0 bytes, or a compressed file that holds 0 bytes) has no header and no rows;
     DuckDB's CSV sniffer would fail on it with an unhelpful message.
@@ -206,6 +260,10 @@ def check_file(path: str, fmt: str | None = None) -> None:
         raise InputError(f"{path}: not a file")
     if p.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes); expected a header line and data rows")
+    kind = file_kind(p)
+    if fmt is not None and kind not in _EXPECTED_KINDS[fmt]:
+        name = {"csv": "a CSV file", "parquet": "a Parquet file", "duckdb": "a DuckDB file"}[fmt]
+        raise InputError(f"{path}: not {name} (it looks like {KIND_WORDS[kind]})")
     if path.lower().endswith(".gz"):
         try:
             with gzip.open(p, "rb") as fh:

@@ -27,8 +27,8 @@ from flows.console import hide_tracebacks_if_asked
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
-from flows.runlock import RunJournal, database_lock
-from flows.store import RunStart, fail_run, finish_run, note_report_failure, start_run
+from flows.runlock import RunJournal, database_lock, killed_runs
+from flows.store import RunStart, StoreBusyError, fail_run, finish_run, note_report_failure, start_run, utc_now
 from flows.tracking import drift_markdown
 
 
@@ -43,8 +43,39 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
+#: Set once a UI artifact could not reach the Prefect server in this process: later ones are
+#: skipped rather than each waiting through the client's retries.
+_UI_UNREACHABLE: set[str] = set()
+
+
+def _ui(create, *args, **kwargs):
+    """Create or update a Prefect artifact; never fail (or hold up) the run over it.
+
+    Artifacts are how a run speaks to people in the UI; the results go to DuckDB either way. When
+    the Prefect server cannot be reached, say so in one line and carry on without artifacts.
+    """
+    run = str(flow_run.get_id() or "")
+    if run in _UI_UNREACHABLE:
+        return None
+    try:
+        return create(*args, **kwargs)
+    except Exception as exc:
+        _UI_UNREACHABLE.add(run)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        get_run_logger().warning(
+            "the Prefect server is unreachable (%s); the run goes on and publishes its results, without "
+            "UI artifacts", text,
+        )
+        return None
+
+
 # Inputs are large DataFrames: hashing them for Prefect's cache would cost more than the stage.
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+def _publish_options(settings: Settings) -> dict[str, Any]:
+    """How the store publishes for this run: how long it waits for a writer, where it says so."""
+    return {"writer_wait_seconds": settings.output.writer_wait_minutes * 60, "notify": get_run_logger().warning}
 
 
 @task(name="start", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
@@ -52,6 +83,7 @@ def start_task(settings: Settings, trigger: str, journal: RunJournal) -> RunStar
     return start_run(
         settings.output.database,
         journal,
+        **_publish_options(settings),
         trigger=trigger,
         input_name=settings.input.path,
         input_kind=settings.input.kind,
@@ -100,8 +132,9 @@ def previous_task(database: str):
 @task(name="select", **_TASK)
 def select_task(features, settings: Settings, run_id: int, previous):
     logger = get_run_logger()
-    artifact_id = create_progress_artifact(
-        0.0, key=f"model-selection-run-{run_id}", description="Model selection: candidate fits done"
+    artifact_id = _ui(
+        create_progress_artifact,
+        0.0, key=f"model-selection-run-{run_id}", description="Model selection: candidate fits done",
     )
     shown = {"pct": -100.0}
 
@@ -112,10 +145,8 @@ def select_task(features, settings: Settings, run_id: int, previous):
         if pct - shown["pct"] >= 10 or done == total:
             shown["pct"] = pct
             logger.info("model selection: %d/%d candidate fits done", done, total)
-            try:
-                update_progress_artifact(artifact_id, pct)
-            except Exception:  # progress display must never fail the fit
-                pass
+            if artifact_id is not None:
+                _ui(update_progress_artifact, artifact_id, pct)
 
     selection = stages.select_segments(features, settings, progress, previous_k=stages.previous_k(previous, features))
     chosen = stages.selected_row(selection.table)
@@ -132,7 +163,8 @@ def select_task(features, settings: Settings, run_id: int, previous):
 def choose_task(selection, features, previous, settings: Settings, fresh: bool, run_id: int):
     choice = stages.choose(selection, features, previous, settings, fresh=fresh)
     get_run_logger().info("%s", choice.note)
-    create_table_artifact(
+    _ui(
+        create_table_artifact,
         [stages.clean_row(r) for r in choice.table],
         key=f"model-selection-grid-run-{run_id}",
         description=f"Model-selection grid of run {run_id} ({choice.criterion.upper()}, lower is better)",
@@ -157,11 +189,14 @@ def track_task(segments, features, previous, settings: Settings, choice):
 
 
 @task(name="write", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
-def write_task(database: str, start: RunStart, record, killed: dict | None, keep_runs: int = 0) -> None:
-    finish_run(database, start, record, killed, keep_runs)
-    if killed:
+def write_task(settings: Settings, start: RunStart, record, killed: dict | None) -> None:
+    database = settings.output.database
+    finish_run(database, start, record, killed, settings.output.keep_runs, **_publish_options(settings))
+    for journal in killed_runs(killed):
+        how = "failed" if journal.get("status") == "failed" else "was killed"
         get_run_logger().warning(
-            "run %s was killed during stage %s; recorded as killed", killed.get("run_id"), killed.get("stage")
+            "run %s %s during stage %s; recorded now", journal.get("run_id"), how,
+            journal.get("failed_stage") or journal.get("stage"),
         )
     get_run_logger().info("run %d published to %s", start.run_id, database)
 
@@ -170,6 +205,7 @@ def write_task(database: str, start: RunStart, record, killed: dict | None, keep
 def report_task(data, out_dir: str) -> str:
     from reports import render_report
 
+    fault_point("report")
     index = render_report(data, out_dir)
     get_run_logger().info("report: %s", index)
     return str(index)
@@ -177,9 +213,13 @@ def report_task(data, out_dir: str) -> str:
 
 def settings_from_parameters(
     config_path: str | None = None,
+    source: str = "flow parameters",
     **overrides: Any,
 ) -> Settings:
-    """Merge flow parameters (None = not given) over the TOML file into validated Settings."""
+    """Merge flow parameters (None = not given) over the TOML file into validated Settings.
+
+    ``source`` names the parameters in an error message ("command line" for the ``segment`` CLI).
+    """
     o = overrides
     nested = {
         "input": {
@@ -205,7 +245,7 @@ def settings_from_parameters(
     }
     nested = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in nested.items()}
     nested = {k: v for k, v in nested.items() if v}
-    return load_settings(config_path, nested)
+    return load_settings(config_path, nested, overrides_source=source)
 
 
 @flow(name="segment-customers", description="Raw customer data to probabilistic segments in DuckDB and a report.")
@@ -309,6 +349,7 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         loaded = load_task(settings)
         stage = done("load", "validate")
         outcome = validate_task(loaded, settings)
+        start.parameters.setdefault("input", {}).update(outcome.read_as)  # e.g. how dates were read
         stage = done("validate", "features")
         features_ = features_task(outcome.valid, settings)
         stage = done("features", "previous")
@@ -328,7 +369,7 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
             report_path=str((report_dir / "index.html").resolve()),
         )
         record.tracking = continuity.tracking_record(drift)
-        write_task(database_path, start, record, journal.previous, settings.output.keep_runs)
+        write_task(settings, start, record, journal.previous)
         journal.recorded = True
         stage = done("write", "report")
         data = stages.report_data(
@@ -344,16 +385,26 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
             rejects = outcome.rejects
         rows_loaded = loaded.n_rows if loaded is not None else None
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if journal.recorded:
-            # The results are published and stand; only the report is missing.
-            note_report_failure(database_path, run_id, message)
-        else:
-            fail_run(
-                database_path, start, stage, message, rejects=rejects, rows_loaded=rows_loaded,
-                killed=journal.previous,
-            )
-            journal.recorded = True
         logger.error("run %d failed in stage %s: %s", run_id, stage, message)
+        try:
+            if journal.recorded:
+                # The results are published and stand; only the report is missing.
+                note_report_failure(database_path, run_id, message, **_publish_options(settings))
+            else:
+                fail_run(
+                    database_path, start, stage, message, rejects=rejects, rows_loaded=rows_loaded,
+                    killed=journal.previous, **_publish_options(settings),
+                )
+                journal.recorded = True
+        except (StoreBusyError, OSError, duckdb.Error) as store_exc:
+            # The results file is busy or the disk full: the failure stays in the run lock's
+            # journal, and the next run records it with its error.
+            journal.note(status="failed", failed_stage=stage, error=message, finished_at=utc_now().isoformat())
+            journal.recorded = False  # a published run whose report failed: the next run notes it
+            logger.error(
+                "run %d could not record its failure now (%s); the next run records it",
+                run_id, str(store_exc).strip().splitlines()[0] if str(store_exc).strip() else type(store_exc).__name__,
+            )
         raise
 
     summary = {
@@ -384,15 +435,10 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         "grid_note": choice.grid_note,
         "k_max_tried": choice.k_max_tried,
     }
-    try:
-        markdown = markdown_summary(summary)
-        if drift.previous is not None:
-            markdown += "\n\n" + drift_markdown(drift)
-        create_markdown_artifact(
-            markdown, key=f"segmentation-run-{run_id}", description=f"Segmentation run {run_id}"
-        )
-    except Exception as exc:  # the run is stored; a UI artifact must not turn it into a failure
-        logger.warning("could not publish the run summary artifact: %s", exc)
+    markdown = markdown_summary(summary)
+    if drift.previous is not None:
+        markdown += "\n\n" + drift_markdown(drift)
+    _ui(create_markdown_artifact, markdown, key=f"segmentation-run-{run_id}", description=f"Segmentation run {run_id}")
     return summary
 
 

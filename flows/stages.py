@@ -6,21 +6,25 @@ import logging
 import math
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandera.engines.pandas_engine import DateTime
 
 from flows.choice import ModelChoice, PreviousStructure, choose_model
 from flows.config import Settings
-from flows.features import RULE_LABELS, FeatureMatrix, build_feature_matrix, default_as_of, rfm_table
+from flows.features import RULE_LABELS, FeatureError, FeatureMatrix, build_feature_matrix, default_as_of, rfm_table
 from flows.load import WHOLE_ROW, LoadedInput
 from flows.segments import SegmentResult, assignment_table, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
 from flows.tracking import same_features
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
+from schemas.dates import date_parsing
+from schemas.transactions import line_amount_rejects
 
 
 class TooManyRejectsError(ValueError):
@@ -42,15 +46,32 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
         When the share of rejected rows is above ``rules.max_reject_share``; carries the outcome so
         the rejects can still be stored.
     """
+    read_as: dict[str, str] = {}
+    extra = []
     if settings.input.kind == "transactions":
         schema = Transactions.to_schema()
+        stamps = loaded.frame["timestamp"]
+        if not pd.api.types.is_datetime64_any_dtype(stamps):
+            # Text dates: day and month first are told apart from the data (or input.date_format).
+            parsing = date_parsing(
+                stamps, loaded.source_columns.get("timestamp", "timestamp"), loaded.source, settings.input.date_format
+            )
+            if parsing.to_datetime_kwargs:
+                schema = schema.update_column("timestamp", dtype=DateTime(to_datetime_kwargs=parsing.to_datetime_kwargs))
+            read_as = parsing.record()
     else:
         schema = customer_table_schema(settings.features.columns, settings.features.transforms)
     outcome = validate_rows(loaded.frame, schema, loaded.source, loaded.source_columns)
-    if len(loaded.rejects):
-        rejects = pd.concat([loaded.rejects, outcome.rejects], ignore_index=True)
+    if settings.input.kind == "transactions":
+        valid, amount_rejects = line_amount_rejects(outcome.valid, loaded.source, loaded.source_columns)
+        if len(amount_rejects):
+            extra.append(amount_rejects)
+            outcome = ValidationOutcome(valid=valid, rejects=outcome.rejects, n_rows=outcome.n_rows)
+    if len(loaded.rejects) or extra:
+        rejects = pd.concat([loaded.rejects, outcome.rejects, *extra], ignore_index=True)
         rejects = rejects.sort_values(["row_number", "column_name"], kind="stable", ignore_index=True)
         outcome = ValidationOutcome(valid=outcome.valid, rejects=rejects, n_rows=loaded.n_rows)
+    outcome = replace(outcome, read_as=read_as)
     limit = settings.rules.max_reject_share
     if outcome.reject_share > limit:
         first = outcome.rejects.iloc[0]
@@ -86,6 +107,12 @@ def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
     if settings.input.kind == "transactions":
         as_of = settings.rules.as_of or default_as_of(valid)
         table, counts = rfm_table(valid, as_of, settings.rules.cancellation_prefix)
+        if table.empty:
+            first, last = valid["timestamp"].min(), valid["timestamp"].max()
+            raise FeatureError(
+                f"no purchase falls before the as-of date {as_of} (the valid lines run from "
+                f"{first:%Y-%m-%d} to {last:%Y-%m-%d}): choose a later --as-of (rules.as_of)"
+            )
         table = RFMFeatures.validate(table)
         return build_feature_matrix(
             table, names, units, transforms, settings.features.standardize, as_of, counts, resolution=resolution

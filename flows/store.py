@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -16,7 +18,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from flows.duck import quote_identifier, sql_text
+from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, sql_text
 from flows.faults import fault_point
 from flows.runlock import killed_runs
 
@@ -65,6 +67,37 @@ class StoreBusyError(RuntimeError):
     """Another process has the published results file open for writing (it must only be read)."""
 
 
+class StoreFileError(ValueError):
+    """The results path names something that is not a results database (a CSV, an SQLite file)."""
+
+
+#: Called with one line when the store does something an operator should know about (a WAL set
+#: aside, a wait for another process); the flow points it at its run logger.
+Notify = Callable[[str], None]
+
+
+def results_path(database: str | Path) -> Path:
+    """The file a results path stands for: symbolic links followed, so that publication replaces
+    the file the link points to and keeps the link (and locks the same file as every other run).
+
+    Raises
+    ------
+    StoreFileError
+        The path exists but is not a DuckDB file, or is not a file.
+    """
+    path = Path(database).resolve()
+    if path.exists():
+        if not path.is_file():
+            raise StoreFileError(f"{database}: not a file; output.database must name a results file (.duckdb)")
+        kind = file_kind(path)
+        if kind != "duckdb":
+            raise StoreFileError(
+                f"{database}: not a DuckDB file (it looks like {KIND_WORDS[kind]}); output.database "
+                "(--database) must name the results file, e.g. output/segments.duckdb"
+            )
+    return path
+
+
 def _stale_copies(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
@@ -77,8 +110,91 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def writer_pid(path: Path) -> int | None:
+    """The process holding the results file open for writing (DuckDB's exclusive lock), or None.
+
+    Only the run that publishes may write; anyone else should open the file read-only, which
+    never conflicts with another reader. ``-1`` when DuckDB does not say which process it is.
+    """
+    if not path.exists():
+        return None
+    try:
+        connect(path, read_only=True).close()
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "Conflicting lock" not in text:
+            return None  # another problem (a WAL that does not belong): not a writer
+        found = re.search(r"PID (\d+)", text)
+        return int(found.group(1)) if found else -1
+    return None
+
+
+def _process(pid: int) -> str:
+    """``pid 1234 (python3 notebook.py)`` as far as /proc tells."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmdline = " ".join(raw.split())  # one line, whatever the command held
+    except OSError:
+        cmdline = ""
+    return f"pid {pid}" + (f" ({cmdline[:80]})" if cmdline else "")
+
+
+def wait_for_writer(path: Path, wait_seconds: float, notify: Notify | None = None, poll_seconds: float = 2.0) -> None:
+    """Return once no other process holds the results file open for writing.
+
+    An analyst who opens the file read-write (``duckdb.connect(path)`` without ``read_only``)
+    blocks every reader and would be left writing into a file that a run replaces. A run waits up
+    to ``wait_seconds`` for such a session to end, then stops with :class:`StoreBusyError` naming
+    the process and what to do.
+    """
+    deadline = time.monotonic() + wait_seconds
+    told = False
+    while (pid := writer_pid(path)) is not None:
+        who = "a process" if pid < 0 else _process(pid)
+        if time.monotonic() >= deadline:
+            raise StoreBusyError(
+                f"{path}: open for writing by {who}; nothing was published. The results file is "
+                "replaced at every run and must only be read: close that session and open it "
+                "read-only (duckdb -readonly, duckdb.connect(path, read_only=True)); this run waited "
+                f"{wait_seconds / 60:g} min (output.writer_wait_minutes)"
+            )
+        if not told and notify is not None:
+            notify(f"{path} is open for writing by {who}; waiting up to {wait_seconds / 60:g} min for it to close")
+            told = True
+        time.sleep(poll_seconds)
+
+
+def _settle_wal(path: Path, notify: Notify | None) -> None:
+    """Leave no write-ahead log beside the results file that the published file would not accept.
+
+    A ``.wal`` file there was left by a process that wrote to the results file (it should only
+    have read it) and ended without a checkpoint. Its changes are replayed into the file when
+    DuckDB can (the writer was killed, nobody has the file open); otherwise (readers have it
+    open, or the log belongs to a file a run has since replaced, which DuckDB refuses with "WAL
+    checkpoint iteration does not match") the log is moved aside, so that the published file
+    opens again. Tables written into the results file are not kept (the README says so).
+    """
+    wal = Path(f"{path}.wal")
+    if not wal.exists():
+        return
+    try:
+        with connect(path) as con:
+            con.execute("CHECKPOINT")
+        if not wal.exists():
+            return
+        problem = "it was still there after a checkpoint"
+    except duckdb.Error as exc:
+        problem = str(exc).strip().splitlines()[0]
+    aside = wal.with_name(f"{wal.name}.set-aside-{utc_now():%Y%m%dT%H%M%S}")
+    os.replace(wal, aside)
+    if notify is not None:
+        notify(f"{wal} did not belong to the published file ({problem}); moved to {aside.name}")
+
+
 @contextmanager
-def publishing(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def publishing(
+    database: str | Path, *, writer_wait_seconds: float = 0.0, notify: Notify | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Write into a private copy of the results file and publish it atomically.
 
     The published file is copied, the block writes into the copy (one transaction), the copy is
@@ -86,30 +202,25 @@ def publishing(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
     the file open read-only keep reading the snapshot they opened (their file handle still points
     at it) and never block the write; new connections see the new file; nobody ever sees half a
     run. If the process dies before the move, the published file is untouched and the copy is
-    removed by the next run. Callers must hold the run lock (``flows.runlock``): it makes this
-    process the only writer.
+    removed by the next run; any other failure (a full disk) removes it at once. A process with
+    the file open for writing is waited for (``writer_wait_seconds``), before the copy and again
+    before the move, since publishing under it would leave its log beside a file it does not
+    belong to. A symbolic link is followed: the file it points to is replaced, the link stays.
+    Callers must hold the run lock (``flows.runlock``): it makes this process the only writer.
     """
-    path = Path(database)
+    path = results_path(database)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in _stale_copies(path):
         stale.unlink(missing_ok=True)
         Path(f"{stale}.wal").unlink(missing_ok=True)
-    wal = Path(f"{path}.wal")
-    if wal.exists():
-        # Someone wrote to the published file without checkpointing (it is meant to be read
-        # only). Replaying the log needs a read-write open; refuse if that process is still there.
-        try:
-            duckdb.connect(str(path)).close()
-        except duckdb.IOException as exc:
-            raise StoreBusyError(
-                f"{path}: another process has it open for writing; open the results read-only "
-                f"(duckdb -readonly, read_only=True) ({str(exc).splitlines()[0]})"
-            ) from None
+    wait_for_writer(path, writer_wait_seconds, notify)
+    _settle_wal(path, notify)
     copy = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if path.exists():
-        shutil.copyfile(path, copy)
-    con = duckdb.connect(str(copy))
+    con = None
     try:
+        if path.exists():
+            shutil.copyfile(path, copy)
+        con = connect(copy)
         ensure_schema(con)
         con.execute("BEGIN TRANSACTION")
         yield con
@@ -118,11 +229,14 @@ def publishing(database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con.execute("CHECKPOINT")
         con.close()
         _fsync(copy)
+        wait_for_writer(path, writer_wait_seconds, notify)
+        _settle_wal(path, notify)
         os.replace(copy, path)
         _fsync(path.parent)
     except BaseException:
-        with suppress(duckdb.Error):
-            con.close()
+        if con is not None:
+            with suppress(duckdb.Error):
+                con.close()
         copy.unlink(missing_ok=True)
         Path(f"{copy}.wal").unlink(missing_ok=True)
         raise
@@ -140,10 +254,10 @@ def utc_now() -> datetime:
 
 def published_max_run_id(database: str | Path) -> int:
     """Largest run id in the published file (0 when there is none yet); read-only."""
-    path = Path(database)
+    path = results_path(database)
     if not path.exists():
         return 0
-    with duckdb.connect(str(path), read_only=True) as con:
+    with connect(path, read_only=True) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "runs" not in tables:
             return 0
@@ -190,14 +304,22 @@ def start_run(
     seed: int,
     code_version: str,
     flow_run_id: str | None = None,
+    writer_wait_seconds: float = 0.0,
+    notify: Notify | None = None,
 ) -> RunStart:
     """Give the run its id and journal it in the lock file (nothing is written to the database yet).
 
     ``journal`` is the :class:`flows.runlock.RunJournal` of the held run lock. The id follows the
-    published runs and any run a killed predecessor had claimed.
+    published runs and any run a killed predecessor had claimed. A process that has the results
+    open for writing is waited for (``writer_wait_seconds``, then :class:`StoreBusyError`), and a
+    write-ahead log it left that the file would not accept is set aside, so that this run and
+    every reader can open the file.
     """
+    path = results_path(database)
+    wait_for_writer(path, writer_wait_seconds, notify)
+    _settle_wal(path, notify)
     claimed = max((int(j["run_id"]) for j in killed_runs(journal.previous)), default=0)
-    run_id = max(published_max_run_id(database), claimed) + 1
+    run_id = max(published_max_run_id(path), claimed) + 1
     start = RunStart(
         run_id=run_id,
         trigger=trigger,
@@ -213,9 +335,6 @@ def start_run(
     # too, its journal carries the predecessor on to the next one.
     journal.note(**start.as_journal())
     return start
-
-
-
 
 
 def _insert_run_row(con: duckdb.DuckDBPyConnection, start: RunStart, status: str, **fields: Any) -> None:
@@ -244,9 +363,19 @@ def _record_killed(con: duckdb.DuckDBPyConnection, previous: Mapping[str, Any] |
 
 
 def _record_one_killed(con: duckdb.DuckDBPyConnection, previous: Mapping[str, Any], found_by: int) -> None:
+    """Record a run the journal says was not recorded: ``killed``, or ``failed`` with its error
+    when it failed but could not publish that (the results file was busy, the disk full)."""
     run_id = int(previous["run_id"])
     if con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
-        return  # it was published just before it died
+        if previous.get("stage") == "report":
+            # Its results were published; it died (or failed) drawing the report, which is not there.
+            why = previous.get("error") or f"the process (pid {previous.get('pid')}) ended while drawing it"
+            con.execute(
+                "UPDATE runs SET failed_stage = 'report', report_path = NULL, error = ? "
+                "WHERE run_id = ? AND failed_stage IS NULL",
+                [f"results published, report not rendered: {why} (found by run {found_by})", run_id],
+            )
+        return  # otherwise it was published just before it died
     start = RunStart(
         run_id=run_id,
         trigger=str(previous.get("trigger") or "unknown"),
@@ -258,6 +387,13 @@ def _record_one_killed(con: duckdb.DuckDBPyConnection, previous: Mapping[str, An
         code_version=str(previous.get("code_version") or ""),
         flow_run_id=previous.get("flow_run_id"),
     )
+    if previous.get("status") == "failed":
+        _insert_run_row(
+            con, start, "failed", failed_stage=previous.get("failed_stage") or previous.get("stage"),
+            error=f"{previous.get('error')} (recorded by run {found_by}: the run could not publish it)",
+            finished_at=datetime.fromisoformat(previous["finished_at"]) if previous.get("finished_at") else None,
+        )
+        return
     _insert_run_row(
         con,
         start,
@@ -312,6 +448,9 @@ def finish_run(
     record: RunRecord,
     killed: Mapping[str, Any] | None = None,
     keep_runs: int = 0,
+    *,
+    writer_wait_seconds: float = 0.0,
+    notify: Notify | None = None,
 ) -> None:
     """Publish all of a successful run's rows at once (see :func:`publishing`).
 
@@ -319,7 +458,7 @@ def finish_run(
     ``keep_runs`` > 0 removes, in the same publication, the per-customer rows of runs older than
     the ``keep_runs`` newest successful ones (see :func:`prune_details`).
     """
-    with publishing(database) as con:
+    with publishing(database, writer_wait_seconds=writer_wait_seconds, notify=notify) as con:
         _record_killed(con, killed, start.run_id)
         if _published(con, start.run_id):
             return  # a retry after the file was already replaced: the run is there, whole
@@ -385,9 +524,11 @@ def _published(con: duckdb.DuckDBPyConnection, run_id: int) -> bool:
     return bool(con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0])
 
 
-def note_report_failure(database: str | Path, run_id: int, message: str) -> None:
-    """A published run whose report could not be rendered: its results stand; say so in ``runs``."""
-    with publishing(database) as con:
+def note_report_failure(database: str | Path, run_id: int, message: str, **publish: Any) -> None:
+    """A published run whose report could not be rendered: its results stand; say so in ``runs``.
+
+    ``publish`` goes to :func:`publishing` (``writer_wait_seconds``, ``notify``)."""
+    with publishing(database, **publish) as con:
         con.execute(
             "UPDATE runs SET failed_stage = 'report', error = ?, report_path = NULL WHERE run_id = ?",
             [f"results published, report not rendered: {message}", run_id],
@@ -402,13 +543,14 @@ def fail_run(
     rejects: pd.DataFrame | None = None,
     rows_loaded: int | None = None,
     killed: Mapping[str, Any] | None = None,
+    **publish: Any,
 ) -> None:
     """Publish a failed run: its ``runs`` row with the failing stage and message, and its rejects.
 
     A run already published (its write failed after the file was replaced, e.g. syncing the
-    folder) stays as published: its results are whole.
+    folder) stays as published: its results are whole. ``publish`` goes to :func:`publishing`.
     """
-    with publishing(database) as con:
+    with publishing(database, **publish) as con:
         _record_killed(con, killed, start.run_id)
         if _published(con, start.run_id):
             return
@@ -489,12 +631,13 @@ def _tracking_columns(tracking: Any) -> dict[str, Any]:
     }
 
 
-def name_segment(database: str | Path, segment_id: int, name: str | None) -> None:
+def name_segment(database: str | Path, segment_id: int, name: str | None, **publish: Any) -> None:
     """Give a stable segment id a name (``None``: remove it), published like a run.
 
-    Callers hold the run lock, so a name never races a run's publication.
+    Callers hold the run lock, so a name never races a run's publication. ``publish`` goes to
+    :func:`publishing`.
     """
-    with publishing(database) as con:
+    with publishing(database, **publish) as con:
         known = con.execute("SELECT count(*) FROM segments WHERE segment_id = ?", [segment_id]).fetchall()[0][0]
         if not known:
             ids = [r[0] for r in con.execute("SELECT DISTINCT segment_id FROM segments ORDER BY 1").fetchall()]

@@ -6,7 +6,15 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from schemas.checks import MAGNITUDE_RULE, is_finite, is_not_blank, is_not_in_future, is_within_magnitude
+from schemas.checks import (
+    MAGNITUDE_RULE,
+    MAX_MAGNITUDE,
+    is_finite,
+    is_not_blank,
+    is_not_in_future,
+    is_within_magnitude,
+)
+from schemas.validation import empty_rejects
 
 
 class Transactions(pa.DataFrameModel):
@@ -51,3 +59,28 @@ class Transactions(pa.DataFrameModel):
 
     class Config:
         strict = "filter"
+
+
+def line_amount_rejects(valid: pd.DataFrame, source: str, source_columns: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Lines whose amount, quantity x unit price, is larger than the magnitude rule allows.
+
+    Each factor may pass on its own (1e12 x 1e12 is 1e24): the amount is what a customer's spend
+    adds up, so the rule applies to it too. Returns the lines that pass and one reject record per
+    failing line, column ``<quantity> x <unit price>`` under the source's names.
+    """
+    if "amount" in valid.columns or not {"quantity", "unit_price"} <= set(valid.columns):
+        return valid, empty_rejects()
+    amount = valid["quantity"].to_numpy(dtype="float64") * valid["unit_price"].to_numpy(dtype="float64")
+    bad = ~(abs(amount) <= MAX_MAGNITUDE)
+    name = f"{source_columns.get('quantity', 'quantity')} x {source_columns.get('unit_price', 'unit_price')}"
+    rejects = pd.DataFrame(
+        {
+            "source": source,
+            "row_number": valid.index[bad].to_numpy(dtype="int64"),
+            "column_name": name,
+            "rule": MAGNITUDE_RULE,
+            "value": pd.Series([f"{v:g}" for v in amount[bad]], dtype=object),
+        },
+        columns=["source", "row_number", "column_name", "rule", "value"],
+    )
+    return valid[~bad], rejects

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -29,11 +29,14 @@ class ValidationOutcome:
         One record per failed (row, column, rule): columns :data:`REJECT_COLUMNS`.
     n_rows : int
         Rows given.
+    read_as : dict
+        How ambiguous text was read, for the run's record (e.g. ``{"date_order": "day_first"}``).
     """
 
     valid: pd.DataFrame
     rejects: pd.DataFrame
     n_rows: int
+    read_as: dict = field(default_factory=dict)
 
     @property
     def n_rejected_rows(self) -> int:

@@ -195,7 +195,27 @@ def test_parquet_without_rows(store, tmp_path):
 def test_file_that_is_not_parquet(store, tmp_path):
     path = tmp_path / "fake.parquet"
     path.write_text("id,x,y\nk1,1,2\n")
-    expect_stop(store, path, CUSTOMERS, "load", r"fake\.parquet: cannot read input \(")
+    expect_stop(store, path, CUSTOMERS, "load", r"fake\.parquet: not a Parquet file \(it looks like text")
+
+
+def test_an_sqlite_file_as_input_is_named_and_nothing_is_downloaded(store, tmp_path):
+    """DuckDB would try to download its SQLite scanner over the network for this file."""
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as lite:
+        lite.execute("CREATE TABLE customers (id TEXT, x REAL, y REAL)")
+    expect_stop(store, path, {**CUSTOMERS, "input_table": "customers"}, "load",
+                r"app\.db: not a DuckDB file \(it looks like an SQLite database\)$")
+
+
+def test_a_repeated_column_is_refused_naming_both_positions(store, tmp_path):
+    frame = transaction_rows()
+    path = tmp_path / "twice.csv"
+    path.write_text("cid,inv,ts,amt,cid\n" + "".join(
+        f"{r.cid},{r.inv},{r.ts},{r.amt},x{i}\n" for i, r in enumerate(frame.itertuples())))
+    expect_stop(store, path, TRANSACTIONS, "load",
+                r"twice\.csv: column 'cid' \(for customer_id\) appears 2 times, as columns 1, 5")
 
 
 @pytest.mark.parametrize(
@@ -284,6 +304,21 @@ def test_negative_zero_and_absurd_amounts(store, tmp_path):
     assert np.isfinite(monetary) and monetary < 1e6
 
 
+def test_an_absurd_amount_from_quantity_times_price(store, tmp_path):
+    """Each factor passes the 1e12 bound on its own; their product, the line's amount, does not."""
+    frame = transaction_rows().drop(columns="amt").assign(qty="2", price="3.5")
+    frame.loc[0, ["qty", "price"]] = ["999999999999", "999999999999"]
+    columns = {"customer_id": "cid", "invoice_id": "inv", "timestamp": "ts", "quantity": "qty", "unit_price": "price"}
+    summary, rejects = expect_rejects(store, write_csv(tmp_path / "qp.csv", frame),
+                                      {"columns": columns, "max_reject_share": 0.1})
+    assert cells(rejects) == {(1, "qty x price", "magnitude_at_most(1e12)")}
+    assert rejects["value"].tolist() == ["1e+24"]
+    with duckdb.connect(str(store.db), read_only=True) as con:
+        top = con.execute("SELECT max(centre) FROM segment_features WHERE run_id = ? AND feature = 'monetary'",
+                          [summary["run_id"]]).fetchone()[0]
+    assert top < 1e6
+
+
 def test_absurd_and_negative_customer_features(store, tmp_path):
     frame = customer_rows(n=100).astype({"x": object})
     frame.loc[0, "x"] = "1e300"
@@ -317,6 +352,70 @@ def test_dates_after_an_explicit_as_of_are_left_out_by_the_data_rule(store, tmp_
         excluded = con.execute("SELECT rows_excluded->>'$.lines_after_as_of' FROM runs WHERE run_id = ?",
                                [summary["run_id"]]).fetchone()[0]
     assert int(excluded) == later > 0
+
+
+def day_first(frame: pd.DataFrame, order: str = "%d/%m/%Y %H:%M") -> pd.DataFrame:
+    return frame.assign(ts=pd.to_datetime(frame["ts"]).dt.strftime(order))
+
+
+def test_day_first_dates_are_read_as_day_first(store, tmp_path):
+    """01/12/2010 is 1 December where the file also holds 13/12/2010: never 12 January."""
+    frame = day_first(transaction_rows())
+    assert frame["ts"].str.slice(0, 2).astype(int).max() > 12
+    summary, rejects = expect_rejects(store, write_csv(tmp_path / "eu.csv", frame), TRANSACTIONS)
+    expected = (pd.to_datetime(transaction_rows()["ts"]).max().normalize() + pd.Timedelta(days=1)).date()
+    assert rejects.empty and summary["as_of"] == str(expected)
+    with duckdb.connect(str(store.db), read_only=True) as con:
+        order = con.execute("SELECT parameters->>'$.input.date_order' FROM runs WHERE run_id = ?",
+                            [summary["run_id"]]).fetchone()[0]
+    assert order == "day_first"
+
+
+def test_dates_that_do_not_settle_the_order_are_refused(store, tmp_path):
+    frame = transaction_rows()
+    stamps = pd.to_datetime(frame["ts"])
+    frame["ts"] = [f"{min(t.day, 12):02d}/{t.month:02d}/{t.year} 10:00" for t in stamps]  # every field <= 12
+    expect_stop(store, write_csv(tmp_path / "amb.csv", frame), TRANSACTIONS, "validate",
+                r"column 'ts' has dates such as '\d\d/\d\d/2011 10:00' that read as day first or month first",
+                r"set input\.date_format, e\.g\. '%d/%m/%Y %H:%M'")
+
+
+def test_a_column_mixing_day_first_and_month_first_is_refused(store, tmp_path):
+    frame = transaction_rows()
+    frame.loc[0, "ts"] = "13/01/2011 10:00"
+    frame.loc[1, "ts"] = "01/13/2011 10:00"
+    frame.loc[2:, "ts"] = pd.to_datetime(frame.loc[2:, "ts"]).dt.strftime("%d/%m/%Y %H:%M")
+    expect_stop(store, write_csv(tmp_path / "mixed.csv", frame), TRANSACTIONS, "validate",
+                r"column 'ts' mixes day-first and month-first dates \(row 1: '13/01/2011 10:00' has a day first, "
+                r"row 2: '01/13/2011 10:00' a month first\)")
+
+
+def test_a_date_format_settles_ambiguous_dates(store, tmp_path):
+    frame = transaction_rows()
+    stamps = pd.to_datetime(frame["ts"])
+    frame["ts"] = [f"{t.month:02d}/{min(t.day, 12):02d}/{t.year} 10:00" for t in stamps]
+    config = tmp_path / "us.toml"
+    config.write_text('[input]\ndate_format = "%m/%d/%Y %H:%M"\n')
+    summary, rejects = expect_rejects(store, write_csv(tmp_path / "us.csv", frame),
+                                      {**TRANSACTIONS, "config_path": str(config)})
+    assert rejects.empty and summary["as_of"] > "2011-10-01"
+    with duckdb.connect(str(store.db), read_only=True) as con:
+        recorded = con.execute("SELECT parameters->>'$.input.date_format' FROM runs WHERE run_id = ?",
+                               [summary["run_id"]]).fetchone()[0]
+    assert recorded == "%m/%d/%Y %H:%M"
+
+
+def test_an_as_of_before_every_purchase_or_out_of_range(store, tmp_path):
+    path = write_csv(tmp_path / "t.csv", transaction_rows())
+    expect_stop(store, path, {**TRANSACTIONS, "as_of": "1900-01-01"}, "features",
+                r"^no purchase falls before the as-of date 1900-01-01 \(the valid lines run from 2011-01-\d\d to "
+                r"2011-1\d-\d\d\): choose a later --as-of")
+    from flows.config import ConfigError
+
+    before = snapshot(store.db)["max_run"]
+    with pytest.raises(ConfigError, match=r"rules\.as_of: Value error, 9999-12-31 is out of range: dates from 1678-01-01"):
+        _run(store, path, {**TRANSACTIONS, "as_of": "9999-12-31"})
+    assert snapshot(store.db)["max_run"] == before  # refused before a run exists
 
 
 def test_duplicate_customer_ids(store, tmp_path):

@@ -38,3 +38,22 @@ def test_an_old_warm_start_key_still_loads(tmp_path):
     config = tmp_path / "old.toml"
     config.write_text("[tracking]\nwarm_start = true\n")
     assert load_settings(config).tracking.warm_start is True
+
+
+def test_a_bad_value_is_named_where_it_came_from(tmp_path, capsys):
+    from flows.cli import main
+
+    config = tmp_path / "retail.toml"
+    config.write_text("[model]\nn_init = 3\n")
+    with pytest.raises(ConfigError, match=r"^command line: model\.n_init: Input should be greater than or equal to 1"):
+        load_settings(config, {"model": {"n_init": 0}}, overrides_source="command line")
+    config.write_text("[model]\nn_init = 0\n")
+    with pytest.raises(ConfigError, match=rf"^{config}: model\.n_init"):
+        load_settings(config, {"model": {"seed": 1}}, overrides_source="command line")
+    # A rule across keys blames the options when the file alone is fine.
+    config.write_text("[model]\nk_min = 2\n")
+    with pytest.raises(ConfigError, match=r"^flow parameters: model: Value error, k_max \(1\) is smaller than k_min \(2\)"):
+        load_settings(config, {"model": {"k_max": 1}}, overrides_source="flow parameters")
+    config.write_text("[model]\nn_init = 3\n")
+    assert main(["run", "--config", str(config), "--n-init", "0", "--database", str(tmp_path / "x.duckdb")]) == 2
+    assert capsys.readouterr().err.startswith("segment: error: command line: model.n_init: Input should be")

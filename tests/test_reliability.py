@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -57,7 +56,7 @@ def customers_csv(tmp_path) -> Path:
     return path
 
 
-def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(prefect_harness, customers_csv, tmp_path):
+def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(prefect_harness, customers_csv, tmp_path, caplog):
     db = tmp_path / "out" / "segments.duckdb"
     run_flow(customers_csv, db)
     published = db.read_bytes()
@@ -75,6 +74,9 @@ def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(prefect_ha
     summary = run_flow(customers_csv, db)
     assert summary["run_id"] == 4
     assert runs(db) == [(1, "success", None), (2, "killed", "select"), (3, "killed", "write"), (4, "success", None)]
+    # The log names each killed run (it once said "run None was killed during stage None").
+    assert "run 2 was killed during stage select; recorded now" in caplog.text
+    assert "run 3 was killed during stage write; recorded now" in caplog.text
     assert not list(db.parent.glob(".segments.duckdb.*.tmp")), "stale private copies are removed"
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT run_id FROM latest_run").fetchall() == [(4,)]

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -192,7 +191,7 @@ def _assignment_count(db: Path, run_id: int) -> int:
 
 
 def test_manual_trigger_with_parameters(served):
-    out = _trigger(served, "--k-max", "2", "--covariance-types", "diag")
+    out = _trigger(served, "--k-max", "2", "--covariance-types", "diag", "--fresh")
     assert out.returncode == 0, out.stdout + out.stderr
     run_id = _flow_run_id(out.stdout)
     assert f"/runs/flow-run/{run_id}" in out.stdout
@@ -202,7 +201,9 @@ def test_manual_trigger_with_parameters(served):
     assert row.trigger == "manual" and row.status == "success"
     params = json.loads(row.parameters)
     assert params["model"]["k_max"] == 2 and params["model"]["covariance_types"] == ["diag"]
-    assert row.covariance_type == "diag" and row.n_components <= 2
+    # k_max = 2, extended (up to 4) while the best model had the most segments tried.
+    assert row.covariance_type == "diag" and row.n_components < row.k_max_tried <= 4
+    assert row.decision in ("fresh", "first_run")  # --fresh: a manual re-segmentation chooses afresh
     assert _assignment_count(served["db"], int(row.run_id)) == 400
 
 
@@ -281,3 +282,67 @@ def test_nightly_schedule_fires_and_survives_a_restart(served):
     _stop(served["proc"])
     info = _nightly(served["env"])
     assert info["paused"] is False and info["schedules"][0][2] is True
+
+
+def test_a_prefect_server_that_stops_mid_run_does_not_fail_the_fit(tmp_path):
+    """The server is killed while the model grid is being fitted: the run goes on, publishes its
+    results and report, and says in one line that the server is unreachable."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false", "PREFECT_API_URL": url}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+    def healthy():
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    rng = np.random.default_rng(3)
+    pd.DataFrame({"cust": [f"c{i}" for i in range(300)], "a": rng.normal(0, 1, 300), "b": rng.normal(0, 1, 300)}
+                 ).to_csv(tmp_path / "c.csv", index=False)
+    db = tmp_path / "out" / "seg.duckdb"
+    log_path = tmp_path / "run.log"
+    run = None
+    try:
+        _wait_until(healthy, 120, "the Prefect server to answer")
+        with open(log_path, "w") as log:
+            run = subprocess.Popen(
+                SEGMENT + ["run", "--input", str(tmp_path / "c.csv"), "--kind", "customers", "--column",
+                           "customer_id=cust", "--features", "a,b", "--k-max", "3", "--n-init", "1",
+                           "--database", str(db), "--reports", str(tmp_path / "out" / "reports")],
+                env={**env, "SEGMENT_FAULT": "fit", "SEGMENT_FAULT_KILL": str(server.pid),
+                     # Fail fast instead of retrying the dead server: the test is about what follows.
+                     "PREFECT_CLIENT_MAX_RETRIES": "0"},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+            def published():
+                if not db.exists():
+                    return False
+                try:
+                    with duckdb.connect(str(db), read_only=True) as con:
+                        return con.execute("SELECT status, report_path FROM runs").fetchall()
+                except duckdb.Error:
+                    return False
+
+            rows = _wait_until(published, 240, "the run to publish its results")
+            assert server.poll() is not None, "the server was not stopped mid-run"
+            assert rows[0][0] == "success"
+            _wait_until(lambda: Path(rows[0][1]).exists(), 60, "the report")
+    finally:
+        if run is not None:
+            _stop(run)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    text = log_path.read_text()
+    warnings = [line for line in text.splitlines() if "the Prefect server is unreachable" in line]
+    assert len(warnings) == 1, text[-3000:]
+    assert "the run goes on and publishes its results, without UI artifacts" in warnings[0]
+    assert "model selection" in text and "run 1 published to" in text
