@@ -53,10 +53,8 @@ def _wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real Prefect server on loopback with its own home and database."""
-    home = tmp_path_factory.mktemp("prefect-home")
+def _start_server(home: Path, **settings: str) -> tuple[subprocess.Popen, dict]:
+    """`prefect server start` on a free loopback port with its own home; returns it once it answers."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -64,15 +62,15 @@ def server(tmp_path_factory):
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
-        # Look for schedules to fill every few seconds instead of every minute.
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_API_URL": url,
+        **settings,
     }
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    log.close()  # the child has its own handle
 
     def healthy():
         try:
@@ -83,10 +81,21 @@ def server(tmp_path_factory):
 
     try:
         _wait_until(healthy, 120, "the Prefect server to answer")
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, env
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real Prefect server on loopback with its own home and database."""
+    # Look for schedules to fill every few seconds instead of every minute.
+    proc, env = _start_server(tmp_path_factory.mktemp("prefect-home"), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    try:
         yield env
     finally:
         _stop(proc)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -287,22 +296,9 @@ def test_nightly_schedule_fires_and_survives_a_restart(served):
 def test_a_prefect_server_that_stops_mid_run_does_not_fail_the_fit(tmp_path):
     """The server is killed while the model grid is being fitted: the run goes on, publishes its
     results and report, and says in one line that the server is unreachable."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false", "PREFECT_API_URL": url}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-    def healthy():
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
+    home = tmp_path / "home"
+    home.mkdir()
+    server, env = _start_server(home)
     rng = np.random.default_rng(3)
     pd.DataFrame({"cust": [f"c{i}" for i in range(300)], "a": rng.normal(0, 1, 300), "b": rng.normal(0, 1, 300)}
                  ).to_csv(tmp_path / "c.csv", index=False)
@@ -310,7 +306,6 @@ def test_a_prefect_server_that_stops_mid_run_does_not_fail_the_fit(tmp_path):
     log_path = tmp_path / "run.log"
     run = None
     try:
-        _wait_until(healthy, 120, "the Prefect server to answer")
         with open(log_path, "w") as log:
             run = subprocess.Popen(
                 SEGMENT + ["run", "--input", str(tmp_path / "c.csv"), "--kind", "customers", "--column",
