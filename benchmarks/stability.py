@@ -5,19 +5,23 @@
     python benchmarks/stability.py --only generated   # generated customers with a 50% count spike
 
 **retail.** The embedded Online Retail log segmented as of every Sunday from 2011-09-04 to
-2011-12-04, plus 2011-12-10 (15 runs), one after the other into one database with the default
-settings, exactly as a weekly schedule would: each run keeps the previous run's number of segments
-and covariance type unless a fresh choice beats it by ``model.switch_margin``. The reference is the
-naive approach, a fresh choice every week (``--fresh``), into a second database. For every week it
-prints the choice, its criterion value, the decision, the share of customers in both runs who
-changed segment (``moved``), whether the grid was extended, and the run's wall time; plus
+2011-12-04, plus 2011-12-10 (15 runs), one after the other into one database, exactly as a weekly
+schedule would. For every week it prints the choice, its criterion value, the decision, the share
+of customers in both runs who changed segment (``moved``), how many were held in their segment
+(``kept``, ``tracking.hold_odds``), how far the grid was tried, and the run's wall time; plus
 ``held``: the share that would have changed segment had last week's model been applied unchanged
-(no refit), which is what the customers' own purchases and a week's ageing cause.
+(no refit, the same hold rule), which is what the customers' own purchases and a week's ageing
+cause.
 
 **generated.** 8 weekly snapshots of 6,000 generated customers with a count feature (``orders``,
 half of the customers at exactly 1) and a spend: each week about 5 % of the customers order again
-and 2 % join. The same two arms; it also prints the share of the one-time buyers that the segment
-on the spike holds.
+and 2 % join. It also prints the share of the one-time buyers that the segment on the spike holds.
+
+**Arms** (``--arms``, each into its own database): ``default`` (the default settings: keep the
+previous structure unless a fresh choice beats it by ``model.switch_margin``, hold customers by
+``tracking.hold_odds``); ``before``, the naive reference (a fresh choice every run, every customer
+in their most probable segment); ``no-hold`` (default, with ``hold_odds = 1``: what holding
+customers adds); ``log-recency`` (default, with recency log1p-transformed too).
 
 Targets (issue 15): over the 15 weeks at most one change of (k, covariance type), median moved
 share <= 5 %, no week above 15 % except at that change, no choice at the top of the grid tried,
@@ -44,12 +48,13 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 WEEKS = [date(2011, 9, 4) + timedelta(days=7 * i) for i in range(14)] + [date(2011, 12, 10)]
 
 
-def held_moved_share(database: Path, features) -> float:
+def held_moved_share(database: Path, features, hold_odds: float) -> float:
     """Share of the customers in both runs whose segment would change if the previous run's model
-    were applied unchanged to this run's features (no refit): the customers' own movement."""
+    were applied unchanged to this run's features (no refit), with the same hold rule
+    (``tracking.hold_odds``): the customers' own movement."""
     from flows import continuity
     from flows.segments import assign_segments
-    from flows.tracking import warm_start_init
+    from flows.tracking import hold_segments, warm_start_init
     from gmm_engine import GaussianMixture
 
     previous = continuity.load_previous(database)
@@ -62,22 +67,48 @@ def held_moved_share(database: Path, features) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fixed.fit(features.X_model)  # max_iter=0: the given parameters, unchanged
-    labels = assign_segments(fixed, features.X_model).labels
-    now = pd.Series(model.segment_ids[labels], index=features.customer_ids)
+    result = assign_segments(fixed, features.X_model)
     before = pd.Series(previous.segment_ids, index=previous.customer_ids)
-    common = now.index.intersection(before.index)
-    return float((now.loc[common] != before.loc[common]).mean())
+    was = before.reindex(pd.Index(np.asarray(features.customer_ids).astype(str)))
+    component_of = {int(sid): j for j, sid in enumerate(model.segment_ids)}
+    previous_components = was.map(component_of).fillna(-1).to_numpy(np.int64)
+    labels, _ = hold_segments(result.labels, result.probabilities, previous_components, hold_odds)
+    now = pd.Series(model.segment_ids[labels], index=was.index)
+    common = was.dropna().index
+    return float((now.loc[common] != was.loc[common]).mean())
 
 
-def run_arm(name: str, runs: list[tuple[str, dict]], database: Path, features_of, fresh: bool) -> list[dict]:
+#: The arms: (fresh choice every run, configuration). "before" is the naive approach the issue
+#: measured: a fresh choice every run and every customer in their most probable segment.
+ARMS = {
+    "default": (False, ""),
+    "before": (True, "[tracking]\nhold_odds = 1\n"),
+    "no-hold": (False, "[tracking]\nhold_odds = 1\n"),
+    "log-recency": (False, '[features]\ntransforms = { recency_days = "log1p", frequency = "log1p", monetary = "log1p" }\n'),
+}
+
+
+def run_arm(name: str, runs: list[tuple[str, dict]], database: Path, features_of, fresh: bool,
+            config: str = "") -> list[dict]:
     """Run the flow once per (label, parameters), in order, into ``database``."""
+    from flows.config import load_settings
     from flows.pipeline import segment_customers
 
+    database.parent.mkdir(parents=True, exist_ok=True)
+    config_path = None
+    if config:
+        config_path = database.parent / "settings.toml"
+        config_path.write_text(config)
     rows = []
     for i, (label, params) in enumerate(runs, 1):
-        held = held_moved_share(database, features_of(params)) if features_of and i > 1 else float("nan")
+        if features_of and i > 1:
+            settings = load_settings(config_path and str(config_path))
+            held = held_moved_share(database, features_of(params, config_path and str(config_path)),
+                                    settings.tracking.hold_odds)
+        else:
+            held = float("nan")
         start = time.perf_counter()
-        summary = segment_customers(**params, database=str(database),
+        summary = segment_customers(**params, database=str(database), config_path=config_path and str(config_path),
                                     reports_dir=str(database.parent / f"reports-{name}"),
                                     fresh=fresh, trigger="manual")
         seconds = time.perf_counter() - start
@@ -85,13 +116,14 @@ def run_arm(name: str, runs: list[tuple[str, dict]], database: Path, features_of
             "run": i, "label": label,
             "k": summary["n_components"], "type": summary["covariance_type"],
             "value": summary["criterion_value"], "decision": summary["decision"],
-            "moved": summary["moved_share"], "held": held,
+            "moved": summary["moved_share"], "held": held, "kept": summary["held_customers"],
             "k_max_tried": summary["k_max_tried"], "grid": summary["grid_note"] or "",
             "seconds": seconds,
         })
         r = rows[-1]
         print(f"  {name:>5} {r['label']:>10}  {r['k']:>2} {r['type']:<9} BIC {r['value']:>10,.1f}  "
               f"{r['decision']:<17} moved {_pct(r['moved']):>6}  held {_pct(r['held']):>6}  "
+              f"kept {r['kept'] if r['kept'] is not None else '-':>5}  "
               f"tried to k={r['k_max_tried']:<2} {r['seconds']:5.1f} s  {r['grid']}", flush=True)
     return rows
 
@@ -133,7 +165,7 @@ def print_verdicts(verdicts: list[dict]) -> None:
         print(f"  {key:<38}" + "".join(f"{c:>14}" for c in cells))
 
 
-def retail(folder: Path) -> list[dict]:
+def retail(folder: Path, arms: list[str]) -> list[dict]:
     from flows import stages
     from flows.config import load_settings
     from flows.load import load_input
@@ -142,13 +174,14 @@ def retail(folder: Path) -> list[dict]:
     settings = load_settings()
     valid = stages.validate_input(load_input(settings.input, settings.features.columns), settings).valid
 
-    def features_of(params: dict):
-        return stages.compute_features(valid, load_settings(overrides={"rules": {"as_of": params["as_of"]}}))
+    def features_of(params: dict, config_path: str | None):
+        return stages.compute_features(valid, load_settings(config_path, {"rules": {"as_of": params["as_of"]}}))
 
     runs = [(str(w), {"as_of": w}) for w in WEEKS]
     results = []
-    for name, fresh in (("hold", False), ("fresh", True)):
-        rows = run_arm(name, runs, folder / f"retail-{name}" / "segments.duckdb", features_of, fresh)
+    for name in arms:
+        fresh, config = ARMS[name]
+        rows = run_arm(name, runs, folder / f"retail-{name}" / "segments.duckdb", features_of, fresh, config)
         results.append(verdict(name, rows))
     print_verdicts(results)
     return results
@@ -177,7 +210,7 @@ def generated_snapshots(folder: Path, weeks: int = 8, n: int = 6000, seed: int =
     return paths
 
 
-def generated(folder: Path) -> list[dict]:
+def generated(folder: Path, arms: list[str]) -> list[dict]:
     import duckdb
 
     print("\nGenerated customers: orders with 50% at exactly 1, and spend; 8 weekly snapshots")
@@ -187,9 +220,10 @@ def generated(folder: Path) -> list[dict]:
                                 "transforms": {"orders": "log1p", "spend": "log1p"}})
             for i, p in enumerate(paths)]
     results = []
-    for name, fresh in (("hold", False), ("fresh", True)):
+    for name in arms:
+        fresh, config = ARMS[name]
         db = folder / f"generated-{name}" / "segments.duckdb"
-        rows = run_arm(name, runs, db, None, fresh)
+        rows = run_arm(name, runs, db, None, fresh, config)
         with duckdb.connect(str(db), read_only=True) as con:
             spike = con.execute(
                 """
@@ -209,13 +243,19 @@ def generated(folder: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["retail", "generated"])
+    parser.add_argument("--arms", default="default,before",
+                        help=f"comma-separated, from {', '.join(ARMS)} (default: default,before)")
     args = parser.parse_args()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARMS)}")
     with tempfile.TemporaryDirectory(prefix="stability-") as tmp:
         folder = Path(tmp)
         if args.only in (None, "generated"):
-            generated(folder)
+            generated(folder, arms)
         if args.only in (None, "retail"):
-            retail(folder)
+            retail(folder, arms)
 
 
 if __name__ == "__main__":

@@ -165,14 +165,20 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"(chosen by {summary['criterion'].upper()} = {summary['criterion_value']:.1f})",
         f"  rows loaded {summary['rows_loaded']:,}, rejected {summary['rows_rejected']:,}; "
         f"customers segmented {summary['customers']:,}" + (f"; as of {summary['as_of']}" if summary["as_of"] else ""),
-        "  segment  customers  weight",
     ]
+    lines += [f"    rejected: {reason}" for reason in summary.get("reject_reasons") or []]
+    lines += ["  segment  customers  weight"]
     for s in summary["segment_sizes"]:
         lines.append(f"  {s['segment_id']:>7}  {s['customers']:>9,}  {s['weight']:.3f}")
     if summary.get("decision_note"):
         lines.append(textwrap.fill(summary["decision_note"], width=100, initial_indent="  ", subsequent_indent="  "))
     if summary.get("grid_note"):
         lines.append(f"  Grid: {summary['grid_note']}.")
+    if summary.get("moved_share") is not None:
+        held = summary.get("held_customers")
+        kept = f"; {held:,} held in their segment (tracking.hold_odds)" if held else ""
+        lines.append(f"  Since run {summary['previous_run_id']}: {summary['moved_share']:.1%} of the customers "
+                     f"in both runs changed segment{kept}.")
     lines += [f"Database: {summary['database']}", f"Report:   {summary['report']}"]
     return "\n".join(lines)
 

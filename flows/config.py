@@ -163,6 +163,9 @@ class TrackingSettings(_Section):
     tau_split: float = Field(0.25, gt=0, le=1)
     #: Flag the run when more than this share of the customers in both runs changed segment.
     moved_threshold: float = Field(0.2, ge=0, le=1)
+    #: A customer keeps last run's segment unless the model now favours another by more than these
+    #: odds (10: ten times as probable); 1 gives every customer their most probable segment.
+    hold_odds: float = Field(10.0, ge=1)
     #: No longer used: every run refits the previous run's model (see model.switch_margin).
     #: Accepted so that older configuration files still load; a run logs a warning when it is set.
     warm_start: bool | None = None

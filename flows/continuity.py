@@ -119,6 +119,8 @@ def track(
 ) -> tuple[SegmentResult, RunDrift]:
     """Match this run's segments to the previous run's, and return them re-labelled with the drift.
 
+    Customers in both runs keep their previous segment unless the model favours another by more
+    than ``tracking.hold_odds`` (:func:`flows.tracking.hold_segments`); ``segments.held`` marks them.
     A model chosen at the edge of a grid that could not be extended further (``choice.at_limit``)
     adds a drift flag: more segments might fit the data better than any the run could try.
     """
@@ -135,7 +137,15 @@ def track(
         min_jaccard=t.min_jaccard,
         thresholds=TransitionThresholds(tau_match=t.tau_match, tau_split=t.tau_split),
         moved_threshold=t.moved_threshold,
+        probabilities=segments.probabilities,
+        hold_odds=t.hold_odds,
     )
+    if drift.held is not None:
+        # The segment each customer is given, as a component index of this run's model.
+        ids = drift.match.segment_ids
+        order = np.argsort(ids)
+        labels = order[np.searchsorted(ids[order], drift.customer_segments)]
+        segments = replace(segments, labels=labels.astype(np.int64), held=drift.held)
     if choice is not None and choice.at_limit:
         flag = f"best model at the edge of the grid even at its limit, k = {choice.k_max_tried} (model.k_limit)"
         drift = replace(drift, flags=[*drift.flags, flag])
@@ -151,6 +161,7 @@ class TrackingRecord:
     new_segments: list[int]
     retired_segments: list[int]
     moved_share: float | None
+    held_customers: int | None
     drift_flags: list[str]
     what_changed: str
     migrations: pd.DataFrame
@@ -176,6 +187,7 @@ def tracking_record(drift: RunDrift) -> TrackingRecord:
         new_segments=[int(v) for v in drift.match.new_ids],
         retired_segments=[int(v) for v in drift.match.retired_ids],
         moved_share=None if moved is None or not np.isfinite(moved) else float(moved),
+        held_customers=None if drift.held is None else drift.held_count,
         drift_flags=list(drift.flags),
         what_changed=drift.summary(),
         migrations=drift.migration.astype({"from_segment": "int64", "to_segment": "int64", "customers": "int64"}),

@@ -429,6 +429,7 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         "new_segments": record.tracking.new_segments,
         "retired_segments": record.tracking.retired_segments,
         "moved_share": record.tracking.moved_share,
+        "held_customers": record.tracking.held_customers,
         "drift_flags": record.tracking.drift_flags,
         "decision": choice.decision,
         "decision_note": choice.note,

@@ -32,7 +32,7 @@ class SegmentResult:
     segment_ids : ndarray of shape (k,)
         Displayed id of each component (component index + 1).
     labels : ndarray of shape (n,)
-        Component index of each customer's most probable segment.
+        Component index of each customer's segment (the most probable unless ``held``).
     probabilities : ndarray of shape (n, k)
         Membership probabilities.
     log_density : ndarray of shape (n,)
@@ -41,6 +41,9 @@ class SegmentResult:
         Model-space parameters, covariances expanded to full matrices.
     lower_bounds : list of float
         Mean log-likelihood per EM iteration of the chosen model.
+    held : ndarray of shape (n,), bool, or None
+        Customers kept in last run's segment although another is more probable
+        (``tracking.hold_odds``); ``labels`` then gives the segment kept. None: most probable for all.
     """
 
     covariance_type: str
@@ -54,6 +57,7 @@ class SegmentResult:
     lower_bounds: list[float]
     converged: bool
     n_iter: int
+    held: np.ndarray | None = None
 
     @property
     def n_segments(self) -> int:
@@ -139,14 +143,15 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
 
 
 def assignment_table(result: SegmentResult, customer_ids: np.ndarray) -> pd.DataFrame:
-    """One row per customer: ``customer_id``, ``segment_id``, ``probability``, ``log_density``, then one
-    column ``p_1 .. p_k`` per segment (stored as a list column by the store)."""
+    """One row per customer: ``customer_id``, ``segment_id``, ``probability``, ``log_density``, ``held``,
+    then one column ``p_1 .. p_k`` per segment (stored as a list column by the store)."""
     frame = pd.DataFrame(
         {
             "customer_id": pd.Series(customer_ids, dtype=object).astype(str),
             "segment_id": result.segment_ids[result.labels],
             "probability": result.max_probability,
             "log_density": result.log_density,
+            "held": np.zeros(result.labels.shape, dtype=bool) if result.held is None else result.held,
         }
     )
     for j, sid in enumerate(result.segment_ids):

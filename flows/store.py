@@ -626,6 +626,7 @@ def _tracking_columns(tracking: Any) -> dict[str, Any]:
         "new_segments": tracking.new_segments,
         "retired_segments": tracking.retired_segments,
         "moved_share": tracking.moved_share,
+        "held_customers": tracking.held_customers,
         "drift_flags": tracking.drift_flags,
         "what_changed": tracking.what_changed,
     }
@@ -674,11 +675,12 @@ def _insert_assignments(con: duckdb.DuckDBPyConnection, run_id: int, frame: pd.D
     # handing DuckDB a column of Python lists.
     prob_cols = [c for c in frame.columns if c.startswith("p_")]
     prob_list = "[" + ", ".join(quote_identifier(c) for c in prob_cols) + "]"
+    held = "held" if "held" in frame.columns else "NULL"
     with _registered(con, "_incoming_assignments", frame) as view:
         con.execute(
             f"""
-            INSERT INTO assignments (run_id, customer_id, segment_id, probability, probabilities, log_density)
-            SELECT ?, customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]), log_density
+            INSERT INTO assignments (run_id, customer_id, segment_id, probability, probabilities, log_density, held)
+            SELECT ?, customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]), log_density, {held}
             FROM {view}
             """,
             [run_id],

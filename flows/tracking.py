@@ -42,6 +42,8 @@ DEFAULT_MAX_DISTANCE = 2.0
 DEFAULT_MIN_JACCARD = 0.5
 #: Default of the "share of customers who changed segment" flag.
 DEFAULT_MOVED_THRESHOLD = 0.2
+#: A customer keeps last run's segment unless the model now favours another by more than these odds.
+DEFAULT_HOLD_ODDS = 10.0
 TRANSITION_KINDS = ("survived", "split", "merged", "disappeared", "emerged")
 MATCH_METHODS = ("first_run", "bhattacharyya", "customer_overlap", "none")
 
@@ -525,6 +527,48 @@ def moved_share(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[
     return float(np.mean(p != c)) if p.size else float("nan")
 
 
+def hold_segments(components: np.ndarray, probabilities: np.ndarray, previous_components: np.ndarray,
+                  hold_odds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each customer in last run's segment unless the model now favours another by more than
+    ``hold_odds`` to 1.
+
+    A customer whose membership probabilities are 0.45 / 0.55 has not changed segment in any sense
+    an analyst acts on; flipping them on every refit is noise. The rule is hysteresis on the
+    posterior odds: the customer moves only when their most probable segment is more than
+    ``hold_odds`` times as probable as the segment they were in (the segment must still exist).
+
+    Parameters
+    ----------
+    components : ndarray of shape (n,), int
+        Each customer's most probable component (0..k-1).
+    probabilities : ndarray of shape (n, k)
+        Membership probabilities.
+    previous_components : ndarray of shape (n,), int
+        The component that carries the customer's previous segment id, or -1 (new customer, or
+        their segment was retired).
+    hold_odds : float >= 1
+        1 keeps nothing: every customer takes their most probable segment.
+
+    Returns
+    -------
+    components : ndarray of shape (n,), int64
+        The segment each customer is given.
+    held : ndarray of shape (n,), bool
+        Customers kept in their previous segment although another is more probable.
+    """
+    components = np.asarray(components, dtype=np.int64)
+    previous_components = np.asarray(previous_components, dtype=np.int64)
+    if not hold_odds >= 1.0:
+        raise ValueError(f"hold_odds must be at least 1, got {hold_odds!r}")
+    rows = np.flatnonzero((previous_components >= 0) & (previous_components != components))
+    p = np.asarray(probabilities, dtype=np.float64)
+    # Compared as products, not ratios: a previous segment's probability may underflow to 0.
+    keep = p[rows, previous_components[rows]] * hold_odds >= p[rows, components[rows]]
+    held = np.zeros(components.shape, dtype=bool)
+    held[rows[keep]] = True
+    return np.where(held, previous_components, components), held
+
+
 # --------------------------------------------------------------------------- MONIC transitions
 @dataclass(frozen=True)
 class TransitionThresholds:
@@ -775,6 +819,10 @@ class RunDrift:
     flags : list of str
     moved_threshold, max_distance : float
         The settings used (shown in the summary).
+    held : ndarray of shape (n_customers,), bool, or None
+        Customers kept in their previous segment although the model favours another by less than
+        ``hold_odds`` (see :func:`hold_segments`); None when the rule was not applied.
+    hold_odds : float
     """
 
     match: SegmentMatch
@@ -790,6 +838,12 @@ class RunDrift:
     flags: list[str]
     moved_threshold: float = DEFAULT_MOVED_THRESHOLD
     max_distance: float = DEFAULT_MAX_DISTANCE
+    held: np.ndarray | None = None
+    hold_odds: float = 1.0
+
+    @property
+    def held_count(self) -> int:
+        return 0 if self.held is None else int(self.held.sum())
 
     @property
     def previous_run_id(self) -> int | str | None:
@@ -819,7 +873,8 @@ def compare_runs(previous: TrackedModel | None, current: TrackedModel, *, max_id
                  previous_segments: Sequence[int] | np.ndarray | None = None,
                  max_distance: float = DEFAULT_MAX_DISTANCE, min_jaccard: float = DEFAULT_MIN_JACCARD,
                  thresholds: TransitionThresholds = TransitionThresholds(),
-                 moved_threshold: float = DEFAULT_MOVED_THRESHOLD) -> RunDrift:
+                 moved_threshold: float = DEFAULT_MOVED_THRESHOLD,
+                 probabilities: np.ndarray | None = None, hold_odds: float = 1.0) -> RunDrift:
     """Match ids, then measure drift, for one run against the previous successful run.
 
     Parameters
@@ -837,6 +892,14 @@ def compare_runs(previous: TrackedModel | None, current: TrackedModel, *, max_id
         moved share are empty / NaN.
     max_distance, min_jaccard, thresholds, moved_threshold
         See :func:`match_segments`, :func:`classify_transitions`, :func:`drift_flags`.
+    probabilities : ndarray of shape (n, k), optional
+        This run's membership probabilities, needed for ``hold_odds``.
+    hold_odds : float, default 1
+        Customers in both runs keep their previous segment (when it survived with its id) unless
+        their most probable segment is more than this many times as probable
+        (:func:`hold_segments`); 1 gives every customer their most probable segment. Ids are
+        matched on the most probable segments; migration, transitions and the moved share
+        describe the segments given.
     """
     components = np.asarray(current_components, dtype=np.int64).reshape(-1)
     if np.asarray(current_customers).shape != components.shape:
@@ -850,6 +913,11 @@ def compare_runs(previous: TrackedModel | None, current: TrackedModel, *, max_id
         previous, current, max_id_used, max_distance=max_distance, min_jaccard=min_jaccard,
         overlap=None if overlap is None else (overlap.previous_segments, overlap.current_segments))
     model = current.with_ids(match.segment_ids)
+    held = None
+    if overlap is not None and probabilities is not None and hold_odds > 1.0:
+        components, held = _held_components(components, probabilities, hold_odds, match.segment_ids,
+                                            previous_customers, previous_segments, current_customers)
+        overlap = customer_overlap(previous_customers, previous_segments, current_customers, components)
     if overlap is not None:
         overlap = replace(overlap, current_segments=match.segment_ids[overlap.current_segments])
         migration = migration_table(overlap.previous_segments, overlap.current_segments)
@@ -868,7 +936,29 @@ def compare_runs(previous: TrackedModel | None, current: TrackedModel, *, max_id
                     previous=previous, overlap=overlap, migration=migration, transitions=transitions,
                     moved_share=moved, shifts=shifts,
                     flags=drift_flags(previous, model, moved, moved_threshold=moved_threshold),
-                    moved_threshold=moved_threshold, max_distance=max_distance)
+                    moved_threshold=moved_threshold, max_distance=max_distance,
+                    held=held, hold_odds=float(hold_odds) if held is not None else 1.0)
+
+
+def _held_components(components: np.ndarray, probabilities: np.ndarray, hold_odds: float,
+                     segment_ids: np.ndarray, previous_customers, previous_segments,
+                     current_customers) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hold_segments` for this run's customers, given the previous run's assignments."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.shape != (components.size, segment_ids.size):
+        raise ValueError(f"compare_runs: probabilities must have shape ({components.size}, {segment_ids.size}), "
+                         f"got {p.shape}")
+    _, ip, ic = np.intersect1d(np.asarray(previous_customers).astype(str), np.asarray(current_customers).astype(str),
+                               assume_unique=True, return_indices=True)
+    # Component carrying each previous id in this run (-1: retired, so there is nothing to keep).
+    ids = np.asarray(segment_ids, dtype=np.int64)
+    order = np.argsort(ids)
+    previous_ids = np.asarray(previous_segments, dtype=np.int64)[ip]
+    at = np.minimum(np.searchsorted(ids[order], previous_ids), ids.size - 1)
+    found = ids[order][at] == previous_ids
+    previous_components = np.full(components.size, -1, dtype=np.int64)
+    previous_components[ic] = np.where(found, order[at], -1)
+    return hold_segments(components, p, previous_components, hold_odds)
 
 
 def drift_markdown(drift: RunDrift) -> str:
@@ -906,6 +996,9 @@ def what_changed(drift: RunDrift) -> str:
         moved = "–" if not np.isfinite(drift.moved_share) else f"{drift.moved_share:.1%}"
         lines.append(f"Since {run}: {o.customer_ids.size:,} customers in both runs ({o.entered:,} new, "
                      f"{o.left:,} gone); {moved} of them changed segment.")
+        if drift.held is not None:
+            lines.append(f"{drift.held_count:,} customers kept their segment although another is now more "
+                         f"probable, by less than {_fmt_num(drift.hold_odds)} to 1 (tracking.hold_odds).")
     else:
         lines.append(f"Since {run}: no customer assignments to compare.")
     how = {"bhattacharyya": f"matched by Bhattacharyya distance <= {_fmt_num(drift.max_distance)}",

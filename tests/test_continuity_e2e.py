@@ -139,3 +139,49 @@ def test_structure_is_kept_unless_a_fresh_choice_is_clearly_better(prefect_harne
     assert query(db, "SELECT count(DISTINCT run_id) AS n FROM segment_history").n[0] == 5
     html = Path(fifth["report"]).read_text()
     assert "outside this run&#x27;s settings" in html
+
+
+def test_customers_change_segment_only_when_the_model_clearly_places_them_elsewhere(prefect_harness, tmp_path):
+    """tracking.hold_odds: a customer near a border keeps last run's segment; the tables say so."""
+    db = tmp_path / "segments.duckdb"
+    rng = np.random.default_rng(11)
+    n = 600
+    # Two overlapping segments: many customers sit near the border between them.
+    X = np.where(rng.random(n)[:, None] < 0.5, [0.0, 0.0], [2.5, 0.5]) + rng.standard_normal((n, 2)) * 0.8
+    frame = pd.DataFrame({"id": [f"H{i:04d}" for i in range(n)], "a": X[:, 0], "b": X[:, 1]})
+
+    def run_on(data: pd.DataFrame, seed: int, hold_odds: float, database: Path) -> dict:
+        csv = tmp_path / f"hold_{seed}_{database.stem}.csv"
+        data.to_csv(csv, index=False)
+        config = tmp_path / f"hold_{hold_odds}.toml"
+        config.write_text(f"[tracking]\nhold_odds = {hold_odds}\n")
+        return segment_customers(
+            config_path=str(config), input_path=str(csv), input_kind="customers", columns={"customer_id": "id"},
+            features=["a", "b"], k_min=2, k_max=2, covariance_types=["full"], n_init=2, seed=seed,
+            database=str(database), reports_dir=str(tmp_path / "reports"), trigger="test",
+        )
+
+    nudged = frame.assign(a=frame.a + rng.normal(0.0, 0.3, n), b=frame.b + rng.normal(0.0, 0.3, n))
+    results = {}
+    for odds, database in ((10.0, db), (1.0, tmp_path / "plain.duckdb")):
+        first = run_on(frame, 1, odds, database)
+        assert first["held_customers"] is None
+        results[odds] = run_on(nudged, 2, odds, database)
+    held, plain = results[10.0], results[1.0]
+    assert plain["held_customers"] is None and held["held_customers"] > 0
+    assert held["moved_share"] < plain["moved_share"]
+
+    rows = query(db, """
+        SELECT a.customer_id, a.segment_id, a.held, a.probability, list_max(a.probabilities) AS best,
+               a.probabilities[b.segment_id] AS p_before, b.segment_id AS before
+        FROM current_assignments a JOIN assignments b ON b.run_id = 1 AND b.customer_id = a.customer_id
+    """)
+    assert rows.held.sum() == held["held_customers"]
+    assert query(db, "SELECT held_customers FROM runs WHERE run_id = 2").held_customers[0] == held["held_customers"]
+    kept = rows[rows.held]
+    assert (kept.segment_id == kept.before).all() and (kept.probability < kept.best).all()
+    assert (kept.best <= 10.0 * kept.probability + 1e-12).all()
+    moved = rows[rows.segment_id != rows.before]
+    assert (moved.best > 10.0 * moved.p_before).all() and (moved.probability == moved.best).all()
+    assert f"{held['held_customers']:,} customers kept their segment" in query(
+        db, "SELECT what_changed FROM latest_run").what_changed[0]

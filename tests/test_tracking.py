@@ -26,6 +26,7 @@ from flows.tracking import (
     customer_overlap,
     drift_flags,
     drift_markdown,
+    hold_segments,
     match_segments,
     mean_shift,
     migration_table,
@@ -566,3 +567,93 @@ def test_relabelling_components_never_changes_the_ids_customers_get(perm_current
     assert other.match.new_ids == baseline.match.new_ids == (4, 5)
     assert other.match.retired_ids == baseline.match.retired_ids == ()
     pd.testing.assert_frame_equal(other.migration, baseline.migration)
+
+
+# --------------------------------------------------------------------------- holding customers in their segment
+def test_hold_segments_keeps_a_customer_until_another_segment_is_more_than_hold_odds_as_probable():
+    p = np.array([
+        [0.45, 0.55, 0.00],   # was 0, now a coin toss: kept
+        [0.05, 0.95, 0.00],   # was 0, now 19 to 1 for 1: moves
+        [0.0625, 0.625, 0.3125],  # exactly 10 to 1 (exact in binary) is not "more than": kept
+        [0.30, 0.70, 0.00],   # new customer (-1): most probable
+        [0.20, 0.80, 0.00],   # previous segment retired (-1): most probable
+        [0.10, 0.10, 0.80],   # already in the most probable: not "held"
+        [0.00, 1.00, 0.00],   # previous segment's probability underflowed to 0: moves
+    ])
+    components = p.argmax(axis=1)
+    previous = np.array([0, 0, 0, -1, -1, 2, 0])
+    given, held = hold_segments(components, p, previous, hold_odds=10.0)
+    assert given.tolist() == [0, 1, 0, 1, 1, 2, 1]
+    assert held.tolist() == [True, False, True, False, False, False, False]
+    same, none_held = hold_segments(components, p, previous, hold_odds=1.0)
+    assert same.tolist() == components.tolist() and not none_held.any()
+    with pytest.raises(ValueError, match="at least 1"):
+        hold_segments(components, p, previous, hold_odds=0.5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 60), st.integers(2, 6), st.floats(1.0, 100.0), st.integers(0, 2**32 - 1))
+def test_hold_segments_moves_a_customer_only_on_odds_above_hold_odds(n, k, odds, seed):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(k, 0.5), size=n)
+    components = p.argmax(axis=1)
+    previous = rng.integers(-1, k, size=n)
+    given, held = hold_segments(components, p, previous, hold_odds=odds)
+    rows = np.arange(n)
+    had = previous >= 0
+    # Everyone is in their previous segment or their most probable one.
+    assert np.all((given == components) | (given == previous))
+    # Held customers: another segment is more probable, by at most the odds.
+    assert np.all(p[rows[held], components[held]] <= odds * p[rows[held], previous[held]])
+    assert np.all(given[held] == previous[held]) and np.all(components[held] != previous[held])
+    # Movers: their new segment is more than `odds` times as probable as the one they left.
+    moved = had & (given != previous)
+    assert np.all(p[rows[moved], given[moved]] > odds * p[rows[moved], previous[moved]])
+    # Larger odds never move more customers.
+    given_more, _ = hold_segments(components, p, previous, hold_odds=odds * 2)
+    assert np.sum(had & (given_more != previous)) <= np.sum(moved)
+
+
+def test_compare_runs_with_hold_odds_moves_only_customers_the_model_clearly_places_elsewhere(base):
+    X, ids, names, first = base
+    # Two overlapping segments refitted on fresh noise: customers near their border flip with a
+    # plain refit; held, only those the new model places elsewhere by more than 10 to 1 move.
+    X2 = X + np.random.default_rng(5).normal(0.0, 1.0, X.shape) * np.array([6.0, 0.15, 0.2])
+    model, components = fit_run(X2, 3, seed=3, run_id=2)
+    gm, mean, scale = _fit(np.ascontiguousarray(X2).tobytes(), X2.shape, 3, 3, "full")
+    proba = gm.predict_proba((X2 - mean) / scale)
+    options = dict(max_id_used=first.match.max_id_used, current_customers=ids, current_components=components,
+                   previous_customers=first.customer_ids, previous_segments=first.customer_segments)
+    plain = compare_runs(first.model, model, **options)
+    held = compare_runs(first.model, model, probabilities=proba, hold_odds=10.0, **options)
+    assert plain.held is None and plain.held_count == 0
+    assert held.match.segment_ids.tolist() == plain.match.segment_ids.tolist()  # ids come from the model
+    assert 0 < held.held_count and held.moved_share < plain.moved_share
+    assert held.moved_share == pytest.approx(
+        (plain.moved_share * ids.size - held.held_count) / ids.size)  # each held customer is one mover less
+    # The segments given: held customers keep their previous id; the tables describe the given segments.
+    previous = first.customer_segments
+    assert np.all(held.customer_segments[held.held] == previous[held.held])
+    assert np.all(plain.customer_segments[held.held] != previous[held.held])
+    assert int(held.migration["customers"].sum()) == ids.size
+    stayed = held.migration.query("from_segment == to_segment")["customers"].sum()
+    assert stayed == np.sum(held.customer_segments == previous)
+    assert f"{held.held_count:,} customers kept their segment" in held.summary()
+    with pytest.raises(ValueError, match="probabilities must have shape"):
+        compare_runs(first.model, model, probabilities=proba[:, :2], hold_odds=10.0, **options)
+
+
+def test_a_customer_whose_segment_was_retired_takes_their_most_probable_segment(base):
+    X, ids, names, first = base
+    model, components = fit_run(X, 3, seed=3, run_id=2)
+    gm, mean, scale = _fit(np.ascontiguousarray(X).tobytes(), X.shape, 3, 3, "full")
+    proba = gm.predict_proba((X - mean) / scale)
+    # Every segment moved far away: each previous id is retired, so there is nothing to hold.
+    far = TrackedModel(model.weights, model.means + np.array([400.0, 0.0, 0.0]), model.covariances,
+                       model.segment_ids, NAMES, TRANSFORMS, "full")
+    drift = compare_runs(first.model, far, max_id_used=first.match.max_id_used, current_customers=ids,
+                         current_components=components, previous_customers=first.customer_ids,
+                         previous_segments=first.customer_segments, probabilities=proba, hold_odds=1e6)
+    assert drift.match.retired_ids == (1, 2, 3)
+    assert drift.held_count == 0
+    assert np.array_equal(drift.customer_segments, drift.match.segment_ids[components])

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS segments (
     run_id              BIGINT NOT NULL,
     segment_id          INTEGER NOT NULL,     -- 1..k
     weight              DOUBLE NOT NULL,      -- mixture weight (expected share of customers)
-    customer_count      BIGINT NOT NULL,      -- customers whose most probable segment this is
+    customer_count      BIGINT NOT NULL,      -- customers given this segment (assignments.segment_id)
     mean_probability    DOUBLE,               -- their average membership probability
     model_mean          DOUBLE[],             -- component mean in model space (standardised features)
     model_covariance    DOUBLE[]              -- full d x d covariance in model space, row-major
@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS feature_scalers (
 CREATE TABLE IF NOT EXISTS assignments (
     run_id              BIGINT NOT NULL,
     customer_id         VARCHAR NOT NULL,
-    segment_id          INTEGER NOT NULL,     -- most probable segment
+    segment_id          INTEGER NOT NULL,     -- the customer's segment: most probable, or last run's when held
     probability         DOUBLE NOT NULL,      -- membership probability of that segment
     probabilities       DOUBLE[] NOT NULL,    -- membership probability of segment 1..k
     log_density         DOUBLE NOT NULL       -- log-density under the model; low = outlier
@@ -120,6 +120,9 @@ ALTER TABLE model_candidates ADD COLUMN IF NOT EXISTS origin VARCHAR; -- grid | 
 ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS resolution DOUBLE;  -- spacing of the values at the feature's spike, model units (0: continuous)
 ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_value DOUBLE; -- the feature's most common value, original units (NULL: no spike)
 ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_share DOUBLE; -- share of customers on it
+-- Customers kept in last run's segment (tracking.hold_odds):
+ALTER TABLE assignments ADD COLUMN IF NOT EXISTS held BOOLEAN;        -- kept in last run's segment although another is more probable (by less than tracking.hold_odds)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS held_customers INTEGER;     -- how many (NULL: first run, or hold_odds = 1)
 
 CREATE TABLE IF NOT EXISTS segment_migrations (
     run_id              BIGINT NOT NULL,
@@ -180,7 +183,7 @@ CREATE OR REPLACE VIEW segment_profiles AS
     JOIN latest_run r USING (run_id);
 
 CREATE OR REPLACE VIEW current_assignments AS
-    SELECT a.run_id, a.customer_id, a.segment_id, a.probability, a.probabilities, a.log_density
+    SELECT a.run_id, a.customer_id, a.segment_id, a.probability, a.probabilities, a.log_density, a.held
     FROM assignments a JOIN latest_run r USING (run_id);
 
 -- Every successful run's segments over time: size and centre of each stable segment id.
