@@ -177,8 +177,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("moved_share") is not None:
         held = summary.get("held_customers")
         kept = f"; {held:,} held in their segment (tracking.hold_odds)" if held else ""
-        lines.append(f"  Since run {summary['previous_run_id']}: {summary['moved_share']:.1%} of the customers "
-                     f"in both runs changed segment{kept}.")
+        moved = (f"Since run {summary['previous_run_id']}: {summary['moved_share']:.1%} of the customers in both "
+                 f"runs changed segment{kept}.")
+        lines.append(textwrap.fill(moved, width=100, initial_indent="  ", subsequent_indent="  "))
     lines += [f"Database: {summary['database']}", f"Report:   {summary['report']}"]
     return "\n".join(lines)
 

@@ -998,7 +998,7 @@ def what_changed(drift: RunDrift) -> str:
                      f"{o.left:,} gone); {moved} of them changed segment.")
         if drift.held is not None:
             lines.append(f"{drift.held_count:,} customers kept their segment although another is now more "
-                         f"probable, by less than {_fmt_num(drift.hold_odds)} to 1 (tracking.hold_odds).")
+                         f"probable, by less than {drift.hold_odds:g} to 1 (tracking.hold_odds).")
     else:
         lines.append(f"Since {run}: no customer assignments to compare.")
     how = {"bhattacharyya": f"matched by Bhattacharyya distance <= {_fmt_num(drift.max_distance)}",
