@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import ConfigError
-from flows.console import HIDE_TRACEBACKS_ENV, hide_tracebacks
+from flows.console import HIDE_TRACEBACKS_ENV, hide_tracebacks, one_failure_line
 from gmm_engine import COVARIANCE_TYPES, CRITERIA
 
 
-def _pairs(values: list[str] | None, option: str) -> dict[str, str] | None:
+def _pairs(values: list[str] | None, option: str, allow_empty: bool = False) -> dict[str, str] | None:
     if not values:
         return None
     out = {}
     for item in values:
         key, sep, value = item.partition("=")
-        if not sep or not key or not value:
+        if not sep or not key.strip() or not (value.strip() or allow_empty):
             raise ConfigError(f"{option} expects NAME=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
@@ -55,6 +55,14 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--transform", action="append", metavar="FEATURE=log1p|none",
         help="transform of a feature before standardisation (repeatable)",
+    )
+    run.add_argument(
+        "--unit", action="append", metavar="FEATURE=UNIT",
+        help="display unit of a feature, e.g. --unit monetary=USD; FEATURE= for none (repeatable)",
+    )
+    run.add_argument(
+        "--purchase", choices=["invoice", "day", "line"],
+        help="what frequency counts: distinct invoice ids, purchase days or lines (rules.purchase)",
     )
     run.add_argument("--as-of", type=_date, help="recency reference date, YYYY-MM-DD (exclusive)")
     run.add_argument("--k-min", type=int, help="smallest number of segments tried")
@@ -141,6 +149,8 @@ def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "columns": _pairs(args.column, "--column"),
         "features": _csv(args.features),
         "transforms": _pairs(args.transform, "--transform"),
+        "units": _pairs(args.unit, "--unit", allow_empty=True),
+        "purchase": args.purchase,
         "as_of": args.as_of,
         "k_min": args.k_min,
         "k_max": args.k_max,
@@ -353,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not debug:
         hide_tracebacks()  # handlers Prefect configured while importing the flow
+        one_failure_line()
     try:
         summary = segment_customers(**params, trigger="cli")
     except Exception as exc:  # the flow has logged the details; end with one clear line

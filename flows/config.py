@@ -25,6 +25,14 @@ ONLINE_RETAIL_COLUMNS = {
 }
 
 RFM_FEATURES = ("recency_days", "frequency", "monetary")
+#: Per-feature defaults; a map given in a file or as options is merged over them key by key, so
+#: setting one feature's transform or unit leaves the others' defaults alone.
+DEFAULT_TRANSFORMS = {"recency_days": "none", "frequency": "log1p", "monetary": "log1p"}
+DEFAULT_UNITS = {"recency_days": "days", "frequency": "invoices"}
+#: The embedded sample's currency: anyone else's spend has no unit unless one is given.
+SAMPLE_UNITS = {"monetary": "GBP"}
+#: Unit of frequency for each meaning of a purchase (rules.purchase).
+PURCHASE_UNITS = {"invoice": "invoices", "day": "purchase days", "line": "purchases"}
 #: Transforms a feature can have before standardisation (applied in flows.features).
 TRANSFORMS = ("none", "log1p")
 
@@ -67,6 +75,10 @@ class RuleSettings(_Section):
 
     as_of: date | None = None
     cancellation_prefix: str = "C"
+    #: What one purchase is (frequency counts them): "invoice", a distinct invoice id; "day", a
+    #: distinct (customer, day), for logs without invoice ids; "line", each line. Default: "invoice"
+    #: when input.columns maps invoice_id, else "day".
+    purchase: Literal["invoice", "day", "line"] | None = None
     max_reject_share: float = Field(0.05, ge=0.0, le=1.0)
 
     @field_validator("as_of")
@@ -81,16 +93,18 @@ class FeatureSettings(_Section):
     """Which features describe a customer and how they are transformed before the model sees them."""
 
     columns: list[str] = Field(default_factory=lambda: list(RFM_FEATURES))
-    transforms: dict[str, Transform] = Field(
-        default_factory=lambda: {"recency_days": "none", "frequency": "log1p", "monetary": "log1p"}
-    )
-    units: dict[str, str] = Field(
-        default_factory=lambda: {"recency_days": "days", "frequency": "invoices", "monetary": "GBP"}
-    )
+    transforms: dict[str, Transform] = Field(default_factory=lambda: dict(DEFAULT_TRANSFORMS))
+    units: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_UNITS))
     standardize: bool = True
     #: "auto": a feature whose customers pile up on one value (a count's 1, a share's 0) keeps
     #: every segment at least as wide as the spacing of its values there; "off": all continuous.
     resolution: Literal["auto", "off"] = "auto"
+
+    @field_validator("transforms", "units", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any, info) -> Any:
+        defaults = DEFAULT_TRANSFORMS if info.field_name == "transforms" else DEFAULT_UNITS
+        return {**defaults, **value} if isinstance(value, dict) else value
 
     @field_validator("columns")
     @classmethod
@@ -212,14 +226,30 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
+        if Path(self.input.path).resolve() == SAMPLE_PATH:
+            for feature, unit in SAMPLE_UNITS.items():
+                self.features.units.setdefault(feature, unit)
         columns = self.input.columns
         if self.input.kind == "transactions":
             if not columns:
-                columns.update({name: name for name in ("customer_id", "invoice_id", "timestamp", "quantity", "unit_price")})
+                canonical = ["customer_id", "timestamp", "quantity", "unit_price"]
+                if self.rules.purchase in (None, "invoice"):
+                    canonical.append("invoice_id")
+                columns.update({name: name for name in canonical})
+            if self.rules.purchase is None:
+                self.rules.purchase = "invoice" if "invoice_id" in columns else "day"
+            elif self.rules.purchase == "invoice" and "invoice_id" not in columns:
+                raise ValueError(
+                    "rules.purchase = 'invoice' needs input.columns to map 'invoice_id' (--column "
+                    "invoice_id=YOUR_COLUMN); a log without invoice ids counts purchase days ('day') or lines ('line')"
+                )
+            if self.rules.purchase != "invoice" and self.features.units.get("frequency") == DEFAULT_UNITS["frequency"]:
+                self.features.units["frequency"] = PURCHASE_UNITS[self.rules.purchase]
             unknown = [c for c in self.features.columns if c not in RFM_FEATURES]
             if unknown:
                 raise ValueError(
-                    f"features.columns {unknown} are not RFM features; a transaction log gives {list(RFM_FEATURES)}"
+                    f"features.columns {unknown} are not RFM features; a transaction log gives {list(RFM_FEATURES)} "
+                    "(for a table of one row per customer, add --kind customers, input.kind)"
                 )
             has_amount = "amount" in self.input.columns
             has_price = {"quantity", "unit_price"} <= set(self.input.columns)
@@ -227,7 +257,7 @@ class Settings(_Section):
                 raise ValueError(
                     "input.columns must map 'amount', or both 'quantity' and 'unit_price', for a transaction log"
                 )
-            for needed in ("customer_id", "invoice_id", "timestamp"):
+            for needed in ("customer_id", "timestamp"):
                 if needed not in self.input.columns:
                     raise ValueError(f"input.columns must map '{needed}' for a transaction log")
         else:
@@ -331,8 +361,11 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(str(p) for p in first["loc"])
-        where = ".".join(loc) or "settings"
-        raise ConfigError(f"{_origin(loc, file_data, overrides or {}, source, overrides_source)}: {where}: {first['msg']}") from None
+        # pydantic prefixes a validator's own message with "Value error, ": the message says it all.
+        message = str(first["msg"]).removeprefix("Value error, ")
+        where = ".".join(loc) + ": " if loc else ""
+        origin = _origin(loc, file_data, overrides or {}, source, overrides_source)
+        raise ConfigError(f"{origin}: {where}{message}") from None
     return settings
 
 

@@ -36,16 +36,9 @@ def hide_tracebacks() -> int:
     (and any other handler writing to stdout/stderr) print the log line without the traceback. Call
     after Prefect has configured logging (importing ``prefect`` does). Idempotent.
     """
-    loggers = [logging.getLogger()] + [
-        obj for obj in logging.Logger.manager.loggerDict.values() if isinstance(obj, logging.Logger)
-    ]
     changed = 0
-    for logger in loggers:
-        for handler in logger.handlers:
-            if not isinstance(handler, logging.StreamHandler) or isinstance(handler.formatter, _NoTraceback):
-                continue
-            if getattr(handler, "stream", None) not in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__):
-                continue
+    for handler in _console_handlers():
+        if not isinstance(handler.formatter, _NoTraceback):
             handler.setFormatter(_NoTraceback(handler.formatter))
             changed += 1
     return changed
@@ -55,3 +48,44 @@ def hide_tracebacks_if_asked() -> None:
     """:func:`hide_tracebacks` in a process whose environment asks for it (a served run)."""
     if os.environ.get(HIDE_TRACEBACKS_ENV) == "1":
         hide_tracebacks()
+
+
+class _OneFailureLine(logging.Filter):
+    """Drops the log lines that repeat a run's failure: the command prints it once, at the end."""
+
+    _REPEATS = ("Finished in state Failed", "Encountered exception during execution", "Task run failed with ",
+                " failed in stage ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
+            return True
+        message = record.getMessage()
+        if " - Retry " in message:  # a retry to come is news, not a repeat
+            return True
+        return not any(text in message for text in self._REPEATS)
+
+
+def one_failure_line() -> int:
+    """Keep a failed run's error off the terminal's log lines, for a command that prints it itself.
+
+    Prefect logs a failure three times (the task, the flow's exception, the flow's final state) and
+    the run logs it once more; ``segment run`` ends with the error in one line of its own. The
+    Prefect UI and the run's database record keep every line. Returns how many handlers changed.
+    """
+    changed = 0
+    for handler in _console_handlers():
+        if not any(isinstance(f, _OneFailureLine) for f in handler.filters):
+            handler.addFilter(_OneFailureLine())
+            changed += 1
+    return changed
+
+
+def _console_handlers() -> list[logging.Handler]:
+    loggers = [logging.getLogger()] + [
+        obj for obj in logging.Logger.manager.loggerDict.values() if isinstance(obj, logging.Logger)
+    ]
+    streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    return [
+        handler for logger in loggers for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in streams
+    ]

@@ -113,19 +113,23 @@ def default_as_of(transactions: pd.DataFrame) -> date:
     return (pd.Timestamp(transactions["timestamp"].max()).normalize() + timedelta(days=1)).date()
 
 
-def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str = "C") -> tuple[pd.DataFrame, dict[str, int]]:
+def rfm_table(
+    transactions: pd.DataFrame, as_of: date, cancellation_prefix: str = "C", purchase: str = "invoice"
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """RFM features per customer, computed in DuckDB SQL (``flows/sql/rfm_lines.sql`` and ``rfm.sql``,
     rules documented there).
 
     Parameters
     ----------
     transactions : DataFrame
-        Validated lines with ``customer_id``, ``invoice_id``, ``timestamp`` and either ``amount`` or
-        ``quantity`` and ``unit_price``.
+        Validated lines with ``customer_id``, ``timestamp``, either ``amount`` or ``quantity`` and
+        ``unit_price``, and (needed when ``purchase`` is "invoice") ``invoice_id``.
     as_of : date
         Recency is counted in days from the last purchase to this date; later lines are left out.
     cancellation_prefix : str
         Invoice ids starting with this mark cancellations ("" to rely on negative amounts only).
+    purchase : {"invoice", "day", "line"}
+        What frequency counts: distinct invoice ids, distinct days the customer bought, or lines.
 
     Returns
     -------
@@ -135,7 +139,19 @@ def rfm_table(transactions: pd.DataFrame, as_of: date, cancellation_prefix: str 
         ``lines_without_customer``, ``lines_after_as_of``, ``cancellation_lines``,
         ``customers_without_purchase``.
     """
-    lines = transactions[["customer_id", "invoice_id", "timestamp"]].copy()
+    lines = transactions[["customer_id", "timestamp"]].copy()
+    has_invoice = "invoice_id" in transactions.columns
+    if purchase == "invoice" and not has_invoice:
+        raise ValueError("rfm_table: purchase='invoice' needs an invoice_id column")
+    lines["invoice_id"] = transactions["invoice_id"] if has_invoice else ""
+    if purchase == "invoice":
+        lines["purchase"] = lines["invoice_id"]
+    elif purchase == "day":
+        lines["purchase"] = lines["timestamp"].dt.floor("D")
+    elif purchase == "line":
+        lines["purchase"] = np.arange(len(lines), dtype=np.int64)
+    else:
+        raise ValueError(f"rfm_table: purchase must be 'invoice', 'day' or 'line', got {purchase!r}")
     if "amount" in transactions.columns:
         lines["amount"] = transactions["amount"].to_numpy(dtype=np.float64)
     else:

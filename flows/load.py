@@ -174,9 +174,10 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
                     "; the header was read as a single column: separate the columns with "
                     "',', ';', tab or '|'"
                 )
+            first = next(canon for canon, src in columns.items() if src not in available)
             raise InputError(
                 f"{source}: column {', '.join(missing)} not found; the input has columns {available}{hint}; "
-                "map your column names in [input.columns]"
+                f"map your column names with --column {first}=YOUR_COLUMN (repeatable) or in [input.columns]"
             )
         select_list = []
         for canon, src in columns.items():

@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 from prefect import flow, get_run_logger, task
@@ -111,11 +111,18 @@ def validate_task(loaded: LoadedInput, settings: Settings):
     return outcome
 
 
+PURCHASE_MEANINGS = {"invoice": "distinct invoice ids", "day": "the distinct days a customer bought on",
+                     "line": "every line"}
+
+
 @task(name="features", **_TASK)
 def features_task(valid, settings: Settings):
     features = stages.compute_features(valid, settings)
     logger = get_run_logger()
     logger.info("%s customers x %d features %s", f"{features.n_customers:,}", len(features.names), features.names)
+    if settings.input.kind == "transactions":
+        logger.info("frequency counts %s (rules.purchase = %r)", PURCHASE_MEANINGS[settings.rules.purchase],
+                    settings.rules.purchase)
     for rule, count in features.counts.items():
         logger.info("%s: %s", RULE_LABELS.get(rule, rule), f"{count:,}")
     return features
@@ -229,8 +236,9 @@ def settings_from_parameters(
             "query": o.get("input_query"),
             "columns": o.get("columns"),
         },
-        "rules": {"as_of": o.get("as_of"), "max_reject_share": o.get("max_reject_share")},
-        "features": {"columns": o.get("features"), "transforms": o.get("transforms")},
+        "rules": {"as_of": o.get("as_of"), "max_reject_share": o.get("max_reject_share"),
+                  "purchase": o.get("purchase")},
+        "features": {"columns": o.get("features"), "transforms": o.get("transforms"), "units": o.get("units")},
         "model": {
             "k_min": o.get("k_min"),
             "k_max": o.get("k_max"),
@@ -258,6 +266,8 @@ def segment_customers(
     columns: dict[str, str] | None = None,
     features: list[str] | None = None,
     transforms: dict[str, Transform] | None = None,
+    units: dict[str, str] | None = None,
+    purchase: Literal["invoice", "day", "line"] | None = None,
     as_of: date | None = None,
     k_min: int | None = None,
     k_max: int | None = None,
@@ -288,7 +298,8 @@ def segment_customers(
     logger = get_run_logger()
     settings = settings_from_parameters(
         config_path, input_path=input_path, input_kind=input_kind, input_table=input_table,
-        input_query=input_query, columns=columns, features=features, transforms=transforms, as_of=as_of,
+        input_query=input_query, columns=columns, features=features, transforms=transforms, units=units,
+        purchase=purchase, as_of=as_of,
         k_min=k_min, k_max=k_max, covariance_types=covariance_types, criterion=criterion, n_init=n_init,
         seed=seed, max_samples=max_samples, max_reject_share=max_reject_share, database=database,
         reports_dir=reports_dir,
@@ -416,6 +427,7 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         "as_of": str(record.as_of) if record.as_of else None,
         "rows_loaded": record.rows_loaded,
         "rows_rejected": record.rows_rejected,
+        "reject_reasons": stages.reject_reasons(record.rejects),
         "customers": record.customers,
         "segment_sizes": [
             {"segment_id": int(s), "customers": int(n), "weight": float(w)}
@@ -460,6 +472,7 @@ def markdown_summary(summary: dict[str, Any]) -> str:
         f"**As of:** {summary['as_of'] or '-'}  ",
         f"**Rows loaded:** {summary['rows_loaded']:,}  ",
         f"**Rows rejected:** {summary['rows_rejected']:,} (see table `rejected_rows`)  ",
+        *[f"- {reason}" for reason in summary.get("reject_reasons") or []],
         f"**Customers segmented:** {summary['customers']:,}",
         "",
         "| segment | customers | weight |",

@@ -106,7 +106,7 @@ def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
     resolution = settings.features.resolution == "auto"
     if settings.input.kind == "transactions":
         as_of = settings.rules.as_of or default_as_of(valid)
-        table, counts = rfm_table(valid, as_of, settings.rules.cancellation_prefix)
+        table, counts = rfm_table(valid, as_of, settings.rules.cancellation_prefix, settings.rules.purchase)
         if table.empty:
             first, last = valid["timestamp"].min(), valid["timestamp"].max()
             raise FeatureError(
@@ -324,6 +324,9 @@ def report_data(
         "Segment sizes": sizes,
         "Seed": str(settings.model.seed),
     }
+    reasons = reject_reasons(outcome.rejects)
+    if reasons:
+        summary["Why rows were rejected"] = "; ".join(reasons)
     if choice.grid_note:
         summary["Model grid"] = choice.grid_note
     spikes = discrete_features_note(features)
@@ -355,6 +358,31 @@ def report_data(
         summary=summary,
         choice_note=" ".join(part for part in (choice.note, choice.grid_note and f"Grid: {choice.grid_note}.") if part),
     )
+
+
+def reject_reasons(rejects: pd.DataFrame, top: int = 3) -> list[str]:
+    """Why rows were rejected, most common rule first: one line per (rule, column) with its count and
+    the first example, e.g. ``not_in_future on 'InvoiceDate': 12 rows (e.g. row 5, '2031-01-01')``.
+
+    At most ``top`` lines, plus one saying how many other rules there were.
+    """
+    if rejects is None or len(rejects) == 0:
+        return []
+    frame = rejects.sort_values("row_number", kind="stable")
+    groups = frame.groupby(["rule", "column_name"], sort=False)
+    counts = groups["row_number"].nunique().sort_values(ascending=False, kind="stable")
+    first = groups.first()
+    lines = []
+    for rule, column in counts.index[:top]:
+        example = first.loc[(rule, column)]
+        where = "whole row" if column == WHOLE_ROW else f"{column!r}"
+        value = "" if pd.isna(example["value"]) else f", {str(example['value'])[:40]!r}"
+        n = int(counts.loc[(rule, column)])
+        lines.append(f"{rule} on {where}: {n:,} row{'s' if n != 1 else ''} "
+                     f"(e.g. row {int(example['row_number'])}{value})")
+    if len(counts) > top:
+        lines.append(f"{len(counts) - top} more rule{'s' if len(counts) - top != 1 else ''} (table rejected_rows)")
+    return lines
 
 
 def discrete_features_note(features: FeatureMatrix) -> str:

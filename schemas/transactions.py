@@ -18,7 +18,7 @@ from schemas.validation import empty_rejects
 
 
 class Transactions(pa.DataFrameModel):
-    """One invoice line.
+    """One invoice line (``invoice_id`` is optional: a log without one counts purchase days or lines).
 
     Rules that are *not* rejects (they are documented data rules applied when features are computed):
     a missing ``customer_id`` (the line cannot be attributed, so it is left out) and cancellations
@@ -30,7 +30,7 @@ class Transactions(pa.DataFrameModel):
     more than a day after the moment of validation (``not_in_future``). A zero amount is kept.
     """
 
-    invoice_id: Series[str] = pa.Field(nullable=False, coerce=True)
+    invoice_id: Series[str] | None = pa.Field(nullable=False, coerce=True)
     customer_id: Series[str] = pa.Field(nullable=True, coerce=True)
     timestamp: Series[pd.Timestamp] = pa.Field(nullable=False, coerce=True)
     quantity: Series[float] | None = pa.Field(nullable=False, coerce=True)

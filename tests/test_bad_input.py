@@ -153,6 +153,17 @@ def expect_rejects(store: Store, path: Path | str, params: dict) -> tuple[dict, 
         ).fetchone()
     assert status == "success" and rows_rejected == rejects["row_number"].nunique() == summary["rows_rejected"]
     assert (rejects["source"] == str(path)).all()
+    # The console and the report say why, most common rule first, with an example each.
+    per_rule = rejects.groupby(["rule", "column_name"])["row_number"].nunique()
+    reasons = summary["reject_reasons"]
+    assert len(reasons) == min(3, len(per_rule)) + (len(per_rule) > 3)
+    for reason in reasons[:3]:
+        assert any(reason.startswith(f"{rule} on ") and f": {n:,} row" in reason and "(e.g. row " in reason
+                   for (rule, _), n in per_rule.items()), reason
+    if reasons:
+        assert f": {per_rule.max():,} row" in reasons[0]
+    html = Path(summary["report"]).read_text()
+    assert ("Why rows were rejected" in html) is bool(reasons)
     return summary, rejects
 
 
@@ -413,7 +424,7 @@ def test_an_as_of_before_every_purchase_or_out_of_range(store, tmp_path):
     from flows.config import ConfigError
 
     before = snapshot(store.db)["max_run"]
-    with pytest.raises(ConfigError, match=r"rules\.as_of: Value error, 9999-12-31 is out of range: dates from 1678-01-01"):
+    with pytest.raises(ConfigError, match=r"rules\.as_of: 9999-12-31 is out of range: dates from 1678-01-01"):
         _run(store, path, {**TRANSACTIONS, "as_of": "9999-12-31"})
     assert snapshot(store.db)["max_run"] == before  # refused before a run exists
 
@@ -564,5 +575,7 @@ def test_cli_shows_a_traceback_only_with_debug(store, tmp_path, debug):
     assert ("in build_feature_matrix" in done.stderr) is debug  # the error's own frames
     if debug:  # Prefect's log lines keep theirs too, not only the final error
         assert done.stderr.count("Traceback (most recent call last)") >= 2
+    else:  # the error is said once: Prefect's own lines about the failure stay off the terminal
+        assert (done.stderr + done.stdout).count("has the same value (4)") == 1, done.stderr
     assert "Traceback" not in done.stdout
     _assert_run1_intact(store, snapshot(store.db))

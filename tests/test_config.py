@@ -52,8 +52,45 @@ def test_a_bad_value_is_named_where_it_came_from(tmp_path, capsys):
         load_settings(config, {"model": {"seed": 1}}, overrides_source="command line")
     # A rule across keys blames the options when the file alone is fine.
     config.write_text("[model]\nk_min = 2\n")
-    with pytest.raises(ConfigError, match=r"^flow parameters: model: Value error, k_max \(1\) is smaller than k_min \(2\)"):
+    with pytest.raises(ConfigError, match=r"^flow parameters: model: k_max \(1\) is smaller than k_min \(2\)"):
         load_settings(config, {"model": {"k_max": 1}}, overrides_source="flow parameters")
     config.write_text("[model]\nn_init = 3\n")
     assert main(["run", "--config", str(config), "--n-init", "0", "--database", str(tmp_path / "x.duckdb")]) == 2
     assert capsys.readouterr().err.startswith("segment: error: command line: model.n_init: Input should be")
+
+
+def test_one_feature_s_transform_or_unit_leaves_the_others_defaults(tmp_path):
+    """Per-feature maps merge key by key: defaults, then the file, then the command line."""
+    from flows.cli import build_parser, flow_parameters
+    from flows.pipeline import settings_from_parameters
+
+    defaults = load_settings().features
+    assert defaults.transforms == {"recency_days": "none", "frequency": "log1p", "monetary": "log1p"}
+    assert defaults.units == {"recency_days": "days", "frequency": "invoices", "monetary": "GBP"}  # the sample's
+
+    # The file sets one transform and one unit: the others keep their defaults.
+    config = tmp_path / "one.toml"
+    config.write_text('[features]\ntransforms = { monetary = "none" }\nunits = { monetary = "EUR" }\n')
+    from_file = load_settings(config).features
+    assert from_file.transforms == {"recency_days": "none", "frequency": "log1p", "monetary": "none"}
+    assert from_file.units == {"recency_days": "days", "frequency": "invoices", "monetary": "EUR"}
+
+    # The command line sets another: merged over the file, not instead of it.
+    args = build_parser().parse_args(["run", "--config", str(config), "--transform", "frequency=none",
+                                      "--unit", "monetary=USD", "--unit", "frequency=", "--purchase", "line"])
+    settings = settings_from_parameters(source="command line", **flow_parameters(args))
+    assert settings.features.transforms == {"recency_days": "none", "frequency": "none", "monetary": "none"}
+    assert settings.features.units == {"recency_days": "days", "frequency": "", "monetary": "USD"}
+    assert settings.rules.purchase == "line"  # counts lines though the sample has invoice ids
+    with pytest.raises(ConfigError, match="--transform expects NAME=VALUE"):
+        flow_parameters(build_parser().parse_args(["run", "--transform", "frequency="]))
+
+
+def test_spend_has_no_currency_on_a_users_own_data(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("customer_id,invoice_id,timestamp,amount\nA,1,2024-01-02,3.5\n")
+    own = load_settings(overrides={"input": {"path": str(log)}}).features
+    assert own.units == {"recency_days": "days", "frequency": "invoices"}
+    assert load_settings(overrides={"input": {"path": str(log)}}).unit_of("monetary") == ""
+    given = load_settings(overrides={"input": {"path": str(log)}, "features": {"units": {"monetary": "USD"}}})
+    assert given.unit_of("monetary") == "USD"

@@ -126,6 +126,49 @@ def test_rfm_rules_on_a_hand_checked_log(log_files):
     assert default_as_of(outcome.valid) == date(2011, 2, 2)
 
 
+def test_a_log_without_invoice_ids_counts_purchase_days_or_lines(tmp_path):
+    """rules.purchase: one purchase per (customer, day) by default, or per line; cancellations come
+    from negative amounts."""
+    log = pd.DataFrame({
+        "customer": ["A", "A", "A", "B", "B", "C"],
+        "date": ["2024-01-02 09:00", "2024-01-02 17:30", "2024-01-05 10:00", "2024-01-03 10:00",
+                 "2024-01-04 10:00", "2024-01-06 10:00"],
+        "value": [10.0, 5.0, 7.5, 20.0, -20.0, 30.0],
+    })
+    csv = tmp_path / "purchases.csv"
+    log.to_csv(csv, index=False)
+    columns = {"customer_id": "customer", "timestamp": "date", "amount": "value"}
+    table = {}
+    for purchase in (None, "line"):
+        rules = {"as_of": date(2024, 1, 10)} | ({"purchase": purchase} if purchase else {})
+        s = load_settings(overrides={"input": {"path": str(csv), "columns": columns}, "rules": rules})
+        assert s.rules.purchase == (purchase or "day")  # recorded in runs.parameters as used
+        assert s.unit_of("frequency") == {"day": "purchase days", "line": "purchases"}[s.rules.purchase]
+        features = compute_features(validate_input(load_input(s.input, s.features.columns), s).valid, s)
+        table[s.rules.purchase] = pd.DataFrame(features.X_original, index=features.customer_ids,
+                                               columns=features.names).to_dict("index")
+    # A bought twice on 2 January and once on 5 January; B's only purchase was returned in full.
+    assert table["day"]["A"] == {"recency_days": 5.0, "frequency": 2.0, "monetary": 22.5}
+    assert table["line"]["A"] == {"recency_days": 5.0, "frequency": 3.0, "monetary": 22.5}
+    assert table["day"]["B"] == table["line"]["B"] == {"recency_days": 7.0, "frequency": 1.0, "monetary": 0.0}
+    with pytest.raises(ConfigError, match=r"rules.purchase = 'invoice' needs input.columns to map 'invoice_id' "
+                                           r"\(--column invoice_id=YOUR_COLUMN\)"):
+        load_settings(overrides={"input": {"path": str(csv), "columns": columns}, "rules": {"purchase": "invoice"}})
+
+
+def test_an_invoice_log_can_count_days_instead(log_files):
+    s = load_settings(overrides={"input": {"path": str(log_files / "log.csv"), "columns": COLUMNS},
+                                 "rules": {"purchase": "day"}})
+    valid = validate_input(load_input(s.input, []), s).valid
+    table, counts = rfm_table(valid, date(2011, 1, 10), "C", purchase="day")
+    rows = table.set_index("customer_id").to_dict("index")
+    # 17850's invoices A1 and A2 fall on two days; C5 is still a cancellation by its prefix.
+    assert rows["17850"]["frequency"] == 2.0 and rows["42"] == {"recency_days": 8.0, "frequency": 1.0, "monetary": 0.0}
+    assert counts["cancellation_lines"] == 2
+    with pytest.raises(ValueError, match="purchase must be"):
+        rfm_table(valid, date(2011, 1, 10), "C", purchase="week")
+
+
 def test_amount_column_instead_of_quantity_times_price(tmp_path):
     frame = LOG.assign(Total=LOG["Qty"] * LOG["Price"])
     path = tmp_path / "amounts.csv"
