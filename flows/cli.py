@@ -127,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Give a segment id a name shown in current_segments, segment_history and the views "
         "(segment ids are kept from run to run). Waits for a run in progress.",
     )
+    sql = sub.add_parser(
+        "sql",
+        help="query the results read-only: one query, or a prompt without one",
+        description="Run SQL on the results file, read-only, with the DuckDB this project installs "
+        "(DuckDB's own shell must be of the same version to read the file). With QUERY, print its "
+        "result; without, open a prompt (statements end with ';', .help, .quit).",
+    )
+    sql.add_argument("query", nargs="?", help="SQL statements, e.g. \"SELECT * FROM current_segments\"")
+    sql.add_argument("--config", "-c", help="TOML configuration file (for output.database)")
+    sql.add_argument("--database", help="results DuckDB file (default output/segments.duckdb)")
+    sql.add_argument("--csv", action="store_true", help="print every row as CSV instead of a table")
     name.add_argument("segment_id", type=int, help="the segment id, e.g. 3")
     name.add_argument("name", nargs="?", help="the name, e.g. 'Loyal big spenders'")
     name.add_argument("--clear", action="store_true", help="remove the segment's name")
@@ -298,6 +309,25 @@ def _trigger(args: argparse.Namespace) -> int:
     return 1
 
 
+def _sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from flows import sql_shell
+    from flows.config import load_settings
+
+    overrides = {"output": {"database": args.database}} if args.database else None
+    database = load_settings(args.config, overrides, overrides_source="command line").output.database
+    try:
+        if args.query is not None:
+            sql_shell.query(database, args.query, csv=args.csv)
+            return 0
+        return sql_shell.shell(database)
+    except duckdb.Error as exc:
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _name(args: argparse.Namespace) -> int:
     from flows.pipeline import settings_from_parameters
     from flows.runlock import database_lock
@@ -328,6 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     # The temporary local server can take longer than Prefect's 20 s default on a busy small machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     debug = bool(getattr(args, "debug", False))
+    if args.command == "sql":  # no Prefect: an analyst's query answers at once
+        try:
+            return _sql(args)
+        except ConfigError as exc:
+            print(_error(exc, debug), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
     if debug:  # asked for tracebacks: an inherited setting of a served run must not hide them
         os.environ.pop(HIDE_TRACEBACKS_ENV, None)
     else:

@@ -114,7 +114,8 @@ def segment_table(result: SegmentResult) -> pd.DataFrame:
 def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataFrame:
     """Per segment and feature, in original units: membership-weighted mean and standard deviation,
     the segment centre (model mean mapped back) and a one-standard-deviation band mapped back
-    (``spread_low``/``spread_high``; asymmetric for log1p features)."""
+    (``spread_low``/``spread_high``; asymmetric for log1p features; clipped to the feature's
+    observed range)."""
     R = result.probabilities  # (n, k)
     X = features.X_original  # (n, d)
     mass = R.sum(axis=0)  # (k,)
@@ -124,8 +125,10 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
     std = np.sqrt(np.clip(second - mean * mean, 0.0, None))
     sd_model = np.sqrt(np.clip(np.diagonal(result.covariances, axis1=1, axis2=2), 0.0, None))  # (k, d)
     centre = features.scaler.inverse_transform(result.means)
-    low = features.scaler.inverse_transform(result.means - sd_model)
-    high = features.scaler.inverse_transform(result.means + sd_model)
+    # The band is kept inside the values the feature takes (no negative days or spend).
+    lowest, highest = X.min(axis=0), X.max(axis=0)
+    low = np.clip(features.scaler.inverse_transform(result.means - sd_model), lowest, highest)
+    high = np.clip(features.scaler.inverse_transform(result.means + sd_model), lowest, highest)
     k, d = mean.shape
     return pd.DataFrame(
         {

@@ -155,7 +155,7 @@ def wait_for_writer(path: Path, wait_seconds: float, notify: Notify | None = Non
             raise StoreBusyError(
                 f"{path}: open for writing by {who}; nothing was published. The results file is "
                 "replaced at every run and must only be read: close that session and open it "
-                "read-only (duckdb -readonly, duckdb.connect(path, read_only=True)); this run waited "
+                "read-only (segment sql, duckdb.connect(path, read_only=True)); this run waited "
                 f"{wait_seconds / 60:g} min (output.writer_wait_minutes)"
             )
         if not told and notify is not None:

@@ -102,12 +102,8 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
             ks = [k for k, _ in accepted]
             ax.plot(ks, [v for _, v in accepted], color=style["color"], marker=style["marker"],
                     markersize=5, linewidth=1.6, label=cov)
-            aside = [(r["k"], r[name]) for r in rows
-                     if r["type"] == cov and r["status"] != "ok" and np.isfinite(r[name])]
-            if aside:
-                ax.scatter([k for k, _ in aside], [v for _, v in aside], marker=style["marker"],
-                           s=42, facecolors="none", edgecolors=style["color"], linewidths=1.4,
-                           zorder=3)
+            # Set-aside candidates are not drawn: a collapsed fit's score can be far off every
+            # candidate that could be chosen and would stretch the axis; the legend lists them.
         if refit is not None and np.isfinite(refit[name]):
             ax.scatter([refit["k"]], [refit[name]], marker="D", s=60, facecolor="black",
                        edgecolor="black", zorder=4)
@@ -119,7 +115,7 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
         ax.set_xlabel("number of segments k")
         ax.set_ylabel(f"{name.upper()} (lower is better)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        values = [r[name] for r in rows if np.isfinite(r[name])]
+        values = [r[name] for r in rows if np.isfinite(r[name]) and r["status"] == "ok"]
         if values and max(values) - min(values) > 10:
             ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
         else:
@@ -134,14 +130,12 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
         Line2D([], [], color=covariance_style(t)["color"], marker=covariance_style(t)["marker"],
                label=f"{plain(t)} covariance") for t in types
     ]
-    n_aside = sum(r["status"] != "ok" for r in rows)
-    n_missing = sum(r["status"] != "ok" and not np.isfinite(r[criterion]) for r in rows)
-    if n_aside:
-        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none",
-                              markeredgecolor="grey",
-                              label=f"set aside: degenerate/failed ({n_aside}"
-                                    + (f", {n_missing} without a value, not drawn)" if n_missing
-                                       else ")")))
+    aside = sorted((r["k"], r["type"]) for r in rows if r["status"] != "ok")
+    if aside:
+        listed = ", ".join(f"k={k} {t}" for k, t in aside[:6])
+        more = f" and {len(aside) - 6} more (table below)" if len(aside) > 6 else ""
+        handles.append(Line2D([], [], linestyle="none", marker="none",
+                              label=f"set aside as degenerate or failed, not drawn: {listed}{more}"))
     if refit is not None:
         handles.append(Line2D([], [], linestyle="none", marker="D", markersize=7, color="black",
                               label=f"previous run's model refitted: k={refit['k']}, {plain(refit['type'])}"))
@@ -524,7 +518,8 @@ def feature_density_figure(x_model: np.ndarray, *, weights: np.ndarray,
     density = counts / (len(values) * np.diff(edges))
     outside = 1.0 - counts.sum() / len(values)
     pad = 0.04 * (high - low)
-    grid = np.linspace(low - pad, high + pad, 500)
+    # Never past the values the feature takes: no density at negative days or below zero spend.
+    grid = np.linspace(max(low - pad, float(values.min())), min(high + pad, float(values.max())), 500)
     z = (grid[None, :] - mu[:, None]) / sd[:, None]
     component = weights[:, None] * np.exp(-0.5 * z ** 2) / (sd[:, None] * math.sqrt(2.0 * math.pi))
 

@@ -57,6 +57,16 @@ def nice_ticks(low: float, high: float) -> np.ndarray:
     decades = 10.0 ** np.arange(-3, int(np.ceil(np.log10(high))) + 1)
     candidates = np.concatenate([[0.0], np.outer(decades, [1.0, 2.0, 5.0]).ravel()])
     ticks = candidates[(candidates >= low) & (candidates <= high)]
-    # Keep at most ~7 labels so they do not collide on the compressed high end.
-    step = int(np.ceil(len(ticks) / 7)) if len(ticks) > 7 else 1
-    return ticks[::-1][::step][::-1]
+    if len(ticks) < 2:
+        return ticks
+    # The axis is drawn in log(1 + x): ticks are kept at least an eighth of its width apart there,
+    # from the top down, so small values (0, 0.002, 0.5 all sit near 0) do not print on each other.
+    positions = np.log1p(ticks)
+    min_gap = (np.log1p(high) - np.log1p(low)) / 8.0
+    kept = [len(ticks) - 1]
+    for i in range(len(ticks) - 2, -1, -1):
+        if positions[kept[-1]] - positions[i] >= min_gap:
+            kept.append(i)
+    if ticks[0] == 0.0:  # zero anchors the axis: keep it, drop what crowds it
+        kept = [0] + [i for i in kept if positions[i] >= min_gap]
+    return ticks[sorted(set(kept))]

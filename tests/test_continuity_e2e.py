@@ -61,6 +61,12 @@ def test_ids_names_migration_and_history_across_runs(prefect_harness, tmp_path):
     assert (joined.segment_id_1 == joined.segment_id_2).mean() > 0.99
     migration = query(db, "SELECT * FROM current_migration")
     assert migration.customers.sum() == len(joined) == 750  # sums to the customers in both runs
+    # The README's query 12: the migration as a matrix of integers, 0 where nobody moved.
+    examples = (Path(__file__).resolve().parent.parent / "flows" / "sql" / "examples.sql").read_text()
+    pivot = query(db, examples[examples.index("PIVOT"):examples.index(";", examples.index("PIVOT"))])
+    counts = pivot.drop(columns="from_segment")
+    assert all(str(t).startswith("int") for t in counts.dtypes), counts.dtypes
+    assert int(counts.to_numpy().sum()) == 750 and (counts.to_numpy() >= 0).all()
     assert second["moved_share"] < 0.01 and second["drift_flags"] == []
     names = query(db, "SELECT segment_id, name FROM current_segments ORDER BY segment_id")
     assert names.set_index("segment_id").name.to_dict() == {1: None, 2: "Loyal big spenders", 3: None} or (

@@ -9,6 +9,7 @@ import matplotlib
 import matplotlib.image
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -231,10 +232,25 @@ def test_criteria_figure_draws_one_line_per_covariance_type_and_marks_the_choice
         points = np.concatenate([c.get_offsets() for c in ax.collections])
         chosen = next(r for r in rows if r["selected"])
         assert [3, chosen[name]] in points.tolist()
+        # Set-aside candidates are listed, not drawn, and do not set the axis.
         degenerate = next(r for r in rows if r["status"] == "degenerate")
-        assert [4, degenerate[name]] in points.tolist()
+        assert [4, degenerate[name]] not in points.tolist()
+        accepted = [r[name] for r in rows if r["status"] == "ok"]
+        low, high = ax.get_ylim()
+        assert low <= min(accepted) and max(accepted) <= high
     assert "lower is better" in fig.get_suptitle()
     assert "chosen: k=3, tied" in _texts(fig)
+    assert "set aside as degenerate or failed, not drawn: k=4 full, k=4 spherical" in _texts(fig)
+
+
+def test_a_collapsed_candidates_score_does_not_stretch_the_criteria_axis():
+    rows = _selection_rows(3, "full")
+    far = next(r for r in rows if r["status"] == "degenerate")
+    far.update(bic=-300_000.0, aic=-300_000.0, icl=-300_000.0)
+    fig = figures.criteria_figure(rows, "bic")
+    accepted = [r["bic"] for r in rows if r["status"] == "ok"]
+    low, high = fig.axes[0].get_ylim()
+    assert low > -300_000.0 and high - low < 2 * (max(accepted) - min(accepted)) + 1
 
 
 def test_criteria_figure_accepts_none_values_and_an_empty_table():
@@ -544,3 +560,52 @@ def test_report_data_checks_the_drift_dict():
     drift = _drift()
     del drift["previous_segment_ids"]
     assert ReportData(**{**good.__dict__, "drift": drift}).drift["previous_segment_ids"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("high", [0.6, 1.0, 250.0, 80_000.0])
+def test_log_axis_ticks_include_zero_and_never_crowd_each_other(high):
+    from reports.style import nice_ticks
+
+    ticks = nice_ticks(0.0, high)
+    assert ticks[0] == 0.0 and ticks[-1] <= high and len(ticks) >= 2
+    gaps = np.diff(np.log1p(ticks))
+    assert gaps.min() >= np.log1p(high) / 8.0 - 1e-12  # at least an eighth of the axis apart
+
+
+def test_the_density_stays_inside_the_values_the_feature_takes():
+    # Recency-like days: many customers at 0-10 days, none below 0.
+    rng = np.random.default_rng(4)
+    days = np.concatenate([rng.integers(0, 10, 400), rng.integers(150, 370, 200)]).astype(float)
+    mean, scale = days.mean(), days.std()
+    fig = figures.feature_density_figure(
+        (days - mean) / scale, weights=np.array([0.65, 0.35]),
+        component_means=(np.array([4.0, 260.0]) - mean) / scale,
+        component_variances=(np.array([30.0, 60.0]) / scale) ** 2, scaler_mean=mean, scaler_scale=scale,
+        segment_ids=[1, 2], name="recency_days", unit="days", transform="none")
+    ax = fig.axes[0]
+    assert min(line.get_xdata().min() for line in ax.lines) >= 0.0
+    assert ax.get_xlim()[0] >= 0.0
+
+
+def test_segment_spreads_stay_inside_the_observed_range():
+    from flows.features import build_feature_matrix
+    from flows.segments import assign_segments, feature_profiles
+    from gmm_engine import GaussianMixture
+
+    rng = np.random.default_rng(5)
+    # Most customers bought in the last days, a few long ago: one segment's band, centre -/+ one
+    # standard deviation, reaches below 0 days unless it is kept to the values recency takes.
+    table = pd.DataFrame({
+        "customer_id": [f"c{i}" for i in range(600)],
+        "recency_days": np.concatenate([rng.integers(0, 6, 400), rng.integers(200, 300, 200)]).astype(float),
+        "monetary": np.round(np.exp(rng.normal(4.0, 1.0, 600)), 2),
+    })
+    features = build_feature_matrix(table, ["recency_days", "monetary"], ["days", "GBP"], ["none", "log1p"])
+    model = GaussianMixture(1, random_state=0).fit(features.X_model)
+    unclipped = features.scaler.inverse_transform(model.means_ - np.sqrt(np.diagonal(model.covariances_, axis1=1, axis2=2)))
+    assert unclipped[0, 0] < 0.0  # the case the clip is for
+    profiles = feature_profiles(assign_segments(model, features.X_model), features).set_index("feature")
+    assert profiles.loc["recency_days", "spread_low"] == 0.0
+    for feature in ("recency_days", "monetary"):
+        assert table[feature].min() <= profiles.loc[feature, "spread_low"] <= profiles.loc[feature, "centre"]
+        assert profiles.loc[feature, "centre"] <= profiles.loc[feature, "spread_high"] <= table[feature].max()

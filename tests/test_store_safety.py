@@ -106,7 +106,7 @@ def test_an_analyst_session_opened_for_writing_stops_the_run_with_what_to_do(pre
         assert result.returncode == 1, result.stderr[-2000:]
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(f"segment: error: {db.resolve()}: open for writing by pid {analyst.pid} (")
-        assert "open it read-only (duckdb -readonly" in last and "waited 0.05 min" in last
+        assert "open it read-only (segment sql" in last and "waited 0.05 min" in last
         assert "Traceback" not in result.stderr
         assert db.read_bytes() == published  # nothing was published under the session
     finally:

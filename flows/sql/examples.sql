@@ -1,5 +1,5 @@
 -- Example queries for analysts (the README shows these; tests run every one against a real run).
--- Open the file read-only so the nightly run can still write:  duckdb -readonly output/segments.duckdb
+-- Open the file read-only so the nightly run can still write:  segment sql (or duckdb.connect(path, read_only=True))
 
 -- 1. The current segments: how many customers each, and its share (latest successful run).
 SELECT segment_id, customer_count, round(weight, 3) AS weight, round(mean_probability, 3) AS mean_probability
@@ -70,7 +70,7 @@ FROM latest_run;
 
 -- 12. Customers moving between segments since the previous run (stayers on the diagonal).
 PIVOT (SELECT from_segment, to_segment, customers FROM current_migration)
-ON to_segment USING sum(customers)
+ON to_segment USING coalesce(CAST(sum(customers) AS INTEGER), 0)
 ORDER BY from_segment;
 
 -- 13. One segment's size and centre over time (segment ids are stable from run to run).

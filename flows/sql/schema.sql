@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS segment_features (
     mean                DOUBLE,               -- membership-weighted mean, original units
     std                 DOUBLE,               -- membership-weighted standard deviation, original units
     centre              DOUBLE,               -- component mean mapped back to original units
-    spread_low          DOUBLE,               -- centre - 1 sd in model space, mapped back
+    spread_low          DOUBLE,               -- centre - 1 sd in model space, mapped back, clipped to the observed range
     spread_high         DOUBLE                -- centre + 1 sd in model space, mapped back
 );
 
