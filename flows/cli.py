@@ -188,9 +188,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"customers segmented {summary['customers']:,}" + (f"; as of {summary['as_of']}" if summary["as_of"] else ""),
     ]
     lines += [f"    rejected: {reason}" for reason in summary.get("reject_reasons") or []]
-    lines += ["  segment  customers  weight"]
+    lines += ["  segment  customers  share of customers"]
     for s in summary["segment_sizes"]:
-        lines.append(f"  {s['segment_id']:>7}  {s['customers']:>9,}  {s['weight']:.3f}")
+        lines.append(f"  {s['segment_id']:>7}  {s['customers']:>9,}  {s['share']:>18.1%}")
     if summary.get("decision_note"):
         lines.append(textwrap.fill(summary["decision_note"], width=100, initial_indent="  ", subsequent_indent="  "))
     if summary.get("grid_note"):

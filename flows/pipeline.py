@@ -430,7 +430,8 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         "reject_reasons": stages.reject_reasons(record.rejects),
         "customers": record.customers,
         "segment_sizes": [
-            {"segment_id": int(s), "customers": int(n), "weight": float(w)}
+            {"segment_id": int(s), "customers": int(n), "share": float(n) / max(record.customers, 1),
+             "weight": float(w)}
             for s, n, w in zip(segments.segment_ids, segments.customer_counts, segments.weights)
         ],
         "database": str(Path(database_path).resolve()),
@@ -475,11 +476,11 @@ def markdown_summary(summary: dict[str, Any]) -> str:
         *[f"- {reason}" for reason in summary.get("reject_reasons") or []],
         f"**Customers segmented:** {summary['customers']:,}",
         "",
-        "| segment | customers | weight |",
+        "| segment | customers | share of customers |",
         "|---:|---:|---:|",
     ]
     for s in summary["segment_sizes"]:
-        lines.append(f"| {s['segment_id']} | {s['customers']:,} | {s['weight']:.3f} |")
+        lines.append(f"| {s['segment_id']} | {s['customers']:,} | {s['share']:.1%} |")
     if summary.get("decision_note"):
         lines += ["", f"**How it was chosen:** {summary['decision_note']}"]
     if summary.get("grid_note"):

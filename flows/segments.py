@@ -9,6 +9,7 @@ import pandas as pd
 
 from flows.features import FeatureMatrix
 from gmm_engine.covariance import COVARIANCE_MODELS
+from reports.profiles import segment_profiles
 
 
 def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
@@ -112,35 +113,26 @@ def segment_table(result: SegmentResult) -> pd.DataFrame:
 
 
 def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataFrame:
-    """Per segment and feature, in original units: membership-weighted mean and standard deviation,
-    the segment centre (model mean mapped back) and a one-standard-deviation band mapped back
-    (``spread_low``/``spread_high``; asymmetric for log1p features; clipped to the feature's
-    observed range)."""
-    R = result.probabilities  # (n, k)
-    X = features.X_original  # (n, d)
-    mass = R.sum(axis=0)  # (k,)
-    safe = np.where(mass > 0, mass, 1.0)[:, None]
-    mean = (R.T @ X) / safe
-    second = (R.T @ (X * X)) / safe
-    std = np.sqrt(np.clip(second - mean * mean, 0.0, None))
-    sd_model = np.sqrt(np.clip(np.diagonal(result.covariances, axis1=1, axis2=2), 0.0, None))  # (k, d)
-    centre = features.scaler.inverse_transform(result.means)
-    # The band is kept inside the values the feature takes (no negative days or spend).
-    lowest, highest = X.min(axis=0), X.max(axis=0)
-    low = np.clip(features.scaler.inverse_transform(result.means - sd_model), lowest, highest)
-    high = np.clip(features.scaler.inverse_transform(result.means + sd_model), lowest, highest)
-    k, d = mean.shape
+    """Per segment and feature, in original units (definitions in :mod:`reports.profiles`, the one
+    place they are computed, so the tables and the report agree): membership-weighted ``mean`` and
+    ``std``, the segment ``centre`` and a one-standard-deviation band (``spread_low``/``spread_high``;
+    asymmetric for log1p features; clipped to the feature's observed range)."""
+    profiles = segment_profiles(
+        features.X_original, result.probabilities, result.labels, result.means, result.covariances,
+        features.scaler.mean, features.scaler.scale, features.transforms, result.segment_ids,
+    )
+    k, d = profiles.mean.shape
     return pd.DataFrame(
         {
             "segment_id": np.repeat(result.segment_ids, d),
             "feature_index": np.tile(np.arange(1, d + 1, dtype=np.int64), k),
             "feature": np.tile(np.array(features.names, dtype=object), k),
             "unit": np.tile(np.array(features.units, dtype=object), k),
-            "mean": mean.ravel(),
-            "std": std.ravel(),
-            "centre": centre.ravel(),
-            "spread_low": low.ravel(),
-            "spread_high": high.ravel(),
+            "mean": profiles.mean.ravel(),
+            "std": profiles.std.ravel(),
+            "centre": profiles.centre.ravel(),
+            "spread_low": profiles.spread_low.ravel(),
+            "spread_high": profiles.spread_high.ravel(),
         }
     )
 

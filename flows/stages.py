@@ -352,6 +352,7 @@ def report_data(
         segment_ids=[int(s) for s in segments.segment_ids],
         labels=segments.labels,
         max_probability=segments.max_probability,
+        probabilities=segments.probabilities,
         lower_bounds=list(segments.lower_bounds),
         selection=[clean_row(r) for r in choice.table],
         criterion=choice.criterion,

@@ -421,7 +421,9 @@ def sizes_figure(counts: np.ndarray, segment_ids: Sequence[int]) -> Figure:
 
 def profiles_figure(profiles: SegmentProfiles, feature_names: Sequence[str],
                     feature_units: Sequence[str]) -> Figure:
-    """Every feature per segment in original units: median bar, interquartile range and mean.
+    """Every feature per segment in original units: the segment's centre (bar), one model standard
+    deviation either side (whiskers) and the membership-weighted mean (diamond); the dashed line is
+    the mean of all customers (:mod:`reports.profiles` for the definitions).
 
     Returns
     -------
@@ -442,15 +444,15 @@ def profiles_figure(profiles: SegmentProfiles, feature_names: Sequence[str],
         if j >= d:
             ax.remove()
             continue
-        median = profiles.median[order, j]
-        below = median - profiles.q25[order, j]
-        above = profiles.q75[order, j] - median
-        ax.bar(positions, np.nan_to_num(median), color=[colors[s] for s in ids], width=0.7)
-        ax.errorbar(positions, median, yerr=[below, above], fmt="none", ecolor="black",
+        centre = profiles.centre[order, j]
+        below = np.clip(centre - profiles.spread_low[order, j], 0.0, None)
+        above = np.clip(profiles.spread_high[order, j] - centre, 0.0, None)
+        ax.bar(positions, np.nan_to_num(centre), color=[colors[s] for s in ids], width=0.7)
+        ax.errorbar(positions, centre, yerr=[below, above], fmt="none", ecolor="black",
                     capsize=4, linewidth=1.2)
         ax.scatter(positions, profiles.mean[order, j], marker="D", s=30, facecolor="white",
                    edgecolor="black", zorder=4)
-        ax.axhline(profiles.overall_median[j], color="grey", linestyle="--", linewidth=1.0)
+        ax.axhline(profiles.overall_mean[j], color="grey", linestyle="--", linewidth=1.0)
         for position in positions[profiles.counts[order] == 0]:
             ax.text(position, 0, "no\ncustomers", ha="center", va="bottom", fontsize="x-small",
                     color="grey")
@@ -460,11 +462,11 @@ def profiles_figure(profiles: SegmentProfiles, feature_names: Sequence[str],
         ax.set_title(_short(feature_names[j]))
         ax.grid(axis="y", alpha=0.3)
     handles = [
-        Patch(facecolor="lightgrey", label="median of the segment (bar colour = segment)"),
-        Line2D([], [], color="black", marker="_", markersize=10, label="25th-75th percentile"),
+        Patch(facecolor="lightgrey", label="segment centre (bar colour = segment)"),
+        Line2D([], [], color="black", marker="_", markersize=10, label="centre -/+ one standard deviation"),
         Line2D([], [], linestyle="none", marker="D", markerfacecolor="white",
-               markeredgecolor="black", label="mean"),
-        Line2D([], [], color="grey", linestyle="--", label="median of all customers"),
+               markeredgecolor="black", label="weighted mean"),
+        Line2D([], [], color="grey", linestyle="--", label="mean of all customers"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=4 if ncols > 1 else 2,
                frameon=False, fontsize="small")

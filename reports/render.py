@@ -67,7 +67,8 @@ def render_report(data: ReportData, out_dir: str | os.PathLike[str], *, dpi: int
         raise TypeError(f"render_report: data must be a ReportData, got {type(data).__name__}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    profiles = segment_profiles(data.X_original, data.labels, data.segment_ids)
+    profiles = segment_profiles(data.X_original, data.probabilities, data.labels, data.means, data.covariances,
+                                data.scaler_mean, data.scaler_scale, data.feature_transforms, data.segment_ids)
     names = figure_files(data.n_features, drift=data.drift is not None)
     builders: list[Callable[[], Figure]] = [] if data.drift is None else [
         lambda: drift_figures.migration_figure(
@@ -142,17 +143,17 @@ def _figure(src: str, alt: str, caption: str) -> str:
 
 def _profile_table(data: ReportData, profiles: SegmentProfiles) -> str:
     order = sorted(range(data.n_segments), key=lambda c: data.segment_ids[c])
-    header = ["segment", "customers", "share"] + [
-        f"{name} [{unit}] median (mean)" if unit else f"{name} median (mean)"
+    header = ["segment", "customers", "share of customers"] + [
+        f"{name} [{unit}] centre (weighted mean)" if unit else f"{name} centre (weighted mean)"
         for name, unit in zip(data.feature_names, data.feature_units)]
     rows = []
     for c in order:
         rows.append([str(data.segment_ids[c]), f"{int(profiles.counts[c]):,}",
                      f"{profiles.shares[c]:.1%}"]
-                    + [f"{_fmt(profiles.median[c, j], 2)} ({_fmt(profiles.mean[c, j], 2)})"
+                    + [f"{_fmt(profiles.centre[c, j], 2)} ({_fmt(profiles.mean[c, j], 2)})"
                        for j in range(data.n_features)])
     rows.append(["all", f"{int(profiles.counts.sum()):,}", "100.0%"]
-                + [_fmt(profiles.overall_median[j], 2) + " (median)"
+                + [_fmt(profiles.overall_mean[j], 2) + " (mean)"
                    for j in range(data.n_features)])
     return _table(header, rows, text_columns={0})
 
@@ -221,13 +222,15 @@ def _page(data: ReportData, profiles: SegmentProfiles, names: list[str]) -> str:
         *([f'<p class="choice">{_e(data.choice_note)}</p>'] if data.choice_note else []),
         _figure(files[0], "Information criteria versus number of segments",
                 f"BIC, AIC and ICL for every candidate (lower is better); the star marks the model "
-                f"chosen by {criterion}; hollow markers are candidates set aside as degenerate "
-                f"or failed."),
+                f"chosen by {criterion}; candidates set aside as degenerate or failed are listed "
+                f"under the figure, not drawn."),
         "<details><summary>Model-selection table</summary>", _selection_table(data), "</details>",
         "<h2>Segments</h2>",
-        _figure(files[1], "Segment sizes", "Customers per segment and their share of all."),
-        _figure(files[2], "Segment profiles", "Median, interquartile range and mean of every "
-                "feature per segment, in original units."),
+        _figure(files[1], "Segment sizes", "Customers given each segment and their share of all "
+                "customers (the segments table's customer_count)."),
+        _figure(files[2], "Segment profiles", "Every feature per segment in original units: the "
+                "segment's centre (bar) with one model standard deviation either side, and the "
+                "membership-weighted mean (diamond), as in the segment_profiles view."),
         _profile_table(data, profiles),
         _figure(files[3], "Segments in two dimensions",
                 "Customers coloured by assigned segment with each segment's 1- and 2-sigma "

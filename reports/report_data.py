@@ -48,6 +48,9 @@ class ReportData:
         Component index ``0..n_segments-1`` of each customer.
     max_probability : ndarray of shape (n_customers,)
         Membership probability of the assigned segment.
+    probabilities : ndarray of shape (n_customers, n_segments)
+        Membership probabilities (rows sum to 1): the segments' weighted means
+        (:mod:`reports.profiles`).
     lower_bounds : list of float
         Mean log-likelihood after every EM iteration of the chosen model.
     selection : list of dict
@@ -85,6 +88,7 @@ class ReportData:
     segment_ids: list[int]
     labels: np.ndarray
     max_probability: np.ndarray
+    probabilities: np.ndarray
     lower_bounds: list[float]
     selection: list[dict[str, Any]] = field(default_factory=list)
     criterion: str = "bic"
@@ -107,7 +111,7 @@ class ReportData:
         if self.drift is not None:
             put("drift", _normalise_drift(self.drift))
         for name in ("scaler_mean", "scaler_scale", "X_original", "X_model", "weights", "means",
-                     "covariances", "max_probability"):
+                     "covariances", "max_probability", "probabilities"):
             put(name, np.asarray(getattr(self, name), dtype=np.float64))
         labels = np.asarray(self.labels)
         if labels.size and not np.issubdtype(labels.dtype, np.integer):
@@ -144,6 +148,7 @@ class ReportData:
         shapes = {
             "scaler_mean": (d,), "scaler_scale": (d,), "X_model": (n, d), "weights": (k,),
             "means": (k, d), "covariances": (k, d, d), "labels": (n,), "max_probability": (n,),
+            "probabilities": (n, k),
         }
         if self.X_original.ndim != 2 or self.X_original.shape[1] != d:
             fail("X_original", f"expected shape (n_customers, {d}), got {self.X_original.shape}")
@@ -154,7 +159,7 @@ class ReportData:
             if got != shape:
                 fail(name, f"expected shape {shape}, got {got}")
         for name in ("scaler_mean", "scaler_scale", "X_original", "X_model", "weights", "means",
-                     "covariances", "max_probability"):
+                     "covariances", "max_probability", "probabilities"):
             if not np.all(np.isfinite(getattr(self, name))):
                 fail(name, "contains NaN or infinite values")
         if np.any(self.scaler_scale <= 0):
@@ -165,6 +170,8 @@ class ReportData:
             fail("labels", f"component indices must lie in 0..{k - 1}")
         if np.any(self.max_probability < 0) or np.any(self.max_probability > 1 + 1e-9):
             fail("max_probability", "probabilities must lie in [0, 1]")
+        if np.any(self.probabilities < 0) or not np.allclose(self.probabilities.sum(axis=1), 1.0, atol=1e-6):
+            fail("probabilities", "must be non-negative with rows that sum to 1")
         diagonals = np.diagonal(self.covariances, axis1=1, axis2=2)
         if np.any(diagonals <= 0):
             fail("covariances", "every variance (diagonal entry) must be > 0")

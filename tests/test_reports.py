@@ -106,11 +106,17 @@ def make_report_data(d: int, covariance_type: str = "full", *, n: int = 240, k: 
         segment_ids=segment_ids or list(range(1, k + 1)),
         labels=posterior.argmax(axis=1),
         max_probability=posterior.max(axis=1),
+        probabilities=posterior,
         lower_bounds=list(-3.0 + 0.5 * (1 - np.exp(-np.arange(1, 13) / 3.0))),
         selection=_selection_rows(k, covariance_type),
         criterion="bic",
         summary=summary or {"run id": "run-7", "customers": str(n)},
     )
+
+
+def profiles_of(data: ReportData):
+    return segment_profiles(data.X_original, data.probabilities, data.labels, data.means, data.covariances,
+                            data.scaler_mean, data.scaler_scale, data.feature_transforms, data.segment_ids)
 
 
 def _read_png(path) -> np.ndarray:
@@ -178,7 +184,7 @@ def test_render_report_handles_an_empty_segment_and_missing_history(tmp_path):
         assert _read_png(tmp_path / name).size > 0
     assert "No model-selection table was recorded." in page
     assert "<td class=\"text\">3</td><td>0</td><td>0.0%</td>" in page
-    profiles = segment_profiles(data.X_original, data.labels, data.segment_ids)
+    profiles = profiles_of(data)
     fig = figures.profiles_figure(profiles, data.feature_names, data.feature_units)
     assert "no\ncustomers" in _texts(fig)
 
@@ -400,7 +406,7 @@ def test_membership_figure_annotates_the_share_below_the_threshold():
 
 def test_sizes_and_profiles_figures_show_the_grouped_data():
     data = make_report_data(4, "diag", segment_ids=[3, 1, 2], seed=4)
-    profiles = segment_profiles(data.X_original, data.labels, data.segment_ids)
+    profiles = profiles_of(data)
 
     sizes = figures.sizes_figure(profiles.counts, data.segment_ids)
     ax = sizes.axes[0]
@@ -416,10 +422,16 @@ def test_sizes_and_profiles_figures_show_the_grouped_data():
     for j, ax in enumerate(fig.axes):
         assert ax.get_title() == data.feature_names[j]
         assert ax.get_ylabel() == f"{data.feature_names[j]} [{data.feature_units[j]}]"
+        # Bars are the segments' centres: the model means mapped back to original units.
         heights = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
-        expected = [np.median(data.X_original[data.labels == data.segment_ids.index(s), j])
-                    for s in (1, 2, 3)]
-        np.testing.assert_allclose(heights, expected)
+        centre = data.means[:, j] * data.scaler_scale[j] + data.scaler_mean[j]
+        if data.feature_transforms[j] == "log1p":
+            centre = np.expm1(centre)
+        np.testing.assert_allclose(heights, [centre[data.segment_ids.index(s)] for s in (1, 2, 3)])
+        # Diamonds are the membership-weighted means.
+        weighted = (data.probabilities.T @ data.X_original[:, j]) / data.probabilities.sum(axis=0)
+        diamonds = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets()) == 3])
+        np.testing.assert_allclose(diamonds[:, 1], [weighted[data.segment_ids.index(s)] for s in (1, 2, 3)])
 
 
 def test_log_likelihood_figure_plots_every_iteration():

@@ -1,13 +1,16 @@
 -- Example queries for analysts (the README shows these; tests run every one against a real run).
 -- Open the file read-only so the nightly run can still write:  segment sql (or duckdb.connect(path, read_only=True))
 
--- 1. The current segments: how many customers each, and its share (latest successful run).
-SELECT segment_id, customer_count, round(weight, 3) AS weight, round(mean_probability, 3) AS mean_probability
+-- 1. The current segments: how many customers each and their share of all customers (what the
+--    console and the report show), the model's mixture weight, and how sure the assignments are.
+SELECT segment_id, customer_count, round(100 * customer_count / sum(customer_count) OVER (), 1) AS share_pct,
+       round(weight, 3) AS model_weight, round(mean_probability, 3) AS mean_probability
 FROM current_segments
 ORDER BY segment_id;
 
--- 2. What a typical customer of each segment looks like, in original units
---    (centre = the segment's centre; low/high = one standard deviation either side).
+-- 2. What a typical customer of each segment looks like, in original units (the report's
+--    profiles: typical = the segment's centre, the bar; low/high = one standard deviation either
+--    side, kept inside the values the feature takes; mean = membership-weighted mean, the diamond).
 SELECT segment_id, feature, unit, round(centre, 1) AS typical, round(spread_low, 1) AS low,
        round(spread_high, 1) AS high, round(mean, 1) AS mean
 FROM segment_profiles
