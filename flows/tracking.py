@@ -42,8 +42,6 @@ DEFAULT_MAX_DISTANCE = 2.0
 DEFAULT_MIN_JACCARD = 0.5
 #: Default of the "share of customers who changed segment" flag.
 DEFAULT_MOVED_THRESHOLD = 0.2
-#: A customer keeps last run's segment unless the model now favours another by more than these odds.
-DEFAULT_HOLD_ODDS = 10.0
 TRANSITION_KINDS = ("survived", "split", "merged", "disappeared", "emerged")
 MATCH_METHODS = ("first_run", "bhattacharyya", "customer_overlap", "none")
 
@@ -820,8 +818,8 @@ class RunDrift:
     moved_threshold, max_distance : float
         The settings used (shown in the summary).
     held : ndarray of shape (n_customers,), bool, or None
-        Customers kept in their previous segment although the model favours another by less than
-        ``hold_odds`` (see :func:`hold_segments`); None when the rule was not applied.
+        Customers kept in their previous segment although the model favours another, by no more
+        than ``hold_odds`` to 1 (see :func:`hold_segments`); None when the rule was not applied.
     hold_odds : float
     """
 
@@ -998,7 +996,7 @@ def what_changed(drift: RunDrift) -> str:
                      f"{o.left:,} gone); {moved} of them changed segment.")
         if drift.held is not None:
             lines.append(f"{drift.held_count:,} customers kept their segment although another is now more "
-                         f"probable, by less than {drift.hold_odds:g} to 1 (tracking.hold_odds).")
+                         f"probable, by no more than {drift.hold_odds:g} to 1 (tracking.hold_odds).")
     else:
         lines.append(f"Since {run}: no customer assignments to compare.")
     how = {"bhattacharyya": f"matched by Bhattacharyya distance <= {_fmt_num(drift.max_distance)}",

@@ -175,7 +175,10 @@ def test_cli_run_prints_the_model_sizes_and_locations(prefect_harness, customer_
     assert code == 0
     assert re.search(r"Run 1: 3 segments, (full|diag) covariance \(chosen by ICL", out)
     assert f"Database: {db.resolve()}" in out and "Report:" in out
-    assert len(re.findall(r"^\s+[123]\s+[\d,]+\s+0\.\d{3}$", out, flags=re.M)) == 3
+    # One line per segment: customers and their share of all customers (which add up to 100 %).
+    rows = re.findall(r"^\s+[123]\s+([\d,]+)\s+(\d+\.\d)%$", out, flags=re.M)
+    assert len(rows) == 3 and "share of customers" in out
+    assert abs(sum(float(share) for _, share in rows) - 100.0) < 0.2
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT trigger, criterion, seed FROM runs").fetchone() == ("cli", "icl", 3)
         assert con.execute("SELECT count(*) FROM model_candidates").fetchone()[0] == 8

@@ -121,7 +121,7 @@ ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS resolution DOUBLE;  -- spac
 ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_value DOUBLE; -- the feature's most common value, original units (NULL: no spike)
 ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_share DOUBLE; -- share of customers on it
 -- Customers kept in last run's segment (tracking.hold_odds):
-ALTER TABLE assignments ADD COLUMN IF NOT EXISTS held BOOLEAN;        -- kept in last run's segment although another is more probable (by less than tracking.hold_odds)
+ALTER TABLE assignments ADD COLUMN IF NOT EXISTS held BOOLEAN;        -- kept in last run's segment although another is more probable (by no more than tracking.hold_odds to 1)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS held_customers INTEGER;     -- how many (NULL: first run, or hold_odds = 1)
 
 CREATE TABLE IF NOT EXISTS segment_migrations (
