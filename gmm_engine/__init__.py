@@ -1,7 +1,9 @@
 """gmm_engine: Gaussian mixtures fitted by chunked, weighted EM, with model selection.
 
-numpy and scipy only. The estimator follows scikit-learn's API (``fit``, ``predict``,
-trailing-underscore fitted attributes); :func:`select_model` is the entry point the pipeline uses.
+numpy, scipy and scikit-learn's estimator base: :class:`GaussianMixture` is a scikit-learn
+estimator (``fit``, ``predict``, trailing-underscore fitted attributes, ``check_estimator``
+passes); :func:`select_model` is the entry point the pipeline uses. ``NotFittedError`` and
+``ConvergenceWarning`` are scikit-learn's own.
 """
 
 from ._validation import ConvergenceWarning, NotFittedError

@@ -6,36 +6,49 @@ import numbers
 
 import numpy as np
 
-
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a method that needs a fitted model is called before ``fit``."""
-
-
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the lower bound changed by less than ``tol``."""
+# scikit-learn's own types, so a caller's ``except NotFittedError`` or warning filter for
+# ConvergenceWarning covers this engine and scikit-learn alike.
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: F401  (re-exported)
 
 
 def check_array(X, *, name: str = "X", min_samples: int = 1) -> np.ndarray:
-    """Return ``X`` as a C-contiguous float64 matrix, or raise ``ValueError`` saying why not."""
+    """Return ``X`` as a C-contiguous float64 matrix, or raise ``ValueError`` saying why not.
+
+    The messages name ``X`` and carry the phrases scikit-learn's own checks use ("Reshape your
+    data", "Complex data not supported", "0 feature(s)"), so callers who match on them keep
+    working; a non-finite value is reported with its row and column.
+    """
+    if hasattr(X, "toarray") or hasattr(X, "tocsr"):
+        raise TypeError(
+            f"{name} is a sparse matrix; sparse input is not supported: pass a dense array "
+            f"({name}.toarray())"
+        )
     try:
         arr = np.asarray(X)
     except Exception as exc:  # ragged lists and the like
         raise ValueError(f"{name} could not be converted to a numeric array: {exc}") from exc
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
-    ):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):
-        raise ValueError(f"{name} must be real-valued, got complex dtype {arr.dtype}")
+        raise ValueError(f"Complex data not supported: {name} has dtype {arr.dtype}")
+    if arr.dtype == object:
+        # Numbers held as Python objects (a pandas object column) are numbers; anything else
+        # fails here with numpy's own TypeError or ValueError, which names the offending value.
+        try:
+            arr = arr.astype(np.float64)
+        except ValueError as exc:
+            raise ValueError(f"{name} must be numeric: {exc}") from exc
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(
             f"Expected a 2D array for {name} of shape (n_samples, n_features), got "
-            f"{arr.ndim}D with shape {arr.shape}; reshape a single feature with "
-            f"X.reshape(-1, 1)."
+            f"{arr.ndim}D with shape {arr.shape}. Reshape your data: X.reshape(-1, 1) for a "
+            f"single feature, X.reshape(1, -1) for a single sample."
         )
     n, d = arr.shape
     if d == 0:
-        raise ValueError(f"{name} has 0 features; at least 1 is required")
+        raise ValueError(
+            f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required."
+        )
     if n < min_samples:
         raise ValueError(f"{name} has {n} samples; at least {min_samples} are required")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
@@ -68,12 +81,6 @@ def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray | None:
     if not (w > 0).any():
         raise ValueError("sample_weight must not be all zero")
     return np.ascontiguousarray(w)
-
-
-def check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_float(value, name: str, minimum: float = 0.0, inclusive: bool = True) -> float:

@@ -1,23 +1,29 @@
-"""GaussianMixture: a scikit-learn-compatible estimator fitted by chunked, weighted EM."""
+"""GaussianMixture: a scikit-learn estimator fitted by chunked, weighted EM."""
 
 from __future__ import annotations
 
+import time
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.utils._param_validation import (
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+)
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import statistics as st
 from ._validation import (
     ConvergenceWarning,
-    NotFittedError,
     as_generator,
     check_array,
-    check_float,
-    check_int,
     check_per_feature,
     check_sample_weight,
 )
-from .covariance import COVARIANCE_MODELS, n_parameters
+from .covariance import COVARIANCE_MODELS, COVARIANCE_TYPES, n_parameters
 from .initialisation import initial_responsibilities
 from .threads import single_threaded_blas
 
@@ -28,8 +34,13 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 _NK_FLOOR = 10 * np.finfo(np.float64).eps
 
 
-class GaussianMixture:
+class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture model fitted by expectation-maximisation.
+
+    A scikit-learn estimator (``BaseEstimator``, ``DensityMixin``; it passes scikit-learn's
+    ``check_estimator``), so it works in ``Pipeline``, ``GridSearchCV`` (``score`` is the mean
+    log-likelihood), ``clone``, and takes pandas input (``feature_names_in_``). Parameters are
+    checked by declarative rules (``_parameter_constraints``) when ``fit`` is called.
 
     Same parameters, attributes and semantics as ``sklearn.mixture.GaussianMixture``, plus
     ``sample_weight`` (weighted EM: integer weights give the model of repeated rows), the
@@ -77,6 +88,10 @@ class GaussianMixture:
         Seed of every random choice (initialisation, ``sample``).
     warm_start : bool, default=False
         Start a new ``fit`` from the current parameters (with ``n_init`` ignored).
+    verbose : int, default=0
+        1 prints each initialisation and every ``verbose_interval``-th iteration; 2 adds the
+        time and the change of the lower bound (scikit-learn's messages).
+    verbose_interval : int, default=10
     n_jobs : int, default=None
         Threads that process chunks of samples at once (``None``: up to 2). Results do not
         depend on it: chunk totals are always summed in the same order.
@@ -123,7 +138,30 @@ class GaussianMixture:
         The prior scale used (shape of one covariance of the type), or None without a prior.
     degrees_of_freedom_prior_ : float or None
     n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names, when ``X`` was a DataFrame with string column names.
     """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions(set(COVARIANCE_TYPES))],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left"), "array-like"],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions(set(INIT_METHODS))],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+        "random_state": ["random_state", np.random.Generator, np.random.SeedSequence],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
+        "resolution": [Interval(Real, 0.0, None, closed="left"), "array-like", None],
+        "covariance_prior": [StrOptions({"data"}), None],
+        "degrees_of_freedom_prior": [Interval(Real, 0.0, None, closed="left"), None],
+    }
 
     def __init__(
         self,
@@ -140,6 +178,8 @@ class GaussianMixture:
         precisions_init=None,
         random_state=None,
         warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         n_jobs: int | None = None,
         resolution=None,
         covariance_prior: str | None = None,
@@ -157,36 +197,12 @@ class GaussianMixture:
         self.precisions_init = precisions_init
         self.random_state = random_state
         self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
         self.n_jobs = n_jobs
         self.resolution = resolution
         self.covariance_prior = covariance_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
-
-    # ------------------------------------------------------------------ scikit-learn API glue
-    def get_params(self, deep: bool = True) -> dict:
-        names = (
-            "n_components covariance_type tol reg_covar max_iter n_init init_params "
-            "weights_init means_init precisions_init random_state warm_start n_jobs resolution "
-            "covariance_prior degrees_of_freedom_prior"
-        ).split()
-        return {name: getattr(self, name) for name in names}
-
-    def set_params(self, **params) -> "GaussianMixture":
-        valid = self.get_params()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"invalid parameter {name!r} for GaussianMixture")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = GaussianMixture().get_params()
-        changed = [
-            f"{k}={v!r}"
-            for k, v in self.get_params().items()
-            if not (np.ndim(v) or np.ndim(defaults[k])) and v != defaults[k]
-        ]
-        return f"GaussianMixture({', '.join(changed)})"
 
     # ------------------------------------------------------------------ parameter checks
     @property
@@ -194,34 +210,17 @@ class GaussianMixture:
         return COVARIANCE_MODELS[self.covariance_type]
 
     def _check_parameters(self, X: np.ndarray) -> None:
+        """The checks that need the data; types and ranges are ``_parameter_constraints``'."""
         n, d = X.shape
-        k = check_int(self.n_components, "n_components", 1)
+        k = self.n_components
         if k > n:
             raise ValueError(
                 f"n_components={k} must be <= n_samples={n}: cannot fit more components "
                 f"than samples"
             )
-        if self.covariance_type not in COVARIANCE_MODELS:
-            raise ValueError(
-                f"covariance_type must be one of {sorted(COVARIANCE_MODELS)}, got "
-                f"{self.covariance_type!r}"
-            )
-        if self.init_params not in INIT_METHODS:
-            raise ValueError(
-                f"init_params must be one of {list(INIT_METHODS)}, got {self.init_params!r}"
-            )
-        check_float(self.tol, "tol", 0.0)
         check_per_feature(self.reg_covar, "reg_covar", d)
         if self.resolution is not None:
             check_per_feature(self.resolution, "resolution", d)
-        if self.covariance_prior not in (None, "data"):
-            raise ValueError(f"covariance_prior must be None or 'data', got {self.covariance_prior!r}")
-        if self.degrees_of_freedom_prior is not None:
-            check_float(self.degrees_of_freedom_prior, "degrees_of_freedom_prior", 0.0)
-        check_int(self.max_iter, "max_iter", 0)
-        check_int(self.n_init, "n_init", 1)
-        if self.n_jobs is not None:
-            check_int(self.n_jobs, "n_jobs", 1)
         if self.weights_init is not None:
             w = np.asarray(self.weights_init, dtype=np.float64)
             if w.shape != (k,):
@@ -245,22 +244,16 @@ class GaussianMixture:
             if square and not np.allclose(p, np.swapaxes(p, -1, -2), atol=1e-10, rtol=1e-8):
                 raise ValueError("precisions_init must be symmetric")
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "precisions_cholesky_"):
-            raise NotFittedError(
-                "This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate "
-                "arguments before using this estimator."
-            )
+    def _validate_X(self, X, *, reset: bool) -> np.ndarray:
+        """``X`` as a float64 matrix (our messages), with scikit-learn's bookkeeping of
+        ``n_features_in_`` and ``feature_names_in_`` (set on fit, checked after)."""
+        checked = check_array(X)
+        validate_data(self, X, reset=reset, skip_check_array=True)
+        return checked
 
     def _check_X_predict(self, X) -> np.ndarray:
-        self._check_fitted()
-        X = check_array(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but this GaussianMixture was fitted with "
-                f"{self.n_features_in_} features"
-            )
-        return X
+        check_is_fitted(self)
+        return self._validate_X(X, reset=False)
 
     # ------------------------------------------------------------------ parameter state
     def _rounding_variance(self, d: int) -> np.ndarray | None:
@@ -355,6 +348,11 @@ class GaussianMixture:
         return self.weights_ @ self.means_
 
     # ------------------------------------------------------------------ fitting
+    def __sklearn_is_fitted__(self) -> bool:
+        # n_features_in_ is set before EM starts, so a fit that failed is not a fitted model.
+        return hasattr(self, "precisions_cholesky_")
+
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":
         """Estimate the parameters by EM.
 
@@ -373,6 +371,7 @@ class GaussianMixture:
             self._fit(X, sample_weight)
         return self
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit, then return the component of every sample (consistent with ``predict``)."""
         with single_threaded_blas():
@@ -380,7 +379,7 @@ class GaussianMixture:
             return self.predict(X)
 
     def _fit(self, X, sample_weight) -> np.ndarray:
-        X = check_array(X, min_samples=1)
+        X = self._validate_X(X, reset=True)
         self._check_parameters(X)
         w = check_sample_weight(sample_weight, X.shape[0])
         if w is not None and np.count_nonzero(w) < self.n_components:
@@ -411,7 +410,8 @@ class GaussianMixture:
 
         best = None
         best_bound = -np.inf
-        for _ in range(n_init):
+        for init in range(n_init):
+            clock = self._verbose_start(init)
             if warm:
                 params = (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
                 bound = self.lower_bound_
@@ -432,9 +432,11 @@ class GaussianMixture:
                     bound += model.log_prior(prec_chol, prior[0], prior[1], self.n_components, d) / total_weight
                 params = self._params_from_stats(stats.sums, d, shift, data_second, prior)
                 bounds.append(bound)
+                clock = self._verbose_iteration(n_iter, bound - previous, clock)
                 if abs(bound - previous) < self.tol:
                     converged = True
                     break
+            self._verbose_end(init, bound, converged)
             if bound > best_bound or best is None:
                 best_bound = bound
                 best = (params, n_iter, converged, bounds)
@@ -445,7 +447,7 @@ class GaussianMixture:
                 f"EM did not converge in max_iter={self.max_iter} iterations (last change of "
                 f"the lower bound >= tol={self.tol}); try a larger max_iter or tol.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of fit: fit's _fit_context wrapper -> fit -> _fit
             )
         self._set(*params)
         self.converged_ = converged
@@ -455,8 +457,30 @@ class GaussianMixture:
         self.rounding_variance_ = rounding
         self.covariance_prior_ = None if prior is None else prior[0]
         self.degrees_of_freedom_prior_ = None if prior is None else prior[1]
-        self.n_features_in_ = d
         return X
+
+    # ------------------------------------------------------------------ progress (verbose)
+    # The messages and their cadence are scikit-learn's, so logs read the same.
+    def _verbose_start(self, init: int) -> float:
+        if self.verbose:
+            print(f"Initialization {init}")
+        return time.perf_counter()
+
+    def _verbose_iteration(self, n_iter: int, change: float, clock: float) -> float:
+        if self.verbose and n_iter % self.verbose_interval == 0:
+            now = time.perf_counter()
+            if self.verbose == 1:
+                print(f"  Iteration {n_iter}")
+            else:
+                print(f"  Iteration {n_iter}\t time lapse {now - clock:.5f}s\t ll change {change:.5f}")
+            return now
+        return clock
+
+    def _verbose_end(self, init: int, bound: float, converged: bool) -> None:
+        if self.verbose:
+            state = "converged" if converged else "did not converge"
+            extra = f" lower bound {bound:.5f}" if self.verbose >= 2 else ""
+            print(f"Initialization {state}.{extra}")
 
     # ------------------------------------------------------------------ inference
     def _threads(self) -> int:
@@ -566,8 +590,12 @@ class GaussianMixture:
         y : ndarray of shape (n_samples,)
             Component of every sample, sorted as scikit-learn does.
         """
-        self._check_fitted()
-        n_samples = check_int(n_samples, "n_samples", 1)
+        check_is_fitted(self)
+        validate_parameter_constraints(
+            {"n_samples": [Interval(Integral, 1, None, closed="left")]},
+            {"n_samples": n_samples},
+            caller_name="sample",
+        )
         rng = as_generator(self.random_state)
         k, d = self.means_.shape
         counts = rng.multinomial(n_samples, self.weights_)

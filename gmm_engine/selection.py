@@ -32,16 +32,16 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Callable, Iterable
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from ._validation import (
     ConvergenceWarning,
     as_generator,
     check_array,
-    check_float,
-    check_int,
     check_per_feature,
     check_sample_weight,
 )
@@ -198,6 +198,29 @@ def _default_jobs() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+_ESTIMATOR_ARGUMENTS = ("max_iter", "tol", "reg_covar", "resolution", "covariance_prior", "init_params", "n_jobs")
+
+
+@validate_params(
+    {
+        # What select_model hands to every GaussianMixture is checked by the estimator's own rules.
+        **{name: GaussianMixture._parameter_constraints[name] for name in _ESTIMATOR_ARGUMENTS},
+        "X": ["array-like"],
+        "n_components": ["array-like"],
+        "covariance_types": ["array-like"],
+        "criterion": [StrOptions(set(CRITERIA))],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
+        "sample_weight": ["array-like", None],
+        "variance_floor": [Interval(Real, 0.0, None, closed="left")],
+        "min_component_size": [Interval(Real, 0.0, None, closed="left"), None],
+        "max_samples": [Interval(Integral, 1, None, closed="left"), None],
+        "k_limit": [Interval(Integral, 1, None, closed="left"), None],
+        "progress": [callable, None],
+    },
+    # The candidates' fits need no second check of what was checked here.
+    prefer_skip_nested_validation=True,
+)
 def select_model(
     X,
     n_components: Iterable[int] = range(1, 9),
@@ -271,31 +294,30 @@ def select_model(
     X = check_array(X)
     n, d = X.shape
     w = check_sample_weight(sample_weight, n)
-    ks = sorted({check_int(k, "n_components", 1) for k in n_components})
+    ks = list(n_components)
     types = list(covariance_types)
     if not ks or not types:
         raise ValueError("n_components and covariance_types must not be empty")
+    if not all(isinstance(k, Integral) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ValueError(f"n_components entries must be integers >= 1, got {ks}")
+    ks = sorted({int(k) for k in ks})
     for t in types:
         if t not in COVARIANCE_MODELS:
             raise ValueError(
                 f"covariance_types entries must be among {sorted(COVARIANCE_MODELS)}, got {t!r}"
             )
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
-    n_init = check_int(n_init, "n_init", 1)
-    variance_floor = check_float(variance_floor, "variance_floor", 0.0)
     reg_covar = check_per_feature(reg_covar, "reg_covar", d)
     if resolution is not None:
         resolution = check_per_feature(resolution, "resolution", d)
     min_size = float(d + 1 if min_component_size is None else min_component_size)
-    n_jobs = _default_jobs() if n_jobs is None else check_int(n_jobs, "n_jobs", 1)
-    limit = ks[-1] if k_limit is None else max(ks[-1], check_int(k_limit, "k_limit", 1))
+    n_jobs = _default_jobs() if n_jobs is None else int(n_jobs)
+    limit = ks[-1] if k_limit is None else max(ks[-1], int(k_limit))
     if random_state is None:
         random_state = int(np.random.SeedSequence().entropy % (2**63))
-    seed = check_int(random_state, "random_state", 0)
+    seed = int(random_state)
 
     X_fit, w_fit = X, w
-    if max_samples is not None and n > check_int(max_samples, "max_samples", 1):
+    if max_samples is not None and n > max_samples:
         rows = np.sort(
             as_generator(np.random.SeedSequence([seed, 0x5EED])).choice(
                 n, size=max_samples, replace=False

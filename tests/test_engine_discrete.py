@@ -184,7 +184,7 @@ def test_bad_resolution_and_prior_are_named():
         GaussianMixture(2, resolution=[1.0, -1.0]).fit(X)
     with pytest.raises(ValueError, match="reg_covar must be a number or have shape"):
         GaussianMixture(2, reg_covar=[1e-6]).fit(X)
-    with pytest.raises(ValueError, match="covariance_prior must be None or 'data'"):
+    with pytest.raises(ValueError, match="'covariance_prior' parameter of GaussianMixture must be a str among {'data'} or None"):
         GaussianMixture(2, covariance_prior="mclust").fit(X)
     with pytest.raises(ValueError, match="degrees_of_freedom_prior"):
         GaussianMixture(2, covariance_prior="data", degrees_of_freedom_prior=-1.0).fit(X)

@@ -307,8 +307,16 @@ def test_float32_with_large_offset_works():
         assert gm.predict(X).shape == (200,)
 
 
-def test_convergence_warning_is_a_warning_class():
-    assert issubclass(ConvergenceWarning, Warning)
+def test_convergence_warning_is_scikit_learns_and_is_raised_on_max_iter(X):
+    """One warning filter silences this engine and scikit-learn alike."""
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+
+    assert ConvergenceWarning is SklearnConvergenceWarning
+    with pytest.warns(SklearnConvergenceWarning, match="max_iter=1"):
+        GaussianMixture(2, max_iter=1, tol=0.0, random_state=0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GaussianMixture(2, max_iter=200, random_state=0).fit(X)
 
 
 # --------------------------------------------------------------------------- select_model input
