@@ -11,7 +11,11 @@ of customers in both runs who changed segment (``moved``), how many were held in
 (``kept``, ``tracking.hold_odds``), how far the grid was tried, and the run's wall time; plus
 ``held``: the share that would have changed segment had last week's model been applied unchanged
 (no refit, the same hold rule), which is what the customers' own purchases and a week's ageing
-cause.
+cause. Why customers move: ``moved`` split into ``bought`` (customers whose frequency or monetary
+value changed between the two runs' features: they bought in between, or returned goods) and
+``aged`` (the same frequency and monetary value, only a week older), both as shares of the
+customers in both runs (they add up to ``moved``), and ``re-buy``, the share of those customers who
+bought that week. The verdict gives the median of each.
 
 **generated.** 8 weekly snapshots of 6,000 generated customers with a count feature (``orders``,
 half of the customers at exactly 1) and a spend: each week about 5 % of the customers order again
@@ -78,6 +82,32 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
     return float((now.loc[common] != was.loc[common]).mean())
 
 
+def moved_split(database: Path, run_id: int, previous_run_id: int, before, after) -> tuple[float, float, float]:
+    """Of the customers in both runs (``assignments`` of ``previous_run_id`` and ``run_id``): the
+    share who changed segment and bought in between (frequency or monetary differs between
+    ``before`` and ``after``, the two runs' features), the share who changed segment and only
+    aged, and the share who bought (the re-buy rate)."""
+    import duckdb
+
+    with duckdb.connect(str(database), read_only=True) as con:
+        segments = con.execute(
+            """
+            SELECT customer_id, p.segment_id AS was, c.segment_id AS now
+            FROM assignments p JOIN assignments c USING (customer_id)
+            WHERE p.run_id = ? AND c.run_id = ?
+            """, [previous_run_id, run_id]).df()
+
+    def purchases(features) -> pd.DataFrame:
+        frame = pd.DataFrame(features.X_original, columns=features.names)[["frequency", "monetary"]]
+        return frame.assign(customer_id=np.asarray(features.customer_ids).astype(str))
+
+    both = (segments.merge(purchases(before), on="customer_id", how="left")
+            .merge(purchases(after), on="customer_id", how="left", suffixes=("_was", "_now")))
+    bought = (both["frequency_now"] != both["frequency_was"]) | (both["monetary_now"] != both["monetary_was"])
+    moved = both["now"] != both["was"]
+    return float((moved & bought).mean()), float((moved & ~bought).mean()), float(bought.mean())
+
+
 #: The arms: (fresh choice every run, configuration). "before" is the naive approach the issue
 #: measured: a fresh choice every run and every customer in their most probable segment.
 ARMS = {
@@ -100,11 +130,13 @@ def run_arm(name: str, runs: list[tuple[str, dict]], database: Path, features_of
         config_path = database.parent / "settings.toml"
         config_path.write_text(config)
     rows = []
+    features = None
     for i, (label, params) in enumerate(runs, 1):
-        if features_of and i > 1:
+        previous_features = features
+        features = features_of(params, config_path and str(config_path)) if features_of else None
+        if features is not None and i > 1:
             settings = load_settings(config_path and str(config_path))
-            held = held_moved_share(database, features_of(params, config_path and str(config_path)),
-                                    settings.tracking.hold_odds)
+            held = held_moved_share(database, features, settings.tracking.hold_odds)
         else:
             held = float("nan")
         start = time.perf_counter()
@@ -112,17 +144,23 @@ def run_arm(name: str, runs: list[tuple[str, dict]], database: Path, features_of
                                     reports_dir=str(database.parent / f"reports-{name}"),
                                     fresh=fresh, trigger="manual")
         seconds = time.perf_counter() - start
+        bought, aged, rebuy = (moved_split(database, summary["run_id"], summary["previous_run_id"],
+                                           previous_features, features)
+                               if previous_features is not None and summary["previous_run_id"] is not None
+                               else (float("nan"),) * 3)
         rows.append({
             "run": i, "label": label,
             "k": summary["n_components"], "type": summary["covariance_type"],
             "value": summary["criterion_value"], "decision": summary["decision"],
             "moved": summary["moved_share"], "held": held, "kept": summary["held_customers"],
+            "bought": bought, "aged": aged, "rebuy": rebuy,
             "k_max_tried": summary["k_max_tried"], "grid": summary["grid_note"] or "",
             "seconds": seconds,
         })
         r = rows[-1]
         print(f"  {name:>5} {r['label']:>10}  {r['k']:>2} {r['type']:<9} BIC {r['value']:>10,.1f}  "
-              f"{r['decision']:<17} moved {_pct(r['moved']):>6}  held {_pct(r['held']):>6}  "
+              f"{r['decision']:<17} moved {_pct(r['moved']):>6}  bought / aged {_pct(r['bought']):>5} / "
+              f"{_pct(r['aged']):>5}  re-buy {_pct(r['rebuy']):>5}  held {_pct(r['held']):>6}  "
               f"kept {r['kept'] if r['kept'] is not None else '-':>5}  "
               f"tried to k={r['k_max_tried']:<2} {r['seconds']:5.1f} s  {r['grid']}", flush=True)
     return rows
@@ -132,12 +170,17 @@ def _pct(value) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.1%}"
 
 
+def _median(values: np.ndarray) -> float:
+    return float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")
+
+
 def verdict(name: str, rows: list[dict]) -> dict:
     """The issue's targets measured on one arm."""
     structures = [(r["k"], r["type"]) for r in rows]
     changes = [i for i in range(1, len(rows)) if structures[i] != structures[i - 1]]
     moved = np.array([r["moved"] for r in rows[1:]], dtype=float)
     held = np.array([r["held"] for r in rows[1:]], dtype=float)
+    bought, aged, rebuy = (np.array([r[key] for r in rows[1:]], dtype=float) for key in ("bought", "aged", "rebuy"))
     above = [rows[i]["run"] for i in range(1, len(rows)) if moved[i - 1] > 0.15 and i not in changes]
     top = [r["run"] for r in rows if r["k"] >= r["k_max_tried"]]
     out = {
@@ -145,7 +188,10 @@ def verdict(name: str, rows: list[dict]) -> dict:
         "changes of (k, type)": len(changes),
         "median moved": float(np.nanmedian(moved)),
         "max moved": float(np.nanmax(moved)),
-        "median held": float(np.nanmedian(held)) if np.isfinite(held).any() else float("nan"),
+        "median held": _median(held),
+        "median moved, bought": _median(bought),
+        "median moved, aged": _median(aged),
+        "median re-buy": _median(rebuy),
         "weeks above 15% outside a change": len(above),
         "choices at the top of the grid tried": len(top),
         "slowest run s": max(r["seconds"] for r in rows),
@@ -160,7 +206,7 @@ def print_verdicts(verdicts: list[dict]) -> None:
         cells = []
         for v in verdicts:
             value = v[key]
-            cells.append(_pct(value) if "moved" in key or "held" in key else
+            cells.append(_pct(value) if "moved" in key or "held" in key or "re-buy" in key else
                          (f"{value:.1f}" if isinstance(value, float) else str(value)))
         print(f"  {key:<38}" + "".join(f"{c:>14}" for c in cells))
 
