@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flows.config import ConfigError
+from flows.config import PURCHASE_RULES, ConfigError
 from flows.console import HIDE_TRACEBACKS_ENV, hide_tracebacks, one_failure_line
 from gmm_engine import COVARIANCE_TYPES, CRITERIA
 
@@ -61,7 +61,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
         help="display unit of a feature, e.g. --unit monetary=USD; FEATURE= for none (repeatable)",
     )
     run.add_argument(
-        "--purchase", choices=["invoice", "day", "line"],
+        "--purchase", choices=PURCHASE_RULES,
         help="what frequency counts: distinct invoice ids, purchase days or lines (rules.purchase)",
     )
     run.add_argument("--as-of", type=_date, help="recency reference date, YYYY-MM-DD (exclusive)")

@@ -31,8 +31,11 @@ DEFAULT_TRANSFORMS = {"recency_days": "none", "frequency": "log1p", "monetary": 
 DEFAULT_UNITS = {"recency_days": "days", "frequency": "invoices"}
 #: The embedded sample's currency: anyone else's spend has no unit unless one is given.
 SAMPLE_UNITS = {"monetary": "GBP"}
-#: Unit of frequency for each meaning of a purchase (rules.purchase).
+#: What one purchase can be (rules.purchase), with frequency's unit and a phrase for the log.
 PURCHASE_UNITS = {"invoice": "invoices", "day": "purchase days", "line": "purchases"}
+PURCHASE_MEANINGS = {"invoice": "distinct invoice ids", "day": "the distinct days a customer bought on",
+                     "line": "every line"}
+PURCHASE_RULES = tuple(PURCHASE_UNITS)
 #: Transforms a feature can have before standardisation (applied in flows.features).
 TRANSFORMS = ("none", "log1p")
 
@@ -41,6 +44,7 @@ InputKind = Literal["transactions", "customers"]
 Transform = Literal[TRANSFORMS]
 CovarianceType = Literal[COVARIANCE_TYPES]
 Criterion = Literal[CRITERIA]
+PurchaseRule = Literal[PURCHASE_RULES]
 Trigger = Literal["cli", "manual", "schedule", "test"]
 
 
@@ -78,7 +82,7 @@ class RuleSettings(_Section):
     #: What one purchase is (frequency counts them): "invoice", a distinct invoice id; "day", a
     #: distinct (customer, day), for logs without invoice ids; "line", each line. Default: "invoice"
     #: when input.columns maps invoice_id, else "day".
-    purchase: Literal["invoice", "day", "line"] | None = None
+    purchase: PurchaseRule | None = None
     max_reject_share: float = Field(0.05, ge=0.0, le=1.0)
 
     @field_validator("as_of")

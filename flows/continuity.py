@@ -141,11 +141,7 @@ def track(
         hold_odds=t.hold_odds,
     )
     if drift.held is not None:
-        # The segment each customer is given, as a component index of this run's model.
-        ids = drift.match.segment_ids
-        order = np.argsort(ids)
-        labels = order[np.searchsorted(ids[order], drift.customer_segments)]
-        segments = replace(segments, labels=labels.astype(np.int64), held=drift.held)
+        segments = replace(segments, labels=drift.customer_components.astype(np.int64), held=drift.held)
     if choice is not None and choice.at_limit:
         flag = f"best model at the edge of the grid even at its limit, k = {choice.k_max_tried} (model.k_limit)"
         drift = replace(drift, flags=[*drift.flags, flag])

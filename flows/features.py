@@ -11,6 +11,7 @@ import pandas as pd
 
 from flows.config import TRANSFORMS
 from flows.duck import connect, sql_text
+from reports.profiles import to_original_units
 
 #: What each count of :func:`rfm_table` means, in words for logs and reports.
 RULE_LABELS = {
@@ -47,12 +48,7 @@ class Scaler:
 
     def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
         """Map model-space points, shape (n, d), back to original units."""
-        T = np.asarray(Z, dtype=np.float64) * self.scale + self.mean
-        out = T.copy()
-        for j, name in enumerate(self.transforms):
-            if name == "log1p":
-                out[:, j] = np.expm1(T[:, j])
-        return out
+        return to_original_units(Z, self.mean, self.scale, self.transforms)
 
 
 @dataclass(frozen=True)

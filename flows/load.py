@@ -14,7 +14,7 @@ import pandas as pd
 
 from flows.config import InputSettings
 from flows.duck import connect, file_kind, KIND_WORDS, quote_identifier, quote_qualified
-from schemas.validation import empty_rejects
+from schemas.validation import WHOLE_ROW, empty_rejects
 
 
 class InputError(ValueError):
@@ -51,9 +51,6 @@ class LoadedInput:
         """Data rows in the source: the rows read plus the rows the reader rejected."""
         return len(self.frame) + (int(self.rejects["row_number"].nunique()) if len(self.rejects) else 0)
 
-
-#: Column name written into ``rejected_rows`` for a reader reject that concerns the whole row.
-WHOLE_ROW = "(row)"
 
 #: Separators tried on the header line of a CSV file (then any other punctuation in it).
 _DELIMITERS = (",", ";", "\t", "|")

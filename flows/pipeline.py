@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import duckdb
 from prefect import flow, get_run_logger, task
@@ -22,7 +22,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
 from flows import continuity, stages
-from flows.config import Criterion, CovarianceType, InputKind, Settings, Transform, Trigger, load_settings
+from flows.config import (
+    PURCHASE_MEANINGS,
+    Criterion,
+    CovarianceType,
+    InputKind,
+    PurchaseRule,
+    Settings,
+    Transform,
+    Trigger,
+    load_settings,
+)
 from flows.console import hide_tracebacks_if_asked
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
@@ -109,10 +119,6 @@ def validate_task(loaded: LoadedInput, settings: Settings):
         f"{len(outcome.valid):,}", f"{outcome.n_rejected_rows:,}", 100 * outcome.reject_share,
     )
     return outcome
-
-
-PURCHASE_MEANINGS = {"invoice": "distinct invoice ids", "day": "the distinct days a customer bought on",
-                     "line": "every line"}
 
 
 @task(name="features", **_TASK)
@@ -267,7 +273,7 @@ def segment_customers(
     features: list[str] | None = None,
     transforms: dict[str, Transform] | None = None,
     units: dict[str, str] | None = None,
-    purchase: Literal["invoice", "day", "line"] | None = None,
+    purchase: PurchaseRule | None = None,
     as_of: date | None = None,
     k_min: int | None = None,
     k_max: int | None = None,
@@ -427,7 +433,7 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         "as_of": str(record.as_of) if record.as_of else None,
         "rows_loaded": record.rows_loaded,
         "rows_rejected": record.rows_rejected,
-        "reject_reasons": stages.reject_reasons(record.rejects),
+        "reject_reasons": outcome.reject_reasons,
         "customers": record.customers,
         "segment_sizes": [
             {"segment_id": int(s), "customers": int(n), "share": float(n) / max(record.customers, 1),

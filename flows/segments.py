@@ -8,20 +8,8 @@ import numpy as np
 import pandas as pd
 
 from flows.features import FeatureMatrix
-from gmm_engine.covariance import COVARIANCE_MODELS
+from gmm_engine import full_covariances
 from reports.profiles import segment_profiles
-
-
-def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
-    """Expand an engine covariance array of any type to full matrices of shape (k, d, d).
-
-    Shapes in: full (k, d, d), tied (d, d), diag (k, d), spherical (k,).
-    """
-    if covariance_type not in COVARIANCE_MODELS:
-        raise ValueError(f"unknown covariance_type {covariance_type!r}")
-    model = COVARIANCE_MODELS[covariance_type]
-    cov = np.asarray(covariances, dtype=np.float64).reshape(model.covariance_shape(n_components, n_features))
-    return model.full_covariances(cov, n_components, n_features)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,14 @@ from pandera.engines.pandas_engine import DateTime
 from flows.choice import ModelChoice, PreviousStructure, choose_model
 from flows.config import Settings
 from flows.features import RULE_LABELS, FeatureError, FeatureMatrix, build_feature_matrix, default_as_of, rfm_table
-from flows.load import WHOLE_ROW, LoadedInput
+from flows.load import LoadedInput
 from flows.segments import SegmentResult, assignment_table, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
 from flows.tracking import same_features
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
 from schemas.dates import date_parsing
 from schemas.transactions import line_amount_rejects
+from schemas.validation import WHOLE_ROW
 
 
 class TooManyRejectsError(ValueError):
@@ -324,7 +325,7 @@ def report_data(
         "Segment sizes": sizes,
         "Seed": str(settings.model.seed),
     }
-    reasons = reject_reasons(outcome.rejects)
+    reasons = outcome.reject_reasons
     if reasons:
         summary["Why rows were rejected"] = "; ".join(reasons)
     if choice.grid_note:
@@ -359,31 +360,6 @@ def report_data(
         summary=summary,
         choice_note=" ".join(part for part in (choice.note, choice.grid_note and f"Grid: {choice.grid_note}.") if part),
     )
-
-
-def reject_reasons(rejects: pd.DataFrame, top: int = 3) -> list[str]:
-    """Why rows were rejected, most common rule first: one line per (rule, column) with its count and
-    the first example, e.g. ``not_in_future on 'InvoiceDate': 12 rows (e.g. row 5, '2031-01-01')``.
-
-    At most ``top`` lines, plus one saying how many other rules there were.
-    """
-    if rejects is None or len(rejects) == 0:
-        return []
-    frame = rejects.sort_values("row_number", kind="stable")
-    groups = frame.groupby(["rule", "column_name"], sort=False)
-    counts = groups["row_number"].nunique().sort_values(ascending=False, kind="stable")
-    first = groups.first()
-    lines = []
-    for rule, column in counts.index[:top]:
-        example = first.loc[(rule, column)]
-        where = "whole row" if column == WHOLE_ROW else f"{column!r}"
-        value = "" if pd.isna(example["value"]) else f", {str(example['value'])[:40]!r}"
-        n = int(counts.loc[(rule, column)])
-        lines.append(f"{rule} on {where}: {n:,} row{'s' if n != 1 else ''} "
-                     f"(e.g. row {int(example['row_number'])}{value})")
-    if len(counts) > top:
-        lines.append(f"{len(counts) - top} more rule{'s' if len(counts) - top != 1 else ''} (table rejected_rows)")
-    return lines
 
 
 def discrete_features_note(features: FeatureMatrix) -> str:

@@ -807,6 +807,9 @@ class RunDrift:
         This run's customers, in the order given to :func:`compare_runs`.
     customer_segments : ndarray of shape (n_customers,)
         Segment id of each of them.
+    customer_components : ndarray of shape (n_customers,)
+        The same segments as component indices of the current model (``match.segment_ids`` of it
+        is ``customer_segments``): the most probable component unless held.
     previous : TrackedModel or None
     overlap : CustomerOverlap or None
         Customers in both runs, segments as ids (None on the first run or without previous assignments).
@@ -827,6 +830,7 @@ class RunDrift:
     model: TrackedModel
     customer_ids: np.ndarray
     customer_segments: np.ndarray
+    customer_components: np.ndarray
     previous: TrackedModel | None
     overlap: CustomerOverlap | None
     migration: pd.DataFrame
@@ -930,7 +934,7 @@ def compare_runs(previous: TrackedModel | None, current: TrackedModel, *, max_id
         migration, transitions, moved = migration_table([], []), [], float("nan")
     shifts = mean_shift(previous, model) if previous is not None else mean_shift(model, model).iloc[0:0]
     return RunDrift(match=match, model=model, customer_ids=np.asarray(current_customers).astype(str),
-                    customer_segments=match.segment_ids[components],
+                    customer_segments=match.segment_ids[components], customer_components=components,
                     previous=previous, overlap=overlap, migration=migration, transitions=transitions,
                     moved_share=moved, shifts=shifts,
                     flags=drift_flags(previous, model, moved, moved_threshold=moved_threshold),

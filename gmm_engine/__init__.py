@@ -7,7 +7,7 @@ passes); :func:`select_model` is the entry point the pipeline uses. ``NotFittedE
 """
 
 from ._validation import ConvergenceWarning, NotFittedError
-from .covariance import COVARIANCE_TYPES, n_parameters
+from .covariance import COVARIANCE_TYPES, full_covariances, n_parameters
 from .mixture import GaussianMixture
 from .selection import (
     CRITERIA,
@@ -30,6 +30,7 @@ __all__ = [
     "VARIANCE_FLOOR",
     "criteria",
     "degeneracy_reason",
+    "full_covariances",
     "n_parameters",
     "select_model",
 ]

@@ -441,6 +441,19 @@ COVARIANCE_MODELS: dict[str, CovarianceModel] = {
 COVARIANCE_TYPES: tuple[str, ...] = tuple(COVARIANCE_MODELS)
 
 
+def full_covariances(covariances, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
+    """Any covariance type's ``covariances_`` as full matrices, shape (n_components, d, d).
+
+    Shapes in: full (k, d, d), tied (d, d), diag (k, d), spherical (k,); a flat array of the
+    same size (as stored in a table) is accepted.
+    """
+    if covariance_type not in COVARIANCE_MODELS:
+        raise ValueError(f"covariance_type must be one of {list(COVARIANCE_TYPES)}, got {covariance_type!r}")
+    model = COVARIANCE_MODELS[covariance_type]
+    cov = np.asarray(covariances, dtype=np.float64).reshape(model.covariance_shape(n_components, n_features))
+    return model.full_covariances(cov, n_components, n_features)
+
+
 def n_parameters(covariance_type: str, k: int, d: int) -> int:
     """Free parameters of a k-component mixture in d dimensions (weights, means, covariances)."""
     cov = COVARIANCE_MODELS[covariance_type].n_covariance_parameters(k, d)

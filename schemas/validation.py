@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,8 @@ import pandera.pandas as pa
 
 #: Columns of a reject record, as stored in the ``rejected_rows`` table (plus ``run_id`` there).
 REJECT_COLUMNS = ["source", "row_number", "column_name", "rule", "value"]
+#: ``column_name`` of a reject that concerns the whole row (a reader reject: too many fields...).
+WHOLE_ROW = "(row)"
 
 
 class SchemaFailure(ValueError):
@@ -47,6 +50,36 @@ class ValidationOutcome:
     def reject_share(self) -> float:
         """Share of the given rows that were rejected (0 for an empty input)."""
         return self.n_rejected_rows / self.n_rows if self.n_rows else 0.0
+
+    @cached_property
+    def reject_reasons(self) -> list[str]:
+        """:func:`reject_reasons` of the rejects, computed once for the console, report and artifact."""
+        return reject_reasons(self.rejects)
+
+
+def reject_reasons(rejects: pd.DataFrame, top: int = 3) -> list[str]:
+    """Why rows were rejected, most common rule first: one line per (rule, column) with its count and
+    the first example, e.g. ``not_in_future on 'InvoiceDate': 12 rows (e.g. row 5, '2031-01-01')``.
+
+    At most ``top`` lines, plus one saying how many other rules there were.
+    """
+    if rejects is None or len(rejects) == 0:
+        return []
+    frame = rejects.sort_values("row_number", kind="stable")
+    groups = frame.groupby(["rule", "column_name"], sort=False)
+    counts = groups["row_number"].nunique().sort_values(ascending=False, kind="stable")
+    first = groups.first()
+    lines = []
+    for rule, column in counts.index[:top]:
+        example = first.loc[(rule, column)]
+        where = "whole row" if column == WHOLE_ROW else f"{column!r}"
+        value = "" if pd.isna(example["value"]) else f", {str(example['value'])[:40]!r}"
+        n = int(counts.loc[(rule, column)])
+        lines.append(f"{rule} on {where}: {n:,} row{'s' if n != 1 else ''} "
+                     f"(e.g. row {int(example['row_number'])}{value})")
+    if len(counts) > top:
+        lines.append(f"{len(counts) - top} more rule{'s' if len(counts) - top != 1 else ''} (table rejected_rows)")
+    return lines
 
 
 def validate_rows(

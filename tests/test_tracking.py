@@ -86,7 +86,7 @@ def fit_run(X: np.ndarray, k: int, *, seed: int = 0, run_id: int = 1,
     every customer's component index."""
     gm, mean, scale = _fit(np.ascontiguousarray(X).tobytes(), X.shape, k, seed, covariance_type)
     Z = (X - mean) / scale
-    from flows.segments import full_covariances  # the pipeline's expansion of engine covariances
+    from gmm_engine import full_covariances
 
     model = common_model(gm.weights_, gm.means_, full_covariances(gm.covariances_, covariance_type, k, 3),
                          mean, scale, feature_names=NAMES, transforms=TRANSFORMS, feature_units=UNITS,
@@ -635,6 +635,10 @@ def test_compare_runs_with_hold_odds_moves_only_customers_the_model_clearly_plac
     previous = first.customer_segments
     assert np.all(held.customer_segments[held.held] == previous[held.held])
     assert np.all(plain.customer_segments[held.held] != previous[held.held])
+    # The same segments as component indices of this run's model, for the run's labels.
+    assert np.array_equal(held.match.segment_ids[held.customer_components], held.customer_segments)
+    assert np.array_equal(plain.customer_components, components)
+    assert np.sum(held.customer_components != components) == held.held_count
     assert int(held.migration["customers"].sum()) == ids.size
     stayed = held.migration.query("from_segment == to_segment")["customers"].sum()
     assert stayed == np.sum(held.customer_segments == previous)
