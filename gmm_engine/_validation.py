@@ -11,12 +11,13 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: F401  (re-exported)
 
 
-def check_array(X, *, name: str = "X", min_samples: int = 1) -> np.ndarray:
+def check_array(X, *, name: str = "X", min_samples: int = 1, allow_nan: bool = False) -> np.ndarray:
     """Return ``X`` as a C-contiguous float64 matrix, or raise ``ValueError`` saying why not.
 
     The messages name ``X`` and carry the phrases scikit-learn's own checks use ("Reshape your
     data", "Complex data not supported", "0 feature(s)"), so callers who match on them keep
-    working; a non-finite value is reported with its row and column.
+    working; a non-finite value is reported with its row and column. With ``allow_nan`` NaN
+    marks a missing value and only infinities are refused.
     """
     if hasattr(X, "toarray") or hasattr(X, "tocsr"):
         raise TypeError(
@@ -52,7 +53,7 @@ def check_array(X, *, name: str = "X", min_samples: int = 1) -> np.ndarray:
     if n < min_samples:
         raise ValueError(f"{name} has {n} samples; at least {min_samples} are required")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    finite = np.isfinite(arr)
+    finite = ~np.isinf(arr) if allow_nan else np.isfinite(arr)
     if not finite.all():
         row, col = np.argwhere(~finite)[0]
         kind = "NaN" if np.isnan(arr[row, col]) else "infinity"

@@ -62,6 +62,11 @@ class CovarianceModel:
         """Write ``q(x)`` for the samples in the columns of ``XcT`` (d, n) into ``out`` (q, n)."""
         raise NotImplementedError
 
+    def second_order_of_matrices(self, M: np.ndarray) -> np.ndarray:
+        """``q`` of summed second-moment matrices ``M`` (k, d, d), shape (k, q): the columns
+        ``fill_second_order`` gives, for totals known only as matrices (missing values' EM)."""
+        raise NotImplementedError
+
     # --- parameters ----------------------------------------------------------------------
     def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
         """M-step covariances from totals.
@@ -160,6 +165,10 @@ class Full(CovarianceModel):
             np.multiply(XcT[i : i + 1], XcT[i:], out=out[pos : pos + d - i])
             pos += d - i
 
+    def second_order_of_matrices(self, M):
+        rows, cols = _upper_pairs(M.shape[1])
+        return M[:, rows, cols]
+
     def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
         k, d = means_c.shape
         rows, cols = _upper_pairs(d)
@@ -240,6 +249,9 @@ class Tied(CovarianceModel):
 
     def fill_second_order(self, XcT, out):
         return None
+
+    def second_order_of_matrices(self, M):
+        return np.empty((M.shape[0], 0))
 
     def needs_data_second_moment(self):
         return True
@@ -339,6 +351,9 @@ class Diag(_Elementwise):
     def fill_second_order(self, XcT, out):
         np.multiply(XcT, XcT, out=out)
 
+    def second_order_of_matrices(self, M):
+        return np.diagonal(M, axis1=1, axis2=2).copy()
+
     def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
         return second / nk[:, None] - means_c**2 + reg_covar
 
@@ -393,6 +408,9 @@ class Spherical(_Elementwise):
 
     def fill_second_order(self, XcT, out):
         np.einsum("ji,ji->i", XcT, XcT, out=out[0])
+
+    def second_order_of_matrices(self, M):
+        return np.trace(M, axis1=1, axis2=2)[:, None]
 
     def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
         d = means_c.shape[1]

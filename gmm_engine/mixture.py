@@ -25,6 +25,7 @@ from ._validation import (
 )
 from .covariance import COVARIANCE_MODELS, COVARIANCE_TYPES, n_parameters
 from .initialisation import initial_responsibilities
+from .missing import find_patterns, missing_log_prob, missing_statistics
 from .threads import single_threaded_blas
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -111,6 +112,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         MAP estimate (as mclust); ``lower_bound_`` adds the log prior, the objective EM ascends.
     degrees_of_freedom_prior : float, default=None
         Degrees of freedom of that prior (``None``: ``n_features + 2``, mclust's default).
+    missing : {"error", "marginalize"}, default="error"
+        ``"error"`` refuses NaN, as scikit-learn does. ``"marginalize"``: NaN marks a value
+        missing at random; a sample is scored by the marginal density of its observed features
+        (``score_samples``, ``predict_proba``, ``bic``...) and EM fills the missing part with each
+        component's conditional expectation, adding its conditional covariance to the second
+        moments (Ghahramani & Jordan 1994), so EM ascends the observed-data likelihood. Complete
+        samples keep the fast chunked path; incomplete ones are grouped by pattern of missing
+        features (see :mod:`gmm_engine.missing`). A sample needs one observed feature.
 
     Attributes
     ----------
@@ -161,6 +170,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "resolution": [Interval(Real, 0.0, None, closed="left"), "array-like", None],
         "covariance_prior": [StrOptions({"data"}), None],
         "degrees_of_freedom_prior": [Interval(Real, 0.0, None, closed="left"), None],
+        "missing": [StrOptions({"error", "marginalize"})],
     }
 
     def __init__(
@@ -184,6 +194,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         resolution=None,
         covariance_prior: str | None = None,
         degrees_of_freedom_prior: float | None = None,
+        missing: str = "error",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -203,6 +214,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.resolution = resolution
         self.covariance_prior = covariance_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
+        self.missing = missing
 
     # ------------------------------------------------------------------ parameter checks
     @property
@@ -247,9 +259,25 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _validate_X(self, X, *, reset: bool) -> np.ndarray:
         """``X`` as a float64 matrix (our messages), with scikit-learn's bookkeeping of
         ``n_features_in_`` and ``feature_names_in_`` (set on fit, checked after)."""
-        checked = check_array(X)
+        checked = check_array(X, allow_nan=self.missing == "marginalize")
+        if self.missing == "marginalize":
+            empty = np.isnan(checked).all(axis=1)
+            if empty.any():
+                row = int(np.argmax(empty))
+                raise ValueError(
+                    f"X row {row} has every feature missing (NaN); {int(empty.sum())} such rows "
+                    f"in all: a sample needs at least one observed feature"
+                )
+            if reset and np.isnan(checked).all(axis=0).any():
+                col = int(np.argmax(np.isnan(checked).all(axis=0)))
+                raise ValueError(f"X column {col} is missing (NaN) in every sample")
         validate_data(self, X, reset=reset, skip_check_array=True)
         return checked
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self.missing == "marginalize"
+        return tags
 
     def _check_X_predict(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -390,13 +418,30 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         model = self._model
         n, d = X.shape
         total_weight = float(n if w is None else w.sum())
-        shift = (X.mean(axis=0) if w is None else (w @ X) / total_weight)
+        patterns = find_patterns(X) if self.missing == "marginalize" else None
+        if patterns is None:
+            shift = (X.mean(axis=0) if w is None else (w @ X) / total_weight)
+            X_init = X
+        else:
+            observed = ~np.isnan(X)
+            ww = np.ones(n) if w is None else w
+            shift = (np.where(observed, X, 0.0).T @ ww) / (observed.T @ ww)
+            # The starting partition (and the prior's scale) see missing values as the feature's
+            # mean; EM itself uses only what was observed.
+            X_init = np.where(observed, X, shift)
         # EM works on the centred, transposed copy: centring keeps the one-pass moments free of
         # cancellation, and (d, n) rows make every per-chunk array contiguous.
-        XcT = st.centred_transposed(X, shift)
+        XcT = st.centred_transposed(X_init, shift)
         data_second = (
             st.data_second_moment(XcT, w) if model.needs_data_second_moment() else None
         )
+        # Complete rows go through the chunked statistics; incomplete ones through missing.py.
+        XcT_em, w_em, second_complete = XcT, w, data_second
+        if patterns is not None:
+            XcT_em = np.ascontiguousarray(XcT[:, patterns.complete])
+            w_em = None if w is None else w[patterns.complete]
+            if data_second is not None:
+                second_complete = st.data_second_moment(XcT_em, w_em)
 
         warm = self.warm_start and hasattr(self, "converged_")
         if warm and self.means_.shape != (self.n_components, d):
@@ -416,21 +461,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 params = (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
                 bound = self.lower_bound_
             else:
-                params = self._initial_params(X, XcT, w, shift, rng, data_second, prior)
+                params = self._initial_params(X_init, XcT, w, shift, rng, data_second, prior)
                 bound = -np.inf
             bounds: list[float] = []
             converged = False
             n_iter = 0
             for n_iter in range(1, self.max_iter + 1):
                 previous = bound
-                weights, means, _, prec_chol = params
+                weights, means, covariances, prec_chol = params
                 with np.errstate(divide="ignore"):
                     internal = st.MixtureParameters(np.log(weights), means - shift, prec_chol, rounding)
-                stats = st.em_statistics(model, XcT, w, internal, self._threads())
+                stats, second = self._em_statistics(
+                    XcT_em, w_em, internal, patterns, X, w, shift, covariances, second_complete)
                 bound = stats.log_likelihood / total_weight
                 if prior is not None:
                     bound += model.log_prior(prec_chol, prior[0], prior[1], self.n_components, d) / total_weight
-                params = self._params_from_stats(stats.sums, d, shift, data_second, prior)
+                params = self._params_from_stats(stats.sums, d, shift, second, prior)
                 bounds.append(bound)
                 clock = self._verbose_iteration(n_iter, bound - previous, clock)
                 if abs(bound - previous) < self.tol:
@@ -458,6 +504,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.covariance_prior_ = None if prior is None else prior[0]
         self.degrees_of_freedom_prior_ = None if prior is None else prior[1]
         return X
+
+    def _em_statistics(self, XcT, w, internal, patterns, X, w_all, shift, covariances, second):
+        """E-step totals over all rows, and the data second moment ``tied`` needs (None else):
+        the complete rows chunk by chunk, the incomplete ones by their observed features."""
+        model = self._model
+        k, d = internal.means_c.shape
+        stats = None
+        if XcT.shape[1]:
+            stats = st.em_statistics(model, XcT, w, internal, self._threads())
+        if patterns is not None:
+            full = model.full_covariances(covariances, k, d)
+            extra, expected_second = missing_statistics(model, patterns, X, shift, w_all, internal, full)
+            stats = extra if stats is None else stats + extra
+            if second is not None:
+                second = second + expected_second
+        return stats, second
 
     # ------------------------------------------------------------------ progress (verbose)
     # The messages and their cadence are scikit-learn's, so logs read the same.
@@ -488,10 +550,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _map_log_prob(self, X: np.ndarray, reduce) -> None:
         shift = self._shift()
+        internal = self._internal(shift)
+        patterns = find_patterns(X) if self.missing == "marginalize" else None
         with single_threaded_blas():
-            st.map_weighted_log_prob(
-                self._model, X, shift, self._internal(shift), reduce, self._threads()
-            )
+            if patterns is None:
+                st.map_weighted_log_prob(self._model, X, shift, internal, reduce, self._threads())
+                return
+            complete = patterns.complete
+            if complete.size:
+                st.map_weighted_log_prob(
+                    self._model, X[complete], shift, internal,
+                    lambda rows, LT: reduce(complete[rows], LT), self._threads(),
+                )
+            k, d = self.means_.shape
+            full = self._model.full_covariances(self.covariances_, k, d)
+            missing_log_prob(self._model, patterns, X, shift, internal, full, reduce)
 
     def score_samples(self, X) -> np.ndarray:
         """Log of the mixture density at every sample, shape (n_samples,)."""

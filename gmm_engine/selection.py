@@ -198,7 +198,9 @@ def _default_jobs() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-_ESTIMATOR_ARGUMENTS = ("max_iter", "tol", "reg_covar", "resolution", "covariance_prior", "init_params", "n_jobs")
+_ESTIMATOR_ARGUMENTS = (
+    "max_iter", "tol", "reg_covar", "resolution", "covariance_prior", "init_params", "n_jobs", "missing",
+)
 
 
 @validate_params(
@@ -242,6 +244,7 @@ def select_model(
     max_samples: int | None = None,
     k_limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    missing: str = "error",
 ) -> SelectionResult:
     """Fit every (n_components, covariance_type) candidate and choose one by a criterion.
 
@@ -281,6 +284,9 @@ def select_model(
         Default: no extension.
     progress : callable(done, total), optional
         Called after every finished restart fit (``total`` grows when the grid is extended).
+    missing : {"error", "marginalize"}, default="error"
+        As in :class:`GaussianMixture`: with ``"marginalize"`` NaN marks a value missing at
+        random, every candidate is fitted and scored on the observed values.
 
     Returns
     -------
@@ -291,7 +297,7 @@ def select_model(
     ValueError
         Bad arguments, or no candidate that is neither failed nor degenerate.
     """
-    X = check_array(X)
+    X = check_array(X, allow_nan=missing == "marginalize")
     n, d = X.shape
     w = check_sample_weight(sample_weight, n)
     ks = list(n_components)
@@ -331,7 +337,7 @@ def select_model(
     def estimator(k: int, covariance_type: str, **kwargs) -> GaussianMixture:
         return GaussianMixture(
             k, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
-            resolution=resolution, covariance_prior=covariance_prior, **kwargs,
+            resolution=resolution, covariance_prior=covariance_prior, missing=missing, **kwargs,
         )
 
     def fit_one(k: int, type_index: int, restart: int):
@@ -429,9 +435,14 @@ def select_model(
 
 
 def _data_std(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    """Each feature's (weighted) standard deviation; 1 for a constant feature, which gives no
-    scale to compare against."""
-    std = np.sqrt(np.average((X - np.average(X, axis=0, weights=w)) ** 2, axis=0, weights=w))
+    """Each feature's (weighted) standard deviation over its observed values; 1 for a constant
+    feature, which gives no scale to compare against."""
+    observed = ~np.isnan(X)
+    ww = (np.ones(X.shape[0]) if w is None else w)[:, None] * observed
+    total = ww.sum(axis=0)
+    Xz = np.where(observed, X, 0.0)
+    mean = (ww * Xz).sum(axis=0) / total
+    std = np.sqrt((ww * (Xz - mean) ** 2).sum(axis=0) / total)
     return np.where(std > 0, std, 1.0)
 
 
