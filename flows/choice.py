@@ -115,7 +115,7 @@ def _polished(model: GaussianMixture, X: np.ndarray, tol: float, max_iter: int) 
     gm = GaussianMixture(
         model.n_components, covariance_type=model.covariance_type, tol=tol, reg_covar=model.reg_covar,
         max_iter=max_iter, resolution=model.resolution, covariance_prior=model.covariance_prior,
-        weights_init=model.weights_,
+        missing=model.missing, weights_init=model.weights_,
         means_init=model.means_, precisions_init=model.precisions_,
     )
     with warnings.catch_warnings():
@@ -159,7 +159,8 @@ def refit_previous(
     )
     gm = GaussianMixture(
         k, covariance_type=ctype, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
-        resolution=features.resolution, covariance_prior=covariance_prior, **init,
+        resolution=features.resolution, covariance_prior=covariance_prior,
+        missing="marginalize" if features.has_missing else "error", **init,
     )
     try:
         with warnings.catch_warnings():
@@ -174,7 +175,7 @@ def refit_previous(
 def _degenerate(model: GaussianMixture, X: np.ndarray) -> str:
     """The reason ``select_model`` would set this fit aside (its default rule), or ``""``."""
     n, d = X.shape
-    std = X.std(axis=0)
+    std = np.nanstd(X, axis=0)
     return degeneracy_reason(model, np.where(std > 0, std, 1.0), float(n), VARIANCE_FLOOR, float(d + 1))
 
 

@@ -188,6 +188,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"customers segmented {summary['customers']:,}" + (f"; as of {summary['as_of']}" if summary["as_of"] else ""),
     ]
     lines += [f"    rejected: {reason}" for reason in summary.get("reject_reasons") or []]
+    if summary.get("customers_with_gaps"):
+        lines.append(f"    {summary['customers_with_gaps']:,} of them with blank features, segmented on the "
+                     "features they have (assignments.missing_features)")
     lines += ["  segment  customers  share of customers"]
     for s in summary["segment_sizes"]:
         lines.append(f"  {s['segment_id']:>7}  {s['customers']:>9,}  {s['share']:>18.1%}")

@@ -38,12 +38,16 @@ PURCHASE_MEANINGS = {"invoice": "distinct invoice ids", "day": "the distinct day
 PURCHASE_RULES = tuple(PURCHASE_UNITS)
 #: Transforms a feature can have before standardisation (applied in flows.features).
 TRANSFORMS = ("none", "log1p")
+#: What a blank feature value does (customer tables): "model", the customer is segmented on the
+#: features they have (values missing at random); "reject", the row is rejected.
+MISSING_RULES = ("model", "reject")
 
 InputKind = Literal["transactions", "customers"]
 # One list of names each, where they are defined (a Literal of a tuple is the Literal of its items).
 Transform = Literal[TRANSFORMS]
 CovarianceType = Literal[COVARIANCE_TYPES]
 Criterion = Literal[CRITERIA]
+MissingRule = Literal[MISSING_RULES]
 PurchaseRule = Literal[PURCHASE_RULES]
 Trigger = Literal["cli", "manual", "schedule", "test"]
 
@@ -103,6 +107,17 @@ class FeatureSettings(_Section):
     #: "auto": a feature whose customers pile up on one value (a count's 1, a share's 0) keeps
     #: every segment at least as wide as the spacing of its values there; "off": all continuous.
     resolution: Literal["auto", "off"] = "auto"
+    #: Blank feature values in a customer table: "model" (segment the customer on the features
+    #: they have) or "reject", for all features or per feature ({"balance" = "reject"}).
+    missing: MissingRule | dict[str, MissingRule] = "model"
+    #: A customer with more than this share of their features blank is rejected all the same.
+    max_missing_share: float = Field(0.5, ge=0.0, lt=1.0)
+
+    def missing_rule(self, feature: str) -> str:
+        """``"model"`` or ``"reject"`` for one feature (a per-feature map defaults to "model")."""
+        if isinstance(self.missing, dict):
+            return self.missing.get(feature, "model")
+        return self.missing
 
     @field_validator("transforms", "units", mode="before")
     @classmethod

@@ -62,9 +62,10 @@ class FeatureMatrix:
     names, units, transforms : list of str
         Per feature (length d).
     X_original : ndarray of shape (n_customers, d)
-        Features in original units.
+        Features in original units; NaN where a customer table left a value blank
+        (``features.missing = "model"``).
     X_model : ndarray of shape (n_customers, d)
-        What the model is fitted on (``scaler.transform(X_original)``).
+        What the model is fitted on (``scaler.transform(X_original)``, NaN where blank).
     scaler : Scaler
     as_of : date or None
         Reference date of recency (transaction logs only).
@@ -100,6 +101,15 @@ class FeatureMatrix:
     @property
     def n_customers(self) -> int:
         return int(self.X_original.shape[0])
+
+    @property
+    def missing_counts(self) -> np.ndarray:
+        """How many features each customer has blank, shape (n_customers,)."""
+        return np.isnan(self.X_original).sum(axis=1)
+
+    @property
+    def has_missing(self) -> bool:
+        return bool(np.isnan(self.X_original).any())
 
 
 def default_as_of(transactions: pd.DataFrame) -> date:
@@ -186,13 +196,14 @@ def fit_scaler(X: np.ndarray, transforms: Sequence[str], standardize: bool = Tru
     """Learn the standardisation of the transformed features (population standard deviation).
 
     A feature that is constant over all customers keeps scale 1 so the division stays defined.
+    Blank values (NaN) are left out of each feature's mean and deviation.
     """
     T = apply_transforms(X, transforms)
     d = T.shape[1]
     if not standardize:
         return Scaler(tuple(transforms), np.zeros(d), np.ones(d))
-    mean = T.mean(axis=0)
-    scale = T.std(axis=0)
+    mean = np.nanmean(T, axis=0)
+    scale = np.nanstd(T, axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     return Scaler(tuple(transforms), mean, scale)
 
@@ -234,7 +245,8 @@ def feature_resolution(
     spike_value = np.full(d, np.nan)
     spike_share = np.zeros(d)
     for j in range(d):  # a sort per feature; no loop over customers
-        values, counts = np.unique(X[:, j], return_counts=True)
+        column = X[:, j]
+        values, counts = np.unique(column[~np.isnan(column)], return_counts=True)
         top = int(np.argmax(counts))  # the smallest of equally common values: deterministic
         if values.size < 2 or counts[top] < min_customers:
             continue
@@ -279,13 +291,23 @@ def build_feature_matrix(
     ids = table["customer_id"].astype(str).to_numpy(dtype=object)
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
-    X = table[list(names)].to_numpy(dtype=np.float64)[order]
-    constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
+    X = table[list(names)].to_numpy(dtype=np.float64, na_value=np.nan)[order]
+    observed = ~np.isnan(X)
+    blank = np.flatnonzero(~observed.any(axis=0))
+    if blank.size:
+        raise FeatureError(
+            f"feature {names[int(blank[0])]!r} is blank for every one of the {len(table):,} customers; "
+            f"drop it from features.columns"
+        )
+    with np.errstate(invalid="ignore"):
+        constant = np.flatnonzero(np.nanmax(X, axis=0) - np.nanmin(X, axis=0) == 0)
     if constant.size:
         j = int(constant[0])
+        value = X[observed[:, j], j][0]
+        who = "" if observed[:, j].all() else " who have it"
         raise FeatureError(
-            f"feature {names[j]!r} has the same value ({X[0, j]:g}) for every one of the {len(table):,} "
-            f"customers, so it cannot separate segments; drop it from features.columns"
+            f"feature {names[j]!r} has the same value ({value:g}) for every one of the {int(observed[:, j].sum()):,} "
+            f"customers{who}, so it cannot separate segments; drop it from features.columns"
         )
     scaler = fit_scaler(X, transforms, standardize)
     d = len(names)

@@ -454,6 +454,7 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         "decision_note": choice.note,
         "grid_note": choice.grid_note,
         "k_max_tried": choice.k_max_tried,
+        "customers_with_gaps": record.customers_with_gaps,
     }
     markdown = markdown_summary(summary)
     if drift.previous is not None:
@@ -480,7 +481,9 @@ def markdown_summary(summary: dict[str, Any]) -> str:
         f"**Rows loaded:** {summary['rows_loaded']:,}  ",
         f"**Rows rejected:** {summary['rows_rejected']:,} (see table `rejected_rows`)  ",
         *[f"- {reason}" for reason in summary.get("reject_reasons") or []],
-        f"**Customers segmented:** {summary['customers']:,}",
+        f"**Customers segmented:** {summary['customers']:,}"
+        + (f" ({summary['customers_with_gaps']:,} with blank features, segmented on the features they have)"
+           if summary.get("customers_with_gaps") else ""),
         "",
         "| segment | customers | share of customers |",
         "|---:|---:|---:|",

@@ -125,16 +125,21 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
     )
 
 
-def assignment_table(result: SegmentResult, customer_ids: np.ndarray) -> pd.DataFrame:
+def assignment_table(result: SegmentResult, customer_ids: np.ndarray,
+                     missing_features: np.ndarray | None = None) -> pd.DataFrame:
     """One row per customer: ``customer_id``, ``segment_id``, ``probability``, ``log_density``, ``held``,
-    then one column ``p_1 .. p_k`` per segment (stored as a list column by the store)."""
+    ``missing_features`` (how many were blank; 0 when not given), then one column ``p_1 .. p_k`` per
+    segment (stored as a list column by the store)."""
+    n = result.labels.shape[0]
     frame = pd.DataFrame(
         {
             "customer_id": pd.Series(customer_ids, dtype=object).astype(str),
             "segment_id": result.segment_ids[result.labels],
             "probability": result.max_probability,
             "log_density": result.log_density,
-            "held": np.zeros(result.labels.shape, dtype=bool) if result.held is None else result.held,
+            "held": np.zeros(n, dtype=bool) if result.held is None else result.held,
+            "missing_features": (np.zeros(n, dtype=np.int32) if missing_features is None
+                                 else np.asarray(missing_features, dtype=np.int32)),
         }
     )
     for j, sid in enumerate(result.segment_ids):

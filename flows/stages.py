@@ -24,6 +24,7 @@ from flows.store import RunRecord, feature_scaler_table
 from flows.tracking import same_features
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
 from schemas.dates import date_parsing
+from schemas.customers import missing_feature_rejects
 from schemas.transactions import line_amount_rejects
 from schemas.validation import WHOLE_ROW
 
@@ -61,13 +62,19 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
                 schema = schema.update_column("timestamp", dtype=DateTime(to_datetime_kwargs=parsing.to_datetime_kwargs))
             read_as = parsing.record()
     else:
-        schema = customer_table_schema(settings.features.columns, settings.features.transforms)
+        features = settings.features
+        may_be_blank = [c for c in features.columns if features.missing_rule(c) == "model"]
+        schema = customer_table_schema(features.columns, features.transforms, may_be_blank)
     outcome = validate_rows(loaded.frame, schema, loaded.source, loaded.source_columns)
     if settings.input.kind == "transactions":
-        valid, amount_rejects = line_amount_rejects(outcome.valid, loaded.source, loaded.source_columns)
-        if len(amount_rejects):
-            extra.append(amount_rejects)
-            outcome = ValidationOutcome(valid=valid, rejects=outcome.rejects, n_rows=outcome.n_rows)
+        valid, more = line_amount_rejects(outcome.valid, loaded.source, loaded.source_columns)
+    else:
+        valid, more = missing_feature_rejects(
+            outcome.valid, settings.features.columns, settings.features.max_missing_share, loaded.source
+        )
+    if len(more):
+        extra.append(more)
+        outcome = ValidationOutcome(valid=valid, rejects=outcome.rejects, n_rows=outcome.n_rows)
     if len(loaded.rejects) or extra:
         rejects = pd.concat([loaded.rejects, outcome.rejects, *extra], ignore_index=True)
         rejects = rejects.sort_values(["row_number", "column_name"], kind="stable", ignore_index=True)
@@ -186,6 +193,8 @@ def select_segments(
             max_samples=m.max_samples,
             k_limit=k_limit,
             progress=progress,
+            # Blank features (customer tables, features.missing = "model") are missing at random.
+            missing="marginalize" if features.has_missing else "error",
         )
     except NoAcceptableModelError as exc:
         # The engine lists every candidate's reason; the first one is enough for a one-line error.
@@ -259,7 +268,7 @@ def build_record(
 ) -> RunRecord:
     """Collect a successful run's rows for :func:`flows.store.finish_run`."""
     chosen = choice.chosen
-    assignments = assignment_table(segments, features.customer_ids)
+    assignments = assignment_table(segments, features.customer_ids, features.missing_counts)
     Assignments.validate(assignments)
     return RunRecord(
         as_of=features.as_of,
@@ -283,6 +292,7 @@ def build_record(
         previous_value=choice.previous_value,
         k_max_tried=choice.k_max_tried,
         grid_note=choice.grid_note,
+        customers_with_gaps=int(np.count_nonzero(features.missing_counts)),
         segments=segment_table(segments),
         segment_features=feature_profiles(segments, features),
         feature_scalers=feature_scaler_table(
@@ -333,6 +343,9 @@ def report_data(
     spikes = discrete_features_note(features)
     if spikes:
         summary["Discrete features"] = spikes
+    gaps = missing_features_note(features)
+    if gaps:
+        summary["Blank features"] = gaps
     for rule, count in features.counts.items():
         label = RULE_LABELS.get(rule, rule.replace("_", " "))
         summary[label[0].upper() + label[1:]] = f"{count:,}"
@@ -360,6 +373,19 @@ def report_data(
         summary=summary,
         choice_note=" ".join(part for part in (choice.note, choice.grid_note and f"Grid: {choice.grid_note}.") if part),
     )
+
+
+def missing_features_note(features: FeatureMatrix) -> str:
+    """How many customers were segmented with blank features, and which (``""`` when none)."""
+    missing = features.missing_counts
+    with_gaps = int(np.count_nonzero(missing))
+    if not with_gaps:
+        return ""
+    blank = np.isnan(features.X_original).sum(axis=0)
+    per_feature = ", ".join(f"{name} {int(n):,}" for name, n in zip(features.names, blank) if n)
+    return (f"{with_gaps:,} of {features.n_customers:,} customers ({with_gaps / features.n_customers:.1%}) were "
+            f"segmented on the features they have (blank: {per_feature}); assignments.missing_features "
+            f"says how many each customer lacks")
 
 
 def discrete_features_note(features: FeatureMatrix) -> str:

@@ -440,6 +440,8 @@ class RunRecord:
     previous_value: float | None = None
     k_max_tried: int | None = None
     grid_note: str | None = None
+    #: Customers segmented with at least one blank feature (customer tables).
+    customers_with_gaps: int = 0
 
 
 def finish_run(
@@ -488,6 +490,7 @@ def finish_run(
             previous_value=_finite_or_none(record.previous_value),
             k_max_tried=record.k_max_tried,
             grid_note=record.grid_note or None,
+            customers_with_gaps=record.customers_with_gaps,
             **_tracking_columns(record.tracking),
         )
         if keep_runs:
@@ -676,11 +679,14 @@ def _insert_assignments(con: duckdb.DuckDBPyConnection, run_id: int, frame: pd.D
     prob_cols = [c for c in frame.columns if c.startswith("p_")]
     prob_list = "[" + ", ".join(quote_identifier(c) for c in prob_cols) + "]"
     held = "held" if "held" in frame.columns else "NULL"
+    missing = "missing_features" if "missing_features" in frame.columns else "NULL"
     with _registered(con, "_incoming_assignments", frame) as view:
         con.execute(
             f"""
-            INSERT INTO assignments (run_id, customer_id, segment_id, probability, probabilities, log_density, held)
-            SELECT ?, customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]), log_density, {held}
+            INSERT INTO assignments (run_id, customer_id, segment_id, probability, probabilities, log_density, held,
+                                     missing_features)
+            SELECT ?, customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]), log_density, {held},
+                   {missing}
             FROM {view}
             """,
             [run_id],

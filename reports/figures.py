@@ -238,6 +238,13 @@ def segments_figure(X_model: np.ndarray, means: np.ndarray, covariances: np.ndar
     means = np.asarray(means, dtype=np.float64)
     covariances = np.asarray(covariances, dtype=np.float64)
     labels = np.asarray(labels)
+    complete = ~np.isnan(X_model).any(axis=1)
+    gaps = int(np.count_nonzero(~complete))
+    if gaps and complete.sum() >= 2:
+        # A customer with a blank feature has no point in this space: drawn are those with all.
+        X_model, labels = X_model[complete], labels[complete]
+    elif gaps:
+        X_model = np.where(np.isnan(X_model), 0.0, X_model)  # the feature's mean, standardised
     n, d = X_model.shape
     shown = _subsample(n, max_points, seed)
     colors = segment_colors(segment_ids)
@@ -246,6 +253,9 @@ def segments_figure(X_model: np.ndarray, means: np.ndarray, covariances: np.ndar
     ax = fig.add_subplot()
     sample_note = (f"{len(shown):,} of {n:,} customers shown (random sample)" if len(shown) < n
                    else f"all {n:,} customers shown")
+    if gaps:
+        sample_note += f"; {gaps:,} with a blank feature not drawn" if complete.sum() >= 2 else \
+            f"; blank features drawn at their mean ({gaps:,} customers)"
 
     if d == 1:
         _segments_strip(ax, X_model[shown, 0], labels[shown], means[:, 0],

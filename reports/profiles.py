@@ -82,14 +82,22 @@ def segment_profiles(X_original: np.ndarray, probabilities: np.ndarray, labels: 
     k = len(segment_ids)
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k).astype(np.int64)
     total = counts.sum()
-    mass = R.sum(axis=0)
-    safe = np.where(mass > 0, mass, 1.0)[:, None]
-    mean = np.where(mass[:, None] > 0, (R.T @ X) / safe, np.nan)
-    second = np.where(mass[:, None] > 0, (R.T @ (X * X)) / safe, np.nan)
+    observed = ~np.isnan(X)
+    if observed.all():
+        mass = R.sum(axis=0)[:, None]
+    else:
+        # Blank values (customer tables) are left out: each feature's mean is over the customers
+        # who have it, weighted by membership.
+        mass = R.T @ observed
+        X = np.where(observed, X, 0.0)
+    safe = np.where(mass > 0, mass, 1.0)
+    mean = np.where(mass > 0, (R.T @ X) / safe, np.nan)
+    second = np.where(mass > 0, (R.T @ (X * X)) / safe, np.nan)
     std = np.sqrt(np.clip(second - mean * mean, 0.0, None))
     means = np.asarray(means, dtype=np.float64)
     sd = np.sqrt(np.clip(np.diagonal(np.asarray(covariances, dtype=np.float64), axis1=1, axis2=2), 0.0, None))
-    lowest, highest = X.min(axis=0), X.max(axis=0)
+    X_observed = np.where(observed, X, np.nan)
+    lowest, highest = np.nanmin(X_observed, axis=0), np.nanmax(X_observed, axis=0)
 
     def back(values: np.ndarray) -> np.ndarray:
         return to_original_units(values, scaler_mean, scaler_scale, transforms)
@@ -103,5 +111,5 @@ def segment_profiles(X_original: np.ndarray, probabilities: np.ndarray, labels: 
         spread_high=np.clip(back(means + sd), lowest, highest),
         mean=mean,
         std=std,
-        overall_mean=X.mean(axis=0),
+        overall_mean=np.nanmean(X_observed, axis=0),
     )

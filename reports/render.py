@@ -9,6 +9,7 @@ import pathlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -92,8 +93,9 @@ def render_report(data: ReportData, out_dir: str | os.PathLike[str], *, dpi: int
 
 
 def _feature_builder(data: ReportData, j: int) -> Callable[[], Figure]:
+    values = data.X_model[:, j]
     return lambda: figures.feature_density_figure(
-        data.X_model[:, j], weights=data.weights, component_means=data.means[:, j],
+        values[~np.isnan(values)], weights=data.weights, component_means=data.means[:, j],
         component_variances=data.covariances[:, j, j], scaler_mean=float(data.scaler_mean[j]),
         scaler_scale=float(data.scaler_scale[j]), segment_ids=data.segment_ids,
         name=data.feature_names[j], unit=data.feature_units[j],

@@ -158,10 +158,18 @@ class ReportData:
             got = getattr(self, name).shape
             if got != shape:
                 fail(name, f"expected shape {shape}, got {got}")
-        for name in ("scaler_mean", "scaler_scale", "X_original", "X_model", "weights", "means",
+        for name in ("scaler_mean", "scaler_scale", "weights", "means",
                      "covariances", "max_probability", "probabilities"):
             if not np.all(np.isfinite(getattr(self, name))):
                 fail(name, "contains NaN or infinite values")
+        # NaN in the features is a blank value (customer tables), in the same places in both.
+        for name in ("X_original", "X_model"):
+            if np.isinf(getattr(self, name)).any():
+                fail(name, "contains infinite values")
+        if not np.array_equal(np.isnan(self.X_original), np.isnan(self.X_model)):
+            fail("X_model", "blank (NaN) values must be where X_original has them")
+        if np.isnan(self.X_model).all(axis=1).any():
+            fail("X_model", "every customer needs at least one feature that is not blank")
         if np.any(self.scaler_scale <= 0):
             fail("scaler_scale", "every scale must be > 0")
         if np.any(self.weights < 0) or not np.isclose(self.weights.sum(), 1.0, atol=1e-6):

@@ -250,3 +250,53 @@ def test_rfm_features_of_the_embedded_sample_are_bit_for_bit_reproducible():
     for _ in range(3):
         again, _ = rfm_table(valid, date(2011, 12, 10))
         pd.testing.assert_frame_equal(first, again, check_exact=True)
+
+
+def test_blank_features_are_kept_as_missing_up_to_the_cap(tmp_path):
+    """features.missing = "model": a blank value is NaN in the features (left out of the scaler and
+    of the spike), a customer with more than max_missing_share blank is rejected; "reject" per
+    feature rejects that feature's blanks as before."""
+    frame = pd.DataFrame({
+        "id": ["a", "b", "c", "d", "e", "f"],
+        "spend": [10.0, None, 30.0, None, 50.0, 60.0],
+        "visits": [1.0, 2.0, None, None, 5.0, 5.0],
+        "tenure": [3.0, 4.0, 5.0, 6.0, None, 8.0],
+    })
+    path = tmp_path / "customers.csv"
+    frame.to_csv(path, index=False)
+    over = {
+        "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
+        "features": {"columns": ["spend", "visits", "tenure"]},
+        "rules": {"max_reject_share": 0.5},
+    }
+    s = load_settings(overrides=over)
+    assert s.features.missing == "model" and s.features.max_missing_share == 0.5
+    outcome = validate_input(load_input(s.input, s.features.columns), s)
+    # d: 2 of 3 blank (more than half) is rejected as a whole row; one blank is kept.
+    assert outcome.rejects[["row_number", "column_name", "rule", "value"]].values.tolist() == [
+        [4, "(row)", "too_many_missing", "2 of 3 blank: spend, visits"]]
+    features = compute_features(outcome.valid, s)
+    assert features.customer_ids.tolist() == ["a", "b", "c", "e", "f"]
+    assert features.missing_counts.tolist() == [0, 1, 1, 1, 0]
+    assert np.array_equal(np.isnan(features.X_model), np.isnan(features.X_original))
+    np.testing.assert_allclose(features.scaler.mean, [np.mean([10, 30, 50, 60]), np.mean([1, 2, 5, 5]),
+                                                      np.mean([3, 4, 5, 8])])
+    np.testing.assert_allclose(np.nanmean(features.X_model, axis=0), 0.0, atol=1e-12)
+
+    rejecting = load_settings(overrides=dict(over, features=dict(over["features"], missing={"spend": "reject"})))
+    assert rejecting.features.missing_rule("spend") == "reject" and rejecting.features.missing_rule("visits") == "model"
+    outcome = validate_input(load_input(rejecting.input, rejecting.features.columns), rejecting)
+    got = sorted(map(tuple, outcome.rejects[["row_number", "column_name", "rule"]].values.tolist()))
+    assert got == [(2, "spend", "not_nullable"), (4, "spend", "not_nullable")]  # d fails on spend first
+    assert compute_features(outcome.valid, rejecting).customer_ids.tolist() == ["a", "c", "e", "f"]
+
+    with pytest.raises(ConfigError, match="max_missing_share"):
+        load_settings(overrides=dict(over, features=dict(over["features"], max_missing_share=1.0)))
+    with pytest.raises(ConfigError, match="missing"):
+        load_settings(overrides=dict(over, features=dict(over["features"], missing="impute")))
+
+
+def test_a_feature_blank_for_everyone_is_refused_by_name():
+    table = pd.DataFrame({"customer_id": ["a", "b", "c"], "x": [1.0, 2.0, 3.0], "y": [np.nan] * 3})
+    with pytest.raises(Exception, match="feature 'y' is blank for every one of the 3 customers"):
+        build_feature_matrix(table, ["x", "y"], ["", ""], ["none", "none"])

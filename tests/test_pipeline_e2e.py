@@ -16,6 +16,7 @@ from flows.cli import main
 from flows.pipeline import segment_customers
 from flows.stages import TooManyRejectsError
 from flows.store import TABLES, VIEWS
+from conftest import make_customer_table
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +138,37 @@ def test_generated_segments_are_recovered(prefect_harness, customer_table_csv, t
     order = got.assign(n=got["customer_id"].str[1:].astype(int)).sort_values("n")
     assert adjusted_rand_score(truth, order["segment_id"].to_numpy()) > 0.9
     assert profile == [("spend score", ""), ("visit score", "")]
+    assert_report_complete(Path(summary["report"]))
+
+
+def test_customers_with_blank_features_are_segmented_on_what_they_have(prefect_harness, tmp_path):
+    """A customer table with blanks (features.missing = "model", the default): one blank of two is
+    segmented, both blank is rejected; the store says how many were blank per customer and run."""
+    table, truth = make_customer_table()
+    rng = np.random.default_rng(3)
+    spend_blank, visit_blank = rng.random(len(table)) < 0.08, rng.random(len(table)) < 0.08
+    table.loc[spend_blank, "spend score"] = np.nan
+    table.loc[visit_blank, "visit score"] = np.nan
+    path = tmp_path / "customers.csv"
+    table.to_csv(path, index=False)
+    db = tmp_path / "segments.duckdb"
+    summary = segment_customers(
+        input_path=str(path), input_kind="customers", columns={"customer_id": "Customer Ref"},
+        features=["spend score", "visit score"], k_max=5, n_init=2, database=str(db),
+        reports_dir=str(tmp_path / "reports"), trigger="test",
+    )
+    both, one = spend_blank & visit_blank, spend_blank ^ visit_blank
+    assert summary["n_components"] == 3
+    assert summary["customers"] == len(table) - both.sum() and summary["customers_with_gaps"] == one.sum() > 50
+    with duckdb.connect(str(db), read_only=True) as con:
+        got = con.execute("SELECT customer_id, segment_id, missing_features FROM current_assignments").df()
+        gaps = con.execute("SELECT customers_with_gaps FROM runs").fetchall()
+        rejected = con.execute("SELECT DISTINCT rule FROM rejected_rows").fetchall()
+    assert gaps == [(one.sum(),)] and rejected == [("too_many_missing",)]
+    ids = table["Customer Ref"].to_numpy()
+    got = got.set_index("customer_id").loc[ids[~both]]
+    assert got["missing_features"].tolist() == one[~both].astype(int).tolist()
+    assert adjusted_rand_score(truth[~both], got["segment_id"].to_numpy()) > 0.85
     assert_report_complete(Path(summary["report"]))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -621,3 +622,34 @@ def test_segment_spreads_stay_inside_the_observed_range():
     for feature in ("recency_days", "monetary"):
         assert table[feature].min() <= profiles.loc[feature, "spread_low"] <= profiles.loc[feature, "centre"]
         assert profiles.loc[feature, "centre"] <= profiles.loc[feature, "spread_high"] <= table[feature].max()
+
+
+def test_blank_features_are_left_out_of_profiles_and_drawings(tmp_path):
+    """A customer with a blank feature (NaN) counts in sizes, and in each feature's weighted mean
+    only where they have it; the segments figure draws the customers with every feature."""
+    data = make_report_data(3, "full", n=300, seed=11)
+    full = profiles_of(data)
+    holed_original, holed_model = data.X_original.copy(), data.X_model.copy()
+    blank = np.zeros_like(holed_model, dtype=bool)
+    blank[::7, 0] = True
+    blank[3::11, 2] = True
+    holed_original[blank], holed_model[blank] = np.nan, np.nan
+    holed = dataclasses.replace(data, X_original=holed_original, X_model=holed_model)
+    got = profiles_of(holed)
+    np.testing.assert_array_equal(got.counts, full.counts)
+    np.testing.assert_allclose(got.centre, full.centre)  # the model's, not the data's
+    R = data.probabilities
+    for j in range(3):
+        have = ~blank[:, j]
+        expected = (R[have].T @ data.X_original[have, j]) / R[have].sum(axis=0)
+        np.testing.assert_allclose(got.mean[:, j], expected, rtol=1e-12)
+    assert np.isfinite(got.mean).all() and np.isfinite(got.spread_low).all() and np.isfinite(got.overall_mean).all()
+    fig = figures.segments_figure(holed.X_model, holed.means, holed.covariances, holed.labels,
+                                  holed.segment_ids, holed.feature_names)
+    shown = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
+    assert shown == int((~blank.any(axis=1)).sum()) + len(holed.segment_ids)  # plus one mean marker each
+    assert f"{int(blank.any(axis=1).sum()):,} with a blank feature not drawn" in fig.axes[0].get_title()
+    index = render_report(holed, tmp_path / "r", dpi=40)
+    assert index.exists()
+    with pytest.raises(ValueError, match="X_model"):
+        dataclasses.replace(data, X_model=holed_model)  # blanks must be where X_original has them

@@ -123,6 +123,9 @@ ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_share DOUBLE; -- shar
 -- Customers kept in last run's segment (tracking.hold_odds):
 ALTER TABLE assignments ADD COLUMN IF NOT EXISTS held BOOLEAN;        -- kept in last run's segment although another is more probable (by no more than tracking.hold_odds to 1)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS held_customers INTEGER;     -- how many (NULL: first run, or hold_odds = 1)
+-- Customers segmented with blank features (customer tables, features.missing = 'model'):
+ALTER TABLE assignments ADD COLUMN IF NOT EXISTS missing_features INTEGER; -- features blank for this customer, scored on the others (0: none)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS customers_with_gaps INTEGER;     -- customers segmented with at least one blank feature
 
 CREATE TABLE IF NOT EXISTS segment_migrations (
     run_id              BIGINT NOT NULL,
@@ -183,7 +186,8 @@ CREATE OR REPLACE VIEW segment_profiles AS
     JOIN latest_run r USING (run_id);
 
 CREATE OR REPLACE VIEW current_assignments AS
-    SELECT a.run_id, a.customer_id, a.segment_id, a.probability, a.probabilities, a.log_density, a.held
+    SELECT a.run_id, a.customer_id, a.segment_id, a.probability, a.probabilities, a.log_density, a.held,
+           a.missing_features
     FROM assignments a JOIN latest_run r USING (run_id);
 
 -- Every successful run's segments over time: size and centre of each stable segment id.
