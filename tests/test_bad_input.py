@@ -260,8 +260,7 @@ def test_text_in_a_transaction_amount(store, tmp_path):
     assert cells(rejects) == {(3, "amt", "coerce_dtype('float64')")}
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_nan_inf_and_blank_values_are_rejected(store, tmp_path, fmt):
+def _nan_inf_and_blank_file(tmp_path: Path, fmt: str) -> Path:
     frame = customer_rows(n=100)
     frame.loc[[1, 2, 3, 4], "x"] = [np.nan, np.inf, -np.inf, np.nan]
     frame.loc[5, "y"] = np.nan
@@ -273,9 +272,32 @@ def test_nan_inf_and_blank_values_are_rejected(store, tmp_path, fmt):
         lines[2] = lines[2].replace("k1,,", "k1,NaN,")
         lines[5] = lines[5].replace("k4,,", "k4,  ,")
         path.write_text("\n".join(lines) + "\n")
-    else:
-        path = write_parquet(tmp_path / "nan.parquet", frame)
+        return path
+    return write_parquet(tmp_path / "nan.parquet", frame)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_infinities_are_rejected_and_blank_features_segmented(store, tmp_path, fmt):
+    """features.missing = "model" (the default): a blank or NaN feature is missing, not wrong."""
+    path = _nan_inf_and_blank_file(tmp_path, fmt)
     summary, rejects = expect_rejects(store, path, {**CUSTOMERS, "max_reject_share": 0.1})
+    spaces = {(5, "x", "coerce_dtype('float64')")} if fmt == "csv" else set()  # CSV: spaces, not a number
+    assert cells(rejects) == {(3, "x", "finite"), (4, "x", "finite")} | spaces
+    assert summary["customers"] == 100 - len(cells(rejects))
+    assert summary["customers_with_gaps"] == (2 if fmt == "csv" else 3)
+    with duckdb.connect(str(store.db), read_only=True) as con:
+        gaps = con.execute("SELECT customer_id FROM assignments WHERE run_id = ? AND missing_features = 1 "
+                           "ORDER BY customer_id", [summary["run_id"]]).fetchall()
+    assert [g[0] for g in gaps] == (["k1", "k5"] if fmt == "csv" else ["k1", "k4", "k5"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_nan_inf_and_blank_values_are_rejected_when_missing_is_reject(store, tmp_path, fmt):
+    path = _nan_inf_and_blank_file(tmp_path, fmt)
+    config = tmp_path / "reject.toml"
+    config.write_text('[features]\nmissing = "reject"\n')
+    summary, rejects = expect_rejects(store, path, {**CUSTOMERS, "max_reject_share": 0.1,
+                                                    "config_path": str(config)})
     assert cells(rejects) == {
         (2, "x", "not_nullable"), (3, "x", "finite"), (4, "x", "finite"),
         (5, "x", "coerce_dtype('float64')" if fmt == "csv" else "not_nullable"),  # CSV: spaces, not a number

@@ -175,7 +175,7 @@ def test_customers_with_blank_features_are_segmented_on_what_they_have(prefect_h
 def test_too_many_rejects_fail_the_run_and_keep_the_rejects(prefect_harness, tmp_path):
     frame = pd.DataFrame({"id": [f"c{i}" for i in range(40)], "x": np.arange(40.0).astype(object),
                           "y": np.arange(40.0) % 7})
-    frame.loc[[3, 9, 17], "x"] = ["n/a", "", "-inf"]
+    frame.loc[[3, 9, 17], "x"] = ["n/a", "twelve", "-inf"]  # a blank would be a missing value (features.missing)
     path = tmp_path / "customers.csv"
     frame.to_csv(path, index=False)
     db = tmp_path / "segments.duckdb"
