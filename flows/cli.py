@@ -14,7 +14,7 @@ from typing import Any
 
 from flows.config import PURCHASE_RULES, ConfigError
 from flows.console import HIDE_TRACEBACKS_ENV, hide_tracebacks, one_failure_line
-from gmm_engine import COVARIANCE_TYPES, CRITERIA
+from gmm_engine import COVARIANCE_TYPES, CRITERIA, MCLUST_MODELS
 
 
 def _pairs(values: list[str] | None, option: str, allow_empty: bool = False) -> dict[str, str] | None:
@@ -68,7 +68,8 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--k-min", type=int, help="smallest number of segments tried")
     run.add_argument("--k-max", type=int, help="largest number of segments tried")
     run.add_argument(
-        "--covariance-types", help=f"comma-separated subset of {','.join(COVARIANCE_TYPES)}"
+        "--covariance-types",
+        help=f"comma-separated subset of {','.join(COVARIANCE_TYPES)} or of mclust's {','.join(MCLUST_MODELS)}"
     )
     run.add_argument("--criterion", choices=CRITERIA, help="model-selection criterion")
     run.add_argument("--n-init", type=int, help="EM restarts per candidate")

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gmm_engine import COVARIANCE_TYPES, CRITERIA
+from gmm_engine import ALL_COVARIANCE_TYPES, COVARIANCE_TYPES, CRITERIA
 
 #: The embedded UCI Online Retail sample shipped in data/ (used when no input is configured).
 SAMPLE_PATH = Path(__file__).resolve().parent.parent / "data" / "online_retail.csv.gz"
@@ -45,7 +45,8 @@ MISSING_RULES = ("model", "reject")
 InputKind = Literal["transactions", "customers"]
 # One list of names each, where they are defined (a Literal of a tuple is the Literal of its items).
 Transform = Literal[TRANSFORMS]
-CovarianceType = Literal[COVARIANCE_TYPES]
+# scikit-learn's four names (the default grid) and mclust's fourteen.
+CovarianceType = Literal[ALL_COVARIANCE_TYPES]
 Criterion = Literal[CRITERIA]
 MissingRule = Literal[MISSING_RULES]
 PurchaseRule = Literal[PURCHASE_RULES]

@@ -30,6 +30,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from flows.config import TRANSFORMS
+from gmm_engine import ALL_COVARIANCE_TYPES, covariance_layout
 
 #: A current component keeps a previous id only when their Bhattacharyya distance is at most this.
 #: exp(-2) = 0.135 is the Bhattacharyya coefficient, so the Bayes error of telling the two Gaussians
@@ -222,13 +223,14 @@ def warm_start_init(previous: TrackedModel, scaler_mean: np.ndarray, scaler_scal
     means = (prev.means - mean) / scale
     cov = prev.covariances / np.outer(scale, scale)
     weights = prev.weights / prev.weights.sum()
-    if covariance_type == "full":
+    layout = covariance_layout(covariance_type) if covariance_type in ALL_COVARIANCE_TYPES else None
+    if layout == "full":  # full, and mclust's models stored as full matrices
         precisions = np.linalg.inv(cov)
-    elif covariance_type == "tied":
+    elif layout == "tied":
         precisions = np.linalg.inv(np.einsum("k,kij->ij", weights, cov))
-    elif covariance_type == "diag":
+    elif layout == "diag":
         precisions = 1.0 / np.diagonal(cov, axis1=1, axis2=2)
-    elif covariance_type == "spherical":
+    elif layout == "spherical":
         precisions = 1.0 / np.diagonal(cov, axis1=1, axis2=2).mean(axis=1)
     else:
         raise ValueError(f"warm_start_init: unknown covariance_type {covariance_type!r}")

@@ -7,7 +7,14 @@ passes); :func:`select_model` is the entry point the pipeline uses. ``NotFittedE
 """
 
 from ._validation import ConvergenceWarning, NotFittedError
-from .covariance import COVARIANCE_TYPES, full_covariances, n_parameters
+from .covariance import (
+    ALL_COVARIANCE_TYPES,
+    COVARIANCE_TYPES,
+    MCLUST_MODELS,
+    covariance_layout,
+    full_covariances,
+    n_parameters,
+)
 from .mixture import GaussianMixture
 from .selection import (
     CRITERIA,
@@ -20,6 +27,9 @@ from .selection import (
 )
 
 __all__ = [
+    "ALL_COVARIANCE_TYPES",
+    "MCLUST_MODELS",
+    "covariance_layout",
     "COVARIANCE_TYPES",
     "CRITERIA",
     "ConvergenceWarning",

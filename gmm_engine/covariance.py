@@ -78,6 +78,13 @@ class CovarianceModel:
         """
         raise NotImplementedError
 
+    def m_step(self, nk, means_c, second, reg_covar, data_second, prior=None):
+        """The M-step's covariances: maximum likelihood, or MAP under ``prior = (scale, dof)``."""
+        covariances = self.covariances_from_stats(nk, means_c, second, reg_covar, data_second)
+        if prior is not None:
+            covariances = self.map_covariances(covariances, nk, prior[0], prior[1], means_c.shape[1])
+        return covariances
+
     # --- conjugate prior (MAP EM) ----------------------------------------------------------
     def prior_scale(self, data_covariance: np.ndarray, k: int) -> np.ndarray | float:
         """mclust's default prior scale for k components (Fraley & Raftery 2007):
@@ -453,10 +460,31 @@ class Spherical(_Elementwise):
         return const, linear.T, (-0.5 * prec)[None, :]
 
 
+_BASE = {m.name: m for m in (Full(), Tied(), Diag(), Spherical())}
+#: scikit-learn's four types, the default grid of model selection.
+COVARIANCE_TYPES: tuple[str, ...] = tuple(_BASE)
+#: mclust's names of those four (Celeux & Govaert's volume-shape-orientation code).
+MCLUST_ALIASES = {"VVV": "full", "EEE": "tied", "VVI": "diag", "VII": "spherical"}
+
+from .families import FAMILIES  # noqa: E402  (families build on Full, defined above)
+
+#: Every covariance model by name: scikit-learn's four, and mclust's fourteen (four of them the
+#: same models under their mclust names).
 COVARIANCE_MODELS: dict[str, CovarianceModel] = {
-    m.name: m for m in (Full(), Tied(), Diag(), Spherical())
+    **_BASE, **{alias: _BASE[name] for alias, name in MCLUST_ALIASES.items()}, **FAMILIES,
 }
-COVARIANCE_TYPES: tuple[str, ...] = tuple(COVARIANCE_MODELS)
+#: mclust's fourteen names, in mclust's order.
+MCLUST_MODELS: tuple[str, ...] = (
+    "EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV",
+)
+#: Every name ``covariance_type`` accepts.
+ALL_COVARIANCE_TYPES: tuple[str, ...] = COVARIANCE_TYPES + MCLUST_MODELS
+
+
+def covariance_layout(covariance_type: str) -> str:
+    """How a type's ``covariances_`` are stored: "full" (k, d, d), "tied" (d, d), "diag" (k, d)
+    or "spherical" (k,). Every mclust model other than scikit-learn's four is stored full."""
+    return getattr(COVARIANCE_MODELS[covariance_type], "layout", COVARIANCE_MODELS[covariance_type].name)
 
 
 def full_covariances(covariances, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
@@ -466,7 +494,7 @@ def full_covariances(covariances, covariance_type: str, n_components: int, n_fea
     same size (as stored in a table) is accepted.
     """
     if covariance_type not in COVARIANCE_MODELS:
-        raise ValueError(f"covariance_type must be one of {list(COVARIANCE_TYPES)}, got {covariance_type!r}")
+        raise ValueError(f"covariance_type must be one of {list(ALL_COVARIANCE_TYPES)}, got {covariance_type!r}")
     model = COVARIANCE_MODELS[covariance_type]
     cov = np.asarray(covariances, dtype=np.float64).reshape(model.covariance_shape(n_components, n_features))
     return model.full_covariances(cov, n_components, n_features)

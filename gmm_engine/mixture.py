@@ -23,7 +23,7 @@ from ._validation import (
     check_per_feature,
     check_sample_weight,
 )
-from .covariance import COVARIANCE_MODELS, COVARIANCE_TYPES, n_parameters
+from .covariance import ALL_COVARIANCE_TYPES, COVARIANCE_MODELS, covariance_layout, n_parameters
 from .initialisation import initial_responsibilities
 from .missing import find_patterns, missing_log_prob, missing_statistics
 from .threads import single_threaded_blas
@@ -67,9 +67,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     ----------
     n_components : int, default=1
         Number of mixture components.
-    covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
+    covariance_type : str, default="full"
         ``full``: each component its own covariance; ``tied``: one shared covariance;
-        ``diag``: each its own diagonal covariance; ``spherical``: each its own variance.
+        ``diag``: each its own diagonal covariance; ``spherical``: each its own variance. Or any
+        of mclust's fourteen names (EII, VII, EEI, VEI, EVI, VVI, EEE, VEE, EVE, VVE, EEV, VEV,
+        EVV, VVV; see :mod:`gmm_engine.families`), VVV, EEE, VVI and VII being the four above.
     tol : float, default=1e-3
         EM stops when the mean per-sample log-likelihood changes by less than this.
     reg_covar : float or array-like of shape (n_features,), default=1e-6
@@ -153,7 +155,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "covariance_type": [StrOptions(set(COVARIANCE_TYPES))],
+        "covariance_type": [StrOptions(set(ALL_COVARIANCE_TYPES))],
         "tol": [Interval(Real, 0.0, None, closed="left")],
         "reg_covar": [Interval(Real, 0.0, None, closed="left"), "array-like"],
         "max_iter": [Interval(Integral, 0, None, closed="left")],
@@ -252,7 +254,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self._model.validate_precisions_init(p, k, d)
             if not np.isfinite(p).all():
                 raise ValueError("precisions_init contains NaN or infinity")
-            square = self.covariance_type in ("full", "tied")
+            square = covariance_layout(self.covariance_type) in ("full", "tied")
             if square and not np.allclose(p, np.swapaxes(p, -1, -2), atol=1e-10, rtol=1e-8):
                 raise ValueError("precisions_init must be symmetric")
 
@@ -315,11 +317,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         model = self._model
         nk = sums[:, 0] + _NK_FLOOR
         means_c = sums[:, 1 : 1 + d] / nk[:, None]
-        covariances = model.covariances_from_stats(
-            nk, means_c, sums[:, 1 + d :], self._covariance_floor(d), data_second
+        covariances = model.m_step(
+            nk, means_c, sums[:, 1 + d :], self._covariance_floor(d), data_second, prior
         )
-        if prior is not None:
-            covariances = model.map_covariances(covariances, nk, prior[0], prior[1], d)
         prec_chol = model.precision_cholesky(covariances)
         weights = nk / nk.sum()
         return weights, means_c + shift, covariances, prec_chol

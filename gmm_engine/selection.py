@@ -45,7 +45,7 @@ from ._validation import (
     check_per_feature,
     check_sample_weight,
 )
-from .covariance import COVARIANCE_MODELS, n_parameters
+from .covariance import COVARIANCE_MODELS, covariance_layout, n_parameters
 from .mixture import GaussianMixture
 from .threads import single_threaded_blas
 
@@ -154,7 +154,8 @@ def degeneracy_reason(
     low = np.flatnonzero(relative < variance_floor)
     if low.size:
         j = int(low[np.argmin(relative[low])])
-        who = "shared covariance" if model.covariance_type == "tied" else f"component {j + 1}"
+        shared = covariance_layout(model.covariance_type) == "tied"
+        who = "shared covariance" if shared else f"component {j + 1}"
         return (
             f"{who} collapsed: variance {relative[j]:.2e} of the data's "
             f"(< variance_floor {variance_floor:g})"

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from . import drift as drift_figures
 from . import figures
 from .profiles import SegmentProfiles, segment_profiles
-from .report_data import COVARIANCE_TYPES, ReportData
+from .report_data import ALL_COVARIANCE_TYPES, ReportData
 
 __all__ = ["ReportData", "render_report", "figure_files"]
 
@@ -165,7 +165,7 @@ def _selection_table(data: ReportData) -> str:
         return "<p>No model-selection table was recorded.</p>"
     header = ["k", "covariance type", "origin", "status", "reason", "BIC", "AIC", "ICL", "chosen"]
     rows, chosen = [], []
-    known = list(COVARIANCE_TYPES)
+    known = list(ALL_COVARIANCE_TYPES)
 
     def place(row: dict[str, Any]) -> tuple[int, str, int]:
         cov = str(row.get("covariance_type"))

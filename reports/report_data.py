@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from gmm_engine import COVARIANCE_TYPES, CRITERIA
+from gmm_engine import ALL_COVARIANCE_TYPES, COVARIANCE_TYPES, CRITERIA
 
 #: Transforms applied before standardisation (the pipeline's ``flows.config.TRANSFORMS``; the
 #: report layer does not import the pipeline).
@@ -141,8 +141,8 @@ class ReportData:
         for j, t in enumerate(self.feature_transforms):
             if t not in TRANSFORMS:
                 fail("feature_transforms", f"entry {j} is {t!r}, expected one of {TRANSFORMS}")
-        if self.covariance_type not in COVARIANCE_TYPES:
-            fail("covariance_type", f"{self.covariance_type!r} is not one of {COVARIANCE_TYPES}")
+        if self.covariance_type not in ALL_COVARIANCE_TYPES:
+            fail("covariance_type", f"{self.covariance_type!r} is not one of {ALL_COVARIANCE_TYPES}")
         if self.criterion not in CRITERIA:
             fail("criterion", f"{self.criterion!r} is not one of {CRITERIA}")
         shapes = {

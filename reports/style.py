@@ -13,7 +13,20 @@ COVARIANCE_STYLES = {
     "tied": {"color": "#d95f02", "marker": "s"},
     "diag": {"color": "#7570b3", "marker": "^"},
     "spherical": {"color": "#e7298a", "marker": "D"},
+    # mclust's other ten models (its names for the four above share their style).
+    "EII": {"color": "#66a61e", "marker": "v"},
+    "EEI": {"color": "#e6ab02", "marker": "<"},
+    "VEI": {"color": "#a6761d", "marker": ">"},
+    "EVI": {"color": "#1f78b4", "marker": "p"},
+    "VEE": {"color": "#b2df8a", "marker": "h"},
+    "EVE": {"color": "#fb9a99", "marker": "P"},
+    "VVE": {"color": "#cab2d6", "marker": "X"},
+    "EEV": {"color": "#6a3d9a", "marker": "*"},
+    "VEV": {"color": "#b15928", "marker": "d"},
+    "EVV": {"color": "#33a02c", "marker": "8"},
 }
+COVARIANCE_STYLES.update({"VVV": COVARIANCE_STYLES["full"], "EEE": COVARIANCE_STYLES["tied"],
+                          "VVI": COVARIANCE_STYLES["diag"], "VII": COVARIANCE_STYLES["spherical"]})
 _FALLBACK_STYLE = {"color": "#666666", "marker": "v"}
 
 

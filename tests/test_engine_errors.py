@@ -99,7 +99,7 @@ def test_more_components_than_samples(X):
         ({"n_components": 0}, "n_components"),
         ({"n_components": -2}, "n_components"),
         ({"n_components": 2.5}, "n_components"),
-        ({"covariance_type": "VVV"}, "covariance_type"),
+        ({"covariance_type": "VVX"}, "covariance_type"),
         ({"tol": -1e-3}, "tol"),
         ({"reg_covar": -1e-6}, "reg_covar"),
         ({"max_iter": -1}, "max_iter"),
@@ -324,7 +324,7 @@ def test_select_model_rejects_bad_arguments(X):
     with pytest.raises(ValueError, match=names("criterion")):
         select_model(X, n_components=[1, 2], criterion="dic")
     with pytest.raises(ValueError, match=names("covariance_types")):
-        select_model(X, n_components=[1, 2], covariance_types=("full", "VVV"))
+        select_model(X, n_components=[1, 2], covariance_types=("full", "VVX"))
     with pytest.raises(ValueError, match=names("n_components")):
         select_model(X, n_components=[])
     with pytest.raises(ValueError, match=names("n_components")):

@@ -125,7 +125,7 @@ def test_unfitted_use_raises_scikit_learns_not_fitted_error(X):
 @pytest.mark.parametrize(
     "name, value",
     [("n_components", "3"), ("tol", -1.0), ("max_iter", 2.5), ("init_params", "ward"),
-     ("covariance_type", "VVV"), ("n_jobs", 0), ("random_state", "seed"), ("verbose_interval", 0)],
+     ("covariance_type", "VVX"), ("n_jobs", 0), ("random_state", "seed"), ("verbose_interval", 0)],
 )
 def test_one_rule_set_for_the_estimator_and_select_model(X, name, value):
     """The same bad value is refused by the same declarative rule in both entry points."""
