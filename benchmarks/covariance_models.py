@@ -22,14 +22,7 @@ import numpy as np
 from gmm_engine import MCLUST_MODELS, ConvergenceWarning, GaussianMixture, covariance_layout
 from gmm_engine.covariance import COVARIANCE_MODELS
 
-
-def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
-    """k anisotropic Gaussian blobs with unequal sizes, offset from the origin."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=4.0, size=(k, d)) + 10.0
-    labels = rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 3.0)))
-    transforms = rng.normal(size=(k, d, d)) / np.sqrt(d) + np.eye(d)
-    return centres[labels] + np.einsum("nd,nde->ne", rng.standard_normal((n, d)), transforms[labels])
+from generated_data import make_blobs
 
 
 def identity_precisions(model: str, k: int, d: int) -> np.ndarray:
@@ -50,7 +43,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=5)
     args = parser.parse_args()
 
-    X = make_data(args.n, args.d, args.k)
+    X = make_blobs(args.n, args.d, args.k)
     rng = np.random.default_rng(1)
     means = X[rng.choice(args.n, size=args.k, replace=False)]
     weights = np.full(args.k, 1.0 / args.k)

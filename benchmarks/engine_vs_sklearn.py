@@ -25,18 +25,9 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from gmm_engine import ConvergenceWarning, GaussianMixture
 
+from generated_data import make_blobs
+
 TARGETS = {"full": 5.0, "tied": 3.0, "diag": 3.0, "spherical": 3.0}
-
-
-def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
-    """k anisotropic Gaussian blobs with unequal sizes, offset from the origin."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=4.0, size=(k, d)) + 10.0
-    mix = rng.dirichlet(np.full(k, 3.0))
-    labels = rng.choice(k, size=n, p=mix)
-    transforms = rng.normal(size=(k, d, d)) / np.sqrt(d) + np.eye(d)
-    z = rng.standard_normal((n, d))
-    return centres[labels] + np.einsum("nd,nde->ne", z, transforms[labels])
 
 
 def initial_parameters(X: np.ndarray, k: int, covariance_type: str) -> dict:
@@ -93,7 +84,7 @@ def main() -> int:
     print(header)
     failures = 0
     for n in args.n:
-        X = make_data(n, args.d, args.k)
+        X = make_blobs(n, args.d, args.k)
         for ctype in args.types:
             init = initial_parameters(X, args.k, ctype)
             ours, t_ours = run(GaussianMixture, X, args.k, ctype, init, args.iterations)

@@ -24,16 +24,9 @@ import numpy as np
 from gmm_engine import ConvergenceWarning, GaussianMixture
 from gmm_engine.missing import find_patterns
 
+from generated_data import make_blobs
+
 SHARES = (0.05, 0.30)
-
-
-def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
-    """k anisotropic Gaussian blobs with unequal sizes, offset from the origin."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=4.0, size=(k, d)) + 10.0
-    labels = rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 3.0)))
-    transforms = rng.normal(size=(k, d, d)) / np.sqrt(d) + np.eye(d)
-    return centres[labels] + np.einsum("nd,nde->ne", rng.standard_normal((n, d)), transforms[labels])
 
 
 def delete_at_random(X: np.ndarray, share: float, seed: int = 1) -> np.ndarray:
@@ -66,7 +59,7 @@ def main() -> int:
     parser.add_argument("--types", nargs="*", default=["full", "tied", "diag", "spherical"])
     args = parser.parse_args()
 
-    X = make_data(args.n, args.d, args.k)
+    X = make_blobs(args.n, args.d, args.k)
     holed = {share: delete_at_random(X, share) for share in SHARES}
     print(f"n={args.n:,} d={args.d} k={args.k}, {args.iterations} EM iterations from identical parameters")
     for share, Xm in holed.items():

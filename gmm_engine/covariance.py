@@ -78,8 +78,9 @@ class CovarianceModel:
         """
         raise NotImplementedError
 
-    def m_step(self, nk, means_c, second, reg_covar, data_second, prior=None):
-        """The M-step's covariances: maximum likelihood, or MAP under ``prior = (scale, dof)``."""
+    def m_step(self, nk, means_c, second, reg_covar, data_second, prior=None, previous=None):
+        """The M-step's covariances: maximum likelihood, or MAP under ``prior = (scale, dof)``.
+        ``previous`` (the last iteration's covariances) is for models whose M-step iterates."""
         covariances = self.covariances_from_stats(nk, means_c, second, reg_covar, data_second)
         if prior is not None:
             covariances = self.map_covariances(covariances, nk, prior[0], prior[1], means_c.shape[1])

@@ -51,6 +51,22 @@ def _eigh(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _positive(values), vectors
 
 
+def _volumes_and_shape(values: np.ndarray, nk: np.ndarray) -> np.ndarray:
+    """Variable volumes with one shared shape (VEI on the diagonals, VEV on the eigenvalues):
+    ``lambda_k * A``, shape (k, d), by alternating the two closed-form updates to convergence."""
+    d = values.shape[1]
+    lam = values.sum(axis=1) / (d * nk)
+    for _ in range(_INNER_MAX_ITER):
+        shape = (values / lam[:, None]).sum(axis=0)
+        shape /= _geometric_mean(shape)
+        new = (values / shape).sum(axis=1) / (d * nk)
+        done = np.max(np.abs(new - lam) / lam) < _INNER_TOL
+        lam = new
+        if done:
+            break
+    return lam[:, None] * shape[None, :]
+
+
 def _compose(vectors: np.ndarray, values: np.ndarray) -> np.ndarray:
     """``V diag(values) V^T`` for stacks (k, d, d) and (k, d), kept exactly symmetric."""
     out = (vectors * values[:, None, :]) @ np.swapaxes(vectors, 1, 2)
@@ -62,24 +78,26 @@ class Family(Full):
 
     layout = "full"
 
-    def constrain(self, W: np.ndarray, nk: np.ndarray) -> np.ndarray:
+    def constrain(self, W: np.ndarray, nk: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
         """The covariances maximising ``sum_k -n_k/2 log|S_k| - tr(S_k^-1 W_k)/2`` under the
-        model's constraints, from scatter matrices ``W`` (k, d, d) and weights ``nk`` (k,)."""
+        model's constraints, from scatter matrices ``W`` (k, d, d) and weights ``nk`` (k,).
+        ``previous`` (the covariances of the last iteration) starts the iterated M-steps that
+        have local optima, so a step never ends below where it began (EM keeps ascending)."""
         raise NotImplementedError
 
     def covariances_from_stats(self, nk, means_c, second, reg_covar, data_second):
         return self.m_step(nk, means_c, second, reg_covar, data_second)
 
-    def m_step(self, nk, means_c, second, reg_covar, data_second, prior=None):
+    def m_step(self, nk, means_c, second, reg_covar, data_second, prior=None, previous=None):
         # With an inverse-Wishart prior (scale, dof) on every component's covariance the MAP
         # objective is the likelihood's with W_k + scale for W_k and n_k + dof + d + 1 for n_k,
         # so the same constrained M-step gives the exact MAP estimate (Fraley & Raftery 2007).
         W = super().covariances_from_stats(nk, means_c, second, reg_covar, data_second) * nk[:, None, None]
         if prior is None:
-            return self.constrain(W, nk)
+            return self.constrain(W, nk, previous)
         scale, dof = prior
         d = means_c.shape[1]
-        return self.constrain(W + scale, nk + dof + d + 1)
+        return self.constrain(W + scale, nk + dof + d + 1, previous)
 
 
 class EII(Family):
@@ -87,7 +105,7 @@ class EII(Family):
 
     name = "EII"
 
-    def constrain(self, W, nk):
+    def constrain(self, W, nk, previous=None):
         k, d, _ = W.shape
         lam = _positive(np.trace(W, axis1=1, axis2=2).sum() / (nk.sum() * d))
         return np.broadcast_to(lam * np.eye(d), (k, d, d)).copy()
@@ -101,7 +119,7 @@ class EEI(Family):
 
     name = "EEI"
 
-    def constrain(self, W, nk):
+    def constrain(self, W, nk, previous=None):
         k, d, _ = W.shape
         B = _positive(np.diagonal(W, axis1=1, axis2=2).sum(axis=0) / nk.sum())
         return np.broadcast_to(np.diag(B), (k, d, d)).copy()
@@ -115,7 +133,7 @@ class EVI(Family):
 
     name = "EVI"
 
-    def constrain(self, W, nk):
+    def constrain(self, W, nk, previous=None):
         k, d, _ = W.shape
         delta = _positive(np.diagonal(W, axis1=1, axis2=2).copy())
         g = _geometric_mean(delta)
@@ -131,19 +149,9 @@ class VEI(Family):
 
     name = "VEI"
 
-    def constrain(self, W, nk):
-        k, d, _ = W.shape
+    def constrain(self, W, nk, previous=None):
         delta = _positive(np.diagonal(W, axis1=1, axis2=2).copy())
-        lam = delta.sum(axis=1) / (d * nk)
-        for _ in range(_INNER_MAX_ITER):
-            B = (delta / lam[:, None]).sum(axis=0)
-            B /= _geometric_mean(B)
-            new = (delta / B).sum(axis=1) / (d * nk)
-            done = np.max(np.abs(new - lam) / lam) < _INNER_TOL
-            lam = new
-            if done:
-                break
-        return np.stack([np.diag(row) for row in lam[:, None] * B[None, :]])
+        return np.stack([np.diag(row) for row in _volumes_and_shape(delta, nk)])
 
     def n_covariance_parameters(self, k, d):
         return k + d - 1
@@ -154,7 +162,7 @@ class VEE(Family):
 
     name = "VEE"
 
-    def constrain(self, W, nk):
+    def constrain(self, W, nk, previous=None):
         k, d, _ = W.shape
         lam = _positive(np.trace(W, axis1=1, axis2=2) / (d * nk))
         for _ in range(_INNER_MAX_ITER):
@@ -180,7 +188,7 @@ class EEV(Family):
 
     name = "EEV"
 
-    def constrain(self, W, nk):
+    def constrain(self, W, nk, previous=None):
         values, vectors = _eigh(W)
         omega = values.sum(axis=0)
         g = _geometric_mean(omega)
@@ -197,19 +205,9 @@ class VEV(Family):
 
     name = "VEV"
 
-    def constrain(self, W, nk):
-        k, d, _ = W.shape
+    def constrain(self, W, nk, previous=None):
         values, vectors = _eigh(W)
-        lam = values.sum(axis=1) / (d * nk)
-        for _ in range(_INNER_MAX_ITER):
-            shape = (values / lam[:, None]).sum(axis=0)
-            shape /= _geometric_mean(shape)
-            new = (values / shape).sum(axis=1) / (d * nk)
-            done = np.max(np.abs(new - lam) / lam) < _INNER_TOL
-            lam = new
-            if done:
-                break
-        return _compose(vectors, lam[:, None] * shape[None, :])
+        return _compose(vectors, _volumes_and_shape(values, nk))
 
     def n_covariance_parameters(self, k, d):
         return k + (d - 1) + k * d * (d - 1) // 2
@@ -220,7 +218,7 @@ class EVV(Family):
 
     name = "EVV"
 
-    def constrain(self, W, nk):
+    def constrain(self, W, nk, previous=None):
         values, _ = _eigh(W)
         g = _geometric_mean(values)  # det(W_k)^(1/d)
         lam = g.sum() / nk.sum()
@@ -246,9 +244,14 @@ class _CommonOrientation(Family):
         """The diagonal ``L_k = lambda_k A_k`` (k, d) for fixed D, from ``diag(D^T W_k D)``."""
         raise NotImplementedError
 
-    def constrain(self, W, nk):
+    def constrain(self, W, nk, previous=None):
         k, d, _ = W.shape
-        _, D = np.linalg.eigh(W.sum(axis=0))
+        if previous is None:
+            _, D = np.linalg.eigh(W.sum(axis=0))
+        else:
+            # The last iteration's common axes: the eigenvectors of a generic combination of its
+            # covariances (one of them alone may have a repeated eigenvalue).
+            _, D = np.linalg.eigh(np.einsum("k,kij->ij", np.sqrt(np.arange(1.0, k + 1)), previous))
         top = _eigh(W)[0][:, -1]
         eye = np.eye(d)
         previous = np.inf

@@ -312,13 +312,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         dof = float(d + 2 if self.degrees_of_freedom_prior is None else self.degrees_of_freedom_prior)
         return scale, dof
 
-    def _params_from_stats(self, sums: np.ndarray, d: int, shift, data_second, prior=None):
+    def _params_from_stats(self, sums: np.ndarray, d: int, shift, data_second, prior=None, previous=None):
         """M-step: (weights, means, covariances, precisions_cholesky) from summed statistics."""
         model = self._model
         nk = sums[:, 0] + _NK_FLOOR
         means_c = sums[:, 1 : 1 + d] / nk[:, None]
         covariances = model.m_step(
-            nk, means_c, sums[:, 1 + d :], self._covariance_floor(d), data_second, prior
+            nk, means_c, sums[:, 1 + d :], self._covariance_floor(d), data_second, prior, previous
         )
         prec_chol = model.precision_cholesky(covariances)
         weights = nk / nk.sum()
@@ -476,7 +476,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 bound = stats.log_likelihood / total_weight
                 if prior is not None:
                     bound += model.log_prior(prec_chol, prior[0], prior[1], self.n_components, d) / total_weight
-                params = self._params_from_stats(stats.sums, d, shift, second, prior)
+                params = self._params_from_stats(stats.sums, d, shift, second, prior, covariances)
                 bounds.append(bound)
                 clock = self._verbose_iteration(n_iter, bound - previous, clock)
                 if abs(bound - previous) < self.tol:

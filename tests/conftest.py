@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import duckdb
@@ -62,3 +63,24 @@ def customer_table_csv(tmp_path) -> tuple[Path, np.ndarray]:
     path = tmp_path / "customers.csv"
     table.to_csv(path, index=False)
     return path, labels
+
+
+def assert_em_ascends(gm, X, rel: float = 1e-10) -> None:
+    """Fit ``gm`` (at ``reg_covar=0``) and check that every EM iteration's bound is at least the
+    last one's. A fit with a collapsed component (ill-defined covariance, or a component on
+    d + 1 samples or fewer, where the bound is dominated by rounding) is no example: hypothesis
+    draws another."""
+    from hypothesis import assume
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm.fit(X)
+    except ValueError as exc:
+        if "ill-defined empirical covariance" not in str(exc):
+            raise
+        assume(False)
+    assume((gm.weights_ * len(X)).min() > X.shape[1] + 1)
+    lb = np.asarray(gm.lower_bounds_)
+    assert np.all(np.isfinite(lb))
+    assert np.all(np.diff(lb) >= -rel * np.maximum(1.0, np.abs(lb[:-1]))), (gm.covariance_type, np.diff(lb).min())
