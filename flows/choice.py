@@ -22,12 +22,11 @@ import numpy as np
 from flows.features import FeatureMatrix
 from flows.tracking import TrackedModel, same_features, warm_start_init
 from gmm_engine import (
-    VARIANCE_FLOOR,
     ConvergenceWarning,
     GaussianMixture,
     SelectionResult,
     criteria,
-    degeneracy_reason,
+    default_degeneracy,
     n_parameters,
 )
 
@@ -174,9 +173,7 @@ def refit_previous(
 
 def _degenerate(model: GaussianMixture, X: np.ndarray) -> str:
     """The reason ``select_model`` would set this fit aside (its default rule), or ``""``."""
-    n, d = X.shape
-    std = np.nanstd(X, axis=0)
-    return degeneracy_reason(model, np.where(std > 0, std, 1.0), float(n), VARIANCE_FLOOR, float(d + 1))
+    return default_degeneracy(model, X)
 
 
 def choose_model(

@@ -22,7 +22,9 @@ from .selection import (
     NoAcceptableModelError,
     SelectionResult,
     criteria,
+    default_degeneracy,
     degeneracy_reason,
+    observed_std,
     select_model,
 )
 
@@ -39,7 +41,9 @@ __all__ = [
     "SelectionResult",
     "VARIANCE_FLOOR",
     "criteria",
+    "default_degeneracy",
     "degeneracy_reason",
+    "observed_std",
     "full_covariances",
     "n_parameters",
     "select_model",

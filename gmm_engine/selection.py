@@ -27,7 +27,6 @@ lies inside it (``SelectionResult.grid_note`` says what happened).
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -47,6 +46,7 @@ from ._validation import (
 )
 from .covariance import COVARIANCE_MODELS, covariance_layout, n_parameters
 from .mixture import GaussianMixture
+from .statistics import default_threads
 from .threads import single_threaded_blas
 
 CRITERIA = ("bic", "aic", "icl")
@@ -195,10 +195,6 @@ def _run_jobs(jobs, fit_one, results: dict, n_jobs: int, progress) -> None:
                 progress(i, len(jobs))
 
 
-def _default_jobs() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
-
-
 _ESTIMATOR_ARGUMENTS = (
     "max_iter", "tol", "reg_covar", "resolution", "covariance_prior", "init_params", "n_jobs", "missing",
 )
@@ -317,7 +313,7 @@ def select_model(
     if resolution is not None:
         resolution = check_per_feature(resolution, "resolution", d)
     min_size = float(d + 1 if min_component_size is None else min_component_size)
-    n_jobs = _default_jobs() if n_jobs is None else int(n_jobs)
+    n_jobs = default_threads() if n_jobs is None else int(n_jobs)
     limit = ks[-1] if k_limit is None else max(ks[-1], int(k_limit))
     if random_state is None:
         random_state = int(np.random.SeedSequence().entropy % (2**63))
@@ -333,7 +329,7 @@ def select_model(
         X_fit, w_fit = X[rows], (None if w is None else w[rows])
     n_fit = X_fit.shape[0]
     total_fit = float(n_fit if w_fit is None else w_fit.sum())
-    data_std = _data_std(X_fit, w_fit)
+    data_std = observed_std(X_fit, w_fit)
 
     def estimator(k: int, covariance_type: str, **kwargs) -> GaussianMixture:
         return GaussianMixture(
@@ -418,7 +414,7 @@ def select_model(
             warnings.simplefilter("ignore", ConvergenceWarning)
             refit.fit(X, sample_weight=w)
         total = float(n if w is None else w.sum())
-        collapsed = degeneracy_reason(refit, _data_std(X, w), total, variance_floor, min_size)
+        collapsed = degeneracy_reason(refit, observed_std(X, w), total, variance_floor, min_size)
         if collapsed:
             # Keep the subsample fit (already scored on all samples) rather than a collapsed one.
             chosen["reason"] = f"refit on all samples set aside: {collapsed}"
@@ -435,9 +431,17 @@ def select_model(
     )
 
 
-def _data_std(X: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+def default_degeneracy(model: GaussianMixture, X: np.ndarray, sample_weight: np.ndarray | None = None) -> str:
+    """:func:`degeneracy_reason` with ``select_model``'s default rule on the data ``X`` the model
+    was fitted to (``VARIANCE_FLOOR``, components of at least d + 1 samples), or ``""``."""
+    n, d = X.shape
+    total = float(n if sample_weight is None else np.sum(sample_weight))
+    return degeneracy_reason(model, observed_std(X, sample_weight), total, VARIANCE_FLOOR, float(d + 1))
+
+
+def observed_std(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """Each feature's (weighted) standard deviation over its observed values; 1 for a constant
-    feature, which gives no scale to compare against."""
+    feature, which gives no scale to compare against (the one place this rule is written)."""
     observed = ~np.isnan(X)
     ww = (np.ones(X.shape[0]) if w is None else w)[:, None] * observed
     total = ww.sum(axis=0)

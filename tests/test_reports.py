@@ -213,7 +213,14 @@ def test_report_data_accepts_every_transform_the_pipeline_applies():
 
     good = make_report_data(2, "full")
     for name in TRANSFORMS:
-        ReportData(**{**good.__dict__, "feature_transforms": [name, name]})
+        data = ReportData(**{**good.__dict__, "feature_transforms": [name, name]})
+        assert data.feature_transforms == [name, name]
+        # The profiles map the model's centres back through that transform.
+        centre = profiles_of(data).centre
+        back = good.means * good.scaler_scale + good.scaler_mean
+        np.testing.assert_allclose(centre, np.expm1(back) if name == "log1p" else back)
+    with pytest.raises(ValueError, match=r"feature_transforms: entry 0 is 'sqrt'"):
+        ReportData(**{**good.__dict__, "feature_transforms": ["sqrt", "none"]})
 
 
 # --------------------------------------------------------------------------- single figures
