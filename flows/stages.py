@@ -23,8 +23,8 @@ from flows.segments import SegmentResult, assignment_table, assign_segments, fea
 from flows.store import RunRecord, feature_scaler_table
 from flows.tracking import same_features
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
-from schemas.dates import date_parsing
 from schemas.customers import missing_feature_rejects
+from schemas.dates import date_parsing
 from schemas.transactions import line_amount_rejects
 from schemas.validation import WHOLE_ROW
 
