@@ -346,9 +346,7 @@ def select_model(
         try:
             if k > n_fit:
                 raise ValueError(f"n_components={k} exceeds the {n_fit} samples")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                gm.fit(X_fit, sample_weight=w_fit)
+            gm.fit(X_fit, sample_weight=w_fit)  # ConvergenceWarning: silenced around the threads
         except (ValueError, np.linalg.LinAlgError) as exc:
             return None, str(exc), time.perf_counter() - start
         reason = degeneracy_reason(gm, data_std, total_fit, variance_floor, min_size)
@@ -367,7 +365,10 @@ def select_model(
         jobs = [(k, ti, r) for k in grid_ks for ti in range(len(types)) for r in range(n_init)]
         counter["total"] += len(jobs)
         results: dict[tuple[int, int, int], tuple] = {}
-        with single_threaded_blas():
+        # One filter for all the fitting threads, set here: catch_warnings inside each thread
+        # would race (the warning filters are global) and let some warnings through.
+        with single_threaded_blas(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
             _run_jobs(jobs, fit_one, results, n_jobs, report)
         for k in grid_ks:
             for ti, ctype in enumerate(types):
