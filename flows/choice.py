@@ -5,8 +5,11 @@ segments, full or tied) from night to night on evidence too weak to matter, and 
 customers between segments. So a run that follows a successful run on the same features refits
 the previous run's number of segments and covariance type, starting EM from the previous
 parameters (mapped to this run's scaler), and keeps that structure unless the best fresh
-candidate beats the refit by more than ``model.switch_margin`` on the run's criterion (default
-10: "very strong" evidence on Kass & Raftery's BIC scale). A manual re-segmentation asks for a
+candidate beats it by more than ``model.switch_margin`` on the run's criterion (default 10: "very
+strong" evidence on Kass & Raftery's BIC scale). The previous structure is judged by its best fit,
+the refit or the grid's own fit of the same structure, so a refit caught in a poor optimum does not
+hand the choice to another structure; the refit's parameters are kept unless the grid's fit beats
+them by the margin too. A manual re-segmentation asks for a
 fresh choice (``segment run --fresh``, flow parameter ``fresh``).
 """
 
@@ -70,7 +73,8 @@ class ModelChoice:
     fresh_value : float
         Criterion value of the best fresh candidate.
     previous_value : float or None
-        Criterion value of the refitted previous structure (None when not refitted).
+        Criterion value of the previous structure's best fit: its refit, or the grid's own fit of
+        the same structure when that is better (None when not refitted).
     margin : float
     previous_run_id : int or None
     grid_note : str
@@ -283,26 +287,69 @@ def choose_model(
                           converged=bool(fresh_model.converged_))
     fresh_value = float(best_fresh[criterion])
     previous_value = float(row[criterion])
-    gain = previous_value - fresh_value
+    same_structure = (best_fresh["n_components"], best_fresh["covariance_type"]) == (k, ctype)
+
+    # The previous structure is judged by its best fit, not by where one warm start happened to
+    # converge: the grid's own fit of the same (k, type) counts too. Otherwise a refit stuck in a
+    # poor optimum would hand the switch to another structure on evidence about EM, not the data.
+    kept_model, kept_value, refreshed_gain = gm, previous_value, 0.0
+    if not same_structure:
+        grid_same = _grid_fit(selection, table, k, ctype, X, tight, max_iter, criterion)
+        if grid_same is not None and grid_same[1] < previous_value:
+            refreshed_gain = previous_value - grid_same[1]
+            if refreshed_gain > switch_margin:
+                kept_model, kept_value = grid_same
+    best_previous_value = previous_value - refreshed_gain
+    gain = best_previous_value - fresh_value
     if gain > switch_margin:
         return result(
             "switched",
-            f"Switched from run {previous.run_id}'s {previous_label} ({name} {previous_value:,.1f}) to "
+            f"Switched from run {previous.run_id}'s {previous_label} ({name} {best_previous_value:,.1f}) to "
             f"{fresh_label} ({name} {fresh_value:,.1f}): better by {gain:,.1f}, more than the switch "
             f"margin {switch_margin:g}.",
             fresh_model,
-            previous_value,
+            best_previous_value,
         )
     best_fresh["selected"] = False
-    row["selected"] = True
+    if kept_model is gm:
+        row["selected"] = True
+    else:
+        next(r for r in table if r["origin"] != "previous" and r["n_components"] == k
+             and r["covariance_type"] == ctype)["selected"] = True
     if gain > 0:
         why = f"the best fresh model, {fresh_label} ({name} {fresh_value:,.1f}), is better by only {gain:,.1f}"
     else:
         why = f"the best fresh model, {fresh_label} ({name} {fresh_value:,.1f}), is not better"
+    if kept_model is not gm:
+        how = (f"fitted afresh ({name} {kept_value:,.1f}, better than the refit from run "
+               f"{previous.run_id}'s parameters by {refreshed_gain:,.1f})")
+    elif refreshed_gain > 0:
+        how = f"refitted ({name} {kept_value:,.1f}; its best fit in the grid: {best_previous_value:,.1f})"
+    else:
+        how = f"refitted ({name} {kept_value:,.1f})"
     return result(
         "kept",
-        f"Kept run {previous.run_id}'s {previous_label}, refitted ({name} {previous_value:,.1f}): {why}, "
+        f"Kept run {previous.run_id}'s {previous_label}, {how}: {why}, "
         f"within the switch margin {switch_margin:g}.",
-        gm,
-        previous_value,
+        kept_model,
+        best_previous_value,
     )
+
+
+def _grid_fit(
+    selection: SelectionResult, table: list[dict[str, Any]], k: int, ctype: str, X: np.ndarray,
+    tol: float, max_iter: int, criterion: str,
+) -> tuple[GaussianMixture, float] | None:
+    """The grid's own acceptable fit of (k, ctype), taken on to ``tol``, and its criterion value
+    (its table row updated), or None when the grid has none."""
+    row = next((r for r in table if r["origin"] != "previous" and r["n_components"] == k
+                and r["covariance_type"] == ctype and r["status"] == "ok"), None)
+    model = selection.models.get((k, ctype))
+    if row is None or model is None:
+        return None
+    polished = _polished(model, X, tol, max_iter)
+    if _degenerate(polished, X):
+        return None
+    row.update(criteria(polished, X), n_iter=row["n_iter"] + int(polished.n_iter_),
+               converged=bool(polished.converged_))
+    return polished, float(row[criterion])

@@ -202,3 +202,37 @@ def test_changed_features_or_settings_choose_afresh():
     assert changed.decision == "features_changed" and "changed since run 1" in changed.note
     outside = choose_model(selection, features, previous, switch_margin=10.0, allowed=(1, 6, ("diag",)))
     assert outside.decision == "previous_unusable" and "outside this run's settings" in outside.note
+
+
+def stuck_five(features) -> PreviousStructure:
+    """A previous 5-segment model caught in a poor optimum: one wide segment over the two bottom
+    groups, the two top groups each split in two. EM from its parameters stays there."""
+    from gmm_engine import GaussianMixture
+
+    centres = (np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]]) - features.scaler.mean) / features.scaler.scale
+    nudge = np.array([0.05, 0.0])
+    means = np.array([centres[:2].mean(axis=0), centres[2] - nudge, centres[2] + nudge,
+                      centres[3] - nudge, centres[3] + nudge])
+    return previous_of(features, GaussianMixture(5, means_init=means, random_state=0).fit(features.X_model))
+
+
+def test_the_previous_structure_is_judged_by_its_best_fit_not_by_a_stuck_refit():
+    features = plain_matrix(four_groups())
+    selection = fresh_selection(features)
+    previous = stuck_five(features)
+    probe = choose_model(selection, features, previous, switch_margin=0.0)
+    refit = next(r for r in probe.table if r["origin"] == "previous")["bic"]
+    grid_five = next(r for r in probe.table if r["origin"] == "grid" and r["n_components"] == 5)["bic"]
+    best = probe.fresh_value
+    # The refit from the stuck parameters is far worse than the grid's own five segments, which
+    # are only a little worse than the best, four.
+    assert refit - grid_five > 100 and 0 < grid_five - best < 100
+    assert probe.decision == "switched" and probe.previous_value == grid_five
+    # A margin between the two gains: against the stuck refit alone four segments would win; against
+    # the best fit of five they do not, so five are kept, with the grid's parameters.
+    margin = (grid_five - best) + 0.5 * (refit - grid_five)
+    choice = choose_model(selection, features, previous, switch_margin=margin)
+    assert choice.decision == "kept" and choice.previous_value == pytest.approx(grid_five)
+    assert choice.chosen["origin"] == "grid" and choice.chosen["n_components"] == 5
+    assert choice.model.n_components == 5 and sum(r["selected"] for r in choice.table) == 1
+    assert "fitted afresh (BIC " in choice.note and "better than the refit from run 1's parameters by" in choice.note
