@@ -34,7 +34,9 @@ from gmm_engine import (
 )
 
 #: What a run did about its model structure (``runs.decision``).
-DECISIONS = ("first_run", "fresh", "features_changed", "previous_unusable", "kept", "switched")
+#: ``refreshed``: the structure kept, with the parameters of a fresh fit of it that beat the refit
+#: by the switch margin (segments may move as much as at a switch).
+DECISIONS = ("first_run", "fresh", "features_changed", "previous_unusable", "kept", "refreshed", "switched")
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,15 @@ def choose_model(
                 kept_model, kept_value = grid_same
     best_previous_value = previous_value - refreshed_gain
     gain = best_previous_value - fresh_value
+    if gain > switch_margin and same_structure:
+        return result(
+            "refreshed",
+            f"Kept run {previous.run_id}'s {previous_label}, fitted afresh ({name} {fresh_value:,.1f}): "
+            f"better than the refit from its parameters ({name} {previous_value:,.1f}) by {gain:,.1f}, "
+            f"more than the switch margin {switch_margin:g}.",
+            fresh_model,
+            best_previous_value,
+        )
     if gain > switch_margin:
         return result(
             "switched",
@@ -328,7 +339,7 @@ def choose_model(
     else:
         how = f"refitted ({name} {kept_value:,.1f})"
     return result(
-        "kept",
+        "kept" if kept_model is gm else "refreshed",
         f"Kept run {previous.run_id}'s {previous_label}, {how}: {why}, "
         f"within the switch margin {switch_margin:g}.",
         kept_model,

@@ -232,7 +232,20 @@ def test_the_previous_structure_is_judged_by_its_best_fit_not_by_a_stuck_refit()
     # the best fit of five they do not, so five are kept, with the grid's parameters.
     margin = (grid_five - best) + 0.5 * (refit - grid_five)
     choice = choose_model(selection, features, previous, switch_margin=margin)
-    assert choice.decision == "kept" and choice.previous_value == pytest.approx(grid_five)
+    assert choice.decision == "refreshed" and choice.previous_value == pytest.approx(grid_five)
     assert choice.chosen["origin"] == "grid" and choice.chosen["n_components"] == 5
     assert choice.model.n_components == 5 and sum(r["selected"] for r in choice.table) == 1
     assert "fitted afresh (BIC " in choice.note and "better than the refit from run 1's parameters by" in choice.note
+
+
+def test_a_fresh_fit_of_the_same_structure_that_beats_the_refit_is_a_refresh():
+    features = plain_matrix(four_groups())
+    previous = stuck_five(features)
+    choice = choose_model(fresh_selection(features, ks=[5]), features, previous, switch_margin=10.0)
+    assert choice.decision == "refreshed" and choice.chosen["origin"] == "grid"
+    assert choice.chosen["n_components"] == 5 and choice.previous_value - choice.fresh_value > 10.0
+    assert choice.note.startswith("Kept run 1's 5 full, fitted afresh")
+    # Within a margin larger than the gain, the refit's parameters stay.
+    gain = choice.previous_value - choice.fresh_value
+    kept = choose_model(fresh_selection(features, ks=[5]), features, previous, switch_margin=gain + 1.0)
+    assert kept.decision == "kept" and kept.chosen["origin"] == "previous"
