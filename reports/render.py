@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import math
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+import jinja2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -110,8 +110,13 @@ def _save(fig: Figure, path: pathlib.Path, dpi: int) -> None:
 
 
 # --------------------------------------------------------------------------- HTML
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+# Autoescape: every value the page shows (feature names, reasons, notes) is escaped by Jinja2.
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("reports", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -124,26 +129,11 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{number:,.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: set[int],
-           chosen: Sequence[bool] | None = None) -> str:
-    """An HTML table from already formatted cells; every cell is escaped here."""
-    def cls(i: int) -> str:
-        return ' class="text"' if i in text_columns else ""
-    head = "".join(f"<th{cls(i)}>{_e(h)}</th>" for i, h in enumerate(header))
-    body = []
-    for r, row in enumerate(rows):
-        marker = ' class="chosen"' if chosen is not None and chosen[r] else ""
-        body.append(f"<tr{marker}>"
-                    + "".join(f"<td{cls(i)}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def _figure(src: str, alt: str, caption: str) -> dict[str, str]:
+    return {"src": src, "alt": alt, "caption": caption}
 
 
-def _figure(src: str, alt: str, caption: str) -> str:
-    return (f'<figure><img src="{_e(src)}" alt="{_e(alt)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-
-def _profile_table(data: ReportData, profiles: SegmentProfiles) -> str:
+def _profile_table(data: ReportData, profiles: SegmentProfiles) -> dict[str, Any]:
     order = sorted(range(data.n_segments), key=lambda c: data.segment_ids[c])
     header = ["segment", "customers", "share of customers"] + [
         f"{name} [{unit}] centre (weighted mean)" if unit else f"{name} centre (weighted mean)"
@@ -157,12 +147,10 @@ def _profile_table(data: ReportData, profiles: SegmentProfiles) -> str:
     rows.append(["all", f"{int(profiles.counts.sum()):,}", "100.0%"]
                 + [_fmt(profiles.overall_mean[j], 2) + " (mean)"
                    for j in range(data.n_features)])
-    return _table(header, rows, text_columns={0})
+    return {"header": header, "rows": rows}
 
 
-def _selection_table(data: ReportData) -> str:
-    if not data.selection:
-        return "<p>No model-selection table was recorded.</p>"
+def _selection_table(data: ReportData) -> dict[str, Any]:
     header = ["k", "covariance type", "origin", "status", "reason", "BIC", "AIC", "ICL", "chosen"]
     rows, chosen = [], []
     known = list(ALL_COVARIANCE_TYPES)
@@ -172,86 +160,75 @@ def _selection_table(data: ReportData) -> str:
         return (known.index(cov) if cov in known else len(known), cov,
                 int(row.get("n_components", 0)))
 
-    for r in sorted(data.selection, key=place):
+    for r in sorted(data.selection or [], key=place):
         rows.append([str(r.get("n_components", "")), str(r.get("covariance_type", "")),
                      str(r.get("origin") or "grid"), str(r.get("status", "")), str(r.get("reason", "") or ""),
                      _fmt(r.get("bic")), _fmt(r.get("aic")), _fmt(r.get("icl")),
                      "yes" if r.get("selected") else ""])
         chosen.append(bool(r.get("selected")))
-    return _table(header, rows, text_columns={1, 2, 3, 4, 8}, chosen=chosen)
+    return {"header": header, "rows": rows, "chosen": chosen}
 
 
-def _drift_section(drift: dict[str, Any], src: str) -> list[str]:
+def _drift_context(drift: dict[str, Any], src: str) -> dict[str, Any]:
     run = drift["previous_run_id"]
-    parts = [f"<h2>What changed since run {_e(run)}</h2>"]
-    if drift["flags"]:
-        parts.append('<ul class="flags">' + "".join(f"<li>{_e(f)}</li>" for f in drift["flags"]) + "</ul>")
-    else:
-        parts.append("<p>No drift flags.</p>")
-    parts.append(f'<pre class="what-changed">{_e(drift["what_changed"])}</pre>')
-    parts.append(_figure(src, f"Customers moving between segments since run {run}",
-                         f"Customers in both runs, from their segment in run {run} (rows) to their "
-                         f"segment now (columns); colour is the share of the row, outlined cells "
-                         f"keep their segment id."))
-    if drift["transitions"]:
-        rows = [[t["kind"], ", ".join(map(str, t["from_ids"])) or "–",
-                 ", ".join(map(str, t["to_ids"])) or "–", f"{t['share']:.1%}"]
-                for t in drift["transitions"]]
-        parts += ["<details><summary>Segment transitions (MONIC)</summary>",
-                  _table(["transition", "from segments", "to segments", "share"], rows,
-                         text_columns={0, 1, 2}),
-                  "</details>"]
-    return parts
+    return {
+        "previous_run_id": run,
+        "flags": list(drift["flags"]),
+        "what_changed": drift["what_changed"],
+        "figure": _figure(src, f"Customers moving between segments since run {run}",
+                          f"Customers in both runs, from their segment in run {run} (rows) to their "
+                          f"segment now (columns); colour is the share of the row, outlined cells "
+                          f"keep their segment id."),
+        "transitions": [[t["kind"], ", ".join(map(str, t["from_ids"])) or "–",
+                         ", ".join(map(str, t["to_ids"])) or "–", f"{t['share']:.1%}"]
+                        for t in drift["transitions"]],
+    }
 
 
 def _page(data: ReportData, profiles: SegmentProfiles, names: list[str]) -> str:
     criterion = data.criterion.upper()
-    k = data.n_segments
     # Page positions of the figures that every report has, whether or not a drift section leads.
     files = names[1:] if data.drift is not None else names
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(data.title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(data.title)}</h1>",
-        _table(["fact", "value"], [[key, value] for key, value in data.summary.items()],
-               text_columns={0, 1}),
-        f"<p>Run <code>{_e(data.run_id)}</code>: {k} segments, {_e(data.covariance_type)} "
-        f"covariance, chosen by {_e(criterion)} among the candidates below.</p>",
-        *([] if data.drift is None else _drift_section(data.drift, names[0])),
-        "<h2>Model selection</h2>",
-        *([f'<p class="choice">{_e(data.choice_note)}</p>'] if data.choice_note else []),
-        _figure(files[0], "Information criteria versus number of segments",
-                f"BIC, AIC and ICL for every candidate (lower is better); the star marks the model "
-                f"chosen by {criterion}; candidates set aside as degenerate or failed are listed "
-                f"under the figure, not drawn."),
-        "<details><summary>Model-selection table</summary>", _selection_table(data), "</details>",
-        "<h2>Segments</h2>",
-        _figure(files[1], "Segment sizes", "Customers given each segment and their share of all "
-                "customers (the segments table's customer_count)."),
-        _figure(files[2], "Segment profiles", "Every feature per segment in original units: the "
-                "segment's centre (bar) with one model standard deviation either side, and the "
-                "membership-weighted mean (diamond), as in the segment_profiles view."),
-        _profile_table(data, profiles),
-        _figure(files[3], "Segments in two dimensions",
-                "Customers coloured by assigned segment with each segment's 1- and 2-sigma "
-                "covariance ellipse, in standardised model space."),
-        "<h2>How sure the assignment is</h2>",
-        _figure(files[4], "Membership probabilities",
-                "Probability of each customer's assigned segment; low values mean the customer "
-                "sits between segments."),
-        "<h2>Fit</h2>",
-        _figure(files[5], "Log-likelihood per EM iteration",
-                "Mean log-likelihood per customer after each EM iteration of the chosen model."),
-        "<h2>Features</h2>",
-    ]
+    features = []
     for j, name in enumerate(data.feature_names):
         unit = data.feature_units[j]
         shown = f"log(1 + {name})" if data.feature_transforms[j] == "log1p" else name
-        parts.append(f"<h3>{_e(name)}</h3>")
-        parts.append(_figure(files[6 + j], f"Histogram and mixture density of {name}",
-                             f"{shown} [{unit}]: histogram of all customers with the mixture's "
-                             f"density (black) and each segment's weighted density."))
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        features.append({"name": name, "figure": _figure(
+            files[6 + j], f"Histogram and mixture density of {name}",
+            f"{shown} [{unit}]: histogram of all customers with the mixture's "
+            f"density (black) and each segment's weighted density.")})
+    return _TEMPLATES.get_template("report.html.j2").render(
+        css=_CSS,
+        title=data.title,
+        summary=[[key, value] for key, value in data.summary.items()],
+        run_id=data.run_id,
+        n_segments=data.n_segments,
+        covariance_type=data.covariance_type,
+        criterion=criterion,
+        drift=None if data.drift is None else _drift_context(data.drift, names[0]),
+        choice_note=data.choice_note,
+        selection=_selection_table(data),
+        profile=_profile_table(data, profiles),
+        features=features,
+        figures={
+            "criteria": _figure(files[0], "Information criteria versus number of segments",
+                                f"BIC, AIC and ICL for every candidate (lower is better); the star marks "
+                                f"the model chosen by {criterion}; candidates set aside as degenerate or "
+                                f"failed are listed under the figure, not drawn."),
+            "sizes": _figure(files[1], "Segment sizes", "Customers given each segment and their share "
+                             "of all customers (the segments table's customer_count)."),
+            "profiles": _figure(files[2], "Segment profiles", "Every feature per segment in original "
+                                "units: the segment's centre (bar) with one model standard deviation "
+                                "either side, and the membership-weighted mean (diamond), as in the "
+                                "segment_profiles view."),
+            "segments": _figure(files[3], "Segments in two dimensions",
+                                "Customers coloured by assigned segment with each segment's 1- and "
+                                "2-sigma covariance ellipse, in standardised model space."),
+            "membership": _figure(files[4], "Membership probabilities",
+                                  "Probability of each customer's assigned segment; low values mean the "
+                                  "customer sits between segments."),
+            "log_likelihood": _figure(files[5], "Log-likelihood per EM iteration",
+                                      "Mean log-likelihood per customer after each EM iteration of the "
+                                      "chosen model."),
+        },
+    )
