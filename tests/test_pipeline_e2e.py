@@ -42,81 +42,129 @@ def assert_report_complete(index: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_online_retail_sample_end_to_end(prefect_harness, retail_sample_csv, tmp_path):
-    db = tmp_path / "segments.duckdb"
+@pytest.fixture(scope="module")
+def retail_run(prefect_harness, retail_sample_csv, tmp_path_factory):
+    """One flow run on the 30,000-line Online Retail sample (k_max = 4), shared by the checks below."""
+    tmp = tmp_path_factory.mktemp("retail")
+    db = tmp / "segments.duckdb"
     summary = segment_customers(
         input_path=str(retail_sample_csv), columns=RETAIL_COLUMNS, k_max=4, n_init=1,
-        database=str(db), reports_dir=str(tmp_path / "reports"), trigger="test",
+        database=str(db), reports_dir=str(tmp / "reports"), trigger="test",
     )
-    k = summary["n_components"]
+    return summary, db, tmp
+
+
+def test_retail_run_summary_sizes_and_grid_extension(retail_run):
+    summary, _, tmp = retail_run
     tried = summary["k_max_tried"]  # k_max = 4, extended (up to 8) while the best sat at the edge
-    assert 1 <= k < tried <= 8 and summary["rows_loaded"] == 30_000
+    assert 1 <= summary["n_components"] < tried <= 8 and summary["rows_loaded"] == 30_000
     assert (tried > 4) == bool(summary["grid_note"])
     assert sum(s["customers"] for s in summary["segment_sizes"]) == summary["customers"] > 100
-    assert Path(summary["report"]) == (tmp_path / "reports" / "1" / "index.html").resolve()
+    assert Path(summary["report"]) == (tmp / "reports" / "1" / "index.html").resolve()
+
+
+def test_retail_run_writes_a_complete_report(retail_run):
+    summary, _, _ = retail_run
     assert_report_complete(Path(summary["report"]))
 
+
+def test_retail_run_creates_every_table_and_view(retail_run):
+    _, db, _ = retail_run
     with duckdb.connect(str(db), read_only=True) as con:
         names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        assert set(TABLES) | set(VIEWS) <= names
+    assert set(TABLES) | set(VIEWS) <= names
+
+
+def test_retail_run_records_the_run(retail_run):
+    summary, db, _ = retail_run
+    with duckdb.connect(str(db), read_only=True) as con:
         run = con.execute(
             "SELECT status, trigger, as_of, rows_loaded, customers, n_components, covariance_type, criterion, "
-            "bic IS NOT NULL, seed, code_version, parameters->>'$.model.k_max', report_path FROM runs"
+            "bic IS NOT NULL, seed, code_version, parameters->>'$.model.k_max', report_path, k_max_tried, "
+            "decision, grid_note FROM runs"
         ).fetchone()
-        assert run[:2] == ("success", "test") and run[3] == 30_000 and run[4] == summary["customers"]
-        assert run[5] == k and run[6] == summary["covariance_type"] and run[7] == "bic" and run[8]
-        assert run[9] == 0 and run[10] and run[11] == "4" and run[12] == summary["report"]
-        # Grid: the k values tried x 4 covariance types, exactly one selected, matching runs.
+    assert run[:2] == ("success", "test") and run[3] == 30_000 and run[4] == summary["customers"]
+    assert run[5] == summary["n_components"] and run[6] == summary["covariance_type"]
+    assert run[7] == "bic" and run[8]
+    assert run[9] == 0 and run[10] and run[11] == "4" and run[12] == summary["report"]
+    assert run[13:] == (summary["k_max_tried"], "first_run", summary["grid_note"] or None)
+
+
+def test_retail_run_stores_the_whole_grid_with_one_choice(retail_run):
+    summary, db, _ = retail_run
+    tried = summary["k_max_tried"]
+    with duckdb.connect(str(db), read_only=True) as con:
+        # The k values tried x 4 covariance types, exactly one selected, matching runs.
         grid = con.execute("SELECT count(*), count(*) FILTER (WHERE selected) FROM model_candidates").fetchone()
-        assert grid == (4 * tried, 1)
-        assert con.execute("SELECT k_max_tried, decision, grid_note FROM runs").fetchone() == (
-            tried, "first_run", summary["grid_note"] or None)
         origins = dict(con.execute("SELECT origin, count(*) FROM model_candidates GROUP BY 1").fetchall())
-        assert origins == ({"grid": 16, "extension": 4 * (tried - 4)} if tried > 4 else {"grid": 16})
-        # The frequency spike (one-time buyers) sets that feature's resolution; monetary has none.
+        chosen = con.execute("SELECT n_components, covariance_type FROM model_candidates WHERE selected").fetchone()
+    assert grid == (4 * tried, 1)
+    assert origins == ({"grid": 16, "extension": 4 * (tried - 4)} if tried > 4 else {"grid": 16})
+    assert chosen == (summary["n_components"], summary["covariance_type"])
+
+
+def test_retail_run_finds_the_frequency_spike(retail_run):
+    _, db, _ = retail_run
+    with duckdb.connect(str(db), read_only=True) as con:
         scalers = dict(con.execute("SELECT feature, resolution FROM feature_scalers").fetchall())
-        assert scalers["frequency"] > 0.1 and scalers["monetary"] == 0.0
-        assert con.execute(
-            "SELECT n_components, covariance_type FROM model_candidates WHERE selected"
-        ).fetchone() == (k, summary["covariance_type"])
+    # The one-time buyers set frequency's resolution; monetary has none.
+    assert len(scalers) == 3 and scalers["frequency"] > 0.1 and scalers["monetary"] == 0.0
+
+
+def test_retail_run_segments_and_profiles(retail_run):
+    summary, db, _ = retail_run
+    k = summary["n_components"]
+    with duckdb.connect(str(db), read_only=True) as con:
         seg = con.execute("SELECT count(*), sum(weight), sum(customer_count) FROM current_segments").fetchone()
-        assert seg[0] == k and seg[1] == pytest.approx(1.0) and seg[2] == summary["customers"]
         profiles = con.execute("SELECT count(*), count(DISTINCT feature) FROM segment_profiles").fetchone()
-        assert profiles == (3 * k, 3)
-        # Profiles are in original units: recency centres lie inside the observed range of days.
         low, high = con.execute(
             "SELECT min(centre), max(centre) FROM segment_profiles WHERE feature = 'recency_days'"
         ).fetchone()
-        assert 0 <= low <= high <= 400
+    assert seg[0] == k and seg[1] == pytest.approx(1.0) and seg[2] == summary["customers"]
+    assert profiles == (3 * k, 3)
+    # Profiles are in original units: recency centres lie inside the observed range of days.
+    assert 0 <= low <= high <= 400
+
+
+def test_retail_run_assignments_are_one_per_customer_and_consistent(retail_run):
+    summary, db, _ = retail_run
+    with duckdb.connect(str(db), read_only=True) as con:
         a = con.execute(
             "SELECT count(*), count(DISTINCT customer_id), max(abs(list_sum(probabilities) - 1)), "
             "bool_and(probability = list_max(probabilities)), bool_and(len(probabilities) = ?), "
             "bool_and(segment_id = list_position(probabilities, probability)) FROM current_assignments",
-            [k],
+            [summary["n_components"]],
         ).fetchone()
-        assert a[0] == a[1] == summary["customers"] and a[2] < 1e-9 and a[3] and a[4] and a[5]
-        assert con.execute("SELECT count(*) FROM feature_scalers").fetchone()[0] == 3
+    assert a[0] == a[1] == summary["customers"] and a[2] < 1e-9 and a[3] and a[4] and a[5]
+
+
+def test_every_readme_example_query_runs_on_a_real_result_file(retail_run):
+    _, db, _ = retail_run
+    with duckdb.connect(str(db), read_only=True) as con:
         for sql in example_queries():
-            con.execute(sql).fetchall()  # every README example runs on a real result file
+            con.execute(sql).fetchall()
         assert con.execute(example_queries()[0]).fetchall()
 
-    # What the run shows in the Prefect UI (artifact keys carry the run id; this test's run is 1).
-    # Other tests' runs 1 share the session's server: read this flow run's own artifacts.
+
+def test_retail_run_publishes_its_artifacts_to_prefect(retail_run):
+    """What the run shows in the Prefect UI (artifact keys carry the run id; this test's run is 1).
+    Other tests' runs 1 share the session's server: read this flow run's own artifacts."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+    summary, db, _ = retail_run
     with duckdb.connect(str(db), read_only=True) as con:
         flow_run_id = UUID(con.execute("SELECT flow_run_id FROM runs WHERE run_id = 1").fetchall()[0][0])
     with get_client(sync_client=True) as client:
         own = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=own)}
     markdown = artifacts["segmentation-run-1"]
-    assert f"{k} segments, {summary['covariance_type']} covariance" in markdown.data
+    assert f"{summary['n_components']} segments, {summary['covariance_type']} covariance" in markdown.data
     assert "Rows rejected" in markdown.data and Path(summary["report"]).as_uri() in markdown.data
     grid = artifacts["model-selection-grid-run-1"]
-    assert grid.type == "table" and len(json.loads(grid.data)) == 4 * tried
+    assert grid.type == "table" and len(json.loads(grid.data)) == 4 * summary["k_max_tried"]
     progress = artifacts["model-selection-run-1"]
     assert progress.type == "progress" and float(progress.data) == 100.0
 
