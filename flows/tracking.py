@@ -29,20 +29,16 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from flows.config import TRANSFORMS
+from constants import (
+    DEFAULT_MAX_DISTANCE,
+    DEFAULT_MIN_JACCARD,
+    DEFAULT_MOVED_THRESHOLD,
+    DEFAULT_TAU_MATCH,
+    DEFAULT_TAU_SPLIT,
+    TRANSFORMS,
+)
 from gmm_engine import ALL_COVARIANCE_TYPES, covariance_layout
 
-#: A current component keeps a previous id only when their Bhattacharyya distance is at most this.
-#: exp(-2) = 0.135 is the Bhattacharyya coefficient, so the Bayes error of telling the two Gaussians
-#: apart is at most 6.8 %: beyond that they are different segments. For equal covariances it is a
-#: move of the mean by 4 of the segment's standard deviations (D = delta**2 / 8); a nightly refit
-#: moves a segment by a small fraction of that, and a segment that appears while another vanishes
-#: lies much farther away.
-DEFAULT_MAX_DISTANCE = 2.0
-#: Minimum Jaccard index of two segments' customers for keeping an id when features changed.
-DEFAULT_MIN_JACCARD = 0.5
-#: Default of the "share of customers who changed segment" flag.
-DEFAULT_MOVED_THRESHOLD = 0.2
 TRANSITION_KINDS = ("survived", "split", "merged", "disappeared", "emerged")
 MATCH_METHODS = ("first_run", "bhattacharyya", "customer_overlap", "none")
 
@@ -581,8 +577,8 @@ class TransitionThresholds:
         Smallest share a part must receive to count as a piece of a split.
     """
 
-    tau_match: float = 0.5
-    tau_split: float = 0.25
+    tau_match: float = DEFAULT_TAU_MATCH
+    tau_split: float = DEFAULT_TAU_SPLIT
 
     def __post_init__(self) -> None:
         if not 0.0 < self.tau_split <= self.tau_match <= 1.0:
