@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from flows.features import FeatureMatrix
-from flows.tracking import TrackedModel, same_features, warm_start_init
 from gmm_engine import (
     ConvergenceWarning,
     GaussianMixture,
@@ -29,6 +28,7 @@ from gmm_engine import (
     default_degeneracy,
     n_parameters,
 )
+from tracking import TrackedModel, same_features, warm_start_init
 
 #: What a run did about its model structure (``runs.decision``).
 DECISIONS = ("first_run", "fresh", "features_changed", "previous_unusable", "kept", "switched")

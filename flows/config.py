@@ -192,7 +192,7 @@ class OutputSettings(_Section):
 
 
 class TrackingSettings(_Section):
-    """Stable segment ids across runs and drift (see flows/tracking.py for the rules)."""
+    """Stable segment ids across runs and drift (see the tracking package for the rules)."""
 
     #: A Bhattacharyya distance up to this keeps a segment's id (2.0: overlap coefficient e^-2).
     max_distance: float = Field(DEFAULT_MAX_DISTANCE, gt=0)
