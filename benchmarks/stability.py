@@ -58,8 +58,8 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
     (``tracking.hold_odds``): the customers' own movement."""
     from flows import continuity
     from flows.segments import assign_segments
-    from flows.tracking import hold_segments, warm_start_init
     from gmm_engine import GaussianMixture
+    from tracking import hold_segments, warm_start_init
 
     previous = continuity.load_previous(database)
     if previous is None:

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from flows.features import FeatureMatrix
-from flows.tracking import TrackedModel, same_features, warm_start_init
 from gmm_engine import (
     ConvergenceWarning,
     GaussianMixture,
@@ -32,6 +31,7 @@ from gmm_engine import (
     default_degeneracy,
     n_parameters,
 )
+from tracking import TrackedModel, same_features, warm_start_init
 
 #: What a run did about its model structure (``runs.decision``).
 #: ``refreshed``: the structure kept, with the parameters of a fresh fit of it that beat the refit

@@ -10,6 +10,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from constants import (
+    DEFAULT_MAX_DISTANCE,
+    DEFAULT_MIN_JACCARD,
+    DEFAULT_MOVED_THRESHOLD,
+    DEFAULT_TAU_MATCH,
+    DEFAULT_TAU_SPLIT,
+    TRANSFORMS,
+)
 from gmm_engine import ALL_COVARIANCE_TYPES, COVARIANCE_TYPES, CRITERIA
 
 #: The embedded UCI Online Retail sample shipped in data/ (used when no input is configured).
@@ -36,8 +44,6 @@ PURCHASE_UNITS = {"invoice": "invoices", "day": "purchase days", "line": "purcha
 PURCHASE_MEANINGS = {"invoice": "distinct invoice ids", "day": "the distinct days a customer bought on",
                      "line": "every line"}
 PURCHASE_RULES = tuple(PURCHASE_UNITS)
-#: Transforms a feature can have before standardisation (applied in flows.features).
-TRANSFORMS = ("none", "log1p")
 #: What a blank feature value does (customer tables): "model", the customer is segmented on the
 #: features they have (values missing at random); "reject", the row is rejected.
 MISSING_RULES = ("model", "reject")
@@ -186,17 +192,17 @@ class OutputSettings(_Section):
 
 
 class TrackingSettings(_Section):
-    """Stable segment ids across runs and drift (see flows/tracking.py for the rules)."""
+    """Stable segment ids across runs and drift (see the tracking package for the rules)."""
 
     #: A Bhattacharyya distance up to this keeps a segment's id (2.0: overlap coefficient e^-2).
-    max_distance: float = Field(2.0, gt=0)
+    max_distance: float = Field(DEFAULT_MAX_DISTANCE, gt=0)
     #: When the features changed, a Jaccard index of customers at least this keeps an id.
-    min_jaccard: float = Field(0.5, gt=0, le=1)
+    min_jaccard: float = Field(DEFAULT_MIN_JACCARD, gt=0, le=1)
     #: MONIC thresholds: share of a segment's customers for a survival / for each part of a split.
-    tau_match: float = Field(0.5, gt=0, le=1)
-    tau_split: float = Field(0.25, gt=0, le=1)
+    tau_match: float = Field(DEFAULT_TAU_MATCH, gt=0, le=1)
+    tau_split: float = Field(DEFAULT_TAU_SPLIT, gt=0, le=1)
     #: Flag the run when more than this share of the customers in both runs changed segment.
-    moved_threshold: float = Field(0.2, ge=0, le=1)
+    moved_threshold: float = Field(DEFAULT_MOVED_THRESHOLD, ge=0, le=1)
     #: A customer keeps last run's segment unless the model now favours another by more than these
     #: odds (10: ten times as probable); 1 gives every customer their most probable segment.
     hold_odds: float = Field(10.0, ge=1)

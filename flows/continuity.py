@@ -1,6 +1,6 @@
 """Segments that keep their ids from run to run: the previous run read back, this run re-labelled.
 
-The pure matching and drift logic is :mod:`flows.tracking`; this module connects it to the store
+The pure matching and drift logic is the :mod:`tracking` package; this module connects it to the store
 (the previous successful run, read-only) and to this run's results. Whether the previous run's
 model structure is kept is :mod:`flows.choice`.
 """
@@ -18,7 +18,7 @@ from flows.config import Settings
 from flows.duck import connect
 from flows.features import FeatureMatrix
 from flows.segments import SegmentResult
-from flows.tracking import (
+from tracking import (
     RunDrift,
     TrackedModel,
     TransitionThresholds,
@@ -120,7 +120,7 @@ def track(
     """Match this run's segments to the previous run's, and return them re-labelled with the drift.
 
     Customers in both runs keep their previous segment unless the model favours another by more
-    than ``tracking.hold_odds`` (:func:`flows.tracking.hold_segments`); ``segments.held`` marks them.
+    than ``tracking.hold_odds`` (:func:`tracking.hold_segments`); ``segments.held`` marks them.
     A model chosen at the edge of a grid that could not be extended further (``choice.at_limit``)
     adds a drift flag: more segments might fit the data better than any the run could try.
     """

@@ -39,7 +39,7 @@ from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
 from flows.runlock import RunJournal, database_lock, killed_runs
 from flows.store import RunStart, StoreBusyError, fail_run, finish_run, note_report_failure, start_run, utc_now
-from flows.tracking import drift_markdown
+from tracking import drift_markdown
 
 
 def _transient(task, task_run, state) -> bool:

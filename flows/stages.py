@@ -21,12 +21,12 @@ from flows.features import RULE_LABELS, FeatureError, FeatureMatrix, build_featu
 from flows.load import LoadedInput
 from flows.segments import SegmentResult, assignment_table, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
-from flows.tracking import same_features
 from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
 from schemas.customers import missing_feature_rejects
 from schemas.dates import date_parsing
 from schemas.transactions import line_amount_rejects
 from schemas.validation import WHOLE_ROW
+from tracking import same_features
 
 
 class TooManyRejectsError(ValueError):

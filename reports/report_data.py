@@ -8,11 +8,9 @@ from typing import Any
 
 import numpy as np
 
+# TRANSFORMS: the transforms applied before standardisation, the pipeline's own list.
+from constants import TRANSFORMS
 from gmm_engine import ALL_COVARIANCE_TYPES, COVARIANCE_TYPES, CRITERIA
-
-#: Transforms applied before standardisation (the pipeline's ``flows.config.TRANSFORMS``; the
-#: report layer does not import the pipeline).
-TRANSFORMS = ("none", "log1p")
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +62,7 @@ class ReportData:
         switched, chosen afresh; what happened at the edge of the grid). Shown under
         "Model selection".
     drift : dict or None, default None
-        What changed since the previous successful run (``flows.tracking.RunDrift.report_drift()``);
+        What changed since the previous successful run (``tracking.RunDrift.report_drift()``);
         when given, the report draws the migration heat-map and a "What changed since run N"
         section. Keys: ``previous_run_id``; ``migration`` (list of dicts ``from_segment``,
         ``to_segment``, ``customers``); ``what_changed`` (plain text); ``flags`` (list of str);

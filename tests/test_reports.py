@@ -473,7 +473,7 @@ def test_each_segment_keeps_its_colour_across_figures():
 
 # --------------------------------------------------------------------------- drift since the previous run
 def _drift(previous_run_id="6", flags=None, what_changed=None) -> dict:
-    """A drift section as flows.tracking.RunDrift.report_drift() gives it: segment 3 retired (its
+    """A drift section as tracking.RunDrift.report_drift() gives it: segment 3 retired (its
     customers went to 1 and 2), segment 4 new (with 20 customers from segment 2)."""
     return {
         "previous_run_id": previous_run_id,

@@ -1,4 +1,4 @@
-"""Tests of stable segment ids and drift (flows/tracking.py) with models fitted by gmm_engine."""
+"""Tests of stable segment ids and drift (the tracking package) with models fitted by gmm_engine."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from scipy.integrate import quad
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
-from flows.tracking import (
+from gmm_engine import GaussianMixture
+from tracking import (
     DEFAULT_MAX_DISTANCE,
     TrackedModel,
     TransitionThresholds,
@@ -35,7 +36,6 @@ from flows.tracking import (
     warm_start_init,
     what_changed,
 )
-from gmm_engine import GaussianMixture
 
 NAMES = ("recency_days", "frequency", "monetary")
 UNITS = ("days", "invoices", "GBP")

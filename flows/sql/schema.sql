@@ -99,7 +99,7 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
     value               VARCHAR               -- offending value as text (NULL when missing)
 );
 
--- Continuity between runs (flows/tracking.py). Columns added to runs by later versions:
+-- Continuity between runs (the tracking package). Columns added to runs by later versions:
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS previous_run_id BIGINT;     -- run this one was compared with
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS match_method VARCHAR;       -- first_run | bhattacharyya | customer_overlap | none
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS new_segments INTEGER[];     -- ids given for the first time

@@ -1,0 +1,130 @@
+"""Customers of two runs: who is in both, who moved between segments, and who is held in theirs.
+
+Assignments are aligned on the customers present in both runs (:func:`customer_overlap`); the
+migration table and the moved share count them, and :func:`hold_segments` keeps a customer in
+last run's segment unless the model now clearly favours another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True, eq=False)
+class CustomerOverlap:
+    """Customers present in both runs, aligned.
+
+    Attributes
+    ----------
+    customer_ids : ndarray of shape (m,), str
+    previous_segments, current_segments : ndarray of shape (m,), int64
+    entered : int
+        Customers only in the current run.
+    left : int
+        Customers only in the previous run.
+    """
+
+    customer_ids: np.ndarray
+    previous_segments: np.ndarray
+    current_segments: np.ndarray
+    entered: int
+    left: int
+
+
+def customer_overlap(previous_customers: Sequence[Any] | np.ndarray, previous_segments: Sequence[int] | np.ndarray,
+                     current_customers: Sequence[Any] | np.ndarray, current_segments: Sequence[int] | np.ndarray
+                     ) -> CustomerOverlap:
+    """Align two runs' assignments on the customers present in both (ids compared as text)."""
+    pc = np.asarray(previous_customers).astype(str)
+    cc = np.asarray(current_customers).astype(str)
+    ps = np.asarray(previous_segments, dtype=np.int64)
+    cs = np.asarray(current_segments, dtype=np.int64)
+    for name, ids, seg in (("previous", pc, ps), ("current", cc, cs)):
+        if ids.shape != seg.shape:
+            raise ValueError(f"customer_overlap: {name} customers and segments differ in length ({ids.size} vs {seg.size})")
+        if np.unique(ids).size != ids.size:
+            raise ValueError(f"customer_overlap: {name} customer ids are not unique")
+    common, ip, ic = np.intersect1d(pc, cc, assume_unique=True, return_indices=True)
+    return CustomerOverlap(customer_ids=common, previous_segments=ps[ip], current_segments=cs[ic],
+                           entered=int(cc.size - common.size), left=int(pc.size - common.size))
+
+
+def migration_table(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
+    """Customers per (previous segment, current segment), stayers included, for customers in both runs.
+
+    Parameters
+    ----------
+    previous_ids, current_ids : arrays of shape (m,)
+        Aligned segment ids of the same customers in the previous and the current run.
+
+    Returns
+    -------
+    DataFrame with int64 columns ``from_segment``, ``to_segment``, ``customers`` (> 0 only),
+    sorted by ``from_segment``, ``to_segment``; ``customers`` sums to m.
+    """
+    p = np.asarray(previous_ids, dtype=np.int64).reshape(-1)
+    c = np.asarray(current_ids, dtype=np.int64).reshape(-1)
+    if p.shape != c.shape:
+        raise ValueError(f"migration_table: previous_ids and current_ids differ in length ({p.size} vs {c.size})")
+    if p.size == 0:
+        return pd.DataFrame({"from_segment": np.zeros(0, np.int64), "to_segment": np.zeros(0, np.int64),
+                             "customers": np.zeros(0, np.int64)})
+    pairs, counts = np.unique(np.stack([p, c], axis=1), axis=0, return_counts=True)
+    return pd.DataFrame({"from_segment": pairs[:, 0].astype(np.int64), "to_segment": pairs[:, 1].astype(np.int64),
+                         "customers": counts.astype(np.int64)})
+
+
+def moved_share(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[int] | np.ndarray) -> float:
+    """Share of the customers in both runs whose segment id changed (NaN when there are none)."""
+    p = np.asarray(previous_ids, dtype=np.int64)
+    c = np.asarray(current_ids, dtype=np.int64)
+    if p.shape != c.shape:
+        raise ValueError("moved_share: previous_ids and current_ids differ in length")
+    return float(np.mean(p != c)) if p.size else float("nan")
+
+
+def hold_segments(components: np.ndarray, probabilities: np.ndarray, previous_components: np.ndarray,
+                  hold_odds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each customer in last run's segment unless the model now favours another by more than
+    ``hold_odds`` to 1.
+
+    A customer whose membership probabilities are 0.45 / 0.55 has not changed segment in any sense
+    an analyst acts on; flipping them on every refit is noise. The rule is hysteresis on the
+    posterior odds: the customer moves only when their most probable segment is more than
+    ``hold_odds`` times as probable as the segment they were in (the segment must still exist).
+
+    Parameters
+    ----------
+    components : ndarray of shape (n,), int
+        Each customer's most probable component (0..k-1).
+    probabilities : ndarray of shape (n, k)
+        Membership probabilities.
+    previous_components : ndarray of shape (n,), int
+        The component that carries the customer's previous segment id, or -1 (new customer, or
+        their segment was retired).
+    hold_odds : float >= 1
+        1 keeps nothing: every customer takes their most probable segment.
+
+    Returns
+    -------
+    components : ndarray of shape (n,), int64
+        The segment each customer is given.
+    held : ndarray of shape (n,), bool
+        Customers kept in their previous segment although another is more probable.
+    """
+    components = np.asarray(components, dtype=np.int64)
+    previous_components = np.asarray(previous_components, dtype=np.int64)
+    if not hold_odds >= 1.0:
+        raise ValueError(f"hold_odds must be at least 1, got {hold_odds!r}")
+    rows = np.flatnonzero((previous_components >= 0) & (previous_components != components))
+    p = np.asarray(probabilities, dtype=np.float64)
+    # Compared as products, not ratios: a previous segment's probability may underflow to 0.
+    keep = p[rows, previous_components[rows]] * hold_odds >= p[rows, components[rows]]
+    held = np.zeros(components.shape, dtype=bool)
+    held[rows[keep]] = True
+    return np.where(held, previous_components, components), held
