@@ -8,13 +8,20 @@ import os
 import sys
 import textwrap
 import traceback
+import typing
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flows.config import PURCHASE_RULES, ConfigError
+from flows.config import ConfigError
 from flows.console import HIDE_TRACEBACKS_ENV, hide_tracebacks, one_failure_line
-from gmm_engine import COVARIANCE_TYPES, CRITERIA, MCLUST_MODELS
+from flows.parameters import (
+    RunParameters,
+    choices,
+    param_of,
+    setting_default,
+    value_type,
+)
 
 
 def _pairs(values: list[str] | None, option: str, allow_empty: bool = False) -> dict[str, str] | None:
@@ -40,49 +47,56 @@ def _date(value: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
+def _flags(name: str) -> tuple[str, ...]:
+    """The option strings of a run parameter (``k_max`` -> ``--k-max``); () when it has none."""
+    flags = param_of(name).flags
+    if flags is None:
+        return ()
+    return flags or ("--" + name.replace("_", "-"),)
+
+
+def _help(name: str) -> str:
+    """An option's help: the parameter's description, how it is written, its settings key and default."""
+    field, param = RunParameters.model_fields[name], param_of(name)
+    kind = typing.get_origin(value_type(field))
+    notes = []
+    if kind is list:
+        notes.append("comma-separated")
+    if param.example:
+        notes.append(f"e.g. {_flags(name)[0]} {param.example}")
+    if kind is dict:
+        notes.append("repeatable")
+    if param.setting:
+        default = setting_default(param.setting)
+        if isinstance(default, list):
+            default = ",".join(map(str, default))
+        shown = default is not None and not isinstance(default, dict) and len(str(default)) <= 40
+        notes.append(f"{param.setting}" + (f", default {default}" if shown else ""))
+    return field.description + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def _add_run_options(run: argparse.ArgumentParser) -> None:
-    """Options that set flow parameters; shared by ``run``, ``serve`` (defaults) and ``trigger``."""
-    run.add_argument("--config", "-c", help="TOML configuration file (see segment.example.toml)")
-    run.add_argument("--input", "-i", dest="input_path", help="CSV, Parquet or DuckDB file")
-    run.add_argument("--kind", dest="input_kind", choices=["transactions", "customers"], help="input kind")
-    run.add_argument("--table", dest="input_table", help="table in a DuckDB input file")
-    run.add_argument("--query", dest="input_query", help="SQL query over a DuckDB file (or `input` for CSV/Parquet)")
-    run.add_argument(
-        "--column", action="append", metavar="NAME=COLUMN",
-        help="map a canonical column to yours, e.g. --column customer_id=Customer (repeatable)",
-    )
-    run.add_argument("--features", help="comma-separated feature columns (customer tables) or RFM subset")
-    run.add_argument(
-        "--transform", action="append", metavar="FEATURE=log1p|none",
-        help="transform of a feature before standardisation (repeatable)",
-    )
-    run.add_argument(
-        "--unit", action="append", metavar="FEATURE=UNIT",
-        help="display unit of a feature, e.g. --unit monetary=USD; FEATURE= for none (repeatable)",
-    )
-    run.add_argument(
-        "--purchase", choices=PURCHASE_RULES,
-        help="what frequency counts: distinct invoice ids, purchase days or lines (rules.purchase)",
-    )
-    run.add_argument("--as-of", type=_date, help="recency reference date, YYYY-MM-DD (exclusive)")
-    run.add_argument("--k-min", type=int, help="smallest number of segments tried")
-    run.add_argument("--k-max", type=int, help="largest number of segments tried")
-    run.add_argument(
-        "--covariance-types",
-        help=f"comma-separated subset of {','.join(COVARIANCE_TYPES)} or of mclust's {','.join(MCLUST_MODELS)}"
-    )
-    run.add_argument("--criterion", choices=CRITERIA, help="model-selection criterion")
-    run.add_argument("--n-init", type=int, help="EM restarts per candidate")
-    run.add_argument("--seed", type=int, help="random seed")
-    run.add_argument("--max-samples", type=int, help="fit candidates on a subsample of this many customers")
-    run.add_argument("--max-reject-share", type=float, help="stop when more than this share of rows is rejected")
-    run.add_argument(
-        "--fresh", action="store_true", default=None,
-        help="choose the number of segments and covariance type afresh, instead of keeping the previous "
-        "run's unless a fresh choice is better by model.switch_margin (a manual re-segmentation)",
-    )
-    run.add_argument("--database", help="results DuckDB file (default output/segments.duckdb)")
-    run.add_argument("--reports", dest="reports_dir", help="reports folder (default output/reports)")
+    """Options that set flow parameters, one per field of RunParameters that has a command-line
+    spelling; shared by ``run``, ``serve`` (defaults) and ``trigger``."""
+    for name, field in RunParameters.model_fields.items():
+        flags = _flags(name)
+        if not flags:
+            continue
+        annotation, param = value_type(field), param_of(name)
+        options: dict[str, Any] = {"dest": name, "help": _help(name).replace("%", "%%")}
+        if param.metavar:
+            options["metavar"] = param.metavar
+        if typing.get_origin(annotation) is dict:
+            options["action"] = "append"
+        elif annotation is bool:
+            options.update(action="store_true", default=None)
+        elif choices(annotation) and typing.get_origin(annotation) is not list:
+            options["choices"] = choices(annotation)
+        elif annotation is date:
+            options["type"] = _date
+        elif annotation in (int, float):
+            options["type"] = annotation
+        run.add_argument(*flags, **options)
     run.add_argument(
         "--debug", action="store_true",
         help="show Python tracebacks in the terminal (by default errors are one line; the Prefect UI keeps them)",
@@ -152,31 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def flow_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The flow parameters given on the command line (options left out are not passed)."""
-    params = {
-        "config_path": args.config,
-        "input_path": args.input_path,
-        "input_kind": args.input_kind,
-        "input_table": args.input_table,
-        "input_query": args.input_query,
-        "columns": _pairs(args.column, "--column"),
-        "features": _csv(args.features),
-        "transforms": _pairs(args.transform, "--transform"),
-        "units": _pairs(args.unit, "--unit", allow_empty=True),
-        "purchase": args.purchase,
-        "as_of": args.as_of,
-        "k_min": args.k_min,
-        "k_max": args.k_max,
-        "covariance_types": _csv(args.covariance_types),
-        "criterion": args.criterion,
-        "n_init": args.n_init,
-        "seed": args.seed,
-        "max_samples": args.max_samples,
-        "max_reject_share": args.max_reject_share,
-        "database": args.database,
-        "reports_dir": args.reports_dir,
-        "fresh": args.fresh,
-    }
-    return {k: v for k, v in params.items() if v is not None}
+    params = {}
+    for name, field in RunParameters.model_fields.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        kind = typing.get_origin(value_type(field))
+        if kind is dict:
+            value = _pairs(value, _flags(name)[0], allow_empty=param_of(name).allow_empty)
+        elif kind is list:
+            value = _csv(value)
+        if value is not None:
+            params[name] = value
+    return params
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -211,11 +213,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def _extra_parameters(values: list[str] | None) -> dict[str, Any]:
     """``--param NAME=VALUE`` pairs, values decoded as JSON where they parse."""
-    import inspect
-
-    from flows.pipeline import segment_customers
-
-    known = set(inspect.signature(segment_customers.fn).parameters)
+    known = set(RunParameters.model_fields)
     out: dict[str, Any] = {}
     for name, raw in (_pairs(values, "--param") or {}).items():
         if name not in known:
@@ -258,10 +256,11 @@ def _unreachable(exc: BaseException) -> bool:
 
 def _serve(args: argparse.Namespace) -> int:
     from flows import serve
-    from flows.pipeline import settings_from_parameters
 
     params = flow_parameters(args)
-    settings = settings_from_parameters(**params, cron=args.cron, timezone=args.timezone, source="command line")
+    settings = RunParameters.given(params, "command line").settings(
+        "command line", extra={"schedule": {"cron": args.cron, "timezone": args.timezone}}
+    )
     serve.api_url()
     # Runs execute in another folder (below), so the outputs are pinned to absolute paths now:
     # the ones the configuration resolves to from here, where `segment name` and analysts look.
@@ -287,14 +286,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _trigger(args: argparse.Namespace) -> int:
     from flows import serve
-    from flows.pipeline import settings_from_parameters
 
     serve.api_url()
     params = serve.absolute_parameters({**flow_parameters(args), **_extra_parameters(args.param)})
     # Reject bad parameters here, before a run exists: the deployment's defaults plus these.
     merged = {**serve.deployment_defaults(args.deployment), **params}
-    merged.pop("trigger", None)
-    settings_from_parameters(**merged, source="command line")
+    RunParameters.given(merged, "command line").settings("command line")
     run = serve.start_run(args.deployment, params)
     print(f"Flow run {run.id} ({run.name}) of {serve.FLOW_NAME}/{args.deployment}")
     print(f"  {serve.ui_link(run.id)}", flush=True)
@@ -333,13 +330,12 @@ def _sql(args: argparse.Namespace) -> int:
 
 
 def _name(args: argparse.Namespace) -> int:
-    from flows.pipeline import settings_from_parameters
     from flows.runlock import database_lock
     from flows.store import name_segment
 
     if args.clear == (args.name is not None):
         raise ConfigError("give a NAME, or --clear to remove the name")
-    settings = settings_from_parameters(args.config, database=args.database, source="command line")
+    settings = RunParameters(config_path=args.config, database=args.database).settings("command line")
     database = settings.output.database
     if not Path(database).exists():
         raise ConfigError(f"{database}: no results database yet; run `segment run` first")
@@ -385,10 +381,9 @@ def main(argv: list[str] | None = None) -> int:
             return _name(args)
         params = flow_parameters(args)
         # Check the configuration before Prefect starts, so a typo fails in a second with one line.
-        from flows.pipeline import settings_from_parameters
         from flows.store import StoreFileError, results_path
 
-        settings = settings_from_parameters(**params, source="command line")
+        settings = RunParameters.given(params, "command line").settings("command line")
         try:
             results_path(settings.output.database)
         except StoreFileError as exc:

@@ -6,7 +6,6 @@ import dataclasses
 import resource
 import sys
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
 from flows import continuity, stages
-from flows.config import (
-    PURCHASE_MEANINGS,
-    Criterion,
-    CovarianceType,
-    InputKind,
-    PurchaseRule,
-    Settings,
-    Transform,
-    Trigger,
-    load_settings,
-)
+from flows.config import PURCHASE_MEANINGS, Settings
 from flows.console import hide_tracebacks_if_asked
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
+from flows.parameters import RunParameters, takes_run_parameters
 from flows.runlock import RunJournal, database_lock, killed_runs
 from flows.store import RunStart, StoreBusyError, fail_run, finish_run, note_report_failure, start_run, utc_now
 from tracking import drift_markdown
@@ -224,72 +214,14 @@ def report_task(data, out_dir: str) -> str:
     return str(index)
 
 
-def settings_from_parameters(
-    config_path: str | None = None,
-    source: str = "flow parameters",
-    **overrides: Any,
-) -> Settings:
-    """Merge flow parameters (None = not given) over the TOML file into validated Settings.
-
-    ``source`` names the parameters in an error message ("command line" for the ``segment`` CLI).
-    """
-    o = overrides
-    nested = {
-        "input": {
-            "path": o.get("input_path"),
-            "kind": o.get("input_kind"),
-            "table": o.get("input_table"),
-            "query": o.get("input_query"),
-            "columns": o.get("columns"),
-        },
-        "rules": {"as_of": o.get("as_of"), "max_reject_share": o.get("max_reject_share"),
-                  "purchase": o.get("purchase")},
-        "features": {"columns": o.get("features"), "transforms": o.get("transforms"), "units": o.get("units")},
-        "model": {
-            "k_min": o.get("k_min"),
-            "k_max": o.get("k_max"),
-            "covariance_types": o.get("covariance_types"),
-            "criterion": o.get("criterion"),
-            "n_init": o.get("n_init"),
-            "seed": o.get("seed"),
-            "max_samples": o.get("max_samples"),
-        },
-        "output": {"database": o.get("database"), "reports": o.get("reports_dir")},
-        "schedule": {"cron": o.get("cron"), "timezone": o.get("timezone")},
-    }
-    nested = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in nested.items()}
-    nested = {k: v for k, v in nested.items() if v}
-    return load_settings(config_path, nested, overrides_source=source)
-
-
 @flow(name="segment-customers", description="Raw customer data to probabilistic segments in DuckDB and a report.")
-def segment_customers(
-    config_path: str | None = None,
-    input_path: str | None = None,
-    input_kind: InputKind | None = None,
-    input_table: str | None = None,
-    input_query: str | None = None,
-    columns: dict[str, str] | None = None,
-    features: list[str] | None = None,
-    transforms: dict[str, Transform] | None = None,
-    units: dict[str, str] | None = None,
-    purchase: PurchaseRule | None = None,
-    as_of: date | None = None,
-    k_min: int | None = None,
-    k_max: int | None = None,
-    covariance_types: list[CovarianceType] | None = None,
-    criterion: Criterion | None = None,
-    n_init: int | None = None,
-    seed: int | None = None,
-    max_samples: int | None = None,
-    max_reject_share: float | None = None,
-    database: str | None = None,
-    reports_dir: str | None = None,
-    trigger: Trigger | None = None,
-    fresh: bool = False,
-) -> dict[str, Any]:
+@takes_run_parameters
+def segment_customers(**given: Any) -> dict[str, Any]:
     """Segment customers: every parameter left as None comes from the TOML file at ``config_path``
     (or the built-in defaults, which segment the embedded Online Retail sample).
+
+    The parameters are the fields of ``flows.parameters.RunParameters`` (keyword arguments, as
+    Prefect passes them); each one's description and settings key are listed below.
 
     ``fresh`` chooses the number of segments and the covariance type afresh, instead of keeping
     the previous run's unless a fresh choice is clearly better (``model.switch_margin``): what a
@@ -302,15 +234,9 @@ def segment_customers(
     """
     hide_tracebacks_if_asked()
     logger = get_run_logger()
-    settings = settings_from_parameters(
-        config_path, input_path=input_path, input_kind=input_kind, input_table=input_table,
-        input_query=input_query, columns=columns, features=features, transforms=transforms, units=units,
-        purchase=purchase, as_of=as_of,
-        k_min=k_min, k_max=k_max, covariance_types=covariance_types, criterion=criterion, n_init=n_init,
-        seed=seed, max_samples=max_samples, max_reject_share=max_reject_share, database=database,
-        reports_dir=reports_dir,
-    )
-    trigger = trigger or infer_trigger()
+    parameters = RunParameters.given(given)
+    settings = parameters.settings()
+    trigger = parameters.trigger or infer_trigger()
     if settings.tracking.warm_start is not None:
         logger.warning(
             "tracking.warm_start is no longer used: every run refits the previous run's model and keeps it "
@@ -322,7 +248,7 @@ def segment_customers(
         label=f"flow run {flow_run.get_name()!r} ({trigger})",
         on_wait=lambda holder: logger.info("waiting for %s to finish with %s", holder, settings.output.database),
     ) as journal:
-        return _segment(settings, trigger, logger, journal, fresh=fresh)
+        return _segment(settings, trigger, logger, journal, fresh=parameters.fresh)
 
 
 def infer_trigger() -> str:

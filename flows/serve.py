@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import ConfigError, Settings
+from flows.parameters import RunParameters, param_of
 
 FLOW_NAME = "segment-customers"
 NIGHTLY = "nightly"
@@ -36,8 +37,8 @@ def api_url() -> str:
 def absolute_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     """Deployment parameters with file paths made absolute, so runs do not depend on a working folder."""
     out = dict(parameters)
-    for key in ("config_path", "input_path", "database", "reports_dir"):
-        if out.get(key):
+    for key in RunParameters.model_fields:
+        if param_of(key).path and out.get(key):
             out[key] = str(Path(out[key]).resolve())
     return out
 

@@ -62,7 +62,7 @@ def test_a_bad_value_is_named_where_it_came_from(tmp_path, capsys):
 def test_one_feature_s_transform_or_unit_leaves_the_others_defaults(tmp_path):
     """Per-feature maps merge key by key: defaults, then the file, then the command line."""
     from flows.cli import build_parser, flow_parameters
-    from flows.pipeline import settings_from_parameters
+    from flows.parameters import RunParameters
 
     defaults = load_settings().features
     assert defaults.transforms == {"recency_days": "none", "frequency": "log1p", "monetary": "log1p"}
@@ -78,7 +78,7 @@ def test_one_feature_s_transform_or_unit_leaves_the_others_defaults(tmp_path):
     # The command line sets another: merged over the file, not instead of it.
     args = build_parser().parse_args(["run", "--config", str(config), "--transform", "frequency=none",
                                       "--unit", "monetary=USD", "--unit", "frequency=", "--purchase", "line"])
-    settings = settings_from_parameters(source="command line", **flow_parameters(args))
+    settings = RunParameters.given(flow_parameters(args)).settings("command line")
     assert settings.features.transforms == {"recency_days": "none", "frequency": "none", "monetary": "none"}
     assert settings.features.units == {"recency_days": "days", "frequency": "", "monetary": "USD"}
     assert settings.rules.purchase == "line"  # counts lines though the sample has invoice ids
