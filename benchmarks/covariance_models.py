@@ -51,9 +51,15 @@ def main() -> int:
     print(f"{'model':>6} {'s/iter':>8} {'vs VVV':>7} {'mean log-lik.':>14}")
     rows = []
     for model in MCLUST_MODELS:
-        gm = GaussianMixture(args.k, covariance_type=model, tol=0.0, max_iter=args.iterations,
-                             weights_init=weights, means_init=means,
-                             precisions_init=identity_precisions(model, args.k, args.d))
+        gm = GaussianMixture(
+            args.k,
+            covariance_type=model,
+            tol=0.0,
+            max_iter=args.iterations,
+            weights_init=weights,
+            means_init=means,
+            precisions_init=identity_precisions(model, args.k, args.d),
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             start = time.perf_counter()

@@ -44,9 +44,7 @@ def initial_parameters(X: np.ndarray, k: int, covariance_type: str) -> dict:
 
 
 def run(estimator_cls, X, k, covariance_type, init, iterations):
-    est = estimator_cls(
-        k, covariance_type=covariance_type, tol=0.0, max_iter=iterations, **init
-    )
+    est = estimator_cls(k, covariance_type=covariance_type, tol=0.0, max_iter=iterations, **init)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", SkConvergenceWarning)

@@ -41,8 +41,9 @@ def delete_at_random(X: np.ndarray, share: float, seed: int = 1) -> np.ndarray:
 
 
 def seconds_per_iteration(X: np.ndarray, k: int, covariance_type: str, init: dict, iterations: int) -> float:
-    gm = GaussianMixture(k, covariance_type=covariance_type, tol=0.0, max_iter=iterations,
-                         missing="marginalize", **init)
+    gm = GaussianMixture(
+        k, covariance_type=covariance_type, tol=0.0, max_iter=iterations, missing="marginalize", **init
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         start = time.perf_counter()
@@ -64,9 +65,14 @@ def main() -> int:
     print(f"n={args.n:,} d={args.d} k={args.k}, {args.iterations} EM iterations from identical parameters")
     for share, Xm in holed.items():
         patterns = find_patterns(Xm)
-        print(f"  {share:.0%} of values missing: {patterns.n_incomplete / args.n:.1%} of rows incomplete, "
-              f"{len(patterns.rows)} patterns")
-    print(f"{'type':>10} {'complete s/it':>14}" + "".join(f" {f'{s:.0%} s/it':>10} {'ratio':>6}" for s in SHARES))
+        print(
+            f"  {share:.0%} of values missing: {patterns.n_incomplete / args.n:.1%} of rows incomplete, "
+            f"{len(patterns.rows)} patterns"
+        )
+    print(
+        f"{'type':>10} {'complete s/it':>14}"
+        + "".join(f" {f'{s:.0%} s/it':>10} {'ratio':>6}" for s in SHARES)
+    )
     for covariance_type in args.types:
         # Initial parameters from a short fit on complete data, shared by all three runs.
         with warnings.catch_warnings():
@@ -75,9 +81,13 @@ def main() -> int:
             ref.fit(X[:20_000])
         init = {"weights_init": ref.weights_, "means_init": ref.means_, "precisions_init": ref.precisions_}
         base = seconds_per_iteration(X, args.k, covariance_type, init, args.iterations)
-        cells = [seconds_per_iteration(Xm, args.k, covariance_type, init, args.iterations) for Xm in holed.values()]
-        print(f"{covariance_type:>10} {base:14.4f}" + "".join(f" {c:10.4f} {c / base:6.1f}" for c in cells),
-              flush=True)
+        cells = [
+            seconds_per_iteration(Xm, args.k, covariance_type, init, args.iterations) for Xm in holed.values()
+        ]
+        print(
+            f"{covariance_type:>10} {base:14.4f}" + "".join(f" {c:10.4f} {c / base:6.1f}" for c in cells),
+            flush=True,
+        )
     return 0
 
 

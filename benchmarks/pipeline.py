@@ -23,7 +23,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("load", "validate", "features", "previous", "select", "choose", "assign", "track", "write", "report")
+STAGES = (
+    "load",
+    "validate",
+    "features",
+    "previous",
+    "select",
+    "choose",
+    "assign",
+    "track",
+    "write",
+    "report",
+)
 
 _CHILD = r"""
 import json, os, resource, sys, time
@@ -69,7 +80,7 @@ def run_flow(params: dict) -> dict:
     if proc.returncode != 0 or line is None:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"benchmark run failed (exit {proc.returncode})")
-    summary = json.loads(line[len("BENCHMARK "):])
+    summary = json.loads(line[len("BENCHMARK ") :])
     summary["wall_seconds"] = wall
     summary["flow_peak_mb"] = max(summary["stage_peak_mb"].values())
     return summary
@@ -77,20 +88,28 @@ def run_flow(params: dict) -> dict:
 
 def print_table(title: str, summary: dict, target_seconds: float, target_mb: float | None) -> None:
     print(f"\n{title}")
-    print(f"  chosen: {summary['n_components']} segments, {summary['covariance_type']} covariance; "
-          f"{summary['customers']:,} customers from {summary['rows_loaded']:,} rows")
+    print(
+        f"  chosen: {summary['n_components']} segments, {summary['covariance_type']} covariance; "
+        f"{summary['customers']:,} customers from {summary['rows_loaded']:,} rows"
+    )
     print(f"  {'stage':<10}{'seconds':>10}{'peak MiB':>12}")
     for stage in STAGES:
-        print(f"  {stage:<10}{summary['stage_seconds'].get(stage, float('nan')):>10.2f}"
-              f"{summary['stage_peak_mb'].get(stage, float('nan')):>12.0f}")
+        print(
+            f"  {stage:<10}{summary['stage_seconds'].get(stage, float('nan')):>10.2f}"
+            f"{summary['stage_peak_mb'].get(stage, float('nan')):>12.0f}"
+        )
     overhead = summary["wall_seconds"] - sum(summary["stage_seconds"].values())
     print(f"  {'other':<10}{overhead:>10.2f}   (interpreter, imports, Prefect start-up and shutdown)")
     verdict = "ok" if summary["wall_seconds"] <= target_seconds else "OVER TARGET"
-    print(f"  {'total':<10}{summary['wall_seconds']:>10.2f}{summary['flow_peak_mb']:>12.0f}   "
-          f"target {target_seconds:.0f} s: {verdict}")
+    print(
+        f"  {'total':<10}{summary['wall_seconds']:>10.2f}{summary['flow_peak_mb']:>12.0f}   "
+        f"target {target_seconds:.0f} s: {verdict}"
+    )
     if target_mb is not None:
         verdict = "ok" if summary["flow_peak_mb"] <= target_mb else "OVER TARGET"
-        print(f"  peak memory {summary['flow_peak_mb']:.0f} MiB (flow process), target {target_mb:.0f} MiB: {verdict}")
+        print(
+            f"  peak memory {summary['flow_peak_mb']:.0f} MiB (flow process), target {target_mb:.0f} MiB: {verdict}"
+        )
     print(f"  Prefect server process peak: {summary['server_peak_mb']:.0f} MiB")
 
 
@@ -103,24 +122,44 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="segment-bench-") as tmp:
         tmp_path = Path(tmp)
         if args.only in (None, "retail"):
-            summary = run_flow({
-                "database": str(tmp_path / "retail.duckdb"),
-                "reports_dir": str(tmp_path / "reports"),
-            })
-            print_table("Online Retail, full log (defaults: k = 1..8, 4 covariance types, n_init = 3)",
-                        summary, 30, None)
+            summary = run_flow(
+                {
+                    "database": str(tmp_path / "retail.duckdb"),
+                    "reports_dir": str(tmp_path / "reports"),
+                }
+            )
+            print_table(
+                "Online Retail, full log (defaults: k = 1..8, 4 covariance types, n_init = 3)",
+                summary,
+                30,
+                None,
+            )
         if args.only in (None, "million"):
             data = tmp_path / "customers.parquet"
             t = time.perf_counter()
             make_million(data, args.customers)
-            print(f"\n(generated {args.customers:,} customers in {time.perf_counter() - t:.1f} s, not counted)")
-            summary = run_flow({
-                "input_path": str(data), "input_kind": "customers", "columns": {"customer_id": "customer_id"},
-                "features": ["f1", "f2", "f3", "f4"], "k_min": 1, "k_max": 10,
-                "database": str(tmp_path / "million.duckdb"), "reports_dir": str(tmp_path / "reports"),
-            })
-            print_table(f"{args.customers:,} customers x 4 features (k = 1..10, 4 covariance types, n_init = 3, "
-                        "max_samples = 200,000)", summary, 180, 4096)
+            print(
+                f"\n(generated {args.customers:,} customers in {time.perf_counter() - t:.1f} s, not counted)"
+            )
+            summary = run_flow(
+                {
+                    "input_path": str(data),
+                    "input_kind": "customers",
+                    "columns": {"customer_id": "customer_id"},
+                    "features": ["f1", "f2", "f3", "f4"],
+                    "k_min": 1,
+                    "k_max": 10,
+                    "database": str(tmp_path / "million.duckdb"),
+                    "reports_dir": str(tmp_path / "reports"),
+                }
+            )
+            print_table(
+                f"{args.customers:,} customers x 4 features (k = 1..10, 4 covariance types, n_init = 3, "
+                "max_samples = 200,000)",
+                summary,
+                180,
+                4096,
+            )
     return 0
 
 

@@ -31,26 +31,72 @@ def make_record(customers: int, seed: int) -> RunRecord:
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(K), size=customers)
     best = probs.argmax(axis=1)
-    assignments = pd.DataFrame({
-        "customer_id": [f"c{i:07d}" for i in range(customers)],
-        "segment_id": best + 1,
-        "probability": probs[np.arange(customers), best],
-        "log_density": rng.normal(-4.0, 1.0, customers),
-        **{f"p_{j + 1}": probs[:, j] for j in range(K)},
-    })
+    assignments = pd.DataFrame(
+        {
+            "customer_id": [f"c{i:07d}" for i in range(customers)],
+            "segment_id": best + 1,
+            "probability": probs[np.arange(customers), best],
+            "log_density": rng.normal(-4.0, 1.0, customers),
+            **{f"p_{j + 1}": probs[:, j] for j in range(K)},
+        }
+    )
     ids = np.arange(1, K + 1)
     return RunRecord(
-        as_of=None, rows_loaded=customers, rows_rejected=0, rows_excluded={}, customers=customers,
-        features=["f"], n_components=K, covariance_type="diag", criterion="bic", bic=1.0, aic=1.0, icl=1.0,
-        log_likelihood=-1.0, report_path=None,
-        candidates=[{"n_components": K, "covariance_type": "diag", "bic": 1.0, "aic": 1.0, "icl": 1.0,
-                     "status": "ok", "reason": "", "selected": True, "converged": True, "n_iter": 1,
-                     "n_parameters": 2 * K, "log_likelihood": -1.0, "mean_log_likelihood": -1.0, "seconds": 0.0}],
-        segments=pd.DataFrame({"segment_id": ids, "weight": np.full(K, 1.0 / K),
-                               "customer_count": np.bincount(best, minlength=K), "mean_probability": np.full(K, 0.5),
-                               "model_mean": [[0.0]] * K, "model_covariance": [[1.0]] * K}),
-        segment_features=pd.DataFrame({"segment_id": ids, "feature_index": 1, "feature": "f", "unit": "u",
-                                       "mean": 1.0, "std": 1.0, "centre": 1.0, "spread_low": 0.5, "spread_high": 1.5}),
+        as_of=None,
+        rows_loaded=customers,
+        rows_rejected=0,
+        rows_excluded={},
+        customers=customers,
+        features=["f"],
+        n_components=K,
+        covariance_type="diag",
+        criterion="bic",
+        bic=1.0,
+        aic=1.0,
+        icl=1.0,
+        log_likelihood=-1.0,
+        report_path=None,
+        candidates=[
+            {
+                "n_components": K,
+                "covariance_type": "diag",
+                "bic": 1.0,
+                "aic": 1.0,
+                "icl": 1.0,
+                "status": "ok",
+                "reason": "",
+                "selected": True,
+                "converged": True,
+                "n_iter": 1,
+                "n_parameters": 2 * K,
+                "log_likelihood": -1.0,
+                "mean_log_likelihood": -1.0,
+                "seconds": 0.0,
+            }
+        ],
+        segments=pd.DataFrame(
+            {
+                "segment_id": ids,
+                "weight": np.full(K, 1.0 / K),
+                "customer_count": np.bincount(best, minlength=K),
+                "mean_probability": np.full(K, 0.5),
+                "model_mean": [[0.0]] * K,
+                "model_covariance": [[1.0]] * K,
+            }
+        ),
+        segment_features=pd.DataFrame(
+            {
+                "segment_id": ids,
+                "feature_index": 1,
+                "feature": "f",
+                "unit": "u",
+                "mean": 1.0,
+                "std": 1.0,
+                "centre": 1.0,
+                "spread_low": 0.5,
+                "spread_high": 1.5,
+            }
+        ),
         feature_scalers=feature_scaler_table(["f"], ["u"], ["none"], np.array([0.0]), np.array([1.0])),
         assignments=assignments,
     )
@@ -58,8 +104,16 @@ def make_record(customers: int, seed: int) -> RunRecord:
 
 def publish(db: Path, record: RunRecord, keep: int) -> float:
     with database_lock(db, 60) as journal:
-        start = start_run(db, journal, trigger="test", input_name="bench", input_kind="customers",
-                          parameters={}, seed=0, code_version="bench")
+        start = start_run(
+            db,
+            journal,
+            trigger="test",
+            input_name="bench",
+            input_kind="customers",
+            parameters={},
+            seed=0,
+            code_version="bench",
+        )
         began = time.perf_counter()
         finish_run(db, start, record, keep_runs=keep)
         seconds = time.perf_counter() - began
@@ -86,13 +140,19 @@ def main() -> int:
             for keep, db in dbs.items():
                 seconds[keep].append(publish(db, record, keep))
             sizes = {keep: db.stat().st_size / mib for keep, db in dbs.items()}
-            print(f"{run:>4} {sizes[0]:>9.1f} {sizes[args.keep]:>9.1f} "
-                  f"{seconds[0][-1]:>7.2f} {seconds[args.keep][-1]:>7.2f}")
+            print(
+                f"{run:>4} {sizes[0]:>9.1f} {sizes[args.keep]:>9.1f} "
+                f"{seconds[0][-1]:>7.2f} {seconds[args.keep][-1]:>7.2f}"
+            )
         size_all, size_kept = (dbs[k].stat().st_size / mib for k in (0, args.keep))
-        print(f"final size: keep all {size_all:.1f} MiB, keep {args.keep} {size_kept:.1f} MiB "
-              f"({size_all / size_kept:.1f}x smaller)")
-        print(f"last publication: keep all {seconds[0][-1]:.2f} s, keep {args.keep} {seconds[args.keep][-1]:.2f} s "
-              f"({seconds[0][-1] / seconds[args.keep][-1]:.1f}x faster)")
+        print(
+            f"final size: keep all {size_all:.1f} MiB, keep {args.keep} {size_kept:.1f} MiB "
+            f"({size_all / size_kept:.1f}x smaller)"
+        )
+        print(
+            f"last publication: keep all {seconds[0][-1]:.2f} s, keep {args.keep} {seconds[args.keep][-1]:.2f} s "
+            f"({seconds[0][-1] / seconds[args.keep][-1]:.1f}x faster)"
+        )
     return 0
 
 

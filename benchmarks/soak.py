@@ -37,15 +37,38 @@ def make_customers(path: Path, n: int, seed: int = 0) -> None:
     centres = np.array([[30.0, 2.0, 80.0], [200.0, 12.0, 900.0], [90.0, 1.0, 20.0], [10.0, 6.0, 300.0]])
     values = centres[labels] * rng.lognormal(0.0, 0.2, size=(n, 3))
     pd.DataFrame(
-        {"id": [f"c{i:06d}" for i in range(n)], "tenure": values[:, 0], "visits": values[:, 1], "spend": values[:, 2]}
+        {
+            "id": [f"c{i:06d}" for i in range(n)],
+            "tenure": values[:, 0],
+            "visits": values[:, 1],
+            "spend": values[:, 2],
+        }
     ).to_csv(path, index=False)
 
 
 def cli_args(csv: Path, db: Path, k_max: int) -> list[str]:
     return [
-        "run", "--input", str(csv), "--kind", "customers", "--column", "customer_id=id",
-        "--features", "tenure,visits,spend", "--transform", "spend=log1p", "--transform", "visits=log1p",
-        "--k-max", str(k_max), "--n-init", "2", "--database", str(db), "--reports", str(db.parent / "reports"),
+        "run",
+        "--input",
+        str(csv),
+        "--kind",
+        "customers",
+        "--column",
+        "customer_id=id",
+        "--features",
+        "tenure,visits,spend",
+        "--transform",
+        "spend=log1p",
+        "--transform",
+        "visits=log1p",
+        "--k-max",
+        str(k_max),
+        "--n-init",
+        "2",
+        "--database",
+        str(db),
+        "--reports",
+        str(db.parent / "reports"),
     ]
 
 
@@ -59,7 +82,9 @@ def check(db: Path, customers: int) -> dict:
             if status != "success":
                 problems.append(f"run {run_id}: {status}")
                 continue
-            n_assign = con.execute("SELECT count(*) FROM assignments WHERE run_id = ?", [run_id]).fetchall()[0][0]
+            n_assign = con.execute("SELECT count(*) FROM assignments WHERE run_id = ?", [run_id]).fetchall()[
+                0
+            ][0]
             n_seg = con.execute("SELECT count(*) FROM segments WHERE run_id = ?", [run_id]).fetchall()[0][0]
             n_sel = con.execute(
                 "SELECT count(*) FROM model_candidates WHERE run_id = ? AND selected", [run_id]
@@ -73,7 +98,8 @@ def check(db: Path, customers: int) -> dict:
             "segments": con.execute("SELECT count(*) FROM segments").fetchall()[0][0],
             "assignments": con.execute("SELECT count(*) FROM assignments").fetchall()[0][0],
             "model_candidates_selected": con.execute(
-                "SELECT count(*) FROM model_candidates WHERE selected").fetchall()[0][0],
+                "SELECT count(*) FROM model_candidates WHERE selected"
+            ).fetchall()[0][0],
         }
         orphans = con.execute(
             "SELECT count(*) FROM assignments WHERE run_id NOT IN (SELECT run_id FROM runs WHERE status = 'success')"
@@ -105,13 +131,26 @@ def main() -> int:
         procs = []
         if args.overlap_every and i % args.overlap_every == 0:
             for k_max in (3, 5):
-                procs.append(subprocess.Popen([sys.executable, "-m", "flows.cli", *cli_args(csv, db, k_max)],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "flows.cli", *cli_args(csv, db, k_max)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
+                )
         try:
             segment_customers(
-                input_path=str(csv), input_kind="customers", columns={"customer_id": "id"},
-                features=["tenure", "visits", "spend"], transforms={"spend": "log1p", "visits": "log1p"},
-                k_max=4, n_init=2, database=str(db), reports_dir=str(work / "reports"), trigger="manual",
+                input_path=str(csv),
+                input_kind="customers",
+                columns={"customer_id": "id"},
+                features=["tenure", "visits", "spend"],
+                transforms={"spend": "log1p", "visits": "log1p"},
+                k_max=4,
+                n_init=2,
+                database=str(db),
+                reports_dir=str(work / "reports"),
+                trigger="manual",
             )
         except Exception as exc:  # counted and reported, the soak goes on
             failures += 1
@@ -129,17 +168,23 @@ def main() -> int:
     completed = sum(1 for _, status, _ in result["runs"] if status == "success")
     growth = np.diff([0, *sizes])
     print(f"work folder: {work}")
-    print(f"runs started: {args.runs} consecutive + {overlapping} overlapping; completed whole: {completed}; "
-          f"failures: {failures}; problems: {len(result['problems'])}")
+    print(
+        f"runs started: {args.runs} consecutive + {overlapping} overlapping; completed whole: {completed}; "
+        f"failures: {failures}; problems: {len(result['problems'])}"
+    )
     for problem in result["problems"][:10]:
         print(f"  problem: {problem}")
     print(f"rows: {result['rows']}")
     print(f"seconds: {seconds:.1f} ({seconds / max(len(result['runs']), 1):.2f} per run)")
     per_run = (sizes[-1] - sizes[0]) / max(len(result["runs"]) - 1, 1)
-    print(f"database: {sizes[0] / 2**20:.2f} MiB after the first step, {sizes[-1] / 2**20:.2f} MiB after the last; "
-          f"{per_run / 2**10:.0f} KiB per further run on average (the file grows in DuckDB's block "
-          f"allocations: largest single step {growth[1:].max() / 2**10:.0f} KiB)")
-    print(f"assignment rows per MiB of growth: {result['rows']['assignments'] / max(sizes[-1] / 2**20, 1e-9):,.0f}")
+    print(
+        f"database: {sizes[0] / 2**20:.2f} MiB after the first step, {sizes[-1] / 2**20:.2f} MiB after the last; "
+        f"{per_run / 2**10:.0f} KiB per further run on average (the file grows in DuckDB's block "
+        f"allocations: largest single step {growth[1:].max() / 2**10:.0f} KiB)"
+    )
+    print(
+        f"assignment rows per MiB of growth: {result['rows']['assignments'] / max(sizes[-1] / 2**20, 1e-9):,.0f}"
+    )
     leftovers = sorted(p.name for p in work.glob(".segments.duckdb.*"))
     print(f"leftover private copies: {leftovers or 'none'}")
     return 0 if not failures and not result["problems"] and not leftovers else 1

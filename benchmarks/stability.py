@@ -65,8 +65,14 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
     if previous is None:
         return float("nan")
     model = previous.model
-    init = warm_start_init(model, features.scaler.mean, features.scaler.scale, "full",
-                           feature_names=features.names, transforms=features.transforms)
+    init = warm_start_init(
+        model,
+        features.scaler.mean,
+        features.scaler.scale,
+        "full",
+        feature_names=features.names,
+        transforms=features.transforms,
+    )
     fixed = GaussianMixture(model.n_segments, max_iter=0, resolution=features.resolution, **init)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -82,7 +88,9 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
     return float((now.loc[common] != was.loc[common]).mean())
 
 
-def moved_split(database: Path, run_id: int, previous_run_id: int, before, after) -> tuple[float, float, float]:
+def moved_split(
+    database: Path, run_id: int, previous_run_id: int, before, after
+) -> tuple[float, float, float]:
     """Of the customers in both runs (``assignments`` of ``previous_run_id`` and ``run_id``): the
     share who changed segment and bought in between (frequency or monetary differs between
     ``before`` and ``after``, the two runs' features), the share who changed segment and only
@@ -95,14 +103,17 @@ def moved_split(database: Path, run_id: int, previous_run_id: int, before, after
             SELECT customer_id, p.segment_id AS was, c.segment_id AS now
             FROM assignments p JOIN assignments c USING (customer_id)
             WHERE p.run_id = ? AND c.run_id = ?
-            """, [previous_run_id, run_id]).df()
+            """,
+            [previous_run_id, run_id],
+        ).df()
 
     def purchases(features) -> pd.DataFrame:
         frame = pd.DataFrame(features.X_original, columns=features.names)[["frequency", "monetary"]]
         return frame.assign(customer_id=np.asarray(features.customer_ids).astype(str))
 
-    both = (segments.merge(purchases(before), on="customer_id", how="left")
-            .merge(purchases(after), on="customer_id", how="left", suffixes=("_was", "_now")))
+    both = segments.merge(purchases(before), on="customer_id", how="left").merge(
+        purchases(after), on="customer_id", how="left", suffixes=("_was", "_now")
+    )
     bought = (both["frequency_now"] != both["frequency_was"]) | (both["monetary_now"] != both["monetary_was"])
     moved = both["now"] != both["was"]
     return float((moved & bought).mean()), float((moved & ~bought).mean()), float(bought.mean())
@@ -114,12 +125,16 @@ ARMS = {
     "default": (False, ""),
     "before": (True, "[tracking]\nhold_odds = 1\n"),
     "no-hold": (False, "[tracking]\nhold_odds = 1\n"),
-    "log-recency": (False, '[features]\ntransforms = { recency_days = "log1p", frequency = "log1p", monetary = "log1p" }\n'),
+    "log-recency": (
+        False,
+        '[features]\ntransforms = { recency_days = "log1p", frequency = "log1p", monetary = "log1p" }\n',
+    ),
 }
 
 
-def run_arm(name: str, runs: list[tuple[str, dict]], database: Path, features_of, fresh: bool,
-            config: str = "") -> list[dict]:
+def run_arm(
+    name: str, runs: list[tuple[str, dict]], database: Path, features_of, fresh: bool, config: str = ""
+) -> list[dict]:
     """Run the flow once per (label, parameters), in order, into ``database``."""
     from flows.config import load_settings
     from flows.pipeline import segment_customers
@@ -140,29 +155,48 @@ def run_arm(name: str, runs: list[tuple[str, dict]], database: Path, features_of
         else:
             held = float("nan")
         start = time.perf_counter()
-        summary = segment_customers(**params, database=str(database), config_path=config_path and str(config_path),
-                                    reports_dir=str(database.parent / f"reports-{name}"),
-                                    fresh=fresh, trigger="manual")
+        summary = segment_customers(
+            **params,
+            database=str(database),
+            config_path=config_path and str(config_path),
+            reports_dir=str(database.parent / f"reports-{name}"),
+            fresh=fresh,
+            trigger="manual",
+        )
         seconds = time.perf_counter() - start
-        bought, aged, rebuy = (moved_split(database, summary["run_id"], summary["previous_run_id"],
-                                           previous_features, features)
-                               if previous_features is not None and summary["previous_run_id"] is not None
-                               else (float("nan"),) * 3)
-        rows.append({
-            "run": i, "label": label,
-            "k": summary["n_components"], "type": summary["covariance_type"],
-            "value": summary["criterion_value"], "decision": summary["decision"],
-            "moved": summary["moved_share"], "held": held, "kept": summary["held_customers"],
-            "bought": bought, "aged": aged, "rebuy": rebuy,
-            "k_max_tried": summary["k_max_tried"], "grid": summary["grid_note"] or "",
-            "seconds": seconds,
-        })
+        bought, aged, rebuy = (
+            moved_split(database, summary["run_id"], summary["previous_run_id"], previous_features, features)
+            if previous_features is not None and summary["previous_run_id"] is not None
+            else (float("nan"),) * 3
+        )
+        rows.append(
+            {
+                "run": i,
+                "label": label,
+                "k": summary["n_components"],
+                "type": summary["covariance_type"],
+                "value": summary["criterion_value"],
+                "decision": summary["decision"],
+                "moved": summary["moved_share"],
+                "held": held,
+                "kept": summary["held_customers"],
+                "bought": bought,
+                "aged": aged,
+                "rebuy": rebuy,
+                "k_max_tried": summary["k_max_tried"],
+                "grid": summary["grid_note"] or "",
+                "seconds": seconds,
+            }
+        )
         r = rows[-1]
-        print(f"  {name:>5} {r['label']:>10}  {r['k']:>2} {r['type']:<9} BIC {r['value']:>10,.1f}  "
-              f"{r['decision']:<17} moved {_pct(r['moved']):>6}  bought / aged {_pct(r['bought']):>5} / "
-              f"{_pct(r['aged']):>5}  re-buy {_pct(r['rebuy']):>5}  held {_pct(r['held']):>6}  "
-              f"kept {r['kept'] if r['kept'] is not None else '-':>5}  "
-              f"tried to k={r['k_max_tried']:<2} {r['seconds']:5.1f} s  {r['grid']}", flush=True)
+        print(
+            f"  {name:>5} {r['label']:>10}  {r['k']:>2} {r['type']:<9} BIC {r['value']:>10,.1f}  "
+            f"{r['decision']:<17} moved {_pct(r['moved']):>6}  bought / aged {_pct(r['bought']):>5} / "
+            f"{_pct(r['aged']):>5}  re-buy {_pct(r['rebuy']):>5}  held {_pct(r['held']):>6}  "
+            f"kept {r['kept'] if r['kept'] is not None else '-':>5}  "
+            f"tried to k={r['k_max_tried']:<2} {r['seconds']:5.1f} s  {r['grid']}",
+            flush=True,
+        )
     return rows
 
 
@@ -180,7 +214,9 @@ def verdict(name: str, rows: list[dict]) -> dict:
     changes = [i for i in range(1, len(rows)) if structures[i] != structures[i - 1]]
     moved = np.array([r["moved"] for r in rows[1:]], dtype=float)
     held = np.array([r["held"] for r in rows[1:]], dtype=float)
-    bought, aged, rebuy = (np.array([r[key] for r in rows[1:]], dtype=float) for key in ("bought", "aged", "rebuy"))
+    bought, aged, rebuy = (
+        np.array([r[key] for r in rows[1:]], dtype=float) for key in ("bought", "aged", "rebuy")
+    )
     above = [rows[i]["run"] for i in range(1, len(rows)) if moved[i - 1] > 0.15 and i not in changes]
     top = [r["run"] for r in rows if r["k"] >= r["k_max_tried"]]
     out = {
@@ -206,8 +242,11 @@ def print_verdicts(verdicts: list[dict]) -> None:
         cells = []
         for v in verdicts:
             value = v[key]
-            cells.append(_pct(value) if "moved" in key or "held" in key or "re-buy" in key else
-                         (f"{value:.1f}" if isinstance(value, float) else str(value)))
+            cells.append(
+                _pct(value)
+                if "moved" in key or "held" in key or "re-buy" in key
+                else (f"{value:.1f}" if isinstance(value, float) else str(value))
+            )
         print(f"  {key:<38}" + "".join(f"{c:>14}" for c in cells))
 
 
@@ -221,7 +260,9 @@ def retail(folder: Path, arms: list[str]) -> list[dict]:
     valid = stages.validate_input(load_input(settings.input, settings.features.columns), settings).valid
 
     def features_of(params: dict, config_path: str | None):
-        return stages.compute_features(valid, load_settings(config_path, {"rules": {"as_of": params["as_of"]}}))
+        return stages.compute_features(
+            valid, load_settings(config_path, {"rules": {"as_of": params["as_of"]}})
+        )
 
     runs = [(str(w), {"as_of": w}) for w in WEEKS]
     results = []
@@ -261,10 +302,19 @@ def generated(folder: Path, arms: list[str]) -> list[dict]:
 
     print("\nGenerated customers: orders with 50% at exactly 1, and spend; 8 weekly snapshots")
     paths = generated_snapshots(folder)
-    runs = [(f"week {i + 1}", {"input_path": str(p), "input_kind": "customers",
-                                "columns": {"customer_id": "customer_id"}, "features": ["orders", "spend"],
-                                "transforms": {"orders": "log1p", "spend": "log1p"}})
-            for i, p in enumerate(paths)]
+    runs = [
+        (
+            f"week {i + 1}",
+            {
+                "input_path": str(p),
+                "input_kind": "customers",
+                "columns": {"customer_id": "customer_id"},
+                "features": ["orders", "spend"],
+                "transforms": {"orders": "log1p", "spend": "log1p"},
+            },
+        )
+        for i, p in enumerate(paths)
+    ]
     results = []
     for name in arms:
         fresh, config = ARMS[name]
@@ -279,8 +329,10 @@ def generated(folder: Path, arms: list[str]) -> list[dict]:
                 """
             ).fetchall()[0]
         one_time = pd.read_csv(paths[-1]).eval("orders == 1").sum()
-        print(f"  {name}: the segment on the spike (centre {spike[2]:.3f} orders) holds {spike[1]:,} customers; "
-              f"{one_time:,} customers have exactly 1 order")
+        print(
+            f"  {name}: the segment on the spike (centre {spike[2]:.3f} orders) holds {spike[1]:,} customers; "
+            f"{one_time:,} customers have exactly 1 order"
+        )
         results.append(verdict(name, rows))
     print_verdicts(results)
     return results
@@ -289,8 +341,11 @@ def generated(folder: Path, arms: list[str]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["retail", "generated"])
-    parser.add_argument("--arms", default="default,before",
-                        help=f"comma-separated, from {', '.join(ARMS)} (default: default,before)")
+    parser.add_argument(
+        "--arms",
+        default="default,before",
+        help=f"comma-separated, from {', '.join(ARMS)} (default: default,before)",
+    )
     args = parser.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = sorted(set(arms) - set(ARMS))

@@ -118,10 +118,17 @@ def _grid_table(selection: SelectionResult) -> list[dict[str, Any]]:
 def _polished(model: GaussianMixture, X: np.ndarray, tol: float, max_iter: int) -> GaussianMixture:
     """More EM iterations of a fitted model, from its own parameters, down to ``tol``."""
     gm = GaussianMixture(
-        model.n_components, covariance_type=model.covariance_type, tol=tol, reg_covar=model.reg_covar,
-        max_iter=max_iter, resolution=model.resolution, covariance_prior=model.covariance_prior,
-        missing=model.missing, weights_init=model.weights_,
-        means_init=model.means_, precisions_init=model.precisions_,
+        model.n_components,
+        covariance_type=model.covariance_type,
+        tol=tol,
+        reg_covar=model.reg_covar,
+        max_iter=max_iter,
+        resolution=model.resolution,
+        covariance_prior=model.covariance_prior,
+        missing=model.missing,
+        weights_init=model.weights_,
+        means_init=model.means_,
+        precisions_init=model.precisions_,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -159,13 +166,23 @@ def refit_previous(
     if k * (d + 1) > n:
         return None, f"{k} segments need at least {k * (d + 1):,} customers, this run has {n:,}"
     init = warm_start_init(
-        previous.model, features.scaler.mean, features.scaler.scale, ctype,
-        feature_names=features.names, transforms=features.transforms,
+        previous.model,
+        features.scaler.mean,
+        features.scaler.scale,
+        ctype,
+        feature_names=features.names,
+        transforms=features.transforms,
     )
     gm = GaussianMixture(
-        k, covariance_type=ctype, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
-        resolution=features.resolution, covariance_prior=covariance_prior,
-        missing="marginalize" if features.has_missing else "error", **init,
+        k,
+        covariance_type=ctype,
+        tol=tol,
+        reg_covar=reg_covar,
+        max_iter=max_iter,
+        resolution=features.resolution,
+        covariance_prior=covariance_prior,
+        missing="marginalize" if features.has_missing else "error",
+        **init,
     )
     try:
         with warnings.catch_warnings():
@@ -220,19 +237,31 @@ def choose_model(
     name = criterion.upper()
     grid = f"the best of k = {min(r['n_components'] for r in table)}..{selection.k_max_tried} by {name}"
 
-    def result(decision: str, note: str, model: GaussianMixture, previous_value: float | None = None) -> ModelChoice:
+    def result(
+        decision: str, note: str, model: GaussianMixture, previous_value: float | None = None
+    ) -> ModelChoice:
         return ModelChoice(
-            model=model, table=table, criterion=criterion, decision=decision, note=note,
-            fresh_value=float(best_fresh[criterion]), previous_value=previous_value, margin=float(switch_margin),
+            model=model,
+            table=table,
+            criterion=criterion,
+            decision=decision,
+            note=note,
+            fresh_value=float(best_fresh[criterion]),
+            previous_value=previous_value,
+            margin=float(switch_margin),
             previous_run_id=None if previous is None else previous.run_id,
-            grid_note=selection.grid_note(), k_max_tried=selection.k_max_tried, at_limit=selection.at_limit,
+            grid_note=selection.grid_note(),
+            k_max_tried=selection.k_max_tried,
+            at_limit=selection.at_limit,
         )
 
     if previous is None:
         return result("first_run", f"First run: {fresh_label}, {grid}.", selection.best)
     if fresh:
         return result("fresh", f"Fresh choice asked for: {fresh_label}, {grid}.", selection.best)
-    if not same_features(features.names, features.transforms, previous.model.feature_names, previous.model.transforms):
+    if not same_features(
+        features.names, features.transforms, previous.model.feature_names, previous.model.transforms
+    ):
         return result(
             "features_changed",
             f"The features or their transforms changed since run {previous.run_id}, so the model was "
@@ -253,19 +282,37 @@ def choose_model(
     X = features.X_model
     tight = decision_tol(tol, X.shape[0])
     gm, problem = refit_previous(
-        previous, features, tol=tight, reg_covar=reg_covar, max_iter=max_iter,
+        previous,
+        features,
+        tol=tight,
+        reg_covar=reg_covar,
+        max_iter=max_iter,
         covariance_prior=selection.best.covariance_prior,
     )
     previous_label = _structure(k, ctype)
     row: dict[str, Any] = {
-        "n_components": k, "covariance_type": ctype, "n_parameters": n_parameters(ctype, k, X.shape[1]),
-        "log_likelihood": np.nan, "mean_log_likelihood": np.nan, "bic": np.nan, "aic": np.nan, "icl": np.nan,
-        "converged": False, "n_iter": 0, "status": "failed", "selected": False, "origin": "previous",
+        "n_components": k,
+        "covariance_type": ctype,
+        "n_parameters": n_parameters(ctype, k, X.shape[1]),
+        "log_likelihood": np.nan,
+        "mean_log_likelihood": np.nan,
+        "bic": np.nan,
+        "aic": np.nan,
+        "icl": np.nan,
+        "converged": False,
+        "n_iter": 0,
+        "status": "failed",
+        "selected": False,
+        "origin": "previous",
         "reason": f"run {previous.run_id}'s model refitted from its parameters",
     }
     if gm is not None:
-        row.update(criteria(gm, X), converged=bool(gm.converged_), n_iter=int(gm.n_iter_),
-                   status="degenerate" if problem else "ok")
+        row.update(
+            criteria(gm, X),
+            converged=bool(gm.converged_),
+            n_iter=int(gm.n_iter_),
+            status="degenerate" if problem else "ok",
+        )
     if problem:
         row["reason"] += f"; {problem}"
     row["seconds"] = time.perf_counter() - start
@@ -285,8 +332,11 @@ def choose_model(
     if _degenerate(fresh_model, X):
         fresh_model = selection.best
     else:
-        best_fresh.update(criteria(fresh_model, X), n_iter=best_fresh["n_iter"] + int(fresh_model.n_iter_),
-                          converged=bool(fresh_model.converged_))
+        best_fresh.update(
+            criteria(fresh_model, X),
+            n_iter=best_fresh["n_iter"] + int(fresh_model.n_iter_),
+            converged=bool(fresh_model.converged_),
+        )
     fresh_value = float(best_fresh[criterion])
     previous_value = float(row[criterion])
     same_structure = (best_fresh["n_components"], best_fresh["covariance_type"]) == (k, ctype)
@@ -325,15 +375,22 @@ def choose_model(
     if kept_model is gm:
         row["selected"] = True
     else:
-        next(r for r in table if r["origin"] != "previous" and r["n_components"] == k
-             and r["covariance_type"] == ctype)["selected"] = True
+        next(
+            r
+            for r in table
+            if r["origin"] != "previous" and r["n_components"] == k and r["covariance_type"] == ctype
+        )["selected"] = True
     if gain > 0:
-        why = f"the best fresh model, {fresh_label} ({name} {fresh_value:,.1f}), is better by only {gain:,.1f}"
+        why = (
+            f"the best fresh model, {fresh_label} ({name} {fresh_value:,.1f}), is better by only {gain:,.1f}"
+        )
     else:
         why = f"the best fresh model, {fresh_label} ({name} {fresh_value:,.1f}), is not better"
     if kept_model is not gm:
-        how = (f"fitted afresh ({name} {kept_value:,.1f}, better than the refit from run "
-               f"{previous.run_id}'s parameters by {refreshed_gain:,.1f})")
+        how = (
+            f"fitted afresh ({name} {kept_value:,.1f}, better than the refit from run "
+            f"{previous.run_id}'s parameters by {refreshed_gain:,.1f})"
+        )
     elif refreshed_gain > 0:
         how = f"refitted ({name} {kept_value:,.1f}; its best fit in the grid: {best_previous_value:,.1f})"
     else:
@@ -348,19 +405,37 @@ def choose_model(
 
 
 def _grid_fit(
-    selection: SelectionResult, table: list[dict[str, Any]], k: int, ctype: str, X: np.ndarray,
-    tol: float, max_iter: int, criterion: str,
+    selection: SelectionResult,
+    table: list[dict[str, Any]],
+    k: int,
+    ctype: str,
+    X: np.ndarray,
+    tol: float,
+    max_iter: int,
+    criterion: str,
 ) -> tuple[GaussianMixture, float] | None:
     """The grid's own acceptable fit of (k, ctype), taken on to ``tol``, and its criterion value
     (its table row updated), or None when the grid has none."""
-    row = next((r for r in table if r["origin"] != "previous" and r["n_components"] == k
-                and r["covariance_type"] == ctype and r["status"] == "ok"), None)
+    row = next(
+        (
+            r
+            for r in table
+            if r["origin"] != "previous"
+            and r["n_components"] == k
+            and r["covariance_type"] == ctype
+            and r["status"] == "ok"
+        ),
+        None,
+    )
     model = selection.models.get((k, ctype))
     if row is None or model is None:
         return None
     polished = _polished(model, X, tol, max_iter)
     if _degenerate(polished, X):
         return None
-    row.update(criteria(polished, X), n_iter=row["n_iter"] + int(polished.n_iter_),
-               converged=bool(polished.converged_))
+    row.update(
+        criteria(polished, X),
+        n_iter=row["n_iter"] + int(polished.n_iter_),
+        converged=bool(polished.converged_),
+    )
     return polished, float(row[criterion])

@@ -98,14 +98,16 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
             options["type"] = annotation
         run.add_argument(*flags, **options)
     run.add_argument(
-        "--debug", action="store_true",
+        "--debug",
+        action="store_true",
         help="show Python tracebacks in the terminal (by default errors are one line; the Prefect UI keeps them)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="segment", description="Probabilistic customer segmentation (Gaussian mixtures, DuckDB, Prefect)."
+        prog="segment",
+        description="Probabilistic customer segmentation (Gaussian mixtures, DuckDB, Prefect).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -133,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(trigger)
     trigger.add_argument(
-        "--param", action="append", metavar="NAME=VALUE",
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
         help="any flow parameter; VALUE is JSON when it parses as JSON, else text (repeatable)",
     )
     name = sub.add_parser(
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(DuckDB's own shell must be of the same version to read the file). With QUERY, print its "
         "result; without, open a prompt (statements end with ';', .help, .quit).",
     )
-    sql.add_argument("query", nargs="?", help="SQL statements, e.g. \"SELECT * FROM current_segments\"")
+    sql.add_argument("query", nargs="?", help='SQL statements, e.g. "SELECT * FROM current_segments"')
     sql.add_argument("--config", "-c", help="TOML configuration file (for output.database)")
     sql.add_argument("--database", help="results DuckDB file (default output/segments.duckdb)")
     sql.add_argument("--csv", action="store_true", help="print every row as CSV instead of a table")
@@ -188,24 +192,31 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"Run {summary['run_id']}: {summary['n_components']} segments, {summary['covariance_type']} covariance "
         f"(chosen by {summary['criterion'].upper()} = {summary['criterion_value']:.1f})",
         f"  rows loaded {summary['rows_loaded']:,}, rejected {summary['rows_rejected']:,}; "
-        f"customers segmented {summary['customers']:,}" + (f"; as of {summary['as_of']}" if summary["as_of"] else ""),
+        f"customers segmented {summary['customers']:,}"
+        + (f"; as of {summary['as_of']}" if summary["as_of"] else ""),
     ]
     lines += [f"    rejected: {reason}" for reason in summary.get("reject_reasons") or []]
     if summary.get("customers_with_gaps"):
-        lines.append(f"    {summary['customers_with_gaps']:,} of them with blank features, segmented on the "
-                     "features they have (assignments.missing_features)")
+        lines.append(
+            f"    {summary['customers_with_gaps']:,} of them with blank features, segmented on the "
+            "features they have (assignments.missing_features)"
+        )
     lines += ["  segment  customers  share of customers"]
     for s in summary["segment_sizes"]:
         lines.append(f"  {s['segment_id']:>7}  {s['customers']:>9,}  {s['share']:>18.1%}")
     if summary.get("decision_note"):
-        lines.append(textwrap.fill(summary["decision_note"], width=100, initial_indent="  ", subsequent_indent="  "))
+        lines.append(
+            textwrap.fill(summary["decision_note"], width=100, initial_indent="  ", subsequent_indent="  ")
+        )
     if summary.get("grid_note"):
         lines.append(f"  Grid: {summary['grid_note']}.")
     if summary.get("moved_share") is not None:
         held = summary.get("held_customers")
         kept = f"; {held:,} held in their segment (tracking.hold_odds)" if held else ""
-        moved = (f"Since run {summary['previous_run_id']}: {summary['moved_share']:.1%} of the customers in both "
-                 f"runs changed segment{kept}.")
+        moved = (
+            f"Since run {summary['previous_run_id']}: {summary['moved_share']:.1%} of the customers in both "
+            f"runs changed segment{kept}."
+        )
         lines.append(textwrap.fill(moved, width=100, initial_indent="  ", subsequent_indent="  "))
     lines += [f"Database: {summary['database']}", f"Report:   {summary['report']}"]
     return "\n".join(lines)
@@ -217,7 +228,9 @@ def _extra_parameters(values: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in (_pairs(values, "--param") or {}).items():
         if name not in known:
-            raise ConfigError(f"--param {name}: not a parameter of the flow (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"--param {name}: not a parameter of the flow (known: {', '.join(sorted(known))})"
+            )
         try:
             out[name] = json.loads(raw)
         except json.JSONDecodeError:
@@ -237,8 +250,10 @@ def _one_line(exc: BaseException) -> str:
     line = text.splitlines()[0] if text else type(exc).__name__
     if _unreachable(exc):
         url = os.environ.get("PREFECT_API_URL") or "the temporary local server"
-        return (f"the Prefect server ({url}) is unreachable: {line}; the results database's runs table "
-                "says how far the run got")
+        return (
+            f"the Prefect server ({url}) is unreachable: {line}; the results database's runs table "
+            "says how far the run got"
+        )
     return line
 
 
@@ -297,7 +312,9 @@ def _trigger(args: argparse.Namespace) -> int:
     print(f"  {serve.ui_link(run.id)}", flush=True)
     if not args.wait:
         return 0
-    final = serve.wait_for(run.id, timeout=args.timeout, on_state=lambda name: print(f"  state: {name}", flush=True))
+    final = serve.wait_for(
+        run.id, timeout=args.timeout, on_state=lambda name: print(f"  state: {name}", flush=True)
+    )
     state = final.state
     if state is not None and state.type.value == "COMPLETED":
         return 0
@@ -306,7 +323,10 @@ def _trigger(args: argparse.Namespace) -> int:
     if args.timeout is not None and (state is None or state.type.value not in serve.FINAL_STATES):
         print(f"segment: error: run {run.id} still {what} after {args.timeout:g} s", file=sys.stderr)
     else:
-        print(f"segment: error: run {run.id} ended {what}" + (f": {message}" if message else ""), file=sys.stderr)
+        print(
+            f"segment: error: run {run.id} ended {what}" + (f": {message}" if message else ""),
+            file=sys.stderr,
+        )
     return 1
 
 
@@ -339,10 +359,16 @@ def _name(args: argparse.Namespace) -> int:
     database = settings.output.database
     if not Path(database).exists():
         raise ConfigError(f"{database}: no results database yet; run `segment run` first")
-    with database_lock(database, settings.output.lock_wait_minutes * 60, label="segment name",
-                       on_wait=lambda holder: print(f"waiting for {holder} ...", file=sys.stderr, flush=True)):
+    with database_lock(
+        database,
+        settings.output.lock_wait_minutes * 60,
+        label="segment name",
+        on_wait=lambda holder: print(f"waiting for {holder} ...", file=sys.stderr, flush=True),
+    ):
         name_segment(
-            database, args.segment_id, None if args.clear else args.name.strip(),
+            database,
+            args.segment_id,
+            None if args.clear else args.name.strip(),
             writer_wait_seconds=settings.output.writer_wait_minutes * 60,
             notify=lambda line: print(line, file=sys.stderr, flush=True),
         )

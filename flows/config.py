@@ -41,8 +41,11 @@ DEFAULT_UNITS = {"recency_days": "days", "frequency": "invoices"}
 SAMPLE_UNITS = {"monetary": "GBP"}
 #: What one purchase can be (rules.purchase), with frequency's unit and a phrase for the log.
 PURCHASE_UNITS = {"invoice": "invoices", "day": "purchase days", "line": "purchases"}
-PURCHASE_MEANINGS = {"invoice": "distinct invoice ids", "day": "the distinct days a customer bought on",
-                     "line": "every line"}
+PURCHASE_MEANINGS = {
+    "invoice": "distinct invoice ids",
+    "day": "the distinct days a customer bought on",
+    "line": "every line",
+}
 PURCHASE_RULES = tuple(PURCHASE_UNITS)
 #: What a blank feature value does (customer tables): "model", the customer is segmented on the
 #: features they have (values missing at random); "reject", the row is rejected.
@@ -235,7 +238,9 @@ class ScheduleSettings(_Section):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/London)") from None
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as Europe/London)"
+            ) from None
         return value
 
 
@@ -269,7 +274,10 @@ class Settings(_Section):
                     "rules.purchase = 'invoice' needs input.columns to map 'invoice_id' (--column "
                     "invoice_id=YOUR_COLUMN); a log without invoice ids counts purchase days ('day') or lines ('line')"
                 )
-            if self.rules.purchase != "invoice" and self.features.units.get("frequency") == DEFAULT_UNITS["frequency"]:
+            if (
+                self.rules.purchase != "invoice"
+                and self.features.units.get("frequency") == DEFAULT_UNITS["frequency"]
+            ):
                 self.features.units["frequency"] = PURCHASE_UNITS[self.rules.purchase]
             unknown = [c for c in self.features.columns if c not in RFM_FEATURES]
             if unknown:

@@ -53,8 +53,12 @@ def hide_tracebacks_if_asked() -> None:
 class _OneFailureLine(logging.Filter):
     """Drops the log lines that repeat a run's failure: the command prints it once, at the end."""
 
-    _REPEATS = ("Finished in state Failed", "Encountered exception during execution", "Task run failed with ",
-                " failed in stage ")
+    _REPEATS = (
+        "Finished in state Failed",
+        "Encountered exception during execution",
+        "Task run failed with ",
+        " failed in stage ",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
@@ -86,6 +90,8 @@ def _console_handlers() -> list[logging.Handler]:
     ]
     streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
     return [
-        handler for logger in loggers for handler in logger.handlers
+        handler
+        for logger in loggers
+        for handler in logger.handlers
         if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in streams
     ]

@@ -50,11 +50,13 @@ def load_previous(database: str | Path) -> PreviousRun | None:
         run_id, covariance_type = int(latest[0][0]), str(latest[0][1])
         seg = con.execute(
             "SELECT segment_id, weight, model_mean, model_covariance FROM segments WHERE run_id = ? "
-            "ORDER BY segment_id", [run_id]
+            "ORDER BY segment_id",
+            [run_id],
         ).df()
         scalers = con.execute(
             "SELECT feature, unit, transform, scaler_mean, scaler_scale FROM feature_scalers WHERE run_id = ? "
-            "ORDER BY feature_index", [run_id]
+            "ORDER BY feature_index",
+            [run_id],
         ).df()
         assigned = con.execute(
             "SELECT customer_id, segment_id FROM assignments WHERE run_id = ?", [run_id]
@@ -86,9 +88,15 @@ def load_previous(database: str | Path) -> PreviousRun | None:
 def current_model(segments: SegmentResult, features: FeatureMatrix) -> TrackedModel:
     """This run's model in the common space (ids are placeholders until matched)."""
     return common_model(
-        segments.weights, segments.means, segments.covariances, features.scaler.mean, features.scaler.scale,
-        feature_names=features.names, transforms=features.transforms,
-        covariance_type=segments.covariance_type, feature_units=features.units,
+        segments.weights,
+        segments.means,
+        segments.covariances,
+        features.scaler.mean,
+        features.scaler.scale,
+        feature_names=features.names,
+        transforms=features.transforms,
+        covariance_type=segments.covariance_type,
+        feature_units=features.units,
     )
 
 
@@ -143,7 +151,9 @@ def track(
     if drift.held is not None:
         segments = replace(segments, labels=drift.customer_components.astype(np.int64), held=drift.held)
     if choice is not None and choice.at_limit:
-        flag = f"best model at the edge of the grid even at its limit, k = {choice.k_max_tried} (model.k_limit)"
+        flag = (
+            f"best model at the edge of the grid even at its limit, k = {choice.k_max_tried} (model.k_limit)"
+        )
         drift = replace(drift, flags=[*drift.flags, flag])
     return relabel(segments, drift.match.segment_ids), drift
 
@@ -170,8 +180,12 @@ def tracking_record(drift: RunDrift) -> TrackingRecord:
     previous_id = None if drift.previous is None else int(drift.previous.run_id)
     transitions = pd.DataFrame(
         [
-            {"kind": t.kind, "from_segments": [int(v) for v in t.from_ids],
-             "to_segments": [int(v) for v in t.to_ids], "share": float(t.share)}
+            {
+                "kind": t.kind,
+                "from_segments": [int(v) for v in t.from_ids],
+                "to_segments": [int(v) for v in t.to_ids],
+                "share": float(t.share),
+            }
             for t in drift.transitions
         ],
         columns=["kind", "from_segments", "to_segments", "share"],
@@ -186,7 +200,9 @@ def tracking_record(drift: RunDrift) -> TrackingRecord:
         held_customers=None if drift.held is None else drift.held_count,
         drift_flags=list(drift.flags),
         what_changed=drift.summary(),
-        migrations=drift.migration.astype({"from_segment": "int64", "to_segment": "int64", "customers": "int64"}),
+        migrations=drift.migration.astype(
+            {"from_segment": "int64", "to_segment": "int64", "customers": "int64"}
+        ),
         transitions=transitions,
         shifts=drift.shifts,
     )

@@ -17,10 +17,14 @@ _SQL_DIR = Path(__file__).resolve().parent / "sql"
 SAFE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
-def connect(path: str | Path | None = None, *, read_only: bool = False, config: dict | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | Path | None = None, *, read_only: bool = False, config: dict | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection (in memory without ``path``) with extension autoloading switched off."""
     return duckdb.connect(
-        ":memory:" if path is None else str(path), read_only=read_only, config={**SAFE_CONFIG, **(config or {})}
+        ":memory:" if path is None else str(path),
+        read_only=read_only,
+        config={**SAFE_CONFIG, **(config or {})},
     )
 
 
@@ -49,8 +53,12 @@ def file_kind(path: str | Path) -> str:
 
 #: How :func:`file_kind`'s answers read in a message ("it looks like ...").
 KIND_WORDS = {
-    "sqlite": "an SQLite database", "parquet": "a Parquet file", "gzip": "a gzip file",
-    "empty": "an empty file", "text": "text (CSV?)", "binary": "a binary file of another kind",
+    "sqlite": "an SQLite database",
+    "parquet": "a Parquet file",
+    "gzip": "a gzip file",
+    "empty": "an empty file",
+    "text": "text (CSV?)",
+    "binary": "a binary file of another kind",
     "duckdb": "a DuckDB file",
 }
 

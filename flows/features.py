@@ -161,7 +161,9 @@ def rfm_table(
     if "amount" in transactions.columns:
         lines["amount"] = transactions["amount"].to_numpy(dtype=np.float64)
     else:
-        lines["amount"] = transactions["quantity"].to_numpy(np.float64) * transactions["unit_price"].to_numpy(np.float64)
+        lines["amount"] = transactions["quantity"].to_numpy(np.float64) * transactions["unit_price"].to_numpy(
+            np.float64
+        )
     # Net spend is summed as DECIMAL in rfm.sql: floating-point partial sums combined in a varying
     # order (threads, or lines in another order) would differ in their last bits from run to run.
     con = connect()
@@ -251,7 +253,9 @@ def feature_resolution(
         if values.size < 2 or counts[top] < min_customers:
             continue
         around = values[[i for i in (top, top - 1, top + 1) if 0 <= i < values.size]]
-        model = (apply_transforms(around[:, None], scaler.transforms[j : j + 1])[:, 0] - scaler.mean[j]) / scaler.scale[j]
+        model = (
+            apply_transforms(around[:, None], scaler.transforms[j : j + 1])[:, 0] - scaler.mean[j]
+        ) / scaler.scale[j]
         resolution[j] = float(np.min(np.abs(model[1:] - model[0])))
         spike_value[j] = float(values[top])
         spike_share[j] = float(counts[top]) / n

@@ -70,9 +70,7 @@ def source_format(path: str) -> str:
         return "parquet"
     if name.endswith(_DUCKDB_SUFFIXES):
         return "duckdb"
-    raise InputError(
-        f"{path}: unknown input format; expected a .csv/.csv.gz/.tsv, .parquet or .duckdb file"
-    )
+    raise InputError(f"{path}: unknown input format; expected a .csv/.csv.gz/.tsv, .parquet or .duckdb file")
 
 
 def wanted_columns(settings: InputSettings, features: list[str]) -> dict[str, str]:
@@ -154,7 +152,9 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
         try:
-            available = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation_sql} AS r").fetchall()]
+            available = [
+                row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation_sql} AS r").fetchall()
+            ]
         except duckdb.Error as exc:
             raise InputError(f"{source}: cannot read input ({_first_line(exc)})") from None
         if not settings.query:
@@ -168,8 +168,7 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
             hint = ""
             if fmt == "csv" and len(available) == 1:
                 hint = (
-                    "; the header was read as a single column: separate the columns with "
-                    "',', ';', tab or '|'"
+                    "; the header was read as a single column: separate the columns with ',', ';', tab or '|'"
                 )
             first = next(canon for canon, src in columns.items() if src not in available)
             raise InputError(
@@ -201,7 +200,9 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
 _EXPECTED_KINDS = {"csv": ("text", "gzip", "binary"), "parquet": ("parquet",), "duckdb": ("duckdb",)}
 
 
-def _file_column_names(con: duckdb.DuckDBPyConnection, fmt: str, path: str, delimiter: str | None) -> list[str] | None:
+def _file_column_names(
+    con: duckdb.DuckDBPyConnection, fmt: str, path: str, delimiter: str | None
+) -> list[str] | None:
     """The column names as the file holds them, repeats included (None when not known)."""
     if fmt == "csv":
         header = _header_line(path)
@@ -213,9 +214,8 @@ def _file_column_names(con: duckdb.DuckDBPyConnection, fmt: str, path: str, deli
             return None
         return [f.strip() for f in fields]
     if fmt == "parquet":
-        rows = con.execute(
-            "SELECT name, num_children FROM parquet_schema(?)", [path]
-        ).fetchall()
+        rows = con.execute("SELECT name, num_children FROM parquet_schema(?)", [path]).fetchall()
+
         # Depth-first: the root, then each top-level column followed by its nested children.
         def after(i: int) -> int:
             end = i + 1
@@ -269,8 +269,10 @@ def check_file(path: str, fmt: str | None = None) -> None:
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path}: not a readable gzip file ({_first_line(exc)})") from None
         if empty:
-            raise InputError(f"{path}: the file is empty (no bytes after decompression); "
-                             "expected a header line and data rows")
+            raise InputError(
+                f"{path}: the file is empty (no bytes after decompression); "
+                "expected a header line and data rows"
+            )
 
 
 def detect_delimiter(path: str, wanted: list[str]) -> str | None:
@@ -285,7 +287,9 @@ def detect_delimiter(path: str, wanted: list[str]) -> str | None:
     header = _header_line(path)
     if header is None:
         return None
-    others = sorted({ch for ch in header if not ch.isalnum() and ch not in "\"' _-.\r\n" and ch not in _DELIMITERS})
+    others = sorted(
+        {ch for ch in header if not ch.isalnum() and ch not in "\"' _-.\r\n" and ch not in _DELIMITERS}
+    )
     best, best_key = None, (0, 0)
     for delimiter in (*_DELIMITERS, *others):
         try:

@@ -90,7 +90,9 @@ class RunParameters(BaseModel):
     )
     transforms: Annotated[
         dict[str, Transform] | None,
-        Param("features.transforms", flags=("--transform",), metavar="FEATURE=log1p|none", example="spend=log1p"),
+        Param(
+            "features.transforms", flags=("--transform",), metavar="FEATURE=log1p|none", example="spend=log1p"
+        ),
     ] = Field(
         None,
         description="transform of a feature before standardisation, merged feature by feature over the "
@@ -98,7 +100,13 @@ class RunParameters(BaseModel):
     )
     units: Annotated[
         dict[str, str] | None,
-        Param("features.units", flags=("--unit",), metavar="FEATURE=UNIT", example="monetary=USD", allow_empty=True),
+        Param(
+            "features.units",
+            flags=("--unit",),
+            metavar="FEATURE=UNIT",
+            example="monetary=USD",
+            allow_empty=True,
+        ),
     ] = Field(None, description="display unit of a feature, an empty one for none; merged feature by feature")
     purchase: Annotated[PurchaseRule | None, Param("rules.purchase")] = Field(
         None,
@@ -106,10 +114,15 @@ class RunParameters(BaseModel):
         "when invoice_id is mapped, else day",
     )
     as_of: Annotated[date | None, Param("rules.as_of")] = Field(
-        None, description="recency reference date, YYYY-MM-DD, exclusive; default: the day after the last transaction"
+        None,
+        description="recency reference date, YYYY-MM-DD, exclusive; default: the day after the last transaction",
     )
-    k_min: Annotated[int | None, Param("model.k_min")] = Field(None, description="smallest number of segments tried")
-    k_max: Annotated[int | None, Param("model.k_max")] = Field(None, description="largest number of segments tried")
+    k_min: Annotated[int | None, Param("model.k_min")] = Field(
+        None, description="smallest number of segments tried"
+    )
+    k_max: Annotated[int | None, Param("model.k_max")] = Field(
+        None, description="largest number of segments tried"
+    )
     covariance_types: Annotated[list[CovarianceType] | None, Param("model.covariance_types")] = Field(
         None,
         description=f"covariance types tried: a subset of {','.join(COVARIANCE_TYPES)} or of mclust's "
@@ -118,7 +131,9 @@ class RunParameters(BaseModel):
     criterion: Annotated[Criterion | None, Param("model.criterion")] = Field(
         None, description="model-selection criterion, lower is better"
     )
-    n_init: Annotated[int | None, Param("model.n_init")] = Field(None, description="EM restarts per candidate")
+    n_init: Annotated[int | None, Param("model.n_init")] = Field(
+        None, description="EM restarts per candidate"
+    )
     seed: Annotated[int | None, Param("model.seed")] = Field(None, description="random seed")
     max_samples: Annotated[int | None, Param("model.max_samples")] = Field(
         None, description="fit candidates on a subsample of this many customers"
@@ -212,7 +227,9 @@ def flow_signature(return_annotation: Any = inspect.Signature.empty) -> inspect.
     """The flow's parameters: one keyword argument per field, with its type and default."""
     return inspect.Signature(
         [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=field.annotation)
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=field.annotation
+            )
             for name, field in RunParameters.model_fields.items()
         ],
         return_annotation=return_annotation,

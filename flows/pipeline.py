@@ -28,7 +28,15 @@ from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
 from flows.parameters import RunParameters, takes_run_parameters
 from flows.runlock import RunJournal, database_lock, killed_runs
-from flows.store import RunStart, StoreBusyError, fail_run, finish_run, note_report_failure, start_run, utc_now
+from flows.store import (
+    RunStart,
+    StoreBusyError,
+    fail_run,
+    finish_run,
+    note_report_failure,
+    start_run,
+    utc_now,
+)
 from tracking import drift_markdown
 
 
@@ -64,7 +72,8 @@ def _ui(create, *args, **kwargs):
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         get_run_logger().warning(
             "the Prefect server is unreachable (%s); the run goes on and publishes its results, without "
-            "UI artifacts", text,
+            "UI artifacts",
+            text,
         )
         return None
 
@@ -75,7 +84,10 @@ _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 def _publish_options(settings: Settings) -> dict[str, Any]:
     """How the store publishes for this run: how long it waits for a writer, where it says so."""
-    return {"writer_wait_seconds": settings.output.writer_wait_minutes * 60, "notify": get_run_logger().warning}
+    return {
+        "writer_wait_seconds": settings.output.writer_wait_minutes * 60,
+        "notify": get_run_logger().warning,
+    }
 
 
 @task(name="start", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
@@ -106,7 +118,9 @@ def validate_task(loaded: LoadedInput, settings: Settings):
     outcome = stages.validate_input(loaded, settings)
     get_run_logger().info(
         "%s rows valid, %s rejected (%.2f%%)",
-        f"{len(outcome.valid):,}", f"{outcome.n_rejected_rows:,}", 100 * outcome.reject_share,
+        f"{len(outcome.valid):,}",
+        f"{outcome.n_rejected_rows:,}",
+        100 * outcome.reject_share,
     )
     return outcome
 
@@ -115,10 +129,15 @@ def validate_task(loaded: LoadedInput, settings: Settings):
 def features_task(valid, settings: Settings):
     features = stages.compute_features(valid, settings)
     logger = get_run_logger()
-    logger.info("%s customers x %d features %s", f"{features.n_customers:,}", len(features.names), features.names)
+    logger.info(
+        "%s customers x %d features %s", f"{features.n_customers:,}", len(features.names), features.names
+    )
     if settings.input.kind == "transactions":
-        logger.info("frequency counts %s (rules.purchase = %r)", PURCHASE_MEANINGS[settings.rules.purchase],
-                    settings.rules.purchase)
+        logger.info(
+            "frequency counts %s (rules.purchase = %r)",
+            PURCHASE_MEANINGS[settings.rules.purchase],
+            settings.rules.purchase,
+        )
     for rule, count in features.counts.items():
         logger.info("%s: %s", RULE_LABELS.get(rule, rule), f"{count:,}")
     return features
@@ -128,7 +147,9 @@ def features_task(valid, settings: Settings):
 def previous_task(database: str):
     previous = continuity.load_previous(database)
     if previous is not None:
-        get_run_logger().info("comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments)
+        get_run_logger().info(
+            "comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments
+        )
     return previous
 
 
@@ -137,7 +158,9 @@ def select_task(features, settings: Settings, run_id: int, previous):
     logger = get_run_logger()
     artifact_id = _ui(
         create_progress_artifact,
-        0.0, key=f"model-selection-run-{run_id}", description="Model selection: candidate fits done",
+        0.0,
+        key=f"model-selection-run-{run_id}",
+        description="Model selection: candidate fits done",
     )
     shown = {"pct": -100.0}
 
@@ -151,11 +174,16 @@ def select_task(features, settings: Settings, run_id: int, previous):
             if artifact_id is not None:
                 _ui(update_progress_artifact, artifact_id, pct)
 
-    selection = stages.select_segments(features, settings, progress, previous_k=stages.previous_k(previous, features))
+    selection = stages.select_segments(
+        features, settings, progress, previous_k=stages.previous_k(previous, features)
+    )
     chosen = stages.selected_row(selection.table)
     logger.info(
         "best fresh model: %d segments, %s covariance (%s = %.1f)",
-        chosen["n_components"], chosen["covariance_type"], selection.criterion.upper(), chosen[selection.criterion],
+        chosen["n_components"],
+        chosen["covariance_type"],
+        selection.criterion.upper(),
+        chosen[selection.criterion],
     )
     if selection.grid_note():
         (logger.warning if selection.at_limit else logger.info)("model grid: %s", selection.grid_note())
@@ -198,7 +226,9 @@ def write_task(settings: Settings, start: RunStart, record, killed: dict | None)
     for journal in killed_runs(killed):
         how = "failed" if journal.get("status") == "failed" else "was killed"
         get_run_logger().warning(
-            "run %s %s during stage %s; recorded now", journal.get("run_id"), how,
+            "run %s %s during stage %s; recorded now",
+            journal.get("run_id"),
+            how,
             journal.get("failed_stage") or journal.get("stage"),
         )
     get_run_logger().info("run %d published to %s", start.run_id, database)
@@ -214,7 +244,10 @@ def report_task(data, out_dir: str) -> str:
     return str(index)
 
 
-@flow(name="segment-customers", description="Raw customer data to probabilistic segments in DuckDB and a report.")
+@flow(
+    name="segment-customers",
+    description="Raw customer data to probabilistic segments in DuckDB and a report.",
+)
 @takes_run_parameters
 def segment_customers(**given: Any) -> dict[str, Any]:
     """Segment customers: every parameter left as None comes from the TOML file at ``config_path``
@@ -246,7 +279,9 @@ def segment_customers(**given: Any) -> dict[str, Any]:
         settings.output.database,
         settings.output.lock_wait_minutes * 60,
         label=f"flow run {flow_run.get_name()!r} ({trigger})",
-        on_wait=lambda holder: logger.info("waiting for %s to finish with %s", holder, settings.output.database),
+        on_wait=lambda holder: logger.info(
+            "waiting for %s to finish with %s", holder, settings.output.database
+        ),
     ) as journal:
         return _segment(settings, trigger, logger, journal, fresh=parameters.fresh)
 
@@ -265,7 +300,9 @@ def infer_trigger() -> str:
     return "schedule" if run.auto_scheduled else "manual"
 
 
-def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fresh: bool = False) -> dict[str, Any]:
+def _segment(
+    settings: Settings, trigger: str, logger, journal: RunJournal, fresh: bool = False
+) -> dict[str, Any]:
     """The stages of one run, with the run lock held and ``journal`` kept up to date."""
     database_path = settings.output.database
     start = start_task(settings, trigger, journal)
@@ -308,7 +345,11 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         stage = done("track", "write")
         report_dir = Path(settings.output.reports) / str(run_id)
         record = stages.build_record(
-            loaded=loaded, outcome=outcome, features=features_, choice=choice, segments=segments,
+            loaded=loaded,
+            outcome=outcome,
+            features=features_,
+            choice=choice,
+            segments=segments,
             report_path=str((report_dir / "index.html").resolve()),
         )
         record.tracking = continuity.tracking_record(drift)
@@ -316,8 +357,13 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         journal.recorded = True
         stage = done("write", "report")
         data = stages.report_data(
-            run_id=run_id, settings=settings, loaded=loaded, outcome=outcome, features=features_,
-            choice=choice, segments=segments,
+            run_id=run_id,
+            settings=settings,
+            loaded=loaded,
+            outcome=outcome,
+            features=features_,
+            choice=choice,
+            segments=segments,
         )
         data = dataclasses.replace(data, drift=drift.report_drift())
         report_index = str(Path(report_task(data, str(report_dir))).resolve())
@@ -335,18 +381,29 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
                 note_report_failure(database_path, run_id, message, **_publish_options(settings))
             else:
                 fail_run(
-                    database_path, start, stage, message, rejects=rejects, rows_loaded=rows_loaded,
-                    killed=journal.previous, **_publish_options(settings),
+                    database_path,
+                    start,
+                    stage,
+                    message,
+                    rejects=rejects,
+                    rows_loaded=rows_loaded,
+                    killed=journal.previous,
+                    **_publish_options(settings),
                 )
                 journal.recorded = True
         except (StoreBusyError, OSError, duckdb.Error) as store_exc:
             # The results file is busy or the disk full: the failure stays in the run lock's
             # journal, and the next run records it with its error.
-            journal.note(status="failed", failed_stage=stage, error=message, finished_at=utc_now().isoformat())
+            journal.note(
+                status="failed", failed_stage=stage, error=message, finished_at=utc_now().isoformat()
+            )
             journal.recorded = False  # a published run whose report failed: the next run notes it
             logger.error(
                 "run %d could not record its failure now (%s); the next run records it",
-                run_id, str(store_exc).strip().splitlines()[0] if str(store_exc).strip() else type(store_exc).__name__,
+                run_id,
+                str(store_exc).strip().splitlines()[0]
+                if str(store_exc).strip()
+                else type(store_exc).__name__,
             )
         raise
 
@@ -362,8 +419,12 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
         "reject_reasons": outcome.reject_reasons,
         "customers": record.customers,
         "segment_sizes": [
-            {"segment_id": int(s), "customers": int(n), "share": float(n) / max(record.customers, 1),
-             "weight": float(w)}
+            {
+                "segment_id": int(s),
+                "customers": int(n),
+                "share": float(n) / max(record.customers, 1),
+                "weight": float(w),
+            }
             for s, n, w in zip(segments.segment_ids, segments.customer_counts, segments.weights)
         ],
         "database": str(Path(database_path).resolve()),
@@ -385,7 +446,12 @@ def _segment(settings: Settings, trigger: str, logger, journal: RunJournal, fres
     markdown = markdown_summary(summary)
     if drift.previous is not None:
         markdown += "\n\n" + drift_markdown(drift)
-    _ui(create_markdown_artifact, markdown, key=f"segmentation-run-{run_id}", description=f"Segmentation run {run_id}")
+    _ui(
+        create_markdown_artifact,
+        markdown,
+        key=f"segmentation-run-{run_id}",
+        description=f"Segmentation run {run_id}",
+    )
     return summary
 
 
@@ -408,8 +474,11 @@ def markdown_summary(summary: dict[str, Any]) -> str:
         f"**Rows rejected:** {summary['rows_rejected']:,} (see table `rejected_rows`)  ",
         *[f"- {reason}" for reason in summary.get("reject_reasons") or []],
         f"**Customers segmented:** {summary['customers']:,}"
-        + (f" ({summary['customers_with_gaps']:,} with blank features, segmented on the features they have)"
-           if summary.get("customers_with_gaps") else ""),
+        + (
+            f" ({summary['customers_with_gaps']:,} with blank features, segmented on the features they have)"
+            if summary.get("customers_with_gaps")
+            else ""
+        ),
         "",
         "| segment | customers | share of customers |",
         "|---:|---:|---:|",

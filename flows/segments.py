@@ -106,8 +106,15 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
     ``std``, the segment ``centre`` and a one-standard-deviation band (``spread_low``/``spread_high``;
     asymmetric for log1p features; clipped to the feature's observed range)."""
     profiles = segment_profiles(
-        features.X_original, result.probabilities, result.labels, result.means, result.covariances,
-        features.scaler.mean, features.scaler.scale, features.transforms, result.segment_ids,
+        features.X_original,
+        result.probabilities,
+        result.labels,
+        result.means,
+        result.covariances,
+        features.scaler.mean,
+        features.scaler.scale,
+        features.transforms,
+        result.segment_ids,
     )
     k, d = profiles.mean.shape
     return pd.DataFrame(
@@ -125,8 +132,9 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
     )
 
 
-def assignment_table(result: SegmentResult, customer_ids: np.ndarray,
-                     missing_features: np.ndarray | None = None) -> pd.DataFrame:
+def assignment_table(
+    result: SegmentResult, customer_ids: np.ndarray, missing_features: np.ndarray | None = None
+) -> pd.DataFrame:
     """One row per customer: ``customer_id``, ``segment_id``, ``probability``, ``log_density``, ``held``,
     ``missing_features`` (how many were blank; 0 when not given), then one column ``p_1 .. p_k`` per
     segment (stored as a list column by the store)."""
@@ -138,8 +146,11 @@ def assignment_table(result: SegmentResult, customer_ids: np.ndarray,
             "probability": result.max_probability,
             "log_density": result.log_density,
             "held": np.zeros(n, dtype=bool) if result.held is None else result.held,
-            "missing_features": (np.zeros(n, dtype=np.int32) if missing_features is None
-                                 else np.asarray(missing_features, dtype=np.int32)),
+            "missing_features": (
+                np.zeros(n, dtype=np.int32)
+                if missing_features is None
+                else np.asarray(missing_features, dtype=np.int32)
+            ),
         }
     )
     for j, sid in enumerate(result.segment_ids):

@@ -17,11 +17,25 @@ from pandera.engines.pandas_engine import DateTime
 
 from flows.choice import ModelChoice, PreviousStructure, choose_model
 from flows.config import Settings
-from flows.features import RULE_LABELS, FeatureError, FeatureMatrix, build_feature_matrix, default_as_of, rfm_table
+from flows.features import (
+    RULE_LABELS,
+    FeatureError,
+    FeatureMatrix,
+    build_feature_matrix,
+    default_as_of,
+    rfm_table,
+)
 from flows.load import LoadedInput
 from flows.segments import SegmentResult, assignment_table, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
-from schemas import Assignments, RFMFeatures, Transactions, ValidationOutcome, customer_table_schema, validate_rows
+from schemas import (
+    Assignments,
+    RFMFeatures,
+    Transactions,
+    ValidationOutcome,
+    customer_table_schema,
+    validate_rows,
+)
 from schemas.customers import missing_feature_rejects
 from schemas.dates import date_parsing
 from schemas.transactions import line_amount_rejects
@@ -56,10 +70,15 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
         if not pd.api.types.is_datetime64_any_dtype(stamps):
             # Text dates: day and month first are told apart from the data (or input.date_format).
             parsing = date_parsing(
-                stamps, loaded.source_columns.get("timestamp", "timestamp"), loaded.source, settings.input.date_format
+                stamps,
+                loaded.source_columns.get("timestamp", "timestamp"),
+                loaded.source,
+                settings.input.date_format,
             )
             if parsing.to_datetime_kwargs:
-                schema = schema.update_column("timestamp", dtype=DateTime(to_datetime_kwargs=parsing.to_datetime_kwargs))
+                schema = schema.update_column(
+                    "timestamp", dtype=DateTime(to_datetime_kwargs=parsing.to_datetime_kwargs)
+                )
             read_as = parsing.record()
     else:
         features = settings.features
@@ -123,11 +142,23 @@ def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
             )
         table = RFMFeatures.validate(table)
         return build_feature_matrix(
-            table, names, units, transforms, settings.features.standardize, as_of, counts, resolution=resolution
+            table,
+            names,
+            units,
+            transforms,
+            settings.features.standardize,
+            as_of,
+            counts,
+            resolution=resolution,
         )
     return build_feature_matrix(
-        valid.reset_index(drop=True), names, units, transforms, settings.features.standardize,
-        as_of=settings.rules.as_of, resolution=resolution,
+        valid.reset_index(drop=True),
+        names,
+        units,
+        transforms,
+        settings.features.standardize,
+        as_of=settings.rules.as_of,
+        resolution=resolution,
     )
 
 
@@ -175,7 +206,11 @@ def select_segments(
         run_logger().warning(
             "only %s customers for %d features: trying at most %d segments instead of model.k_max = %d "
             "(each segment needs at least %d customers)",
-            f"{n:,}", d, k_max, m.k_max, per_segment,
+            f"{n:,}",
+            d,
+            k_max,
+            m.k_max,
+            per_segment,
         )
     try:
         return select_model(
@@ -226,13 +261,21 @@ def covariance_prior(settings: Settings, features: FeatureMatrix) -> str | None:
     return None if setting == "none" else "data"
 
 
-def choose(selection, features: FeatureMatrix, previous, settings: Settings, fresh: bool = False) -> ModelChoice:
+def choose(
+    selection, features: FeatureMatrix, previous, settings: Settings, fresh: bool = False
+) -> ModelChoice:
     """Keep the previous run's structure or switch to the best fresh candidate (:mod:`flows.choice`)."""
     m = settings.model
     structure = None if previous is None else PreviousStructure(run_id=previous.run_id, model=previous.model)
     return choose_model(
-        selection, features, structure, switch_margin=m.switch_margin, fresh=fresh,
-        tol=m.tol, reg_covar=m.reg_covar, max_iter=m.max_iter,
+        selection,
+        features,
+        structure,
+        switch_margin=m.switch_margin,
+        fresh=fresh,
+        tol=m.tol,
+        reg_covar=m.reg_covar,
+        max_iter=m.max_iter,
         allowed=(m.k_min, settings.k_limit, tuple(m.covariance_types)),
     )
 
@@ -296,8 +339,14 @@ def build_record(
         segments=segment_table(segments),
         segment_features=feature_profiles(segments, features),
         feature_scalers=feature_scaler_table(
-            features.names, features.units, features.transforms, features.scaler.mean, features.scaler.scale,
-            features.resolution, features.spike_value, features.spike_share,
+            features.names,
+            features.units,
+            features.transforms,
+            features.scaler.mean,
+            features.scaler.scale,
+            features.resolution,
+            features.spike_value,
+            features.spike_share,
         ),
         assignments=assignments,
         rejects=outcome.rejects,
@@ -371,7 +420,9 @@ def report_data(
         selection=[clean_row(r) for r in choice.table],
         criterion=choice.criterion,
         summary=summary,
-        choice_note=" ".join(part for part in (choice.note, choice.grid_note and f"Grid: {choice.grid_note}.") if part),
+        choice_note=" ".join(
+            part for part in (choice.note, choice.grid_note and f"Grid: {choice.grid_note}.") if part
+        ),
     )
 
 
@@ -383,9 +434,11 @@ def missing_features_note(features: FeatureMatrix) -> str:
         return ""
     blank = np.isnan(features.X_original).sum(axis=0)
     per_feature = ", ".join(f"{name} {int(n):,}" for name, n in zip(features.names, blank) if n)
-    return (f"{with_gaps:,} of {features.n_customers:,} customers ({with_gaps / features.n_customers:.1%}) were "
-            f"segmented on the features they have (blank: {per_feature}); assignments.missing_features "
-            f"says how many each customer lacks")
+    return (
+        f"{with_gaps:,} of {features.n_customers:,} customers ({with_gaps / features.n_customers:.1%}) were "
+        f"segmented on the features they have (blank: {per_feature}); assignments.missing_features "
+        f"says how many each customer lacks"
+    )
 
 
 def discrete_features_note(features: FeatureMatrix) -> str:
@@ -424,7 +477,10 @@ def code_version() -> str:
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""

@@ -88,7 +88,9 @@ def results_path(database: str | Path) -> Path:
     path = Path(database).resolve()
     if path.exists():
         if not path.is_file():
-            raise StoreFileError(f"{database}: not a file; output.database must name a results file (.duckdb)")
+            raise StoreFileError(
+                f"{database}: not a file; output.database must name a results file (.duckdb)"
+            )
         kind = file_kind(path)
         if kind != "duckdb":
             raise StoreFileError(
@@ -139,7 +141,9 @@ def _process(pid: int) -> str:
     return f"pid {pid}" + (f" ({cmdline[:80]})" if cmdline else "")
 
 
-def wait_for_writer(path: Path, wait_seconds: float, notify: Notify | None = None, poll_seconds: float = 2.0) -> None:
+def wait_for_writer(
+    path: Path, wait_seconds: float, notify: Notify | None = None, poll_seconds: float = 2.0
+) -> None:
     """Return once no other process holds the results file open for writing.
 
     An analyst who opens the file read-write (``duckdb.connect(path)`` without ``read_only``)
@@ -159,7 +163,9 @@ def wait_for_writer(path: Path, wait_seconds: float, notify: Notify | None = Non
                 f"{wait_seconds / 60:g} min (output.writer_wait_minutes)"
             )
         if not told and notify is not None:
-            notify(f"{path} is open for writing by {who}; waiting up to {wait_seconds / 60:g} min for it to close")
+            notify(
+                f"{path} is open for writing by {who}; waiting up to {wait_seconds / 60:g} min for it to close"
+            )
             told = True
         time.sleep(poll_seconds)
 
@@ -389,9 +395,14 @@ def _record_one_killed(con: duckdb.DuckDBPyConnection, previous: Mapping[str, An
     )
     if previous.get("status") == "failed":
         _insert_run_row(
-            con, start, "failed", failed_stage=previous.get("failed_stage") or previous.get("stage"),
+            con,
+            start,
+            "failed",
+            failed_stage=previous.get("failed_stage") or previous.get("stage"),
             error=f"{previous.get('error')} (recorded by run {found_by}: the run could not publish it)",
-            finished_at=datetime.fromisoformat(previous["finished_at"]) if previous.get("finished_at") else None,
+            finished_at=datetime.fromisoformat(previous["finished_at"])
+            if previous.get("finished_at")
+            else None,
         )
         return
     _insert_run_row(
@@ -595,15 +606,34 @@ def _insert_children(con: duckdb.DuckDBPyConnection, run_id: int, record: RunRec
         "segment_features",
         run_id,
         record.segment_features,
-        ["segment_id", "feature_index", "feature", "unit", "mean", "std", "centre", "spread_low", "spread_high"],
+        [
+            "segment_id",
+            "feature_index",
+            "feature",
+            "unit",
+            "mean",
+            "std",
+            "centre",
+            "spread_low",
+            "spread_high",
+        ],
     )
     _insert_frame(
         con,
         "feature_scalers",
         run_id,
         record.feature_scalers,
-        ["feature_index", "feature", "unit", "transform", "scaler_mean", "scaler_scale", "resolution",
-         "spike_value", "spike_share"],
+        [
+            "feature_index",
+            "feature",
+            "unit",
+            "transform",
+            "scaler_mean",
+            "scaler_scale",
+            "resolution",
+            "spike_value",
+            "spike_share",
+        ],
     )
     _insert_assignments(con, run_id, record.assignments)
     if record.rejects is not None and len(record.rejects):
@@ -642,9 +672,13 @@ def name_segment(database: str | Path, segment_id: int, name: str | None, **publ
     :func:`publishing`.
     """
     with publishing(database, **publish) as con:
-        known = con.execute("SELECT count(*) FROM segments WHERE segment_id = ?", [segment_id]).fetchall()[0][0]
+        known = con.execute("SELECT count(*) FROM segments WHERE segment_id = ?", [segment_id]).fetchall()[0][
+            0
+        ]
         if not known:
-            ids = [r[0] for r in con.execute("SELECT DISTINCT segment_id FROM segments ORDER BY 1").fetchall()]
+            ids = [
+                r[0] for r in con.execute("SELECT DISTINCT segment_id FROM segments ORDER BY 1").fetchall()
+            ]
             raise ValueError(f"{database}: no segment {segment_id} in any run (segment ids: {ids})")
         con.execute("DELETE FROM segment_names WHERE segment_id = ?", [segment_id])
         if name is not None:
@@ -670,7 +704,9 @@ def _insert_frame(
     """INSERT the named columns of ``frame`` (plus run_id) into ``table`` through a registered view."""
     cols = ", ".join(quote_identifier(c) for c in columns)
     with _registered(con, f"_incoming_{table}", frame) as view:
-        con.execute(f"INSERT INTO {quote_identifier(table)} (run_id, {cols}) SELECT ?, {cols} FROM {view}", [run_id])
+        con.execute(
+            f"INSERT INTO {quote_identifier(table)} (run_id, {cols}) SELECT ?, {cols} FROM {view}", [run_id]
+        )
 
 
 def _insert_assignments(con: duckdb.DuckDBPyConnection, run_id: int, frame: pd.DataFrame) -> None:
@@ -696,7 +732,9 @@ def _insert_assignments(con: duckdb.DuckDBPyConnection, run_id: int, frame: pd.D
 def _insert_rejects(con: duckdb.DuckDBPyConnection, run_id: int, rejects: pd.DataFrame) -> None:
     frame = rejects[["source", "row_number", "column_name", "rule", "value"]].copy()
     frame["value"] = frame["value"].astype(object)
-    _insert_frame(con, "rejected_rows", run_id, frame, ["source", "row_number", "column_name", "rule", "value"])
+    _insert_frame(
+        con, "rejected_rows", run_id, frame, ["source", "row_number", "column_name", "rule", "value"]
+    )
 
 
 def _finite_or_none(value: float | None) -> float | None:

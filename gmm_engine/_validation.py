@@ -21,8 +21,7 @@ def check_array(X, *, name: str = "X", min_samples: int = 1, allow_nan: bool = F
     """
     if hasattr(X, "toarray") or hasattr(X, "tocsr"):
         raise TypeError(
-            f"{name} is a sparse matrix; sparse input is not supported: pass a dense array "
-            f"({name}.toarray())"
+            f"{name} is a sparse matrix; sparse input is not supported: pass a dense array ({name}.toarray())"
         )
     try:
         arr = np.asarray(X)
@@ -47,9 +46,7 @@ def check_array(X, *, name: str = "X", min_samples: int = 1, allow_nan: bool = F
         )
     n, d = arr.shape
     if d == 0:
-        raise ValueError(
-            f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required."
-        )
+        raise ValueError(f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
     if n < min_samples:
         raise ValueError(f"{name} has {n} samples; at least {min_samples} are required")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
@@ -59,8 +56,7 @@ def check_array(X, *, name: str = "X", min_samples: int = 1, allow_nan: bool = F
         kind = "NaN" if np.isnan(arr[row, col]) else "infinity"
         count = int((~finite).sum())
         raise ValueError(
-            f"{name} contains {kind} (first at row {row}, column {col}; {count} non-finite "
-            f"values in all)"
+            f"{name} contains {kind} (first at row {row}, column {col}; {count} non-finite values in all)"
         )
     return arr
 
@@ -71,9 +67,7 @@ def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray | None:
         return None
     w = np.asarray(sample_weight, dtype=np.float64)
     if w.ndim != 1 or w.shape[0] != n_samples:
-        raise ValueError(
-            f"sample_weight must have shape ({n_samples},), got {w.shape}"
-        )
+        raise ValueError(f"sample_weight must have shape ({n_samples},), got {w.shape}")
     if not np.isfinite(w).all():
         raise ValueError("sample_weight contains NaN or infinity")
     if (w < 0).any():
@@ -115,9 +109,7 @@ def as_generator(random_state) -> np.random.Generator:
     """``None``, an int, a ``SeedSequence`` or a ``Generator`` -> a ``Generator``."""
     if isinstance(random_state, np.random.Generator):
         return random_state
-    if random_state is None or isinstance(
-        random_state, (numbers.Integral, np.random.SeedSequence)
-    ):
+    if random_state is None or isinstance(random_state, (numbers.Integral, np.random.SeedSequence)):
         return np.random.default_rng(random_state)
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(0, 2**31 - 1))

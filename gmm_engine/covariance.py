@@ -472,11 +472,26 @@ from .families import FAMILIES  # noqa: E402  (families build on Full, defined a
 #: Every covariance model by name: scikit-learn's four, and mclust's fourteen (four of them the
 #: same models under their mclust names).
 COVARIANCE_MODELS: dict[str, CovarianceModel] = {
-    **_BASE, **{alias: _BASE[name] for alias, name in MCLUST_ALIASES.items()}, **FAMILIES,
+    **_BASE,
+    **{alias: _BASE[name] for alias, name in MCLUST_ALIASES.items()},
+    **FAMILIES,
 }
 #: mclust's fourteen names, in mclust's order.
 MCLUST_MODELS: tuple[str, ...] = (
-    "EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV",
+    "EII",
+    "VII",
+    "EEI",
+    "VEI",
+    "EVI",
+    "VVI",
+    "EEE",
+    "VEE",
+    "EVE",
+    "VVE",
+    "EEV",
+    "VEV",
+    "EVV",
+    "VVV",
 )
 #: Every name ``covariance_type`` accepts.
 ALL_COVARIANCE_TYPES: tuple[str, ...] = COVARIANCE_TYPES + MCLUST_MODELS
@@ -495,7 +510,9 @@ def full_covariances(covariances, covariance_type: str, n_components: int, n_fea
     same size (as stored in a table) is accepted.
     """
     if covariance_type not in COVARIANCE_MODELS:
-        raise ValueError(f"covariance_type must be one of {list(ALL_COVARIANCE_TYPES)}, got {covariance_type!r}")
+        raise ValueError(
+            f"covariance_type must be one of {list(ALL_COVARIANCE_TYPES)}, got {covariance_type!r}"
+        )
     model = COVARIANCE_MODELS[covariance_type]
     cov = np.asarray(covariances, dtype=np.float64).reshape(model.covariance_shape(n_components, n_features))
     return model.full_covariances(cov, n_components, n_features)

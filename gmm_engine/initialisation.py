@@ -73,9 +73,7 @@ def kmeans_labels(
     for _ in range(max_iter):
         labels = np.argmin(_sq_distances(X, centres, x_sq), axis=1)
         counts = np.bincount(labels, weights=w, minlength=k)
-        sums = np.stack(
-            [np.bincount(labels, weights=X[:, j] * w, minlength=k) for j in range(d)], axis=1
-        )
+        sums = np.stack([np.bincount(labels, weights=X[:, j] * w, minlength=k) for j in range(d)], axis=1)
         empty = counts <= 0
         new = centres.copy()
         new[~empty] = sums[~empty] / counts[~empty, None]
@@ -112,8 +110,7 @@ def initial_responsibilities(
         p = None if sample_weight is None else sample_weight / sample_weight.sum()
         if p is not None and np.count_nonzero(p) < k:
             raise ValueError(
-                f"init_params='random_from_data' needs at least n_components={k} samples "
-                f"with positive weight"
+                f"init_params='random_from_data' needs at least n_components={k} samples with positive weight"
             )
         indices = rng.choice(n, size=k, replace=False, p=p)
     else:  # pragma: no cover - parameters are validated before

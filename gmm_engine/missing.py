@@ -65,7 +65,7 @@ def find_patterns(X: np.ndarray) -> MissingPatterns | None:
     features = np.arange(d)
     return MissingPatterns(
         complete=np.flatnonzero(~incomplete),
-        rows=[idx[order[bounds[p]:bounds[p + 1]]] for p in range(len(keys))],
+        rows=[idx[order[bounds[p] : bounds[p + 1]]] for p in range(len(keys))],
         observed=[features[~key] for key in keys],
         missing=[features[key] for key in keys],
     )
@@ -92,13 +92,19 @@ def _blocks(n: int) -> list[slice]:
     return [slice(i, min(i + _ROWS_PER_BLOCK, n)) for i in range(0, n, _ROWS_PER_BLOCK)]
 
 
-def _pattern_terms(XoT: np.ndarray, o: np.ndarray, params: MixtureParameters, L_inv: np.ndarray,
-                   log_det: np.ndarray, precision_diagonal: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _pattern_terms(
+    XoT: np.ndarray,
+    o: np.ndarray,
+    params: MixtureParameters,
+    L_inv: np.ndarray,
+    log_det: np.ndarray,
+    precision_diagonal: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """For rows ``XoT`` (|o|, n_b) of one pattern (observed features, centred): the weighted
     log-probabilities ``log w_k + log N_o(x_o | k)`` (k, n_b) and the whitened residuals
     ``L_k^-1 (x_o - mu_ko)`` (k, |o|, n_b)."""
     Z = L_inv @ XoT[None, :, :]
-    Z -= (L_inv @ params.means_c[:, o, None])
+    Z -= L_inv @ params.means_c[:, o, None]
     const = params.log_weights - 0.5 * o.size * LOG_2PI - log_det
     if precision_diagonal is not None:
         const = const - 0.5 * precision_diagonal[:, o] @ params.rounding_variance[o]
@@ -116,8 +122,13 @@ def _precision_diagonal(model: CovarianceModel, params: MixtureParameters) -> np
 
 
 def missing_statistics(
-    model: CovarianceModel, patterns: MissingPatterns, X: np.ndarray, shift: np.ndarray,
-    sample_weight: np.ndarray | None, params: MixtureParameters, full_cov: np.ndarray,
+    model: CovarianceModel,
+    patterns: MissingPatterns,
+    X: np.ndarray,
+    shift: np.ndarray,
+    sample_weight: np.ndarray | None,
+    params: MixtureParameters,
+    full_cov: np.ndarray,
 ) -> tuple[SufficientStatistics, np.ndarray]:
     """E-step on the incomplete rows and their share of the M-step totals.
 
@@ -174,8 +185,13 @@ def missing_statistics(
 
 
 def missing_log_prob(
-    model: CovarianceModel, patterns: MissingPatterns, X: np.ndarray, shift: np.ndarray,
-    params: MixtureParameters, full_cov: np.ndarray, reduce,
+    model: CovarianceModel,
+    patterns: MissingPatterns,
+    X: np.ndarray,
+    shift: np.ndarray,
+    params: MixtureParameters,
+    full_cov: np.ndarray,
+    reduce,
 ) -> None:
     """Call ``reduce(rows, LT)`` for the rows of every pattern (as
     :func:`gmm_engine.statistics.map_weighted_log_prob` does for complete rows)."""

@@ -229,8 +229,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         k = self.n_components
         if k > n:
             raise ValueError(
-                f"n_components={k} must be <= n_samples={n}: cannot fit more components "
-                f"than samples"
+                f"n_components={k} must be <= n_samples={n}: cannot fit more components than samples"
             )
         check_per_feature(self.reg_covar, "reg_covar", d)
         if self.resolution is not None:
@@ -326,9 +325,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _initial_params(self, X, XcT, w, shift, rng, data_second, prior=None):
         k, d = self.n_components, X.shape[1]
-        needs_partition = (
-            self.weights_init is None or self.means_init is None or self.precisions_init is None
-        )
+        needs_partition = self.weights_init is None or self.means_init is None or self.precisions_init is None
         if needs_partition:
             resp_for = initial_responsibilities(self.init_params, X, k, rng, w)
             sums = st.responsibility_statistics(self._model, XcT, w, resp_for)
@@ -337,8 +334,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 # row, which for single-point seeds (k-means++, random_from_data) inflates the
                 # first tied covariance by n/k and can stall EM in a poor optimum.
                 covered = np.concatenate(
-                    [resp_for(slice(i, min(i + 65536, len(X)))).sum(axis=1)
-                     for i in range(0, len(X), 65536)]
+                    [resp_for(slice(i, min(i + 65536, len(X)))).sum(axis=1) for i in range(0, len(X), 65536)]
                 )
                 data_second = st.data_second_moment(XcT, covered if w is None else covered * w)
             weights, means, covariances, prec_chol = self._params_from_stats(
@@ -360,7 +356,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         with np.errstate(divide="ignore"):
             log_weights = np.log(self.weights_)
         return st.MixtureParameters(
-            log_weights, self.means_ - shift, self.precisions_cholesky_, getattr(self, "rounding_variance_", None)
+            log_weights,
+            self.means_ - shift,
+            self.precisions_cholesky_,
+            getattr(self, "rounding_variance_", None),
         )
 
     def _set(self, weights, means, covariances, prec_chol) -> None:
@@ -420,7 +419,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         total_weight = float(n if w is None else w.sum())
         patterns = find_patterns(X) if self.missing == "marginalize" else None
         if patterns is None:
-            shift = (X.mean(axis=0) if w is None else (w @ X) / total_weight)
+            shift = X.mean(axis=0) if w is None else (w @ X) / total_weight
             X_init = X
         else:
             observed = ~np.isnan(X)
@@ -432,9 +431,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # EM works on the centred, transposed copy: centring keeps the one-pass moments free of
         # cancellation, and (d, n) rows make every per-chunk array contiguous.
         XcT = st.centred_transposed(X_init, shift)
-        data_second = (
-            st.data_second_moment(XcT, w) if model.needs_data_second_moment() else None
-        )
+        data_second = st.data_second_moment(XcT, w) if model.needs_data_second_moment() else None
         # Complete rows go through the chunked statistics; incomplete ones through missing.py.
         XcT_em, w_em, second_complete = XcT, w, data_second
         if patterns is not None:
@@ -445,9 +442,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         warm = self.warm_start and hasattr(self, "converged_")
         if warm and self.means_.shape != (self.n_components, d):
-            raise ValueError(
-                "warm_start needs the same n_components and n_features as the previous fit"
-            )
+            raise ValueError("warm_start needs the same n_components and n_features as the previous fit")
         n_init = 1 if warm else self.n_init
         rng = as_generator(self.random_state)
         rounding = self._rounding_variance(d)
@@ -472,10 +467,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 with np.errstate(divide="ignore"):
                     internal = st.MixtureParameters(np.log(weights), means - shift, prec_chol, rounding)
                 stats, second = self._em_statistics(
-                    XcT_em, w_em, internal, patterns, X, w, shift, covariances, second_complete)
+                    XcT_em, w_em, internal, patterns, X, w, shift, covariances, second_complete
+                )
                 bound = stats.log_likelihood / total_weight
                 if prior is not None:
-                    bound += model.log_prior(prec_chol, prior[0], prior[1], self.n_components, d) / total_weight
+                    bound += (
+                        model.log_prior(prec_chol, prior[0], prior[1], self.n_components, d) / total_weight
+                    )
                 params = self._params_from_stats(stats.sums, d, shift, second, prior, covariances)
                 bounds.append(bound)
                 clock = self._verbose_iteration(n_iter, bound - previous, clock)
@@ -559,8 +557,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             complete = patterns.complete
             if complete.size:
                 st.map_weighted_log_prob(
-                    self._model, X[complete], shift, internal,
-                    lambda rows, LT: reduce(complete[rows], LT), self._threads(),
+                    self._model,
+                    X[complete],
+                    shift,
+                    internal,
+                    lambda rows, LT: reduce(complete[rows], LT),
+                    self._threads(),
                 )
             k, d = self.means_.shape
             full = self._model.full_covariances(self.covariances_, k, d)

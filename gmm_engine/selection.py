@@ -157,8 +157,7 @@ def degeneracy_reason(
         shared = covariance_layout(model.covariance_type) == "tied"
         who = "shared covariance" if shared else f"component {j + 1}"
         return (
-            f"{who} collapsed: variance {relative[j]:.2e} of the data's "
-            f"(< variance_floor {variance_floor:g})"
+            f"{who} collapsed: variance {relative[j]:.2e} of the data's (< variance_floor {variance_floor:g})"
         )
     return ""
 
@@ -196,7 +195,14 @@ def _run_jobs(jobs, fit_one, results: dict, n_jobs: int, progress) -> None:
 
 
 _ESTIMATOR_ARGUMENTS = (
-    "max_iter", "tol", "reg_covar", "resolution", "covariance_prior", "init_params", "n_jobs", "missing",
+    "max_iter",
+    "tol",
+    "reg_covar",
+    "resolution",
+    "covariance_prior",
+    "init_params",
+    "n_jobs",
+    "missing",
 )
 
 
@@ -306,9 +312,7 @@ def select_model(
     ks = sorted({int(k) for k in ks})
     for t in types:
         if t not in COVARIANCE_MODELS:
-            raise ValueError(
-                f"covariance_types entries must be among {sorted(COVARIANCE_MODELS)}, got {t!r}"
-            )
+            raise ValueError(f"covariance_types entries must be among {sorted(COVARIANCE_MODELS)}, got {t!r}")
     reg_covar = check_per_feature(reg_covar, "reg_covar", d)
     if resolution is not None:
         resolution = check_per_feature(resolution, "resolution", d)
@@ -322,9 +326,7 @@ def select_model(
     X_fit, w_fit = X, w
     if max_samples is not None and n > max_samples:
         rows = np.sort(
-            as_generator(np.random.SeedSequence([seed, 0x5EED])).choice(
-                n, size=max_samples, replace=False
-            )
+            as_generator(np.random.SeedSequence([seed, 0x5EED])).choice(n, size=max_samples, replace=False)
         )
         X_fit, w_fit = X[rows], (None if w is None else w[rows])
     n_fit = X_fit.shape[0]
@@ -333,14 +335,23 @@ def select_model(
 
     def estimator(k: int, covariance_type: str, **kwargs) -> GaussianMixture:
         return GaussianMixture(
-            k, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar, max_iter=max_iter,
-            resolution=resolution, covariance_prior=covariance_prior, missing=missing, **kwargs,
+            k,
+            covariance_type=covariance_type,
+            tol=tol,
+            reg_covar=reg_covar,
+            max_iter=max_iter,
+            resolution=resolution,
+            covariance_prior=covariance_prior,
+            missing=missing,
+            **kwargs,
         )
 
     def fit_one(k: int, type_index: int, restart: int):
         start = time.perf_counter()
         gm = estimator(
-            k, types[type_index], init_params=init_params,
+            k,
+            types[type_index],
+            init_params=init_params,
             random_state=np.random.SeedSequence([seed, k, type_index, restart]),
         )
         try:
@@ -372,9 +383,7 @@ def select_model(
             _run_jobs(jobs, fit_one, results, n_jobs, report)
         for k in grid_ks:
             for ti, ctype in enumerate(types):
-                row, gm = _candidate_row(
-                    k, ctype, d, [results[(k, ti, r)] for r in range(n_init)], X, w
-                )
+                row, gm = _candidate_row(k, ctype, d, [results[(k, ti, r)] for r in range(n_init)], X, w)
                 table.append(row)
                 if gm is not None:
                     models[(k, ctype)] = gm
@@ -398,9 +407,7 @@ def select_model(
         best_i = best_index()
 
     if best_i is None:
-        reasons = "; ".join(
-            f"k={r['n_components']} {r['covariance_type']}: {r['reason']}" for r in table[:6]
-        )
+        reasons = "; ".join(f"k={r['n_components']} {r['covariance_type']}: {r['reason']}" for r in table[:6])
         raise NoAcceptableModelError(f"no acceptable candidate among {len(table)}: {reasons}", table)
     chosen = table[best_i]
     best = models[(chosen["n_components"], chosen["covariance_type"])]
@@ -408,8 +415,12 @@ def select_model(
     if n_fit < n:
         start = time.perf_counter()
         refit = estimator(
-            best.n_components, best.covariance_type, weights_init=best.weights_,
-            means_init=best.means_, precisions_init=best.precisions_, random_state=seed,
+            best.n_components,
+            best.covariance_type,
+            weights_init=best.weights_,
+            means_init=best.means_,
+            precisions_init=best.precisions_,
+            random_state=seed,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -427,8 +438,13 @@ def select_model(
         chosen["seconds"] += time.perf_counter() - start
     chosen["selected"] = True
     return SelectionResult(
-        best=best, criterion=criterion, table=table, models=models,
-        k_max_given=ks[-1], k_max_tried=k_tried, k_limit=max(ks[-1], min(limit, n_fit)),
+        best=best,
+        criterion=criterion,
+        table=table,
+        models=models,
+        k_max_given=ks[-1],
+        k_max_tried=k_tried,
+        k_limit=max(ks[-1], min(limit, n_fit)),
     )
 
 
@@ -452,7 +468,9 @@ def observed_std(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     return np.where(std > 0, std, 1.0)
 
 
-def _candidate_row(k: int, ctype: str, d: int, restarts: list[tuple], X, w) -> tuple[dict, GaussianMixture | None]:
+def _candidate_row(
+    k: int, ctype: str, d: int, restarts: list[tuple], X, w
+) -> tuple[dict, GaussianMixture | None]:
     """The table row of one candidate from its restarts ``(model or None, reason, seconds)``,
     and the restart it keeps: the best non-degenerate one, else the best degenerate one."""
     n_init = len(restarts)

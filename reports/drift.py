@@ -18,18 +18,24 @@ def migration_rows(table: Any) -> list[dict[str, int]]:
     rows = []
     for i, r in enumerate(records):
         try:
-            row = {"from_segment": int(r["from_segment"]), "to_segment": int(r["to_segment"]),
-                   "customers": int(r["customers"])}
+            row = {
+                "from_segment": int(r["from_segment"]),
+                "to_segment": int(r["to_segment"]),
+                "customers": int(r["customers"]),
+            }
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"migration row {i + 1}: needs integer from_segment, to_segment and customers ({err})") from None
+            raise ValueError(
+                f"migration row {i + 1}: needs integer from_segment, to_segment and customers ({err})"
+            ) from None
         if row["customers"] < 0:
             raise ValueError(f"migration row {i + 1}: customers must be >= 0, got {row['customers']}")
         rows.append(row)
     return rows
 
 
-def migration_matrix(table: Any, previous_ids: Sequence[int], current_ids: Sequence[int]
-                     ) -> tuple[np.ndarray, list[int], list[int]]:
+def migration_matrix(
+    table: Any, previous_ids: Sequence[int], current_ids: Sequence[int]
+) -> tuple[np.ndarray, list[int], list[int]]:
     """Counts as a (previous x current) matrix; ids of rows and columns sorted, including any id that
     only the table names."""
     rows = migration_rows(table)
@@ -43,8 +49,9 @@ def migration_matrix(table: Any, previous_ids: Sequence[int], current_ids: Seque
     return counts, prev, cur
 
 
-def migration_figure(table: Any, previous_ids: Sequence[int], current_ids: Sequence[int], *,
-                     previous_run_id: Any = None) -> Figure:
+def migration_figure(
+    table: Any, previous_ids: Sequence[int], current_ids: Sequence[int], *, previous_run_id: Any = None
+) -> Figure:
     """Heat-map of customers moving from each previous segment (rows) to each current one (columns).
 
     Parameters
@@ -81,17 +88,30 @@ def migration_figure(table: Any, previous_ids: Sequence[int], current_ids: Seque
             if counts[i, j] == 0:
                 continue
             percent = "<1%" if share[i, j] < 0.005 else f"{share[i, j]:.0%}"
-            ax.text(j, i, f"{counts[i, j]:,}\n{percent}", ha="center", va="center", fontsize=9,
-                    color="white" if share[i, j] > 0.6 else "#222222")
+            ax.text(
+                j,
+                i,
+                f"{counts[i, j]:,}\n{percent}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if share[i, j] > 0.6 else "#222222",
+            )
             if prev[i] == cur[j]:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#111111", linewidth=1.6))
+                ax.add_patch(
+                    Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#111111", linewidth=1.6)
+                )
     current_set, previous_set = set(cur), set(prev)
     ax.set_xticks(range(len(cur)), [f"{s}" if s in previous_set else f"{s} (new)" for s in cur])
     ax.set_yticks(range(len(prev)), [f"{s}" if s in current_set else f"{s} (retired)" for s in prev])
     ax.set_xlabel("segment in this run")
     ax.set_ylabel(plain(f"segment in {since}"))
-    ax.set_title(plain(f"Customers moving between segments since {since}\n"
-                       f"{int(counts.sum()):,} customers in both runs; outlined: same segment id"))
+    ax.set_title(
+        plain(
+            f"Customers moving between segments since {since}\n"
+            f"{int(counts.sum()):,} customers in both runs; outlined: same segment id"
+        )
+    )
     if counts.sum() == 0:
         ax.text(0.5, 0.5, "no customers in both runs", transform=ax.transAxes, ha="center", va="center")
     return fig

@@ -88,8 +88,7 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
     refit = next((r for r in rows if r["previous"]), None)
     rows = [r for r in rows if not r["previous"]]
     present = {r["type"] for r in rows}
-    types = ([t for t in COVARIANCE_STYLES if t in present]
-             + sorted(present - set(COVARIANCE_STYLES)))
+    types = [t for t in COVARIANCE_STYLES if t in present] + sorted(present - set(COVARIANCE_STYLES))
     chosen = next((r for r in rows if r["selected"]), refit if refit and refit["selected"] else None)
 
     fig = Figure(figsize=(13, 4.6), layout="constrained")
@@ -97,19 +96,38 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
     for ax, name in zip(axes, CRITERIA):
         for cov in types:
             style = covariance_style(cov)
-            accepted = sorted((r["k"], r[name]) for r in rows
-                              if r["type"] == cov and r["status"] == "ok" and np.isfinite(r[name]))
+            accepted = sorted(
+                (r["k"], r[name])
+                for r in rows
+                if r["type"] == cov and r["status"] == "ok" and np.isfinite(r[name])
+            )
             ks = [k for k, _ in accepted]
-            ax.plot(ks, [v for _, v in accepted], color=style["color"], marker=style["marker"],
-                    markersize=5, linewidth=1.6, label=cov)
+            ax.plot(
+                ks,
+                [v for _, v in accepted],
+                color=style["color"],
+                marker=style["marker"],
+                markersize=5,
+                linewidth=1.6,
+                label=cov,
+            )
             # Set-aside candidates are not drawn: a collapsed fit's score can be far off every
             # candidate that could be chosen and would stretch the axis; the legend lists them.
         if refit is not None and np.isfinite(refit[name]):
-            ax.scatter([refit["k"]], [refit[name]], marker="D", s=60, facecolor="black",
-                       edgecolor="black", zorder=4)
+            ax.scatter(
+                [refit["k"]], [refit[name]], marker="D", s=60, facecolor="black", edgecolor="black", zorder=4
+            )
         if chosen is not None and np.isfinite(chosen[name]):
-            ax.scatter([chosen["k"]], [chosen[name]], marker="*", s=320, facecolor="gold",
-                       edgecolor="black", linewidths=1.0, zorder=5)
+            ax.scatter(
+                [chosen["k"]],
+                [chosen[name]],
+                marker="*",
+                s=320,
+                facecolor="gold",
+                edgecolor="black",
+                linewidths=1.0,
+                zorder=5,
+            )
         used = " (used for the choice)" if name == criterion else ""
         ax.set_title(f"{name.upper()}{used}", fontweight="bold" if used else "normal")
         ax.set_xlabel("number of segments k")
@@ -123,31 +141,69 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
             ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         ax.grid(alpha=0.3)
         if not rows:
-            ax.text(0.5, 0.5, "no model-selection table", ha="center", va="center",
-                    transform=ax.transAxes, color="grey")
+            ax.text(
+                0.5,
+                0.5,
+                "no model-selection table",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="grey",
+            )
 
     handles: list[Any] = [
-        Line2D([], [], color=covariance_style(t)["color"], marker=covariance_style(t)["marker"],
-               label=f"{plain(t)} covariance") for t in types
+        Line2D(
+            [],
+            [],
+            color=covariance_style(t)["color"],
+            marker=covariance_style(t)["marker"],
+            label=f"{plain(t)} covariance",
+        )
+        for t in types
     ]
     aside = sorted((r["k"], r["type"]) for r in rows if r["status"] != "ok")
     if aside:
         listed = ", ".join(f"k={k} {t}" for k, t in aside[:6])
         more = f" and {len(aside) - 6} more (table below)" if len(aside) > 6 else ""
-        handles.append(Line2D([], [], linestyle="none", marker="none",
-                              label=f"set aside as degenerate or failed, not drawn: {listed}{more}"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="none",
+                label=f"set aside as degenerate or failed, not drawn: {listed}{more}",
+            )
+        )
     if refit is not None:
-        handles.append(Line2D([], [], linestyle="none", marker="D", markersize=7, color="black",
-                              label=f"previous run's model refitted: k={refit['k']}, {plain(refit['type'])}"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="D",
+                markersize=7,
+                color="black",
+                label=f"previous run's model refitted: k={refit['k']}, {plain(refit['type'])}",
+            )
+        )
     if chosen is not None:
-        handles.append(Line2D([], [], linestyle="none", marker="*", markersize=14,
-                              markerfacecolor="gold", markeredgecolor="black",
-                              label=f"chosen: k={chosen['k']}, {plain(chosen['type'])}"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="*",
+                markersize=14,
+                markerfacecolor="gold",
+                markeredgecolor="black",
+                label=f"chosen: k={chosen['k']}, {plain(chosen['type'])}",
+            )
+        )
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
-                   frameon=False)
-    fig.suptitle("Model selection: information criteria by number of segments and covariance type "
-                 "(lower is better)")
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    fig.suptitle(
+        "Model selection: information criteria by number of segments and covariance type (lower is better)"
+    )
     return fig
 
 
@@ -191,24 +247,39 @@ def _add_ellipses(ax: Any, mean: np.ndarray, cov: np.ndarray, color: Any) -> Non
     variances = np.clip(variances, 0.0, None)
     angle = math.degrees(math.atan2(vectors[1, 1], vectors[0, 1]))
     for n_sigma, style in ((1.0, "-"), (2.0, "--")):
-        ax.add_patch(Ellipse(tuple(mean), width=2 * n_sigma * math.sqrt(variances[1]),
-                             height=2 * n_sigma * math.sqrt(variances[0]), angle=angle,
-                             fill=False, edgecolor=color, linewidth=2.0 if n_sigma == 1 else 1.3,
-                             linestyle=style, zorder=4))
+        ax.add_patch(
+            Ellipse(
+                tuple(mean),
+                width=2 * n_sigma * math.sqrt(variances[1]),
+                height=2 * n_sigma * math.sqrt(variances[0]),
+                angle=angle,
+                fill=False,
+                edgecolor=color,
+                linewidth=2.0 if n_sigma == 1 else 1.3,
+                linestyle=style,
+                zorder=4,
+            )
+        )
 
 
-def _pc_label(index: int, explained: float, loadings: np.ndarray,
-              feature_names: Sequence[str]) -> str:
+def _pc_label(index: int, explained: float, loadings: np.ndarray, feature_names: Sequence[str]) -> str:
     top = np.argsort(np.abs(loadings))[::-1][:3]
     parts = ", ".join(f"{loadings[j]:+.2f} {_short(feature_names[j], 20)}" for j in top)
     more = ", …" if len(loadings) > len(top) else ""
-    return (f"PC{index} ({explained:.0%} of variance) = {parts}{more}\n"
-            "(weights of the standardised features)")
+    return f"PC{index} ({explained:.0%} of variance) = {parts}{more}\n(weights of the standardised features)"
 
 
-def segments_figure(X_model: np.ndarray, means: np.ndarray, covariances: np.ndarray,
-                    labels: np.ndarray, segment_ids: Sequence[int], feature_names: Sequence[str],
-                    *, max_points: int = 4000, seed: int = 0) -> Figure:
+def segments_figure(
+    X_model: np.ndarray,
+    means: np.ndarray,
+    covariances: np.ndarray,
+    labels: np.ndarray,
+    segment_ids: Sequence[int],
+    feature_names: Sequence[str],
+    *,
+    max_points: int = 4000,
+    seed: int = 0,
+) -> Figure:
     """Customers and each segment's covariance ellipse in two dimensions.
 
     Two features are drawn as they are; more than two are projected on the first two principal
@@ -248,21 +319,28 @@ def segments_figure(X_model: np.ndarray, means: np.ndarray, covariances: np.ndar
     n, d = X_model.shape
     shown = _subsample(n, max_points, seed)
     colors = segment_colors(segment_ids)
-    fig = Figure(figsize=(8.5, 7.0) if d > 1 else (9.0, 1.6 + 0.7 * len(segment_ids)),
-                 layout="constrained")
+    fig = Figure(figsize=(8.5, 7.0) if d > 1 else (9.0, 1.6 + 0.7 * len(segment_ids)), layout="constrained")
     ax = fig.add_subplot()
-    sample_note = (f"{len(shown):,} of {n:,} customers shown (random sample)" if len(shown) < n
-                   else f"all {n:,} customers shown")
+    sample_note = (
+        f"{len(shown):,} of {n:,} customers shown (random sample)"
+        if len(shown) < n
+        else f"all {n:,} customers shown"
+    )
     if gaps:
-        sample_note += f"; {gaps:,} with a blank feature not drawn" if complete.sum() >= 2 else \
-            f"; blank features drawn at their mean ({gaps:,} customers)"
+        sample_note += (
+            f"; {gaps:,} with a blank feature not drawn"
+            if complete.sum() >= 2
+            else f"; blank features drawn at their mean ({gaps:,} customers)"
+        )
 
     if d == 1:
-        _segments_strip(ax, X_model[shown, 0], labels[shown], means[:, 0],
-                        covariances[:, 0, 0], segment_ids, colors, seed)
+        _segments_strip(
+            ax, X_model[shown, 0], labels[shown], means[:, 0], covariances[:, 0, 0], segment_ids, colors, seed
+        )
         ax.set_xlabel(f"{_short(feature_names[0])} (standardised)")
-        ax.set_title(f"Segments along the only feature, with mean ± 1 and 2 standard deviations\n"
-                     f"{sample_note}")
+        ax.set_title(
+            f"Segments along the only feature, with mean ± 1 and 2 standard deviations\n{sample_note}"
+        )
         return fig
 
     if d == 2:
@@ -273,8 +351,10 @@ def segments_figure(X_model: np.ndarray, means: np.ndarray, covariances: np.ndar
         centre, W, explained = principal_axes(X_model)
         xlabel = _pc_label(1, explained[0], W[:, 0], feature_names)
         ylabel = _pc_label(2, explained[1], W[:, 1], feature_names)
-        heading = (f"Segments on the first two principal components of the {d} standardised "
-                   f"features\n(together {explained.sum():.0%} of their variance)")
+        heading = (
+            f"Segments on the first two principal components of the {d} standardised "
+            f"features\n(together {explained.sum():.0%} of their variance)"
+        )
     points = (X_model[shown] - centre) @ W
     centres = (means - centre) @ W
     projected = np.einsum("ji,cjl,lm->cim", W, covariances, W)
@@ -282,19 +362,28 @@ def segments_figure(X_model: np.ndarray, means: np.ndarray, covariances: np.ndar
     handles: list[Any] = []
     for c, sid in enumerate(segment_ids):
         mine = points[point_labels == c]
-        ax.scatter(mine[:, 0], mine[:, 1], s=5, alpha=0.35, color=colors[sid], linewidths=0,
-                   rasterized=True)
-        handles.append(Line2D([], [], linestyle="none", marker="o", color=colors[sid],
-                              label=f"segment {sid}"))
+        ax.scatter(mine[:, 0], mine[:, 1], s=5, alpha=0.35, color=colors[sid], linewidths=0, rasterized=True)
+        handles.append(
+            Line2D([], [], linestyle="none", marker="o", color=colors[sid], label=f"segment {sid}")
+        )
     for c, sid in enumerate(segment_ids):
         _add_ellipses(ax, centres[c], projected[c], colors[sid])
-        ax.scatter(*centres[c], marker="X", s=110, color=colors[sid], edgecolor="black",
-                   linewidths=1.0, zorder=5)
+        ax.scatter(
+            *centres[c], marker="X", s=110, color=colors[sid], edgecolor="black", linewidths=1.0, zorder=5
+        )
     handles += [
         Line2D([], [], color="black", linewidth=2.0, label="1-sigma ellipse"),
         Line2D([], [], color="black", linewidth=1.3, linestyle="--", label="2-sigma ellipse"),
-        Line2D([], [], linestyle="none", marker="X", markersize=9, color="white",
-               markeredgecolor="black", label="segment mean"),
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="X",
+            markersize=9,
+            color="white",
+            markeredgecolor="black",
+            label="segment mean",
+        ),
     ]
     ax.legend(handles=handles, loc="best", fontsize="small", framealpha=0.85)
     ax.set_xlabel(xlabel)
@@ -304,23 +393,29 @@ def segments_figure(X_model: np.ndarray, means: np.ndarray, covariances: np.ndar
     return fig
 
 
-def _segments_strip(ax: Any, values: np.ndarray, labels: np.ndarray, means: np.ndarray,
-                    variances: np.ndarray, segment_ids: Sequence[int],
-                    colors: Mapping[int, Any], seed: int) -> None:
+def _segments_strip(
+    ax: Any,
+    values: np.ndarray,
+    labels: np.ndarray,
+    means: np.ndarray,
+    variances: np.ndarray,
+    segment_ids: Sequence[int],
+    colors: Mapping[int, Any],
+    seed: int,
+) -> None:
     rows = {sid: row for row, sid in enumerate(sorted(segment_ids))}
     jitter = np.random.default_rng(seed).uniform(-0.18, 0.18, size=len(values))
     for c, sid in enumerate(segment_ids):
         mine = labels == c
         y = rows[sid] + jitter[mine]
-        ax.scatter(values[mine], y, s=5, alpha=0.35, color=colors[sid], linewidths=0,
-                   rasterized=True)
+        ax.scatter(values[mine], y, s=5, alpha=0.35, color=colors[sid], linewidths=0, rasterized=True)
         sd = math.sqrt(variances[c])
         level = rows[sid] + 0.32
-        ax.hlines(level, means[c] - 2 * sd, means[c] + 2 * sd, color=colors[sid], linewidth=1.3,
-                  linestyle="--")
+        ax.hlines(
+            level, means[c] - 2 * sd, means[c] + 2 * sd, color=colors[sid], linewidth=1.3, linestyle="--"
+        )
         ax.hlines(level, means[c] - sd, means[c] + sd, color=colors[sid], linewidth=4.0)
-        ax.plot([means[c]], [level], marker="X", markersize=10, color=colors[sid],
-                markeredgecolor="black")
+        ax.plot([means[c]], [level], marker="X", markersize=10, color=colors[sid], markeredgecolor="black")
     ax.set_yticks(range(len(rows)), [f"segment {sid}" for sid in sorted(segment_ids)])
     ax.set_ylim(-0.6, len(rows) - 0.3)
     ax.grid(axis="x", alpha=0.3)
@@ -339,27 +434,48 @@ def log_likelihood_figure(lower_bounds: Sequence[float]) -> Figure:
     iterations = np.arange(1, len(values) + 1)
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(iterations, values, marker="o" if len(values) <= 60 else None, markersize=4,
-            color="#1f4e79", linewidth=1.8)
+    ax.plot(
+        iterations,
+        values,
+        marker="o" if len(values) <= 60 else None,
+        markersize=4,
+        color="#1f4e79",
+        linewidth=1.8,
+    )
     if len(values):
-        ax.annotate(f"final: {values[-1]:.4f} after {len(values)} iterations",
-                    xy=(iterations[-1], values[-1]), xytext=(-10, -28),
-                    textcoords="offset points", ha="right", fontsize="small",
-                    arrowprops={"arrowstyle": "-", "color": "grey"})
+        ax.annotate(
+            f"final: {values[-1]:.4f} after {len(values)} iterations",
+            xy=(iterations[-1], values[-1]),
+            xytext=(-10, -28),
+            textcoords="offset points",
+            ha="right",
+            fontsize="small",
+            arrowprops={"arrowstyle": "-", "color": "grey"},
+        )
     else:
-        ax.text(0.5, 0.5, "no EM iterations recorded", ha="center", va="center",
-                transform=ax.transAxes, color="grey")
+        ax.text(
+            0.5,
+            0.5,
+            "no EM iterations recorded",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="grey",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("EM iteration")
     ax.set_ylabel("mean log-likelihood per customer [nats]")
-    ax.set_title("Fit of the chosen model: log-likelihood after each EM iteration\n"
-                 "(rises, then flattens when EM has converged)")
+    ax.set_title(
+        "Fit of the chosen model: log-likelihood after each EM iteration\n"
+        "(rises, then flattens when EM has converged)"
+    )
     ax.grid(alpha=0.3)
     return fig
 
 
-def membership_figure(max_probability: np.ndarray, labels: np.ndarray,
-                      segment_ids: Sequence[int], *, threshold: float = 0.9) -> Figure:
+def membership_figure(
+    max_probability: np.ndarray, labels: np.ndarray, segment_ids: Sequence[int], *, threshold: float = 0.9
+) -> Figure:
     """Histogram of each customer's probability of belonging to the assigned segment.
 
     Bars are stacked by segment; the share of customers below ``threshold`` is annotated.
@@ -381,13 +497,26 @@ def membership_figure(max_probability: np.ndarray, labels: np.ndarray,
     for c, group in zip(order, groups):
         below = np.mean(group < threshold) if len(group) else 0.0
         names.append(f"segment {segment_ids[c]} ({below:.0%} below {threshold:g})")
-    ax.hist(groups, bins=edges, stacked=True, color=[colors[segment_ids[c]] for c in order],
-            label=names, edgecolor="white", linewidth=0.3)
+    ax.hist(
+        groups,
+        bins=edges,
+        stacked=True,
+        color=[colors[segment_ids[c]] for c in order],
+        label=names,
+        edgecolor="white",
+        linewidth=0.3,
+    )
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2)
     share = float(np.mean(p < threshold)) if len(p) else 0.0
-    ax.text(threshold - 0.01, 0.97, f"{share:.1%} of customers\nbelow {threshold:g}",
-            transform=ax.get_xaxis_transform(), ha="right", va="top",
-            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "grey"})
+    ax.text(
+        threshold - 0.01,
+        0.97,
+        f"{share:.1%} of customers\nbelow {threshold:g}",
+        transform=ax.get_xaxis_transform(),
+        ha="right",
+        va="top",
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "grey"},
+    )
     ax.set_xlim(0.0, 1.0)
     ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
     ax.set_xlabel("probability of the assigned segment (1 = certain)")
@@ -417,8 +546,9 @@ def sizes_figure(counts: np.ndarray, segment_ids: Sequence[int]) -> Figure:
     heights = counts[order]
     bars = ax.bar(positions, heights, color=[colors[segment_ids[c]] for c in order], width=0.7)
     shares = heights / total if total else np.zeros(len(order))
-    ax.bar_label(bars, labels=[f"{h:,}\n({s:.1%})" for h, s in zip(heights, shares)],
-                 padding=2, fontsize="small")
+    ax.bar_label(
+        bars, labels=[f"{h:,}\n({s:.1%})" for h, s in zip(heights, shares)], padding=2, fontsize="small"
+    )
     ax.set_xticks(positions, [str(segment_ids[c]) for c in order])
     ax.set_ylim(0, max(heights.max(initial=0), 1) * 1.18)
     ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
@@ -429,8 +559,9 @@ def sizes_figure(counts: np.ndarray, segment_ids: Sequence[int]) -> Figure:
     return fig
 
 
-def profiles_figure(profiles: SegmentProfiles, feature_names: Sequence[str],
-                    feature_units: Sequence[str]) -> Figure:
+def profiles_figure(
+    profiles: SegmentProfiles, feature_names: Sequence[str], feature_units: Sequence[str]
+) -> Figure:
     """Every feature per segment in original units: the segment's centre (bar), one model standard
     deviation either side (whiskers) and the membership-weighted mean (diamond); the dashed line is
     the mean of all customers (:mod:`reports.profiles` for the definitions).
@@ -458,14 +589,21 @@ def profiles_figure(profiles: SegmentProfiles, feature_names: Sequence[str],
         below = np.clip(centre - profiles.spread_low[order, j], 0.0, None)
         above = np.clip(profiles.spread_high[order, j] - centre, 0.0, None)
         ax.bar(positions, np.nan_to_num(centre), color=[colors[s] for s in ids], width=0.7)
-        ax.errorbar(positions, centre, yerr=[below, above], fmt="none", ecolor="black",
-                    capsize=4, linewidth=1.2)
-        ax.scatter(positions, profiles.mean[order, j], marker="D", s=30, facecolor="white",
-                   edgecolor="black", zorder=4)
+        ax.errorbar(
+            positions, centre, yerr=[below, above], fmt="none", ecolor="black", capsize=4, linewidth=1.2
+        )
+        ax.scatter(
+            positions,
+            profiles.mean[order, j],
+            marker="D",
+            s=30,
+            facecolor="white",
+            edgecolor="black",
+            zorder=4,
+        )
         ax.axhline(profiles.overall_mean[j], color="grey", linestyle="--", linewidth=1.0)
         for position in positions[profiles.counts[order] == 0]:
-            ax.text(position, 0, "no\ncustomers", ha="center", va="bottom", fontsize="x-small",
-                    color="grey")
+            ax.text(position, 0, "no\ncustomers", ha="center", va="bottom", fontsize="x-small", color="grey")
         ax.set_xticks(positions, [str(s) for s in ids])
         ax.set_xlabel("segment")
         ax.set_ylabel(original_axis_label(_cut(feature_names[j], 28), feature_units[j]))
@@ -474,21 +612,43 @@ def profiles_figure(profiles: SegmentProfiles, feature_names: Sequence[str],
     handles = [
         Patch(facecolor="lightgrey", label="segment centre (bar colour = segment)"),
         Line2D([], [], color="black", marker="_", markersize=10, label="centre -/+ one standard deviation"),
-        Line2D([], [], linestyle="none", marker="D", markerfacecolor="white",
-               markeredgecolor="black", label="weighted mean"),
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="D",
+            markerfacecolor="white",
+            markeredgecolor="black",
+            label="weighted mean",
+        ),
         Line2D([], [], color="grey", linestyle="--", label="mean of all customers"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=4 if ncols > 1 else 2,
-               frameon=False, fontsize="small")
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=4 if ncols > 1 else 2,
+        frameon=False,
+        fontsize="small",
+    )
     fig.suptitle("Segment profiles in original units")
     return fig
 
 
 # --------------------------------------------------------------------------- feature densities
-def feature_density_figure(x_model: np.ndarray, *, weights: np.ndarray,
-                           component_means: np.ndarray, component_variances: np.ndarray,
-                           scaler_mean: float, scaler_scale: float, segment_ids: Sequence[int],
-                           name: str, unit: str, transform: str, bins: int = 60) -> Figure:
+def feature_density_figure(
+    x_model: np.ndarray,
+    *,
+    weights: np.ndarray,
+    component_means: np.ndarray,
+    component_variances: np.ndarray,
+    scaler_mean: float,
+    scaler_scale: float,
+    segment_ids: Sequence[int],
+    name: str,
+    unit: str,
+    transform: str,
+    bins: int = 60,
+) -> Figure:
     """One feature's histogram with the mixture's marginal density and the weighted components.
 
     Everything is drawn in the transformed space before standardisation
@@ -533,7 +693,7 @@ def feature_density_figure(x_model: np.ndarray, *, weights: np.ndarray,
     # Never past the values the feature takes: no density at negative days or below zero spend.
     grid = np.linspace(max(low - pad, float(values.min())), min(high + pad, float(values.max())), 500)
     z = (grid[None, :] - mu[:, None]) / sd[:, None]
-    component = weights[:, None] * np.exp(-0.5 * z ** 2) / (sd[:, None] * math.sqrt(2.0 * math.pi))
+    component = weights[:, None] * np.exp(-0.5 * z**2) / (sd[:, None] * math.sqrt(2.0 * math.pi))
 
     fig = Figure(figsize=(8.5, 5.0), layout="constrained")
     ax = fig.add_subplot()
@@ -543,16 +703,22 @@ def feature_density_figure(x_model: np.ndarray, *, weights: np.ndarray,
     ax.stairs(density, edges, fill=True, color="#c9d3df", label=histogram_label)
     order = sorted(range(len(segment_ids)), key=lambda c: segment_ids[c])
     for c in order:
-        ax.plot(grid, component[c], color=colors[segment_ids[c]], linewidth=1.6,
-                label=f"segment {segment_ids[c]} (weight {weights[c]:.2f})")
+        ax.plot(
+            grid,
+            component[c],
+            color=colors[segment_ids[c]],
+            linewidth=1.6,
+            label=f"segment {segment_ids[c]} (weight {weights[c]:.2f})",
+        )
     ax.plot(grid, component.sum(axis=0), color="black", linewidth=2.2, label="mixture density")
     ax.set_xlim(grid[0], grid[-1])
     ax.set_ylim(0, None)
     axis_label = feature_axis_label(name, unit, transform)
     ax.set_xlabel(axis_label)
     ax.set_ylabel(f"density [1 / unit of {'log(1 + x)' if transform == 'log1p' else 'x'}]")
-    ax.set_title(f"{_short(name)}: histogram with the fitted mixture density\n"
-                 f"and each segment's weighted density")
+    ax.set_title(
+        f"{_short(name)}: histogram with the fitted mixture density\nand each segment's weighted density"
+    )
     ax.legend(loc="best", fontsize="small", framealpha=0.85)
     ax.grid(alpha=0.3)
     if transform == "log1p":

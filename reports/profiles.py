@@ -49,18 +49,26 @@ class SegmentProfiles:
     overall_mean: np.ndarray
 
 
-def to_original_units(X_model: np.ndarray, scaler_mean: np.ndarray, scaler_scale: np.ndarray,
-                      transforms: Sequence[str]) -> np.ndarray:
+def to_original_units(
+    X_model: np.ndarray, scaler_mean: np.ndarray, scaler_scale: np.ndarray, transforms: Sequence[str]
+) -> np.ndarray:
     """Model space back to original units: undo the standardisation, then each feature's transform."""
     transformed = np.asarray(X_model, dtype=np.float64) * scaler_scale + scaler_mean
     log1p = np.array([t == "log1p" for t in transforms], dtype=bool)
     return np.where(log1p, np.expm1(transformed), transformed)
 
 
-def segment_profiles(X_original: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
-                     means: np.ndarray, covariances: np.ndarray, scaler_mean: np.ndarray,
-                     scaler_scale: np.ndarray, transforms: Sequence[str],
-                     segment_ids: Sequence[int]) -> SegmentProfiles:
+def segment_profiles(
+    X_original: np.ndarray,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    means: np.ndarray,
+    covariances: np.ndarray,
+    scaler_mean: np.ndarray,
+    scaler_scale: np.ndarray,
+    transforms: Sequence[str],
+    segment_ids: Sequence[int],
+) -> SegmentProfiles:
     """Every segment's size and profile (module docstring for the definitions).
 
     Parameters

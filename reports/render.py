@@ -38,14 +38,28 @@ pre.what-changed { background: #f6f8fa; padding: 0.8em; white-space: pre-wrap; }
 def figure_files(n_features: int, *, drift: bool = False) -> list[str]:
     """Names of the PNG files a report with ``n_features`` features contains, in page order
     (``migration.png`` first when the report compares with a previous run)."""
-    return ((["migration.png"] if drift else [])
-            + ["criteria.png", "sizes.png", "profiles.png", "segments.png", "membership.png",
-               "log_likelihood.png"]
-            + [f"feature_{j + 1:02d}.png" for j in range(n_features)])
+    return (
+        (["migration.png"] if drift else [])
+        + [
+            "criteria.png",
+            "sizes.png",
+            "profiles.png",
+            "segments.png",
+            "membership.png",
+            "log_likelihood.png",
+        ]
+        + [f"feature_{j + 1:02d}.png" for j in range(n_features)]
+    )
 
 
-def render_report(data: ReportData, out_dir: str | os.PathLike[str], *, dpi: int = 110,
-                  max_points: int = 4000, seed: int = 0) -> pathlib.Path:
+def render_report(
+    data: ReportData,
+    out_dir: str | os.PathLike[str],
+    *,
+    dpi: int = 110,
+    max_points: int = 4000,
+    seed: int = 0,
+) -> pathlib.Path:
     """Write every figure as PNG plus index.html into out_dir (created if missing).
 
     Parameters
@@ -68,20 +82,44 @@ def render_report(data: ReportData, out_dir: str | os.PathLike[str], *, dpi: int
         raise TypeError(f"render_report: data must be a ReportData, got {type(data).__name__}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    profiles = segment_profiles(data.X_original, data.probabilities, data.labels, data.means, data.covariances,
-                                data.scaler_mean, data.scaler_scale, data.feature_transforms, data.segment_ids)
+    profiles = segment_profiles(
+        data.X_original,
+        data.probabilities,
+        data.labels,
+        data.means,
+        data.covariances,
+        data.scaler_mean,
+        data.scaler_scale,
+        data.feature_transforms,
+        data.segment_ids,
+    )
     names = figure_files(data.n_features, drift=data.drift is not None)
-    builders: list[Callable[[], Figure]] = [] if data.drift is None else [
-        lambda: drift_figures.migration_figure(
-            data.drift["migration"], data.drift["previous_segment_ids"], data.segment_ids,
-            previous_run_id=data.drift["previous_run_id"])]
+    builders: list[Callable[[], Figure]] = (
+        []
+        if data.drift is None
+        else [
+            lambda: drift_figures.migration_figure(
+                data.drift["migration"],
+                data.drift["previous_segment_ids"],
+                data.segment_ids,
+                previous_run_id=data.drift["previous_run_id"],
+            )
+        ]
+    )
     builders += [
         lambda: figures.criteria_figure(data.selection, data.criterion),
         lambda: figures.sizes_figure(profiles.counts, data.segment_ids),
         lambda: figures.profiles_figure(profiles, data.feature_names, data.feature_units),
-        lambda: figures.segments_figure(data.X_model, data.means, data.covariances, data.labels,
-                                        data.segment_ids, data.feature_names,
-                                        max_points=max_points, seed=seed),
+        lambda: figures.segments_figure(
+            data.X_model,
+            data.means,
+            data.covariances,
+            data.labels,
+            data.segment_ids,
+            data.feature_names,
+            max_points=max_points,
+            seed=seed,
+        ),
         lambda: figures.membership_figure(data.max_probability, data.labels, data.segment_ids),
         lambda: figures.log_likelihood_figure(data.lower_bounds),
     ] + [_feature_builder(data, j) for j in range(data.n_features)]
@@ -95,11 +133,17 @@ def render_report(data: ReportData, out_dir: str | os.PathLike[str], *, dpi: int
 def _feature_builder(data: ReportData, j: int) -> Callable[[], Figure]:
     values = data.X_model[:, j]
     return lambda: figures.feature_density_figure(
-        values[~np.isnan(values)], weights=data.weights, component_means=data.means[:, j],
-        component_variances=data.covariances[:, j, j], scaler_mean=float(data.scaler_mean[j]),
-        scaler_scale=float(data.scaler_scale[j]), segment_ids=data.segment_ids,
-        name=data.feature_names[j], unit=data.feature_units[j],
-        transform=data.feature_transforms[j])
+        values[~np.isnan(values)],
+        weights=data.weights,
+        component_means=data.means[:, j],
+        component_variances=data.covariances[:, j, j],
+        scaler_mean=float(data.scaler_mean[j]),
+        scaler_scale=float(data.scaler_scale[j]),
+        segment_ids=data.segment_ids,
+        name=data.feature_names[j],
+        unit=data.feature_units[j],
+        transform=data.feature_transforms[j],
+    )
 
 
 def _save(fig: Figure, path: pathlib.Path, dpi: int) -> None:
@@ -137,16 +181,21 @@ def _profile_table(data: ReportData, profiles: SegmentProfiles) -> dict[str, Any
     order = sorted(range(data.n_segments), key=lambda c: data.segment_ids[c])
     header = ["segment", "customers", "share of customers"] + [
         f"{name} [{unit}] centre (weighted mean)" if unit else f"{name} centre (weighted mean)"
-        for name, unit in zip(data.feature_names, data.feature_units)]
+        for name, unit in zip(data.feature_names, data.feature_units)
+    ]
     rows = []
     for c in order:
-        rows.append([str(data.segment_ids[c]), f"{int(profiles.counts[c]):,}",
-                     f"{profiles.shares[c]:.1%}"]
-                    + [f"{_fmt(profiles.centre[c, j], 2)} ({_fmt(profiles.mean[c, j], 2)})"
-                       for j in range(data.n_features)])
-    rows.append(["all", f"{int(profiles.counts.sum()):,}", "100.0%"]
-                + [_fmt(profiles.overall_mean[j], 2) + " (mean)"
-                   for j in range(data.n_features)])
+        rows.append(
+            [str(data.segment_ids[c]), f"{int(profiles.counts[c]):,}", f"{profiles.shares[c]:.1%}"]
+            + [
+                f"{_fmt(profiles.centre[c, j], 2)} ({_fmt(profiles.mean[c, j], 2)})"
+                for j in range(data.n_features)
+            ]
+        )
+    rows.append(
+        ["all", f"{int(profiles.counts.sum()):,}", "100.0%"]
+        + [_fmt(profiles.overall_mean[j], 2) + " (mean)" for j in range(data.n_features)]
+    )
     return {"header": header, "rows": rows}
 
 
@@ -157,14 +206,22 @@ def _selection_table(data: ReportData) -> dict[str, Any]:
 
     def place(row: dict[str, Any]) -> tuple[int, str, int]:
         cov = str(row.get("covariance_type"))
-        return (known.index(cov) if cov in known else len(known), cov,
-                int(row.get("n_components", 0)))
+        return (known.index(cov) if cov in known else len(known), cov, int(row.get("n_components", 0)))
 
     for r in sorted(data.selection or [], key=place):
-        rows.append([str(r.get("n_components", "")), str(r.get("covariance_type", "")),
-                     str(r.get("origin") or "grid"), str(r.get("status", "")), str(r.get("reason", "") or ""),
-                     _fmt(r.get("bic")), _fmt(r.get("aic")), _fmt(r.get("icl")),
-                     "yes" if r.get("selected") else ""])
+        rows.append(
+            [
+                str(r.get("n_components", "")),
+                str(r.get("covariance_type", "")),
+                str(r.get("origin") or "grid"),
+                str(r.get("status", "")),
+                str(r.get("reason", "") or ""),
+                _fmt(r.get("bic")),
+                _fmt(r.get("aic")),
+                _fmt(r.get("icl")),
+                "yes" if r.get("selected") else "",
+            ]
+        )
         chosen.append(bool(r.get("selected")))
     return {"header": header, "rows": rows, "chosen": chosen}
 
@@ -175,13 +232,22 @@ def _drift_context(drift: dict[str, Any], src: str) -> dict[str, Any]:
         "previous_run_id": run,
         "flags": list(drift["flags"]),
         "what_changed": drift["what_changed"],
-        "figure": _figure(src, f"Customers moving between segments since run {run}",
-                          f"Customers in both runs, from their segment in run {run} (rows) to their "
-                          f"segment now (columns); colour is the share of the row, outlined cells "
-                          f"keep their segment id."),
-        "transitions": [[t["kind"], ", ".join(map(str, t["from_ids"])) or "–",
-                         ", ".join(map(str, t["to_ids"])) or "–", f"{t['share']:.1%}"]
-                        for t in drift["transitions"]],
+        "figure": _figure(
+            src,
+            f"Customers moving between segments since run {run}",
+            f"Customers in both runs, from their segment in run {run} (rows) to their "
+            f"segment now (columns); colour is the share of the row, outlined cells "
+            f"keep their segment id.",
+        ),
+        "transitions": [
+            [
+                t["kind"],
+                ", ".join(map(str, t["from_ids"])) or "–",
+                ", ".join(map(str, t["to_ids"])) or "–",
+                f"{t['share']:.1%}",
+            ]
+            for t in drift["transitions"]
+        ],
     }
 
 
@@ -193,10 +259,17 @@ def _page(data: ReportData, profiles: SegmentProfiles, names: list[str]) -> str:
     for j, name in enumerate(data.feature_names):
         unit = data.feature_units[j]
         shown = f"log(1 + {name})" if data.feature_transforms[j] == "log1p" else name
-        features.append({"name": name, "figure": _figure(
-            files[6 + j], f"Histogram and mixture density of {name}",
-            f"{shown} [{unit}]: histogram of all customers with the mixture's "
-            f"density (black) and each segment's weighted density.")})
+        features.append(
+            {
+                "name": name,
+                "figure": _figure(
+                    files[6 + j],
+                    f"Histogram and mixture density of {name}",
+                    f"{shown} [{unit}]: histogram of all customers with the mixture's "
+                    f"density (black) and each segment's weighted density.",
+                ),
+            }
+        )
     return _TEMPLATES.get_template("report.html.j2").render(
         css=_CSS,
         title=data.title,
@@ -211,24 +284,43 @@ def _page(data: ReportData, profiles: SegmentProfiles, names: list[str]) -> str:
         profile=_profile_table(data, profiles),
         features=features,
         figures={
-            "criteria": _figure(files[0], "Information criteria versus number of segments",
-                                f"BIC, AIC and ICL for every candidate (lower is better); the star marks "
-                                f"the model chosen by {criterion}; candidates set aside as degenerate or "
-                                f"failed are listed under the figure, not drawn."),
-            "sizes": _figure(files[1], "Segment sizes", "Customers given each segment and their share "
-                             "of all customers (the segments table's customer_count)."),
-            "profiles": _figure(files[2], "Segment profiles", "Every feature per segment in original "
-                                "units: the segment's centre (bar) with one model standard deviation "
-                                "either side, and the membership-weighted mean (diamond), as in the "
-                                "segment_profiles view."),
-            "segments": _figure(files[3], "Segments in two dimensions",
-                                "Customers coloured by assigned segment with each segment's 1- and "
-                                "2-sigma covariance ellipse, in standardised model space."),
-            "membership": _figure(files[4], "Membership probabilities",
-                                  "Probability of each customer's assigned segment; low values mean the "
-                                  "customer sits between segments."),
-            "log_likelihood": _figure(files[5], "Log-likelihood per EM iteration",
-                                      "Mean log-likelihood per customer after each EM iteration of the "
-                                      "chosen model."),
+            "criteria": _figure(
+                files[0],
+                "Information criteria versus number of segments",
+                f"BIC, AIC and ICL for every candidate (lower is better); the star marks "
+                f"the model chosen by {criterion}; candidates set aside as degenerate or "
+                f"failed are listed under the figure, not drawn.",
+            ),
+            "sizes": _figure(
+                files[1],
+                "Segment sizes",
+                "Customers given each segment and their share "
+                "of all customers (the segments table's customer_count).",
+            ),
+            "profiles": _figure(
+                files[2],
+                "Segment profiles",
+                "Every feature per segment in original "
+                "units: the segment's centre (bar) with one model standard deviation "
+                "either side, and the membership-weighted mean (diamond), as in the "
+                "segment_profiles view.",
+            ),
+            "segments": _figure(
+                files[3],
+                "Segments in two dimensions",
+                "Customers coloured by assigned segment with each segment's 1- and "
+                "2-sigma covariance ellipse, in standardised model space.",
+            ),
+            "membership": _figure(
+                files[4],
+                "Membership probabilities",
+                "Probability of each customer's assigned segment; low values mean the "
+                "customer sits between segments.",
+            ),
+            "log_likelihood": _figure(
+                files[5],
+                "Log-likelihood per EM iteration",
+                "Mean log-likelihood per customer after each EM iteration of the chosen model.",
+            ),
         },
     )

@@ -108,8 +108,17 @@ class ReportData:
         put("choice_note", str(self.choice_note))
         if self.drift is not None:
             put("drift", _normalise_drift(self.drift))
-        for name in ("scaler_mean", "scaler_scale", "X_original", "X_model", "weights", "means",
-                     "covariances", "max_probability", "probabilities"):
+        for name in (
+            "scaler_mean",
+            "scaler_scale",
+            "X_original",
+            "X_model",
+            "weights",
+            "means",
+            "covariances",
+            "max_probability",
+            "probabilities",
+        ):
             put(name, np.asarray(getattr(self, name), dtype=np.float64))
         labels = np.asarray(self.labels)
         if labels.size and not np.issubdtype(labels.dtype, np.integer):
@@ -144,8 +153,14 @@ class ReportData:
         if self.criterion not in CRITERIA:
             fail("criterion", f"{self.criterion!r} is not one of {CRITERIA}")
         shapes = {
-            "scaler_mean": (d,), "scaler_scale": (d,), "X_model": (n, d), "weights": (k,),
-            "means": (k, d), "covariances": (k, d, d), "labels": (n,), "max_probability": (n,),
+            "scaler_mean": (d,),
+            "scaler_scale": (d,),
+            "X_model": (n, d),
+            "weights": (k,),
+            "means": (k, d),
+            "covariances": (k, d, d),
+            "labels": (n,),
+            "max_probability": (n,),
             "probabilities": (n, k),
         }
         if self.X_original.ndim != 2 or self.X_original.shape[1] != d:
@@ -156,8 +171,15 @@ class ReportData:
             got = getattr(self, name).shape
             if got != shape:
                 fail(name, f"expected shape {shape}, got {got}")
-        for name in ("scaler_mean", "scaler_scale", "weights", "means",
-                     "covariances", "max_probability", "probabilities"):
+        for name in (
+            "scaler_mean",
+            "scaler_scale",
+            "weights",
+            "means",
+            "covariances",
+            "max_probability",
+            "probabilities",
+        ):
             if not np.all(np.isfinite(getattr(self, name))):
                 fail(name, "contains NaN or infinite values")
         # NaN in the features is a blank value (customer tables), in the same places in both.
@@ -198,6 +220,7 @@ _DRIFT_KEYS = ("previous_run_id", "migration", "what_changed", "flags")
 
 def _normalise_drift(drift: Any) -> dict[str, Any]:
     """A checked copy of ReportData.drift with plain types (ints, strs, lists)."""
+
     def fail(rule: str) -> None:
         raise ValueError(f"ReportData.drift: {rule}")
 
@@ -223,8 +246,14 @@ def _normalise_drift(drift: Any) -> dict[str, Any]:
     transitions = []
     for i, row in enumerate(drift.get("transitions") or []):
         try:
-            transitions.append({"kind": str(row["kind"]), "from_ids": [int(v) for v in row["from_ids"]],
-                                "to_ids": [int(v) for v in row["to_ids"]], "share": float(row["share"])})
+            transitions.append(
+                {
+                    "kind": str(row["kind"]),
+                    "from_ids": [int(v) for v in row["from_ids"]],
+                    "to_ids": [int(v) for v in row["to_ids"]],
+                    "share": float(row["share"]),
+                }
+            )
         except (KeyError, TypeError, ValueError):
             fail(f"transitions row {i + 1} needs kind, from_ids, to_ids and share")
     return {

@@ -25,8 +25,14 @@ COVARIANCE_STYLES = {
     "VEV": {"color": "#b15928", "marker": "d"},
     "EVV": {"color": "#33a02c", "marker": "8"},
 }
-COVARIANCE_STYLES.update({"VVV": COVARIANCE_STYLES["full"], "EEE": COVARIANCE_STYLES["tied"],
-                          "VVI": COVARIANCE_STYLES["diag"], "VII": COVARIANCE_STYLES["spherical"]})
+COVARIANCE_STYLES.update(
+    {
+        "VVV": COVARIANCE_STYLES["full"],
+        "EEE": COVARIANCE_STYLES["tied"],
+        "VVI": COVARIANCE_STYLES["diag"],
+        "VII": COVARIANCE_STYLES["spherical"],
+    }
+)
 _FALLBACK_STYLE = {"color": "#666666", "marker": "v"}
 
 

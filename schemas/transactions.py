@@ -61,7 +61,9 @@ class Transactions(pa.DataFrameModel):
         strict = "filter"
 
 
-def line_amount_rejects(valid: pd.DataFrame, source: str, source_columns: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def line_amount_rejects(
+    valid: pd.DataFrame, source: str, source_columns: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Lines whose amount, quantity x unit price, is larger than the magnitude rule allows.
 
     Each factor may pass on its own (1e12 x 1e12 is 1e24): the amount is what a customer's spend

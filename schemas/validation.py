@@ -75,10 +75,14 @@ def reject_reasons(rejects: pd.DataFrame, top: int = 3) -> list[str]:
         where = "whole row" if column == WHOLE_ROW else f"{column!r}"
         value = "" if pd.isna(example["value"]) else f", {str(example['value'])[:40]!r}"
         n = int(counts.loc[(rule, column)])
-        lines.append(f"{rule} on {where}: {n:,} row{'s' if n != 1 else ''} "
-                     f"(e.g. row {int(example['row_number'])}{value})")
+        lines.append(
+            f"{rule} on {where}: {n:,} row{'s' if n != 1 else ''} "
+            f"(e.g. row {int(example['row_number'])}{value})"
+        )
     if len(counts) > top:
-        lines.append(f"{len(counts) - top} more rule{'s' if len(counts) - top != 1 else ''} (table rejected_rows)")
+        lines.append(
+            f"{len(counts) - top} more rule{'s' if len(counts) - top != 1 else ''} (table rejected_rows)"
+        )
     return lines
 
 
@@ -172,7 +176,9 @@ def _row_rejects(
             "column_name": [source_columns.get(c, c) for c in row_cases["column"]],
             "rule": row_cases["check"].astype(str).to_numpy(),
             # object dtype keeps None for a missing value (a str column would turn it into NaN)
-            "value": pd.Series([_as_text(v) for v in row_cases["failure_case"]], dtype=object, index=row_cases.index),
+            "value": pd.Series(
+                [_as_text(v) for v in row_cases["failure_case"]], dtype=object, index=row_cases.index
+            ),
         },
         columns=REJECT_COLUMNS,
     )

@@ -83,4 +83,7 @@ def assert_em_ascends(gm, X, rel: float = 1e-10) -> None:
     assume((gm.weights_ * len(X)).min() > X.shape[1] + 1)
     lb = np.asarray(gm.lower_bounds_)
     assert np.all(np.isfinite(lb))
-    assert np.all(np.diff(lb) >= -rel * np.maximum(1.0, np.abs(lb[:-1]))), (gm.covariance_type, np.diff(lb).min())
+    assert np.all(np.diff(lb) >= -rel * np.maximum(1.0, np.abs(lb[:-1]))), (
+        gm.covariance_type,
+        np.diff(lb).min(),
+    )

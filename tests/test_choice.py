@@ -20,21 +20,25 @@ def counts_table(n: int = 1200, seed: int = 0) -> pd.DataFrame:
     visits = 1 + rng.poisson(5.0, n)
     visits[: n // 2] = 1
     spend = np.round(np.exp(rng.normal(4.0, 0.8, n)) * (1 + (visits > 1)), 2)
-    return pd.DataFrame({"customer_id": [f"c{i:05d}" for i in range(n)], "visits": visits.astype(float),
-                         "spend": spend})
+    return pd.DataFrame(
+        {"customer_id": [f"c{i:05d}" for i in range(n)], "visits": visits.astype(float), "spend": spend}
+    )
 
 
 def settings_for(**model):
-    return load_settings(overrides={
-        "input": {"path": "customers.csv", "kind": "customers"},
-        "features": {"columns": ["visits", "spend"], "transforms": {"visits": "log1p", "spend": "log1p"}},
-        "model": {"n_init": 2, "k_max": 5, **model},
-    })
+    return load_settings(
+        overrides={
+            "input": {"path": "customers.csv", "kind": "customers"},
+            "features": {"columns": ["visits", "spend"], "transforms": {"visits": "log1p", "spend": "log1p"}},
+            "model": {"n_init": 2, "k_max": 5, **model},
+        }
+    )
 
 
 def matrix(table: pd.DataFrame, resolution: bool = True):
-    return build_feature_matrix(table, ["visits", "spend"], ["visits", "EUR"], ["log1p", "log1p"],
-                                resolution=resolution)
+    return build_feature_matrix(
+        table, ["visits", "spend"], ["visits", "EUR"], ["log1p", "log1p"], resolution=resolution
+    )
 
 
 # --------------------------------------------------------------------------- resolution
@@ -46,7 +50,9 @@ def test_resolution_of_a_count_is_its_spacing_at_the_spike_in_model_units():
     assert features.spike_value[0] == 1.0 and features.spike_share[0] == pytest.approx(0.5, abs=0.01)
     assert features.resolution[0] == pytest.approx((np.log(3.0) - np.log(2.0)) / scale, rel=1e-12)
     # Spend has no value that 1% of the customers share: continuous.
-    assert features.resolution[1] == 0.0 and np.isnan(features.spike_value[1]) and features.spike_share[1] == 0.0
+    assert (
+        features.resolution[1] == 0.0 and np.isnan(features.spike_value[1]) and features.spike_share[1] == 0.0
+    )
 
 
 def test_continuous_features_and_small_spikes_have_no_resolution():
@@ -95,7 +101,9 @@ def four_groups(n_per: int = 120, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     X = np.vstack([c + rng.standard_normal((n_per, 2)) for c in centres])
-    return pd.DataFrame({"customer_id": [f"g{i:04d}" for i in range(len(X))], "visits": X[:, 0], "spend": X[:, 1]})
+    return pd.DataFrame(
+        {"customer_id": [f"g{i:04d}" for i in range(len(X))], "visits": X[:, 0], "spend": X[:, 1]}
+    )
 
 
 def plain_matrix(table: pd.DataFrame):
@@ -120,7 +128,9 @@ def test_a_choice_still_at_the_limit_is_a_drift_flag():
     features = plain_matrix(four_groups())
     selection = stages.select_segments(features, settings)
     choice = stages.choose(selection, features, None, settings)
-    segments, drift = continuity.track(stages.fit_segments(choice.model, features), features, None, settings, choice)
+    segments, drift = continuity.track(
+        stages.fit_segments(choice.model, features), features, None, settings, choice
+    )
     assert any("edge of the grid even at its limit, k = 4" in flag for flag in drift.flags)
     assert "edge of the grid" in drift.summary()
 
@@ -140,7 +150,9 @@ def test_covariance_prior_auto_follows_the_data():
     assert stages.covariance_prior(settings, matrix(counts_table())) == "data"
     assert stages.covariance_prior(settings, plain_matrix(four_groups())) is None
     assert stages.covariance_prior(settings_for(covariance_prior="none"), matrix(counts_table())) is None
-    assert stages.covariance_prior(settings_for(covariance_prior="data"), plain_matrix(four_groups())) == "data"
+    assert (
+        stages.covariance_prior(settings_for(covariance_prior="data"), plain_matrix(four_groups())) == "data"
+    )
 
 
 # --------------------------------------------------------------------------- the switch margin
@@ -209,10 +221,19 @@ def stuck_five(features) -> PreviousStructure:
     groups, the two top groups each split in two. EM from its parameters stays there."""
     from gmm_engine import GaussianMixture
 
-    centres = (np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]]) - features.scaler.mean) / features.scaler.scale
+    centres = (
+        np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]]) - features.scaler.mean
+    ) / features.scaler.scale
     nudge = np.array([0.05, 0.0])
-    means = np.array([centres[:2].mean(axis=0), centres[2] - nudge, centres[2] + nudge,
-                      centres[3] - nudge, centres[3] + nudge])
+    means = np.array(
+        [
+            centres[:2].mean(axis=0),
+            centres[2] - nudge,
+            centres[2] + nudge,
+            centres[3] - nudge,
+            centres[3] + nudge,
+        ]
+    )
     return previous_of(features, GaussianMixture(5, means_init=means, random_state=0).fit(features.X_model))
 
 
@@ -235,7 +256,10 @@ def test_the_previous_structure_is_judged_by_its_best_fit_not_by_a_stuck_refit()
     assert choice.decision == "refreshed" and choice.previous_value == pytest.approx(grid_five)
     assert choice.chosen["origin"] == "grid" and choice.chosen["n_components"] == 5
     assert choice.model.n_components == 5 and sum(r["selected"] for r in choice.table) == 1
-    assert "fitted afresh (BIC " in choice.note and "better than the refit from run 1's parameters by" in choice.note
+    assert (
+        "fitted afresh (BIC " in choice.note
+        and "better than the refit from run 1's parameters by" in choice.note
+    )
 
 
 def test_a_fresh_fit_of_the_same_structure_that_beats_the_refit_is_a_refresh():

@@ -45,17 +45,23 @@ def test_a_bad_value_is_named_where_it_came_from(tmp_path, capsys):
 
     config = tmp_path / "retail.toml"
     config.write_text("[model]\nn_init = 3\n")
-    with pytest.raises(ConfigError, match=r"^command line: model\.n_init: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        ConfigError, match=r"^command line: model\.n_init: Input should be greater than or equal to 1"
+    ):
         load_settings(config, {"model": {"n_init": 0}}, overrides_source="command line")
     config.write_text("[model]\nn_init = 0\n")
     with pytest.raises(ConfigError, match=rf"^{config}: model\.n_init"):
         load_settings(config, {"model": {"seed": 1}}, overrides_source="command line")
     # A rule across keys blames the options when the file alone is fine.
     config.write_text("[model]\nk_min = 2\n")
-    with pytest.raises(ConfigError, match=r"^flow parameters: model: k_max \(1\) is smaller than k_min \(2\)"):
+    with pytest.raises(
+        ConfigError, match=r"^flow parameters: model: k_max \(1\) is smaller than k_min \(2\)"
+    ):
         load_settings(config, {"model": {"k_max": 1}}, overrides_source="flow parameters")
     config.write_text("[model]\nn_init = 3\n")
-    assert main(["run", "--config", str(config), "--n-init", "0", "--database", str(tmp_path / "x.duckdb")]) == 2
+    assert (
+        main(["run", "--config", str(config), "--n-init", "0", "--database", str(tmp_path / "x.duckdb")]) == 2
+    )
     assert capsys.readouterr().err.startswith("segment: error: command line: model.n_init: Input should be")
 
 
@@ -66,7 +72,11 @@ def test_one_feature_s_transform_or_unit_leaves_the_others_defaults(tmp_path):
 
     defaults = load_settings().features
     assert defaults.transforms == {"recency_days": "none", "frequency": "log1p", "monetary": "log1p"}
-    assert defaults.units == {"recency_days": "days", "frequency": "invoices", "monetary": "GBP"}  # the sample's
+    assert defaults.units == {
+        "recency_days": "days",
+        "frequency": "invoices",
+        "monetary": "GBP",
+    }  # the sample's
 
     # The file sets one transform and one unit: the others keep their defaults.
     config = tmp_path / "one.toml"
@@ -76,8 +86,21 @@ def test_one_feature_s_transform_or_unit_leaves_the_others_defaults(tmp_path):
     assert from_file.units == {"recency_days": "days", "frequency": "invoices", "monetary": "EUR"}
 
     # The command line sets another: merged over the file, not instead of it.
-    args = build_parser().parse_args(["run", "--config", str(config), "--transform", "frequency=none",
-                                      "--unit", "monetary=USD", "--unit", "frequency=", "--purchase", "line"])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--config",
+            str(config),
+            "--transform",
+            "frequency=none",
+            "--unit",
+            "monetary=USD",
+            "--unit",
+            "frequency=",
+            "--purchase",
+            "line",
+        ]
+    )
     settings = RunParameters.given(flow_parameters(args)).settings("command line")
     assert settings.features.transforms == {"recency_days": "none", "frequency": "none", "monetary": "none"}
     assert settings.features.units == {"recency_days": "days", "frequency": "", "monetary": "USD"}

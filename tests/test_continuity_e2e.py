@@ -29,9 +29,18 @@ def run(tmp_path: Path, frame: pd.DataFrame, seed: int, config: Path | None = No
     csv = tmp_path / f"customers_{seed}.csv"
     frame.to_csv(csv, index=False)
     return segment_customers(
-        config_path=str(config) if config else None, input_path=str(csv), input_kind="customers",
-        columns={"customer_id": "id"}, features=["a", "b"], k_min=2, k_max=5, covariance_types=["full"],
-        n_init=2, seed=seed, database=str(tmp_path / "segments.duckdb"), reports_dir=str(tmp_path / "reports"),
+        config_path=str(config) if config else None,
+        input_path=str(csv),
+        input_kind="customers",
+        columns={"customer_id": "id"},
+        features=["a", "b"],
+        k_min=2,
+        k_max=5,
+        covariance_types=["full"],
+        n_init=2,
+        seed=seed,
+        database=str(tmp_path / "segments.duckdb"),
+        reports_dir=str(tmp_path / "reports"),
         trigger="test",
     )
 
@@ -55,7 +64,9 @@ def test_ids_names_migration_and_history_across_runs(prefect_harness, tmp_path):
 
     # The same customers, shuffled, refitted with another seed: EM numbers components anew, ids stay.
     second = run(tmp_path, base.sample(frac=1.0, random_state=7), seed=2)
-    assert second["previous_run_id"] == 1 and second["new_segments"] == [] and second["retired_segments"] == []
+    assert (
+        second["previous_run_id"] == 1 and second["new_segments"] == [] and second["retired_segments"] == []
+    )
     after = query(db, "SELECT customer_id, segment_id FROM assignments WHERE run_id = 2")
     joined = before.merge(after, on="customer_id", suffixes=("_1", "_2"))
     assert (joined.segment_id_1 == joined.segment_id_2).mean() > 0.99
@@ -64,7 +75,7 @@ def test_ids_names_migration_and_history_across_runs(prefect_harness, tmp_path):
     # The README's query 12: the migration as a matrix of integers, 0 where nobody moved.
     examples = (Path(__file__).resolve().parent.parent / "flows" / "sql" / "examples.sql").read_text()
     start = examples.index("PIVOT", examples.index("-- 12."))
-    pivot = query(db, examples[start:examples.index(";", start)])
+    pivot = query(db, examples[start : examples.index(";", start)])
     counts = pivot.drop(columns="from_segment")
     assert all(str(t).startswith("int") for t in counts.dtypes), counts.dtypes
     assert int(counts.to_numpy().sum()) == 750 and (counts.to_numpy() >= 0).all()
@@ -84,10 +95,16 @@ def test_ids_names_migration_and_history_across_runs(prefect_harness, tmp_path):
     assert sorted(kinds.query("kind == 'survived'").to_segments.map(lambda t: t[0])) == [1, 2, 3]
     assert any("k changed 3 -> 4" in flag for flag in third["drift_flags"])
 
-    history = query(db, "SELECT run_id, segment_id, name, customer_count FROM segment_history WHERE feature_index = 1")
+    history = query(
+        db, "SELECT run_id, segment_id, name, customer_count FROM segment_history WHERE feature_index = 1"
+    )
     assert sorted(history.run_id.unique()) == [1, 2, 3]
     assert set(history.query("segment_id == 2").name) == {"Loyal big spenders"}
-    assert history.groupby("run_id").segment_id.apply(sorted).to_dict() == {1: [1, 2, 3], 2: [1, 2, 3], 3: [1, 2, 3, 4]}
+    assert history.groupby("run_id").segment_id.apply(sorted).to_dict() == {
+        1: [1, 2, 3],
+        2: [1, 2, 3],
+        3: [1, 2, 3, 4],
+    }
 
     report = Path(third["report"])
     html = report.read_text()
@@ -110,13 +127,19 @@ def test_structure_is_kept_unless_a_fresh_choice_is_clearly_better(prefect_harne
     assert second["decision"] == "kept" and second["n_components"] == 3
     assert "Kept run 1's 3 full, refitted" in second["decision_note"]
     assert second["moved_share"] < 0.01
-    row = query(db, "SELECT decision, fresh_value, previous_value, bic, k_max_tried FROM runs WHERE run_id = 2")
+    row = query(
+        db, "SELECT decision, fresh_value, previous_value, bic, k_max_tried FROM runs WHERE run_id = 2"
+    )
     assert row.decision[0] == "kept" and row.bic[0] == pytest.approx(row.previous_value[0])
     assert row.previous_value[0] - row.fresh_value[0] <= 10.0  # within the margin
-    kept = query(db, "SELECT n_components, covariance_type, origin, selected FROM model_candidates "
-                     "WHERE run_id = 2 AND selected")
-    assert kept.to_dict("records") == [{"n_components": 3, "covariance_type": "full", "origin": "previous",
-                                        "selected": True}]
+    kept = query(
+        db,
+        "SELECT n_components, covariance_type, origin, selected FROM model_candidates "
+        "WHERE run_id = 2 AND selected",
+    )
+    assert kept.to_dict("records") == [
+        {"n_components": 3, "covariance_type": "full", "origin": "previous", "selected": True}
+    ]
 
     # A fourth, well-separated segment: the fresh 4 beats the refitted 3 by far more than 10.
     grown = pd.concat([base, customers(200, 4, seed=6).query("a > 10.5 and b > 10.5")], ignore_index=True)
@@ -129,8 +152,16 @@ def test_structure_is_kept_unless_a_fresh_choice_is_clearly_better(prefect_harne
     csv = tmp_path / "grown.csv"
     grown.to_csv(csv, index=False)
     common = dict(
-        config_path=str(config), input_path=str(csv), input_kind="customers", columns={"customer_id": "id"},
-        features=["a", "b"], k_min=2, n_init=1, seed=7, database=str(db), reports_dir=str(tmp_path / "reports"),
+        config_path=str(config),
+        input_path=str(csv),
+        input_kind="customers",
+        columns={"customer_id": "id"},
+        features=["a", "b"],
+        k_min=2,
+        n_init=1,
+        seed=7,
+        database=str(db),
+        reports_dir=str(tmp_path / "reports"),
         trigger="test",
     )
     fourth = segment_customers(**common, k_max=5, covariance_types=["full"], fresh=True)
@@ -139,16 +170,25 @@ def test_structure_is_kept_unless_a_fresh_choice_is_clearly_better(prefect_harne
 
     # The previous model (full) is outside a diag-only grid: chosen afresh, said why.
     fifth = segment_customers(**common, k_max=4, covariance_types=["diag"])
-    assert fifth["decision"] == "previous_unusable" and "outside this run's settings" in fifth["decision_note"]
+    assert (
+        fifth["decision"] == "previous_unusable" and "outside this run's settings" in fifth["decision_note"]
+    )
     assert fifth["previous_run_id"] == 4 and fifth["moved_share"] is not None
     assert query(db, "SELECT DISTINCT run_id FROM assignments").run_id.tolist() == [5]
-    assert query(db, "SELECT run_id FROM runs WHERE pruned_at IS NOT NULL ORDER BY 1").run_id.tolist() == [1, 2, 3, 4]
+    assert query(db, "SELECT run_id FROM runs WHERE pruned_at IS NOT NULL ORDER BY 1").run_id.tolist() == [
+        1,
+        2,
+        3,
+        4,
+    ]
     assert query(db, "SELECT count(DISTINCT run_id) AS n FROM segment_history").n[0] == 5
     html = Path(fifth["report"]).read_text()
     assert "outside this run&#x27;s settings" in html
 
 
-def test_customers_change_segment_only_when_the_model_clearly_places_them_elsewhere(prefect_harness, tmp_path):
+def test_customers_change_segment_only_when_the_model_clearly_places_them_elsewhere(
+    prefect_harness, tmp_path
+):
     """tracking.hold_odds: a customer near a border keeps last run's segment; the tables say so."""
     db = tmp_path / "segments.duckdb"
     rng = np.random.default_rng(11)
@@ -163,9 +203,19 @@ def test_customers_change_segment_only_when_the_model_clearly_places_them_elsewh
         config = tmp_path / f"hold_{hold_odds}.toml"
         config.write_text(f"[tracking]\nhold_odds = {hold_odds}\n")
         return segment_customers(
-            config_path=str(config), input_path=str(csv), input_kind="customers", columns={"customer_id": "id"},
-            features=["a", "b"], k_min=2, k_max=2, covariance_types=["full"], n_init=2, seed=seed,
-            database=str(database), reports_dir=str(tmp_path / "reports"), trigger="test",
+            config_path=str(config),
+            input_path=str(csv),
+            input_kind="customers",
+            columns={"customer_id": "id"},
+            features=["a", "b"],
+            k_min=2,
+            k_max=2,
+            covariance_types=["full"],
+            n_init=2,
+            seed=seed,
+            database=str(database),
+            reports_dir=str(tmp_path / "reports"),
+            trigger="test",
         )
 
     nudged = frame.assign(a=frame.a + rng.normal(0.0, 0.3, n), b=frame.b + rng.normal(0.0, 0.3, n))
@@ -178,17 +228,25 @@ def test_customers_change_segment_only_when_the_model_clearly_places_them_elsewh
     assert plain["held_customers"] is None and held["held_customers"] > 0
     assert held["moved_share"] < plain["moved_share"]
 
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT a.customer_id, a.segment_id, a.held, a.probability, list_max(a.probabilities) AS best,
                a.probabilities[b.segment_id] AS p_before, b.segment_id AS before
         FROM current_assignments a JOIN assignments b ON b.run_id = 1 AND b.customer_id = a.customer_id
-    """)
+    """,
+    )
     assert rows.held.sum() == held["held_customers"]
-    assert query(db, "SELECT held_customers FROM runs WHERE run_id = 2").held_customers[0] == held["held_customers"]
+    assert (
+        query(db, "SELECT held_customers FROM runs WHERE run_id = 2").held_customers[0]
+        == held["held_customers"]
+    )
     kept = rows[rows.held]
     assert (kept.segment_id == kept.before).all() and (kept.probability < kept.best).all()
     assert (kept.best <= 10.0 * kept.probability + 1e-12).all()
     moved = rows[rows.segment_id != rows.before]
     assert (moved.best > 10.0 * moved.p_before).all() and (moved.probability == moved.best).all()
-    assert f"{held['held_customers']:,} customers kept their segment" in query(
-        db, "SELECT what_changed FROM latest_run").what_changed[0]
+    assert (
+        f"{held['held_customers']:,} customers kept their segment"
+        in query(db, "SELECT what_changed FROM latest_run").what_changed[0]
+    )

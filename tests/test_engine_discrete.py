@@ -61,8 +61,14 @@ def test_regularised_objective_never_decreases(X, cov_type, k, resolution, prior
     if resolution is None and prior is None:
         resolution = 1.0  # the unregularised case can collapse; test_engine_properties covers it
     gm = GaussianMixture(
-        k, covariance_type=cov_type, reg_covar=0.0, resolution=resolution, covariance_prior=prior,
-        tol=0.0, max_iter=40, random_state=0,
+        k,
+        covariance_type=cov_type,
+        reg_covar=0.0,
+        resolution=resolution,
+        covariance_prior=prior,
+        tol=0.0,
+        max_iter=40,
+        random_state=0,
     )
     quiet_fit(gm, X)
     bounds = np.array(gm.lower_bounds_)
@@ -73,8 +79,12 @@ def test_regularised_objective_never_decreases(X, cov_type, k, resolution, prior
 @pytest.mark.parametrize("cov_type", TYPES)
 def test_no_component_is_narrower_than_the_rounding_cell(cov_type):
     X = spiky_counts()
-    gm = quiet_fit(GaussianMixture(4, covariance_type=cov_type, reg_covar=0.0, resolution=[1.0, 1.0],
-                                   random_state=0, max_iter=300), X)
+    gm = quiet_fit(
+        GaussianMixture(
+            4, covariance_type=cov_type, reg_covar=0.0, resolution=[1.0, 1.0], random_state=0, max_iter=300
+        ),
+        X,
+    )
     k, d = gm.means_.shape
     full = COVARIANCE_MODELS[cov_type].full_covariances(gm.covariances_, k, d)
     variances = np.diagonal(full, axis1=1, axis2=2)
@@ -114,8 +124,12 @@ def test_scores_are_the_cell_averaged_log_density(cov_type):
         P = np.linalg.inv(full[j])
         diff = X - gm.means_[j]
         _, logdet = np.linalg.slogdet(full[j])
-        log_terms[:, j] = (np.log(gm.weights_[j]) - 0.5 * (d * np.log(2 * np.pi) + logdet)
-                           - 0.5 * np.einsum("ni,ij,nj->n", diff, P, diff) - 0.5 * np.trace(P @ R))
+        log_terms[:, j] = (
+            np.log(gm.weights_[j])
+            - 0.5 * (d * np.log(2 * np.pi) + logdet)
+            - 0.5 * np.einsum("ni,ij,nj->n", diff, P, diff)
+            - 0.5 * np.trace(P @ R)
+        )
     expected = np.logaddexp.reduce(log_terms, axis=1)
     np.testing.assert_allclose(gm.score_samples(X), expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(gm.predict_proba(X), np.exp(log_terms - expected[:, None]), atol=1e-9)
@@ -156,8 +170,13 @@ def test_prior_keeps_a_small_point_mass_from_collapsing(cov_type):
     """Eight identical customers: maximum likelihood collapses onto them, the prior does not."""
     rng = np.random.default_rng(5)
     X = np.vstack([rng.standard_normal((300, 2)), np.full((8, 2), 6.0)])
-    start = {"means_init": np.array([[0.0, 0.0], [6.0, 6.0]]), "weights_init": np.array([0.97, 0.03]),
-             "reg_covar": 1e-9, "random_state": 0, "covariance_type": cov_type}
+    start = {
+        "means_init": np.array([[0.0, 0.0], [6.0, 6.0]]),
+        "weights_init": np.array([0.97, 0.03]),
+        "reg_covar": 1e-9,
+        "random_state": 0,
+        "covariance_type": cov_type,
+    }
     ml = quiet_fit(GaussianMixture(2, **start), X)
     assert smallest_variance_near(ml, 6.0) < 1e-6
     gm = quiet_fit(GaussianMixture(2, covariance_prior="data", **start), X)
@@ -184,7 +203,10 @@ def test_bad_resolution_and_prior_are_named():
         GaussianMixture(2, resolution=[1.0, -1.0]).fit(X)
     with pytest.raises(ValueError, match="reg_covar must be a number or have shape"):
         GaussianMixture(2, reg_covar=[1e-6]).fit(X)
-    with pytest.raises(ValueError, match="'covariance_prior' parameter of GaussianMixture must be a str among {'data'} or None"):
+    with pytest.raises(
+        ValueError,
+        match="'covariance_prior' parameter of GaussianMixture must be a str among {'data'} or None",
+    ):
         GaussianMixture(2, covariance_prior="mclust").fit(X)
     with pytest.raises(ValueError, match="degrees_of_freedom_prior"):
         GaussianMixture(2, covariance_prior="data", degrees_of_freedom_prior=-1.0).fit(X)
@@ -228,8 +250,15 @@ def test_an_interior_choice_is_not_extended():
 def test_progress_counts_the_extension_fits():
     X = blobs(4)
     calls = []
-    select_model(X, range(1, 3), ["full"], n_init=1, random_state=0, k_limit=8,
-                 progress=lambda done, total: calls.append((done, total)))
+    select_model(
+        X,
+        range(1, 3),
+        ["full"],
+        n_init=1,
+        random_state=0,
+        k_limit=8,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert [c[0] for c in calls] == list(range(1, len(calls) + 1))
     assert calls[-1][0] == calls[-1][1] == 5  # k = 1..5: best 4 is interior
 
@@ -248,8 +277,16 @@ def test_selection_with_resolution_and_prior_sets_nothing_aside_on_a_count_spike
     X = spiky_counts(800, seed=2)
     plain = select_model(X, range(1, 6), TYPES, n_init=2, random_state=0)
     assert any(r["status"] != "ok" for r in plain.table)
-    result = select_model(X, range(1, 6), TYPES, n_init=2, random_state=0, resolution=[1.0, 1.0],
-                          covariance_prior="data", k_limit=10)
+    result = select_model(
+        X,
+        range(1, 6),
+        TYPES,
+        n_init=2,
+        random_state=0,
+        resolution=[1.0, 1.0],
+        covariance_prior="data",
+        k_limit=10,
+    )
     assert all(r["status"] == "ok" for r in result.table)
     gm = result.best
     on_spike = np.abs(gm.means_[:, 0] - 1.0) < 0.05

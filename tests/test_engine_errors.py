@@ -53,7 +53,9 @@ def test_non_finite_X_is_rejected_in_fit(X, bad):
     assert re.search(r"nan|inf|finite", str(info.value), re.IGNORECASE)
 
 
-@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score", "bic", "aic", "icl"])
+@pytest.mark.parametrize(
+    "method", ["predict", "predict_proba", "score_samples", "score", "bic", "aic", "icl"]
+)
 def test_non_finite_X_is_rejected_after_fit(fitted, X, method):
     Xb = X.copy()
     Xb[3, 0] = np.nan
@@ -217,9 +219,13 @@ def fit_or_clear_error(gm: GaussianMixture, X, **kw):
         except ValueError as exc:
             message = str(exc)
             assert len(message) > 20, message
-            assert re.search(r"component|covariance|collaps|singular|reg_covar|degenerate", message, re.I), message
+            assert re.search(r"component|covariance|collaps|singular|reg_covar|degenerate", message, re.I), (
+                message
+            )
             return None
-    invalid = [w for w in caught if issubclass(w.category, RuntimeWarning) and "invalid value" in str(w.message)]
+    invalid = [
+        w for w in caught if issubclass(w.category, RuntimeWarning) and "invalid value" in str(w.message)
+    ]
     assert not invalid, [str(w.message) for w in invalid]
     for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
         value = np.asarray(getattr(gm, name))

@@ -23,23 +23,70 @@ from gmm_engine.covariance import MCLUST_MODELS
 from test_selection import load_faithful
 
 #: mclust's nVarParams(model, d = 4, G = 3).
-MCLUST_VAR_PARAMS = {"EII": 1, "VII": 3, "EEI": 4, "VEI": 6, "EVI": 10, "VVI": 12, "EEE": 10, "VEE": 12,
-                     "EVE": 16, "VVE": 18, "EEV": 22, "VEV": 24, "EVV": 28, "VVV": 30}
+MCLUST_VAR_PARAMS = {
+    "EII": 1,
+    "VII": 3,
+    "EEI": 4,
+    "VEI": 6,
+    "EVI": 10,
+    "VVI": 12,
+    "EEE": 10,
+    "VEE": 12,
+    "EVE": 16,
+    "VVE": 18,
+    "EEV": 22,
+    "VEV": 24,
+    "EVV": 28,
+    "VVV": 30,
+}
 #: mclust's BIC (its sign: higher is better) with 2 components.
 MCLUST_BIC_FAITHFUL_2 = {
-    "EII": -3452.998, "VII": -3458.305, "EEI": -2354.601, "VEI": -2350.607, "EVI": -2352.618,
-    "VVI": -2346.065, "EEE": -2325.220, "VEE": -2322.972, "EVE": -2324.273, "VVE": -2320.433,
-    "EEV": -2329.115, "VEV": -2325.416, "EVV": -2327.598, "VVV": -2322.192,
+    "EII": -3452.998,
+    "VII": -3458.305,
+    "EEI": -2354.601,
+    "VEI": -2350.607,
+    "EVI": -2352.618,
+    "VVI": -2346.065,
+    "EEE": -2325.220,
+    "VEE": -2322.972,
+    "EVE": -2324.273,
+    "VVE": -2320.433,
+    "EEV": -2329.115,
+    "VEV": -2325.416,
+    "EVV": -2327.598,
+    "VVV": -2322.192,
 }
 MCLUST_BIC_IRIS_2 = {
-    "EII": -1123.412, "VII": -1012.235, "EEI": -1042.968, "VEI": -956.282, "EVI": -1007.308,
-    "VVI": -857.551, "EEE": -688.097, "VEE": -656.327, "EVE": -657.226, "VVE": -605.184,
-    "EEV": -644.600, "VEV": -561.728, "EVV": -658.331, "VVV": -574.018,
+    "EII": -1123.412,
+    "VII": -1012.235,
+    "EEI": -1042.968,
+    "VEI": -956.282,
+    "EVI": -1007.308,
+    "VVI": -857.551,
+    "EEE": -688.097,
+    "VEE": -656.327,
+    "EVE": -657.226,
+    "VVE": -605.184,
+    "EEV": -644.600,
+    "VEV": -561.728,
+    "EVV": -658.331,
+    "VVV": -574.018,
 }
 MCLUST_BIC_IRIS_3 = {
-    "EII": -878.765, "VII": -853.814, "EEI": -813.050, "VEI": -779.157, "EVI": -797.834,
-    "VVI": -744.638, "EEE": -632.965, "VEE": -605.398, "EVE": -666.549, "VVE": -636.426,
-    "EEV": -644.781, "VEV": -562.552, "EVV": -656.036, "VVV": -580.840,
+    "EII": -878.765,
+    "VII": -853.814,
+    "EEI": -813.050,
+    "VEI": -779.157,
+    "EVI": -797.834,
+    "VVI": -744.638,
+    "EEE": -632.965,
+    "VEE": -605.398,
+    "EVE": -666.549,
+    "VVE": -636.426,
+    "EEV": -644.781,
+    "VEV": -562.552,
+    "EVV": -656.036,
+    "VVV": -580.840,
 }
 
 
@@ -53,8 +100,9 @@ def best_bic(X: np.ndarray, model: str, k: int, n_init: int = 10) -> tuple[float
     """mclust's sign: -bic; the best of ``n_init`` starts, EM run to a tight tolerance."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gm = GaussianMixture(k, covariance_type=model, reg_covar=0.0, tol=1e-9, max_iter=1000,
-                             n_init=n_init, random_state=0).fit(X)
+        gm = GaussianMixture(
+            k, covariance_type=model, reg_covar=0.0, tol=1e-9, max_iter=1000, n_init=n_init, random_state=0
+        ).fit(X)
     return -gm.bic(X), gm
 
 
@@ -107,7 +155,9 @@ def test_fitted_covariances_have_the_models_structure():
                     np.testing.assert_allclose(a @ b, b @ a, atol=1e-8 * np.abs(a @ b).max(), err_msg=model)
 
 
-@pytest.mark.parametrize("alias, name", [("VVV", "full"), ("EEE", "tied"), ("VVI", "diag"), ("VII", "spherical")])
+@pytest.mark.parametrize(
+    "alias, name", [("VVV", "full"), ("EEE", "tied"), ("VVI", "diag"), ("VII", "spherical")]
+)
 def test_mclust_names_of_scikit_learns_four_are_the_same_models(alias, name):
     X = load_faithful()
     a = GaussianMixture(3, covariance_type=alias, random_state=0).fit(X)
@@ -117,8 +167,13 @@ def test_mclust_names_of_scikit_learns_four_are_the_same_models(alias, name):
 
 
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31 - 1), model=st.sampled_from(MCLUST_MODELS), k=st.integers(1, 3),
-       d=st.integers(2, 3), extra=st.sampled_from(["none", "resolution", "missing"]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    model=st.sampled_from(MCLUST_MODELS),
+    k=st.integers(1, 3),
+    d=st.integers(2, 3),
+    extra=st.sampled_from(["none", "resolution", "missing"]),
+)
 def test_em_never_decreases_the_objective_for_every_model(seed, model, k, d, extra):
     """Each model's M-step maximises (or, iterated, increases) the expected complete-data
     objective, so EM ascends, also with a resolution and with missing values."""
@@ -132,14 +187,22 @@ def test_em_never_decreases_the_objective_for_every_model(seed, model, k, d, ext
         X[rng.random(X.shape) < 0.1] = np.nan
         X[np.isnan(X).all(axis=1), 0] = 0.0
         kwargs["missing"] = "marginalize"
-    gm = GaussianMixture(k, covariance_type=model, reg_covar=0.0, tol=1e-10, max_iter=60,
-                         random_state=seed, **kwargs)
+    gm = GaussianMixture(
+        k, covariance_type=model, reg_covar=0.0, tol=1e-10, max_iter=60, random_state=seed, **kwargs
+    )
     assert_em_ascends(gm, X, rel=1e-9)
 
 
 def test_selection_over_all_fourteen_chooses_mclusts_model_for_old_faithful():
-    result = select_model(load_faithful(), n_components=range(1, 5), covariance_types=MCLUST_MODELS,
-                          n_init=5, random_state=0, reg_covar=0.0, tol=1e-6)
+    result = select_model(
+        load_faithful(),
+        n_components=range(1, 5),
+        covariance_types=MCLUST_MODELS,
+        n_init=5,
+        random_state=0,
+        reg_covar=0.0,
+        tol=1e-6,
+    )
     assert (result.best.n_components, result.best.covariance_type) == (3, "EEE")
     assert len(result.table) == 4 * 14
 
@@ -152,8 +215,15 @@ def test_the_conjugate_prior_gives_map_em_for_every_model(model):
     X = np.vstack([rng.normal(0, 1, (200, 2)), np.tile([4.0, 4.0], (30, 1))])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gm = GaussianMixture(2, covariance_type=model, covariance_prior="data", reg_covar=0.0, tol=1e-10,
-                             max_iter=200, random_state=0).fit(X)
+        gm = GaussianMixture(
+            2,
+            covariance_type=model,
+            covariance_prior="data",
+            reg_covar=0.0,
+            tol=1e-10,
+            max_iter=200,
+            random_state=0,
+        ).fit(X)
     lb = np.asarray(gm.lower_bounds_)
     assert np.all(np.diff(lb) >= -1e-9 * np.abs(lb[:-1]))
     S = full_covariances(gm.covariances_, model, 2, 2)

@@ -34,8 +34,12 @@ def two_blobs(n: int, d: int = 3, seed: int = 0) -> np.ndarray:
     a = rng.normal(size=(d, d))
     cov = a @ a.T / d + 0.5 * np.eye(d)
     half = n // 2
-    return np.vstack([rng.multivariate_normal(np.zeros(d), cov, half),
-                      rng.multivariate_normal(np.full(d, 5.0), 0.5 * cov + 0.2 * np.eye(d), n - half)])
+    return np.vstack(
+        [
+            rng.multivariate_normal(np.zeros(d), cov, half),
+            rng.multivariate_normal(np.full(d, 5.0), 0.5 * cov + 0.2 * np.eye(d), n - half),
+        ]
+    )
 
 
 def delete_at_random(X: np.ndarray, share: float, seed: int = 1) -> np.ndarray:
@@ -71,11 +75,20 @@ def test_scores_of_incomplete_rows_are_the_marginal_mixture_density(cov_type):
     X = delete_at_random(two_blobs(300, d=4), 0.25)
     gm = fit(GaussianMixture(3, covariance_type=cov_type, random_state=0, missing="marginalize"), X)
     covs = full_covariances(gm.covariances_, cov_type, 3, 4)
-    expected = np.array([
-        np.log(sum(w * multivariate_normal(m[~np.isnan(x)], S[np.ix_(~np.isnan(x), ~np.isnan(x))]).pdf(x[~np.isnan(x)])
-                   for w, m, S in zip(gm.weights_, gm.means_, covs)))
-        for x in X
-    ])
+    expected = np.array(
+        [
+            np.log(
+                sum(
+                    w
+                    * multivariate_normal(m[~np.isnan(x)], S[np.ix_(~np.isnan(x), ~np.isnan(x))]).pdf(
+                        x[~np.isnan(x)]
+                    )
+                    for w, m, S in zip(gm.weights_, gm.means_, covs)
+                )
+            )
+            for x in X
+        ]
+    )
     np.testing.assert_allclose(gm.score_samples(X), expected, rtol=1e-10, atol=1e-10)
     proba = gm.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
@@ -84,17 +97,30 @@ def test_scores_of_incomplete_rows_are_the_marginal_mixture_density(cov_type):
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31 - 1), d=st.integers(2, 4), k=st.integers(1, 3),
-       share=st.sampled_from([0.05, 0.2, 0.45]), cov_type=st.sampled_from(COV_TYPES),
-       resolution=st.sampled_from([None, 0.25]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    d=st.integers(2, 4),
+    k=st.integers(1, 3),
+    share=st.sampled_from([0.05, 0.2, 0.45]),
+    cov_type=st.sampled_from(COV_TYPES),
+    resolution=st.sampled_from([None, 0.25]),
+)
 def test_em_never_decreases_the_observed_data_objective(seed, d, k, share, cov_type, resolution):
     """At reg_covar=0 each iteration's bound (observed-data log-likelihood, cell-averaged with a
     resolution) is >= the last one's, for every covariance type and missingness pattern."""
     X = delete_at_random(two_blobs(160, d=d, seed=seed), share, seed=seed + 1)
     if resolution is not None:
         X = np.round(X / resolution) * resolution
-    gm = GaussianMixture(k, covariance_type=cov_type, reg_covar=0.0, tol=1e-10, max_iter=40,
-                         random_state=seed, missing="marginalize", resolution=resolution)
+    gm = GaussianMixture(
+        k,
+        covariance_type=cov_type,
+        reg_covar=0.0,
+        tol=1e-10,
+        max_iter=40,
+        random_state=seed,
+        missing="marginalize",
+        resolution=resolution,
+    )
     assert_em_ascends(gm, X)
 
 
@@ -106,11 +132,17 @@ def test_parameters_approach_the_complete_data_fit_as_n_grows():
         X = two_blobs(n, seed=3)
         start = dict(means_init=np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0]]), weights_init=[0.5, 0.5])
         complete = fit(GaussianMixture(2, random_state=0, max_iter=300, tol=1e-8, **start), X)
-        holed = fit(GaussianMixture(2, random_state=0, max_iter=300, tol=1e-8, missing="marginalize", **start),
-                    delete_at_random(X, 0.15, seed=4))
-        gaps.append(max(np.abs(holed.means_ - complete.means_).max(),
-                        np.abs(holed.covariances_ - complete.covariances_).max(),
-                        np.abs(holed.weights_ - complete.weights_).max()))
+        holed = fit(
+            GaussianMixture(2, random_state=0, max_iter=300, tol=1e-8, missing="marginalize", **start),
+            delete_at_random(X, 0.15, seed=4),
+        )
+        gaps.append(
+            max(
+                np.abs(holed.means_ - complete.means_).max(),
+                np.abs(holed.covariances_ - complete.covariances_).max(),
+                np.abs(holed.weights_ - complete.weights_).max(),
+            )
+        )
     assert gaps[1] < gaps[0]
     assert gaps[1] < 0.05, gaps
 
@@ -119,12 +151,22 @@ def test_parameters_approach_the_complete_data_fit_as_n_grows():
 def test_integer_weights_equal_repeated_rows_with_missing_values(cov_type):
     X = delete_at_random(two_blobs(120), 0.2)
     w = np.random.default_rng(2).integers(1, 4, size=len(X))
-    precisions = {"full": np.stack([np.eye(3)] * 2), "tied": np.eye(3), "diag": np.ones((2, 3)),
-                  "spherical": np.ones(2)}[cov_type]
+    precisions = {
+        "full": np.stack([np.eye(3)] * 2),
+        "tied": np.eye(3),
+        "diag": np.ones((2, 3)),
+        "spherical": np.ones(2),
+    }[cov_type]
     # Every initial parameter given: no random choice can differ between the two fits.
-    start = dict(means_init=np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0]]), weights_init=[0.5, 0.5],
-                 precisions_init=precisions, max_iter=15, tol=0.0, covariance_type=cov_type,
-                 missing="marginalize")
+    start = dict(
+        means_init=np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0]]),
+        weights_init=[0.5, 0.5],
+        precisions_init=precisions,
+        max_iter=15,
+        tol=0.0,
+        covariance_type=cov_type,
+        missing="marginalize",
+    )
     weighted = fit(GaussianMixture(2, **start), X, sample_weight=w.astype(float))
     repeated = fit(GaussianMixture(2, **start), np.repeat(X, w, axis=0))
     np.testing.assert_allclose(weighted.means_, repeated.means_, rtol=1e-9, atol=1e-10)
@@ -165,13 +207,22 @@ def test_select_model_segments_customers_with_gaps_like_complete_ones():
     X = two_blobs(1_000, seed=5)
     truth = np.repeat([0, 1], 500)
     holed = delete_at_random(X, 0.1, seed=6)
-    result = select_model(holed, n_components=range(1, 5), covariance_types=["full", "diag"],
-                          missing="marginalize", random_state=0)
+    result = select_model(
+        holed,
+        n_components=range(1, 5),
+        covariance_types=["full", "diag"],
+        missing="marginalize",
+        random_state=0,
+    )
     assert result.best.n_components == 2
     labels = result.best.predict(holed)
     agreement = max(np.mean(labels == truth), np.mean(labels != truth))
     incomplete = np.isnan(holed).any(axis=1)
     assert agreement > 0.97
-    assert max(np.mean(labels[incomplete] == truth[incomplete]),
-               np.mean(labels[incomplete] != truth[incomplete])) > 0.95
+    assert (
+        max(
+            np.mean(labels[incomplete] == truth[incomplete]), np.mean(labels[incomplete] != truth[incomplete])
+        )
+        > 0.95
+    )
     assert all(np.isfinite(row["bic"]) for row in result.table if row["status"] == "ok")

@@ -110,7 +110,11 @@ def explicit_init(X: np.ndarray, k: int, cov_type: str, seed: int = 0, means=Non
         "diag": np.tile(1.0 / var, (k, 1)),
         "spherical": np.full(k, 1.0 / var.mean()),
     }[cov_type]
-    return {"weights_init": np.full(k, 1.0 / k), "means_init": np.array(means, dtype=np.float64), "precisions_init": prec}
+    return {
+        "weights_init": np.full(k, 1.0 / k),
+        "means_init": np.array(means, dtype=np.float64),
+        "precisions_init": prec,
+    }
 
 
 def quiet_fit(gm: GaussianMixture, X, **kw) -> GaussianMixture:
@@ -154,7 +158,9 @@ def test_log_likelihood_never_decreases(X, cov_type, k):
 
 
 @PROPERTY_SETTINGS
-@given(X=datasets(), cov_type=st.sampled_from(COV_TYPES), k=st.integers(1, 3), tol=st.sampled_from([1e-2, 1e-4]))
+@given(
+    X=datasets(), cov_type=st.sampled_from(COV_TYPES), k=st.integers(1, 3), tol=st.sampled_from([1e-2, 1e-4])
+)
 def test_tol_is_the_change_of_the_mean_log_likelihood(X, cov_type, k, tol):
     """EM stops at the first iteration whose mean log-likelihood changed by less than tol."""
     gm = quiet_fit(GaussianMixture(k, covariance_type=cov_type, tol=tol, max_iter=500, random_state=0), X)
@@ -193,7 +199,9 @@ def test_fitted_model_is_a_valid_mixture(X, cov_type, k):
     if cov_type == "full":
         eye = np.broadcast_to(np.eye(d), (k, d, d))
         np.testing.assert_allclose(covs @ prec, eye, atol=1e-8)
-        np.testing.assert_allclose(chol @ np.swapaxes(chol, 1, 2), prec, rtol=1e-10, atol=1e-12 * np.abs(prec).max())
+        np.testing.assert_allclose(
+            chol @ np.swapaxes(chol, 1, 2), prec, rtol=1e-10, atol=1e-12 * np.abs(prec).max()
+        )
         np.testing.assert_allclose(chol, np.triu(chol))
     elif cov_type == "tied":
         np.testing.assert_allclose(gm.covariances_ @ prec, np.eye(d), atol=1e-8)
@@ -288,7 +296,9 @@ def test_sample_moments_match_the_model(cov_type):
         np.testing.assert_array_less(np.abs(emp - covs[j]), 6 * se_cov)
     # the pooled sample has the mixture's mean
     mix_mean = w @ gm.means_
-    mix_cov = sum(w[j] * (covs[j] + np.outer(gm.means_[j] - mix_mean, gm.means_[j] - mix_mean)) for j in range(3))
+    mix_cov = sum(
+        w[j] * (covs[j] + np.outer(gm.means_[j] - mix_mean, gm.means_[j] - mix_mean)) for j in range(3)
+    )
     np.testing.assert_array_less(np.abs(Xs.mean(axis=0) - mix_mean), 5 * np.sqrt(np.diag(mix_cov) / n))
 
 
@@ -377,7 +387,9 @@ def test_zero_weight_rows_are_ignored(cov_type):
     w = np.r_[np.ones(len(X)), np.zeros(len(outliers))]
     init = explicit_init(X, 3, cov_type, seed=4)
     a = quiet_fit(GaussianMixture(3, covariance_type=cov_type, tol=1e-8, max_iter=300, **init), X)
-    b = quiet_fit(GaussianMixture(3, covariance_type=cov_type, tol=1e-8, max_iter=300, **init), X_all, sample_weight=w)
+    b = quiet_fit(
+        GaussianMixture(3, covariance_type=cov_type, tol=1e-8, max_iter=300, **init), X_all, sample_weight=w
+    )
     assert_same_model(b, a, rtol=1e-8)
     assert b.bic(X_all, sample_weight=w) == pytest.approx(a.bic(X), rel=1e-10)
     assert b.score(X_all, sample_weight=w) == pytest.approx(a.score(X), rel=1e-10)

@@ -50,12 +50,11 @@ def test_check_estimator_passes_every_check_scikit_learn_runs_on_its_own():
 
 
 def test_grid_search_scores_by_mean_log_likelihood(X):
-    search = GridSearchCV(
-        GaussianMixture(random_state=0), {"n_components": [1, 2, 3]}, cv=3
-    ).fit(X)
+    search = GridSearchCV(GaussianMixture(random_state=0), {"n_components": [1, 2, 3]}, cv=3).fit(X)
     # Two well-separated blobs: two components beat one on held-out likelihood by a wide margin.
-    scores = dict(zip([p["n_components"] for p in search.cv_results_["params"]],
-                      search.cv_results_["mean_test_score"]))
+    scores = dict(
+        zip([p["n_components"] for p in search.cv_results_["params"]], search.cv_results_["mean_test_score"])
+    )
     assert scores[2] > scores[1] + 0.5
     assert search.best_params_["n_components"] in (2, 3)
     best = search.best_estimator_
@@ -71,8 +70,9 @@ def test_pipeline_equals_scaling_by_hand(X):
 
 
 def test_clone_copies_parameters_and_not_the_fit(X):
-    gm = GaussianMixture(3, covariance_type="diag", reg_covar=np.full(2, 1e-3), resolution=0.5,
-                         random_state=7).fit(X)
+    gm = GaussianMixture(
+        3, covariance_type="diag", reg_covar=np.full(2, 1e-3), resolution=0.5, random_state=7
+    ).fit(X)
     twin = clone(gm)
     assert twin.get_params()["n_components"] == 3
     assert twin.get_params()["resolution"] == 0.5
@@ -99,11 +99,12 @@ def test_pandas_input_records_and_checks_feature_names(X):
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_verbose_prints_scikit_learns_progress_lines(X, capsys):
-    GaussianMixture(2, n_init=2, verbose=2, verbose_interval=1, tol=0.0, max_iter=3,
-                    random_state=0).fit(X)
+    GaussianMixture(2, n_init=2, verbose=2, verbose_interval=1, tol=0.0, max_iter=3, random_state=0).fit(X)
     lines = capsys.readouterr().out.splitlines()
     assert [ln for ln in lines if ln.startswith("Initialization ") and ln[15:].isdigit()] == [
-        "Initialization 0", "Initialization 1"]
+        "Initialization 0",
+        "Initialization 1",
+    ]
     assert sum("Iteration" in ln and "ll change" in ln for ln in lines) == 6
     assert sum(ln.startswith("Initialization did not converge. lower bound") for ln in lines) == 2
     GaussianMixture(2, verbose=0, random_state=0).fit(X)
@@ -124,8 +125,16 @@ def test_unfitted_use_raises_scikit_learns_not_fitted_error(X):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("n_components", "3"), ("tol", -1.0), ("max_iter", 2.5), ("init_params", "ward"),
-     ("covariance_type", "VVX"), ("n_jobs", 0), ("random_state", "seed"), ("verbose_interval", 0)],
+    [
+        ("n_components", "3"),
+        ("tol", -1.0),
+        ("max_iter", 2.5),
+        ("init_params", "ward"),
+        ("covariance_type", "VVX"),
+        ("n_jobs", 0),
+        ("random_state", "seed"),
+        ("verbose_interval", 0),
+    ],
 )
 def test_one_rule_set_for_the_estimator_and_select_model(X, name, value):
     """The same bad value is refused by the same declarative rule in both entry points."""

@@ -32,8 +32,6 @@ TOL64 = (1e-6, 1e-8)
 TOL32 = (1e-4, 1e-6)
 
 
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _single_threaded_blas():
     # OpenBLAS threads spin on the tiny triangular solves of scikit-learn's M-step and make the

@@ -55,17 +55,25 @@ def imports_in(path: Path, root: Path) -> Iterator[tuple[int, str]]:
                 yield node.lineno, node.module or ""
                 continue
             if node.level - 1 > len(package) - 1:
-                raise AssertionError(f"{path.relative_to(root)}:{node.lineno}: relative import beyond the top level")
-            base = package[:len(package) - (node.level - 1)]
+                raise AssertionError(
+                    f"{path.relative_to(root)}:{node.lineno}: relative import beyond the top level"
+                )
+            base = package[: len(package) - (node.level - 1)]
             if node.module:
                 yield node.lineno, ".".join((*base, node.module))
             else:  # from . import a, b: the names are submodules (or attributes) of the base package
                 for alias in node.names:
                     yield node.lineno, ".".join((*base, alias.name))
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and ((isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
-                   or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__")))):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__"))
+            )
+        ):
             yield node.lineno, node.args[0].value
 
 
@@ -89,7 +97,7 @@ def violations(package: str, forbidden: tuple[str, ...], root: Path = ROOT) -> l
 def test_package_imports_follow_the_layering(package):
     forbidden, why = RULES[package]
     found = violations(package, forbidden)
-    assert not found, (f"{package} must not import {', '.join(forbidden)} ({why}):\n" + "\n".join(found))
+    assert not found, f"{package} must not import {', '.join(forbidden)} ({why}):\n" + "\n".join(found)
 
 
 def test_the_scan_sees_relative_and_function_level_imports():
@@ -116,7 +124,8 @@ def test_a_broken_rule_fails_naming_file_and_line(tmp_path):
         "def f():\n"
         "    import flows.pipeline\n"
         "    from reports import render\n"
-        "    return importlib.import_module('schemas.customers')\n")
+        "    return importlib.import_module('schemas.customers')\n"
+    )
     (pkg / "other.py").write_text("import os, duckdb\n")
     found = violations("tracking", RULES["tracking"][0], root=tmp_path)
     assert found == [
@@ -130,12 +139,18 @@ def test_a_broken_rule_fails_naming_file_and_line(tmp_path):
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "__init__.py").write_text("def f():\n    from . import figures\n")
     (tmp_path / "reports" / "figures.py").write_text("x = 1\n")
-    assert violations("reports", ("reports",), root=tmp_path) == ["reports/__init__.py:2: imports reports.figures"]
+    assert violations("reports", ("reports",), root=tmp_path) == [
+        "reports/__init__.py:2: imports reports.figures"
+    ]
 
 
 def test_a_relative_import_above_the_top_level_is_an_error(tmp_path):
     (tmp_path / "tracking" / "sub").mkdir(parents=True)
     (tmp_path / "tracking" / "__init__.py").write_text("")
-    (tmp_path / "tracking" / "sub" / "helper.py").write_text("class C:\n    def g(self):\n        from ... import flows\n")
-    with pytest.raises(AssertionError, match=r"tracking/sub/helper.py:3: relative import beyond the top level"):
+    (tmp_path / "tracking" / "sub" / "helper.py").write_text(
+        "class C:\n    def g(self):\n        from ... import flows\n"
+    )
+    with pytest.raises(
+        AssertionError, match=r"tracking/sub/helper.py:3: relative import beyond the top level"
+    ):
         violations("tracking", RULES["tracking"][0], root=tmp_path)

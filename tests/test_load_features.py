@@ -19,14 +19,26 @@ LOG = pd.DataFrame(
         "Cust No": ["17850.0", "17850.0", "17850.0", "", "42", "42", "77", "99"],
         "Inv": ["A1", "A1", "A2", "A3", "A4", "C5", "C6", "A7"],
         "At": [
-            "2011-01-01 09:00:00", "2011-01-01 09:00:00", "2011-01-05 12:00:00", "2011-01-06 10:00:00",
-            "2011-01-02 08:00:00", "2011-01-04 08:00:00", "2011-01-03 08:00:00", "2011-02-01 08:00:00",
+            "2011-01-01 09:00:00",
+            "2011-01-01 09:00:00",
+            "2011-01-05 12:00:00",
+            "2011-01-06 10:00:00",
+            "2011-01-02 08:00:00",
+            "2011-01-04 08:00:00",
+            "2011-01-03 08:00:00",
+            "2011-02-01 08:00:00",
         ],
         "Qty": [2, 1, 4, 10, 3, -3, -1, 1],
         "Price": [1.5, 3.0, 2.5, 1.0, 10.0, 10.0, 5.0, 1.0],
     }
 )
-COLUMNS = {"customer_id": "Cust No", "invoice_id": "Inv", "timestamp": "At", "quantity": "Qty", "unit_price": "Price"}
+COLUMNS = {
+    "customer_id": "Cust No",
+    "invoice_id": "Inv",
+    "timestamp": "At",
+    "quantity": "Qty",
+    "unit_price": "Price",
+}
 
 
 def settings_for(path, **input_extra):
@@ -47,8 +59,16 @@ def log_files(tmp_path):
 
 def test_defaults_segment_the_embedded_sample_and_overrides_win(tmp_path):
     s = load_settings()
-    assert s.input.path.endswith("data/online_retail.csv.gz") and s.input.columns["customer_id"] == "CustomerID"
-    assert (s.model.k_min, s.model.k_max, s.model.criterion, s.model.n_init, s.model.seed) == (1, 8, "bic", 3, 0)
+    assert (
+        s.input.path.endswith("data/online_retail.csv.gz") and s.input.columns["customer_id"] == "CustomerID"
+    )
+    assert (s.model.k_min, s.model.k_max, s.model.criterion, s.model.n_init, s.model.seed) == (
+        1,
+        8,
+        "bic",
+        3,
+        0,
+    )
     cfg = tmp_path / "c.toml"
     cfg.write_text('[input]\npath = "mine.csv"\n[model]\nk_max = 5\ncriterion = "aic"\n')
     s = load_settings(cfg, {"model": {"criterion": "icl"}})
@@ -78,9 +98,13 @@ def test_bad_configuration_fails_with_one_line_naming_the_key(tmp_path, text, me
 
 @pytest.mark.parametrize(
     "name, extra",
-    [("log.csv", {}), ("log.parquet", {}), ("shop.duckdb", {"table": 'sales.invoice lines'}),
-     ("shop.duckdb", {"query": 'SELECT * FROM sales."invoice lines" WHERE "Inv" <> \'A7\''}),
-     ("log.csv", {"query": 'SELECT * FROM input WHERE "Inv" <> \'A7\''})],
+    [
+        ("log.csv", {}),
+        ("log.parquet", {}),
+        ("shop.duckdb", {"table": "sales.invoice lines"}),
+        ("shop.duckdb", {"query": 'SELECT * FROM sales."invoice lines" WHERE "Inv" <> \'A7\''}),
+        ("log.csv", {"query": "SELECT * FROM input WHERE \"Inv\" <> 'A7'"}),
+    ],
 )
 def test_every_input_format_loads_with_mapped_columns(log_files, name, extra):
     loaded = load_input(settings_for(log_files / name, **extra).input, [])
@@ -105,7 +129,9 @@ def test_missing_file_and_column_give_clear_errors(log_files):
 
 
 def test_rfm_rules_on_a_hand_checked_log(log_files):
-    s = settings_for(log_files / "log.csv", )
+    s = settings_for(
+        log_files / "log.csv",
+    )
     loaded = load_input(s.input, [])
     outcome = validate_input(loaded, s)
     as_of = date(2011, 1, 10)
@@ -129,12 +155,20 @@ def test_rfm_rules_on_a_hand_checked_log(log_files):
 def test_a_log_without_invoice_ids_counts_purchase_days_or_lines(tmp_path):
     """rules.purchase: one purchase per (customer, day) by default, or per line; cancellations come
     from negative amounts."""
-    log = pd.DataFrame({
-        "customer": ["A", "A", "A", "B", "B", "C"],
-        "date": ["2024-01-02 09:00", "2024-01-02 17:30", "2024-01-05 10:00", "2024-01-03 10:00",
-                 "2024-01-04 10:00", "2024-01-06 10:00"],
-        "value": [10.0, 5.0, 7.5, 20.0, -20.0, 30.0],
-    })
+    log = pd.DataFrame(
+        {
+            "customer": ["A", "A", "A", "B", "B", "C"],
+            "date": [
+                "2024-01-02 09:00",
+                "2024-01-02 17:30",
+                "2024-01-05 10:00",
+                "2024-01-03 10:00",
+                "2024-01-04 10:00",
+                "2024-01-06 10:00",
+            ],
+            "value": [10.0, 5.0, 7.5, 20.0, -20.0, 30.0],
+        }
+    )
     csv = tmp_path / "purchases.csv"
     log.to_csv(csv, index=False)
     columns = {"customer_id": "customer", "timestamp": "date", "amount": "value"}
@@ -145,25 +179,39 @@ def test_a_log_without_invoice_ids_counts_purchase_days_or_lines(tmp_path):
         assert s.rules.purchase == (purchase or "day")  # recorded in runs.parameters as used
         assert s.unit_of("frequency") == {"day": "purchase days", "line": "purchases"}[s.rules.purchase]
         features = compute_features(validate_input(load_input(s.input, s.features.columns), s).valid, s)
-        table[s.rules.purchase] = pd.DataFrame(features.X_original, index=features.customer_ids,
-                                               columns=features.names).to_dict("index")
+        table[s.rules.purchase] = pd.DataFrame(
+            features.X_original, index=features.customer_ids, columns=features.names
+        ).to_dict("index")
     # A bought twice on 2 January and once on 5 January; B's only purchase was returned in full.
     assert table["day"]["A"] == {"recency_days": 5.0, "frequency": 2.0, "monetary": 22.5}
     assert table["line"]["A"] == {"recency_days": 5.0, "frequency": 3.0, "monetary": 22.5}
     assert table["day"]["B"] == table["line"]["B"] == {"recency_days": 7.0, "frequency": 1.0, "monetary": 0.0}
-    with pytest.raises(ConfigError, match=r"rules.purchase = 'invoice' needs input.columns to map 'invoice_id' "
-                                           r"\(--column invoice_id=YOUR_COLUMN\)"):
-        load_settings(overrides={"input": {"path": str(csv), "columns": columns}, "rules": {"purchase": "invoice"}})
+    with pytest.raises(
+        ConfigError,
+        match=r"rules.purchase = 'invoice' needs input.columns to map 'invoice_id' "
+        r"\(--column invoice_id=YOUR_COLUMN\)",
+    ):
+        load_settings(
+            overrides={"input": {"path": str(csv), "columns": columns}, "rules": {"purchase": "invoice"}}
+        )
 
 
 def test_an_invoice_log_can_count_days_instead(log_files):
-    s = load_settings(overrides={"input": {"path": str(log_files / "log.csv"), "columns": COLUMNS},
-                                 "rules": {"purchase": "day"}})
+    s = load_settings(
+        overrides={
+            "input": {"path": str(log_files / "log.csv"), "columns": COLUMNS},
+            "rules": {"purchase": "day"},
+        }
+    )
     valid = validate_input(load_input(s.input, []), s).valid
     table, counts = rfm_table(valid, date(2011, 1, 10), "C", purchase="day")
     rows = table.set_index("customer_id").to_dict("index")
     # 17850's invoices A1 and A2 fall on two days; C5 is still a cancellation by its prefix.
-    assert rows["17850"]["frequency"] == 2.0 and rows["42"] == {"recency_days": 8.0, "frequency": 1.0, "monetary": 0.0}
+    assert rows["17850"]["frequency"] == 2.0 and rows["42"] == {
+        "recency_days": 8.0,
+        "frequency": 1.0,
+        "monetary": 0.0,
+    }
     assert counts["cancellation_lines"] == 2
     with pytest.raises(ValueError, match="purchase must be"):
         rfm_table(valid, date(2011, 1, 10), "C", purchase="week")
@@ -174,7 +222,9 @@ def test_amount_column_instead_of_quantity_times_price(tmp_path):
     path = tmp_path / "amounts.csv"
     frame.to_csv(path, index=False)
     cols = {"customer_id": "Cust No", "invoice_id": "Inv", "timestamp": "At", "amount": "Total"}
-    s = load_settings(overrides={"input": {"path": str(path), "columns": cols}, "rules": {"as_of": "2011-01-10"}})
+    s = load_settings(
+        overrides={"input": {"path": str(path), "columns": cols}, "rules": {"as_of": "2011-01-10"}}
+    )
     features = compute_features(validate_input(load_input(s.input, []), s).valid, s)
     by_id = dict(zip(features.customer_ids, features.X_original[:, 2]))
     assert by_id == {"17850": 16.0, "42": 0.0}
@@ -182,7 +232,9 @@ def test_amount_column_instead_of_quantity_times_price(tmp_path):
 
 def test_scaler_parameters_reproduce_the_model_matrix():
     rng = np.random.default_rng(0)
-    X = np.column_stack([rng.integers(1, 300, 500), rng.integers(1, 20, 500), rng.lognormal(6, 1, 500)]).astype(float)
+    X = np.column_stack(
+        [rng.integers(1, 300, 500), rng.integers(1, 20, 500), rng.lognormal(6, 1, 500)]
+    ).astype(float)
     scaler = fit_scaler(X, ["none", "log1p", "log1p"])
     Z = scaler.transform(X)
     np.testing.assert_allclose(Z.mean(axis=0), 0, atol=1e-12)
@@ -201,7 +253,11 @@ def test_customer_table_features_and_reject_budget(tmp_path):
     frame.to_csv(path, index=False)
     over = {
         "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
-        "features": {"columns": ["spend", "visits"], "transforms": {"spend": "log1p"}, "units": {"spend": "EUR"}},
+        "features": {
+            "columns": ["spend", "visits"],
+            "transforms": {"spend": "log1p"},
+            "units": {"spend": "EUR"},
+        },
     }
     s = load_settings(overrides=dict(over, rules={"max_reject_share": 0.5}))
     outcome = validate_input(load_input(s.input, s.features.columns), s)
@@ -229,12 +285,20 @@ def test_an_input_query_can_read_its_input_and_nothing_else(tmp_path, fmt):
         with duckdb.connect(str(path)) as con:
             con.execute("CREATE TABLE c AS SELECT * FROM read_csv(?)", [str(csv)])
     source = "c" if fmt == "duckdb" else "input"
-    ok = InputSettings(path=str(path), kind="customers", query=f"SELECT * FROM {source} WHERE customer_id = 'b'",
-                       columns={"customer_id": "customer_id"})
+    ok = InputSettings(
+        path=str(path),
+        kind="customers",
+        query=f"SELECT * FROM {source} WHERE customer_id = 'b'",
+        columns={"customer_id": "customer_id"},
+    )
     assert len(load_input(ok, ["x"]).frame) == 1
     evil = tmp_path / "evil.csv"
-    bad = InputSettings(path=str(path), kind="customers", columns={"customer_id": "customer_id"},
-                        query=f"SELECT * FROM read_csv('{csv}') UNION ALL SELECT * FROM {source}")
+    bad = InputSettings(
+        path=str(path),
+        kind="customers",
+        columns={"customer_id": "customer_id"},
+        query=f"SELECT * FROM read_csv('{csv}') UNION ALL SELECT * FROM {source}",
+    )
     with pytest.raises(InputError, match="file system operations are disabled"):
         load_input(bad, ["x"])
     assert not evil.exists()
@@ -256,12 +320,14 @@ def test_blank_features_are_kept_as_missing_up_to_the_cap(tmp_path):
     """features.missing = "model": a blank value is NaN in the features (left out of the scaler and
     of the spike), a customer with more than max_missing_share blank is rejected; "reject" per
     feature rejects that feature's blanks as before."""
-    frame = pd.DataFrame({
-        "id": ["a", "b", "c", "d", "e", "f"],
-        "spend": [10.0, None, 30.0, None, 50.0, 60.0],
-        "visits": [1.0, 2.0, None, None, 5.0, 5.0],
-        "tenure": [3.0, 4.0, 5.0, 6.0, None, 8.0],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d", "e", "f"],
+            "spend": [10.0, None, 30.0, None, 50.0, 60.0],
+            "visits": [1.0, 2.0, None, None, 5.0, 5.0],
+            "tenure": [3.0, 4.0, 5.0, 6.0, None, 8.0],
+        }
+    )
     path = tmp_path / "customers.csv"
     frame.to_csv(path, index=False)
     over = {
@@ -274,17 +340,24 @@ def test_blank_features_are_kept_as_missing_up_to_the_cap(tmp_path):
     outcome = validate_input(load_input(s.input, s.features.columns), s)
     # d: 2 of 3 blank (more than half) is rejected as a whole row; one blank is kept.
     assert outcome.rejects[["row_number", "column_name", "rule", "value"]].values.tolist() == [
-        [4, "(row)", "too_many_missing", "2 of 3 blank: spend, visits"]]
+        [4, "(row)", "too_many_missing", "2 of 3 blank: spend, visits"]
+    ]
     features = compute_features(outcome.valid, s)
     assert features.customer_ids.tolist() == ["a", "b", "c", "e", "f"]
     assert features.missing_counts.tolist() == [0, 1, 1, 1, 0]
     assert np.array_equal(np.isnan(features.X_model), np.isnan(features.X_original))
-    np.testing.assert_allclose(features.scaler.mean, [np.mean([10, 30, 50, 60]), np.mean([1, 2, 5, 5]),
-                                                      np.mean([3, 4, 5, 8])])
+    np.testing.assert_allclose(
+        features.scaler.mean, [np.mean([10, 30, 50, 60]), np.mean([1, 2, 5, 5]), np.mean([3, 4, 5, 8])]
+    )
     np.testing.assert_allclose(np.nanmean(features.X_model, axis=0), 0.0, atol=1e-12)
 
-    rejecting = load_settings(overrides=dict(over, features=dict(over["features"], missing={"spend": "reject"})))
-    assert rejecting.features.missing_rule("spend") == "reject" and rejecting.features.missing_rule("visits") == "model"
+    rejecting = load_settings(
+        overrides=dict(over, features=dict(over["features"], missing={"spend": "reject"}))
+    )
+    assert (
+        rejecting.features.missing_rule("spend") == "reject"
+        and rejecting.features.missing_rule("visits") == "model"
+    )
     outcome = validate_input(load_input(rejecting.input, rejecting.features.columns), rejecting)
     got = sorted(map(tuple, outcome.rejects[["row_number", "column_name", "rule"]].values.tolist()))
     assert got == [(2, "spend", "not_nullable"), (4, "spend", "not_nullable")]  # d fails on spend first

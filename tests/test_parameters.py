@@ -43,7 +43,9 @@ def _sample(name: str) -> tuple[list[str], object]:
         return [flag, "2011-12-10"], date(2011, 12, 10)
     if annotation in (int, float):
         return [flag, "2"], annotation(2)
-    assert annotation is str, f"{name}: no sample for {annotation}; teach _sample and _add_run_options the type"
+    assert annotation is str, (
+        f"{name}: no sample for {annotation}; teach _sample and _add_run_options the type"
+    )
     return [flag, "some text"], "some text"
 
 
@@ -54,7 +56,9 @@ def test_every_parameter_is_a_flow_parameter_with_its_description():
         assert field.default is (False if value_type(field) is bool else None), name
         flow_param = inspect.signature(segment_customers).parameters[name]
         assert flow_param.annotation == field.annotation and flow_param.default == field.default, name
-        assert segment_customers.parameters.properties[name]["description"].startswith(field.description), name
+        assert segment_customers.parameters.properties[name]["description"].startswith(field.description), (
+            name
+        )
 
 
 def test_every_setting_parameter_names_an_existing_key_of_the_same_type():
@@ -67,7 +71,9 @@ def test_every_setting_parameter_names_an_existing_key_of_the_same_type():
         fields = Settings.model_fields[section].annotation.model_fields
         assert leaf in fields, f"{name}: no key {key} in Settings"
         setting_default(key)
-        assert value_type(RunParameters.model_fields[name]) == value_type(fields[leaf]), f"{name}, {key}: types differ"
+        assert value_type(RunParameters.model_fields[name]) == value_type(fields[leaf]), (
+            f"{name}, {key}: types differ"
+        )
 
 
 def test_each_parameter_overrides_its_own_key_and_no_other():
@@ -89,7 +95,7 @@ def test_every_parameter_can_be_given_on_the_command_line():
         assert flow_parameters(build_parser().parse_args([command])) == {}  # left out: not passed
         for name in FIELDS:
             if not _flags(name):  # no option of its own: `segment trigger --param NAME=VALUE`
-                assert _extra_parameters([f"{name}=\"manual\""]) == {name: "manual"}
+                assert _extra_parameters([f'{name}="manual"']) == {name: "manual"}
                 continue
             words, value = _sample(name)
             params = flow_parameters(build_parser().parse_args([command, *words]))
@@ -108,7 +114,9 @@ def test_overrides_merge_over_the_file_and_the_defaults(tmp_path):
 def test_a_bad_parameter_is_named_by_its_settings_key():
     with pytest.raises(ConfigError, match=r"^command line: model\.k_max: Input should be a valid integer"):
         RunParameters.given({"k_max": "many"}, "command line")
-    with pytest.raises(ConfigError, match=r"^flow parameters: model\.covariance_types\.0: Input should be 'full'"):
+    with pytest.raises(
+        ConfigError, match=r"^flow parameters: model\.covariance_types\.0: Input should be 'full'"
+    ):
         RunParameters.given({"covariance_types": ["banana"]})
     with pytest.raises(ConfigError, match=r"^command line: k_mx: Extra inputs are not permitted"):
         RunParameters.given({"k_mx": 3}, "command line")

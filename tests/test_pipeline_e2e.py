@@ -22,8 +22,11 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "flows" / "sql" / "examples.sql"
 RETAIL_COLUMNS = {
-    "customer_id": "CustomerID", "invoice_id": "InvoiceNo", "timestamp": "InvoiceDate",
-    "quantity": "Quantity", "unit_price": "UnitPrice",
+    "customer_id": "CustomerID",
+    "invoice_id": "InvoiceNo",
+    "timestamp": "InvoiceDate",
+    "quantity": "Quantity",
+    "unit_price": "UnitPrice",
 }
 
 
@@ -48,8 +51,13 @@ def retail_run(prefect_harness, retail_sample_csv, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retail")
     db = tmp / "segments.duckdb"
     summary = segment_customers(
-        input_path=str(retail_sample_csv), columns=RETAIL_COLUMNS, k_max=4, n_init=1,
-        database=str(db), reports_dir=str(tmp / "reports"), trigger="test",
+        input_path=str(retail_sample_csv),
+        columns=RETAIL_COLUMNS,
+        k_max=4,
+        n_init=1,
+        database=str(db),
+        reports_dir=str(tmp / "reports"),
+        trigger="test",
     )
     return summary, db, tmp
 
@@ -95,9 +103,13 @@ def test_retail_run_stores_the_whole_grid_with_one_choice(retail_run):
     tried = summary["k_max_tried"]
     with duckdb.connect(str(db), read_only=True) as con:
         # The k values tried x 4 covariance types, exactly one selected, matching runs.
-        grid = con.execute("SELECT count(*), count(*) FILTER (WHERE selected) FROM model_candidates").fetchone()
+        grid = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE selected) FROM model_candidates"
+        ).fetchone()
         origins = dict(con.execute("SELECT origin, count(*) FROM model_candidates GROUP BY 1").fetchall())
-        chosen = con.execute("SELECT n_components, covariance_type FROM model_candidates WHERE selected").fetchone()
+        chosen = con.execute(
+            "SELECT n_components, covariance_type FROM model_candidates WHERE selected"
+        ).fetchone()
     assert grid == (4 * tried, 1)
     assert origins == ({"grid": 16, "extension": 4 * (tried - 4)} if tried > 4 else {"grid": 16})
     assert chosen == (summary["n_components"], summary["covariance_type"])
@@ -115,7 +127,9 @@ def test_retail_run_segments_and_profiles(retail_run):
     summary, db, _ = retail_run
     k = summary["n_components"]
     with duckdb.connect(str(db), read_only=True) as con:
-        seg = con.execute("SELECT count(*), sum(weight), sum(customer_count) FROM current_segments").fetchone()
+        seg = con.execute(
+            "SELECT count(*), sum(weight), sum(customer_count) FROM current_segments"
+        ).fetchone()
         profiles = con.execute("SELECT count(*), count(DISTINCT feature) FROM segment_profiles").fetchone()
         low, high = con.execute(
             "SELECT min(centre), max(centre) FROM segment_profiles WHERE feature = 'recency_days'"
@@ -173,9 +187,15 @@ def test_generated_segments_are_recovered(prefect_harness, customer_table_csv, t
     path, truth = customer_table_csv
     db = tmp_path / "segments.duckdb"
     summary = segment_customers(
-        input_path=str(path), input_kind="customers", columns={"customer_id": "Customer Ref"},
-        features=["spend score", "visit score"], k_max=5, n_init=2, database=str(db),
-        reports_dir=str(tmp_path / "reports"), trigger="test",
+        input_path=str(path),
+        input_kind="customers",
+        columns={"customer_id": "Customer Ref"},
+        features=["spend score", "visit score"],
+        k_max=5,
+        n_init=2,
+        database=str(db),
+        reports_dir=str(tmp_path / "reports"),
+        trigger="test",
     )
     assert summary["n_components"] == 3
     with duckdb.connect(str(db), read_only=True) as con:
@@ -201,13 +221,21 @@ def test_customers_with_blank_features_are_segmented_on_what_they_have(prefect_h
     table.to_csv(path, index=False)
     db = tmp_path / "segments.duckdb"
     summary = segment_customers(
-        input_path=str(path), input_kind="customers", columns={"customer_id": "Customer Ref"},
-        features=["spend score", "visit score"], k_max=5, n_init=2, database=str(db),
-        reports_dir=str(tmp_path / "reports"), trigger="test",
+        input_path=str(path),
+        input_kind="customers",
+        columns={"customer_id": "Customer Ref"},
+        features=["spend score", "visit score"],
+        k_max=5,
+        n_init=2,
+        database=str(db),
+        reports_dir=str(tmp_path / "reports"),
+        trigger="test",
     )
     both, one = spend_blank & visit_blank, spend_blank ^ visit_blank
     assert summary["n_components"] == 3
-    assert summary["customers"] == len(table) - both.sum() and summary["customers_with_gaps"] == one.sum() > 50
+    assert (
+        summary["customers"] == len(table) - both.sum() and summary["customers_with_gaps"] == one.sum() > 50
+    )
     with duckdb.connect(str(db), read_only=True) as con:
         got = con.execute("SELECT customer_id, segment_id, missing_features FROM current_assignments").df()
         gaps = con.execute("SELECT customers_with_gaps FROM runs").fetchall()
@@ -221,21 +249,35 @@ def test_customers_with_blank_features_are_segmented_on_what_they_have(prefect_h
 
 
 def test_too_many_rejects_fail_the_run_and_keep_the_rejects(prefect_harness, tmp_path):
-    frame = pd.DataFrame({"id": [f"c{i}" for i in range(40)], "x": np.arange(40.0).astype(object),
-                          "y": np.arange(40.0) % 7})
-    frame.loc[[3, 9, 17], "x"] = ["n/a", "twelve", "-inf"]  # a blank would be a missing value (features.missing)
+    frame = pd.DataFrame(
+        {"id": [f"c{i}" for i in range(40)], "x": np.arange(40.0).astype(object), "y": np.arange(40.0) % 7}
+    )
+    frame.loc[[3, 9, 17], "x"] = [
+        "n/a",
+        "twelve",
+        "-inf",
+    ]  # a blank would be a missing value (features.missing)
     path = tmp_path / "customers.csv"
     frame.to_csv(path, index=False)
     db = tmp_path / "segments.duckdb"
     with pytest.raises(TooManyRejectsError, match=r"3 of 40 rows"):
         segment_customers(
-            input_path=str(path), input_kind="customers", columns={"customer_id": "id"}, features=["x", "y"],
-            k_max=2, database=str(db), reports_dir=str(tmp_path / "r"), trigger="test",
+            input_path=str(path),
+            input_kind="customers",
+            columns={"customer_id": "id"},
+            features=["x", "y"],
+            k_max=2,
+            database=str(db),
+            reports_dir=str(tmp_path / "r"),
+            trigger="test",
         )
     with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT status, failed_stage, rows_loaded, rows_rejected FROM runs").fetchone() == (
-            "failed", "validate", 40, 3)
-        rejects = con.execute("SELECT source, row_number, column_name, rule, value FROM rejected_rows ORDER BY 2").fetchall()
+        assert con.execute(
+            "SELECT status, failed_stage, rows_loaded, rows_rejected FROM runs"
+        ).fetchone() == ("failed", "validate", 40, 3)
+        rejects = con.execute(
+            "SELECT source, row_number, column_name, rule, value FROM rejected_rows ORDER BY 2"
+        ).fetchall()
         assert [(r[1], r[2]) for r in rejects] == [(4, "x"), (10, "x"), (18, "x")]
         assert rejects[0][0] == str(path) and rejects[0][4] == "n/a"
         assert con.execute("SELECT count(*) FROM current_segments").fetchone()[0] == 0
@@ -245,12 +287,33 @@ def test_too_many_rejects_fail_the_run_and_keep_the_rejects(prefect_harness, tmp
 def test_cli_run_prints_the_model_sizes_and_locations(prefect_harness, customer_table_csv, tmp_path, capsys):
     path, _ = customer_table_csv
     db = tmp_path / "cli.duckdb"
-    code = main([
-        "run", "--input", str(path), "--kind", "customers", "--column", "customer_id=Customer Ref",
-        "--features", "spend score,visit score", "--k-max", "4", "--covariance-types", "full,diag",
-        "--criterion", "icl", "--n-init", "1", "--seed", "3", "--database", str(db),
-        "--reports", str(tmp_path / "reports"),
-    ])
+    code = main(
+        [
+            "run",
+            "--input",
+            str(path),
+            "--kind",
+            "customers",
+            "--column",
+            "customer_id=Customer Ref",
+            "--features",
+            "spend score,visit score",
+            "--k-max",
+            "4",
+            "--covariance-types",
+            "full,diag",
+            "--criterion",
+            "icl",
+            "--n-init",
+            "1",
+            "--seed",
+            "3",
+            "--database",
+            str(db),
+            "--reports",
+            str(tmp_path / "reports"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert re.search(r"Run 1: 3 segments, (full|diag) covariance \(chosen by ICL", out)

@@ -26,8 +26,15 @@ FEATURES = ["spend score", "visit score"]
 
 def run_flow(csv: Path, db: Path, **extra):
     params = dict(
-        input_path=str(csv), input_kind="customers", columns=COLUMNS, features=FEATURES, k_max=4, n_init=2,
-        database=str(db), reports_dir=str(db.parent / "reports"), trigger="test",
+        input_path=str(csv),
+        input_kind="customers",
+        columns=COLUMNS,
+        features=FEATURES,
+        k_max=4,
+        n_init=2,
+        database=str(db),
+        reports_dir=str(db.parent / "reports"),
+        trigger="test",
     )
     return segment_customers(**{**params, **extra})
 
@@ -37,9 +44,28 @@ def killed_cli_run(csv: Path, db: Path, fault: str) -> subprocess.CompletedProce
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "SEGMENT_FAULT": fault, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--input", str(csv), "--kind", "customers",
-           "--column", "customer_id=Customer Ref", "--features", ",".join(FEATURES), "--k-max", "4",
-           "--n-init", "2", "--database", str(db), "--reports", str(db.parent / "reports")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        "--input",
+        str(csv),
+        "--kind",
+        "customers",
+        "--column",
+        "customer_id=Customer Ref",
+        "--features",
+        ",".join(FEATURES),
+        "--k-max",
+        "4",
+        "--n-init",
+        "2",
+        "--database",
+        str(db),
+        "--reports",
+        str(db.parent / "reports"),
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
 
 
@@ -56,7 +82,9 @@ def customers_csv(tmp_path) -> Path:
     return path
 
 
-def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(prefect_harness, customers_csv, tmp_path, caplog):
+def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(
+    prefect_harness, customers_csv, tmp_path, caplog
+):
     db = tmp_path / "out" / "segments.duckdb"
     run_flow(customers_csv, db)
     published = db.read_bytes()
@@ -73,7 +101,12 @@ def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(prefect_ha
 
     summary = run_flow(customers_csv, db)
     assert summary["run_id"] == 4
-    assert runs(db) == [(1, "success", None), (2, "killed", "select"), (3, "killed", "write"), (4, "success", None)]
+    assert runs(db) == [
+        (1, "success", None),
+        (2, "killed", "select"),
+        (3, "killed", "write"),
+        (4, "success", None),
+    ]
     # The log names each killed run (it once said "run None was killed during stage None").
     assert "run 2 was killed during stage select; recorded now" in caplog.text
     assert "run 3 was killed during stage write; recorded now" in caplog.text
@@ -92,7 +125,10 @@ def test_an_analyst_holding_the_file_open_across_a_whole_run(prefect_harness, cu
     run_flow(customers_csv, db, k_min=3, k_max=3)
     # The analyst's session: one read-only connection, querying every 20 ms until told to stop.
     analyst = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import duckdb, json, select, sys
             con = duckdb.connect({str(db)!r}, read_only=True)
             seen = set()
@@ -102,8 +138,12 @@ def test_an_analyst_holding_the_file_open_across_a_whole_run(prefect_harness, cu
                 segs = con.execute("SELECT run_id, count(*) FROM current_segments GROUP BY run_id").fetchall()
                 seen.add((runs, tuple(map(tuple, segs))))
             print(json.dumps(sorted(seen)), flush=True)
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert analyst.stdout.readline().strip() == "open"
@@ -118,10 +158,14 @@ def test_an_analyst_holding_the_file_open_across_a_whole_run(prefect_harness, cu
     assert seen == [[1, [[1, 3]]]]
     assert summary["run_id"] == 2
     with duckdb.connect(str(db), read_only=True) as con:  # a new session sees the new run, whole
-        assert con.execute("SELECT run_id, count(*) FROM current_segments GROUP BY run_id").fetchall() == [(2, 2)]
+        assert con.execute("SELECT run_id, count(*) FROM current_segments GROUP BY run_id").fetchall() == [
+            (2, 2)
+        ]
 
 
-def test_same_input_configuration_and_seed_give_identical_assignments(prefect_harness, customers_csv, tmp_path):
+def test_same_input_configuration_and_seed_give_identical_assignments(
+    prefect_harness, customers_csv, tmp_path
+):
     db = tmp_path / "segments.duckdb"
     run_flow(customers_csv, db, seed=11)
     run_flow(customers_csv, db, seed=11)
@@ -129,7 +173,8 @@ def test_same_input_configuration_and_seed_give_identical_assignments(prefect_ha
         a, b = (
             con.execute(
                 "SELECT customer_id, segment_id, probability, probabilities, log_density FROM assignments "
-                "WHERE run_id = ? ORDER BY customer_id", [run_id]
+                "WHERE run_id = ? ORDER BY customer_id",
+                [run_id],
             ).df()
             for run_id in (1, 2)
         )
@@ -145,13 +190,22 @@ def test_hostile_column_and_feature_names(prefect_harness, tmp_path):
     db = tmp_path / "segments.duckdb"
     features = list(table.columns[1:])
     summary = segment_customers(
-        input_path=str(csv), input_kind="customers", columns={"customer_id": evil_id}, features=features,
-        k_max=3, n_init=1, database=str(db), reports_dir=str(tmp_path / "reports"), trigger="test",
+        input_path=str(csv),
+        input_kind="customers",
+        columns={"customer_id": evil_id},
+        features=features,
+        k_max=3,
+        n_init=1,
+        database=str(db),
+        reports_dir=str(tmp_path / "reports"),
+        trigger="test",
     )
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
         assert con.execute("SELECT count(*) FROM segments").fetchall()[0][0] == summary["n_components"]
-        assert {r[0] for r in con.execute("SELECT DISTINCT feature FROM segment_profiles").fetchall()} == set(features)
+        assert {r[0] for r in con.execute("SELECT DISTINCT feature FROM segment_profiles").fetchall()} == set(
+            features
+        )
     html = Path(summary["report"]).read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
@@ -161,14 +215,21 @@ def test_hostile_column_and_feature_names(prefect_harness, tmp_path):
         con.execute("CREATE TABLE customers AS SELECT * FROM read_csv(?)", [str(csv)])
     with pytest.raises(Exception, match="customers; DROP TABLE customers"):
         segment_customers(
-            input_path=str(source), input_kind="customers", input_table="customers; DROP TABLE customers",
-            columns={"customer_id": evil_id}, features=features, database=str(db), trigger="test",
+            input_path=str(source),
+            input_kind="customers",
+            input_table="customers; DROP TABLE customers",
+            columns={"customer_id": evil_id},
+            features=features,
+            database=str(db),
+            trigger="test",
         )
     with duckdb.connect(str(source), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM customers").fetchall()[0][0] == len(table)
 
 
-def test_a_report_that_fails_after_publication_keeps_the_results(prefect_harness, customers_csv, tmp_path, monkeypatch):
+def test_a_report_that_fails_after_publication_keeps_the_results(
+    prefect_harness, customers_csv, tmp_path, monkeypatch
+):
     import reports
 
     def broken(*args, **kwargs):
@@ -181,7 +242,15 @@ def test_a_report_that_fails_after_publication_keeps_the_results(prefect_harness
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute("SELECT run_id, status, failed_stage, error, report_path FROM runs").fetchall()
         assignments = con.execute("SELECT count(*) FROM current_assignments").fetchall()[0][0]
-    assert rows == [(1, "success", "report", "results published, report not rendered: disk full while writing the report", None)]
+    assert rows == [
+        (
+            1,
+            "success",
+            "report",
+            "results published, report not rendered: disk full while writing the report",
+            None,
+        )
+    ]
     assert assignments == 900
     monkeypatch.undo()
     assert run_flow(customers_csv, db)["run_id"] == 2  # the id was not claimed twice

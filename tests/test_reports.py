@@ -27,8 +27,7 @@ DPI = 40
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
-def _truth_covariances(rng: np.random.Generator, covariance_type: str, k: int,
-                       d: int) -> np.ndarray:
+def _truth_covariances(rng: np.random.Generator, covariance_type: str, k: int, d: int) -> np.ndarray:
     """Full (k, d, d) matrices with the structure of the covariance type."""
     if covariance_type == "full":
         A = rng.normal(scale=0.3, size=(k, d, d))
@@ -52,20 +51,34 @@ def _selection_rows(k_true: int, covariance_type: str) -> list[dict]:
             if (cov, k) == ("spherical", 4):
                 status = "failed"
                 value = math.nan
-            rows.append({
-                "n_components": k, "covariance_type": cov, "n_parameters": 3 * k,
-                "bic": value, "aic": value - 25.0, "icl": value + 15.0 if k > 1 else value,
-                "status": status, "reason": "" if status == "ok" else "a component collapsed",
-                "selected": (cov, k) == (covariance_type, k_true),
-            })
+            rows.append(
+                {
+                    "n_components": k,
+                    "covariance_type": cov,
+                    "n_parameters": 3 * k,
+                    "bic": value,
+                    "aic": value - 25.0,
+                    "icl": value + 15.0 if k > 1 else value,
+                    "status": status,
+                    "reason": "" if status == "ok" else "a component collapsed",
+                    "selected": (cov, k) == (covariance_type, k_true),
+                }
+            )
     return rows
 
 
-def make_report_data(d: int, covariance_type: str = "full", *, n: int = 240, k: int = 3,
-                     seed: int = 0, segment_ids: list[int] | None = None,
-                     feature_names: list[str] | None = None,
-                     feature_units: list[str] | None = None,
-                     summary: dict[str, str] | None = None) -> ReportData:
+def make_report_data(
+    d: int,
+    covariance_type: str = "full",
+    *,
+    n: int = 240,
+    k: int = 3,
+    seed: int = 0,
+    segment_ids: list[int] | None = None,
+    feature_names: list[str] | None = None,
+    feature_units: list[str] | None = None,
+    summary: dict[str, str] | None = None,
+) -> ReportData:
     """ReportData built from generated blobs and their true parameters (no model fit)."""
     rng = np.random.default_rng(seed)
     weights = rng.dirichlet(np.full(k, 5.0))
@@ -80,8 +93,9 @@ def make_report_data(d: int, covariance_type: str = "full", *, n: int = 240, k: 
     for c in range(k):
         diff = np.linalg.solve(chol[c], (X_model - means[c]).T)
         log_det = 2.0 * np.log(np.diag(chol[c])).sum()
-        log_density[:, c] = (np.log(weights[c]) - 0.5 * (diff ** 2).sum(axis=0)
-                             - 0.5 * log_det - 0.5 * d * np.log(2 * np.pi))
+        log_density[:, c] = (
+            np.log(weights[c]) - 0.5 * (diff**2).sum(axis=0) - 0.5 * log_det - 0.5 * d * np.log(2 * np.pi)
+        )
     posterior = np.exp(log_density - log_density.max(axis=1, keepdims=True))
     posterior /= posterior.sum(axis=1, keepdims=True)
 
@@ -116,8 +130,17 @@ def make_report_data(d: int, covariance_type: str = "full", *, n: int = 240, k: 
 
 
 def profiles_of(data: ReportData):
-    return segment_profiles(data.X_original, data.probabilities, data.labels, data.means, data.covariances,
-                            data.scaler_mean, data.scaler_scale, data.feature_transforms, data.segment_ids)
+    return segment_profiles(
+        data.X_original,
+        data.probabilities,
+        data.labels,
+        data.means,
+        data.covariances,
+        data.scaler_mean,
+        data.scaler_scale,
+        data.feature_transforms,
+        data.segment_ids,
+    )
 
 
 def _read_png(path) -> np.ndarray:
@@ -129,8 +152,7 @@ def _read_png(path) -> np.ndarray:
 # --------------------------------------------------------------------------- whole report
 # Rendering costs ~2 s per report, so d = 1, 2, 4 and the four covariance types share four cases;
 # the segments tests below draw all four covariance types without saving.
-@pytest.mark.parametrize(("d", "covariance_type"),
-                         [(1, "spherical"), (2, "diag"), (4, "full"), (4, "tied")])
+@pytest.mark.parametrize(("d", "covariance_type"), [(1, "spherical"), (2, "diag"), (4, "full"), (4, "tied")])
 def test_render_report_writes_every_png_and_links_them(tmp_path, d, covariance_type):
     data = make_report_data(d, covariance_type, seed=d)
     out = tmp_path / "report"
@@ -159,8 +181,12 @@ def test_render_report_writes_every_png_and_links_them(tmp_path, d, covariance_t
 def test_index_html_escapes_hostile_names_and_summary(tmp_path):
     hostile = "<script>alert(1)</script>"
     data = make_report_data(
-        2, "diag", feature_names=[hostile, "price $ paid"], feature_units=["days", "$"],
-        summary={"input": 'orders & <returns> "2011"', "note": '&<>"'})
+        2,
+        "diag",
+        feature_names=[hostile, "price $ paid"],
+        feature_units=["days", "$"],
+        summary={"input": 'orders & <returns> "2011"', "note": '&<>"'},
+    )
 
     page = render_report(data, tmp_path, dpi=DPI).read_text(encoding="utf-8")
 
@@ -176,15 +202,14 @@ def test_index_html_escapes_hostile_names_and_summary(tmp_path):
 def test_render_report_handles_an_empty_segment_and_missing_history(tmp_path):
     data = make_report_data(3, "full")
     nobody_in_third = np.where(data.labels == 2, 0, data.labels)
-    data = ReportData(**{**data.__dict__, "labels": nobody_in_third, "lower_bounds": [],
-                         "selection": []})
+    data = ReportData(**{**data.__dict__, "labels": nobody_in_third, "lower_bounds": [], "selection": []})
 
     page = render_report(data, tmp_path, dpi=DPI).read_text(encoding="utf-8")
 
     for name in figure_files(3):
         assert _read_png(tmp_path / name).size > 0
     assert "No model-selection table was recorded." in page
-    assert "<td class=\"text\">3</td><td>0</td><td>0.0%</td>" in page
+    assert '<td class="text">3</td><td>0</td><td>0.0%</td>' in page
     profiles = profiles_of(data)
     fig = figures.profiles_figure(profiles, data.feature_names, data.feature_units)
     assert "no\ncustomers" in _texts(fig)
@@ -295,8 +320,15 @@ def test_principal_axes_match_scikit_learn_pca():
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_segments_figure_projects_means_and_covariances_with_pca(covariance_type):
     data = make_report_data(4, covariance_type, seed=5)
-    fig = figures.segments_figure(data.X_model, data.means, data.covariances, data.labels,
-                                  data.segment_ids, data.feature_names, max_points=100)
+    fig = figures.segments_figure(
+        data.X_model,
+        data.means,
+        data.covariances,
+        data.labels,
+        data.segment_ids,
+        data.feature_names,
+        max_points=100,
+    )
 
     (ax,) = fig.axes
     assert ax.get_xlabel().startswith("PC1 (") and "% of variance" in ax.get_xlabel()
@@ -310,26 +342,27 @@ def test_segments_figure_projects_means_and_covariances_with_pca(covariance_type
         projected = W.T @ data.covariances[c] @ W
         one_sigma = ellipses[2 * c]
         np.testing.assert_allclose(one_sigma.center, (data.means[c] - centre) @ W)
-        np.testing.assert_allclose(sorted([one_sigma.width, one_sigma.height]),
-                                   2 * np.sqrt(np.linalg.eigvalsh(projected)), rtol=1e-9)
+        np.testing.assert_allclose(
+            sorted([one_sigma.width, one_sigma.height]), 2 * np.sqrt(np.linalg.eigvalsh(projected)), rtol=1e-9
+        )
         np.testing.assert_allclose(ellipses[2 * c + 1].width, 2 * one_sigma.width)
-    assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == \
-        ["segment 1", "segment 2", "segment 3"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == ["segment 1", "segment 2", "segment 3"]
 
 
 def test_segments_figure_uses_feature_names_for_two_features_and_strips_for_one():
     two = make_report_data(2, "tied")
-    fig = figures.segments_figure(two.X_model, two.means, two.covariances, two.labels,
-                                  two.segment_ids, ["recency_days", "monetary"])
+    fig = figures.segments_figure(
+        two.X_model, two.means, two.covariances, two.labels, two.segment_ids, ["recency_days", "monetary"]
+    )
     ax = fig.axes[0]
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("recency_days (standardised)",
-                                                  "monetary (standardised)")
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("recency_days (standardised)", "monetary (standardised)")
     ellipses = [p for p in ax.patches if isinstance(p, Ellipse)]
     np.testing.assert_allclose(ellipses[0].center, two.means[0])
 
     one = make_report_data(1, "spherical", segment_ids=[7, 2, 5])
-    fig = figures.segments_figure(one.X_model, one.means, one.covariances, one.labels,
-                                  one.segment_ids, ["recency_days"])
+    fig = figures.segments_figure(
+        one.X_model, one.means, one.covariances, one.labels, one.segment_ids, ["recency_days"]
+    )
     ax = fig.axes[0]
     assert ax.get_xlabel() == "recency_days (standardised)"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["segment 2", "segment 5", "segment 7"]
@@ -339,9 +372,17 @@ def test_feature_density_figure_maps_the_marginal_density_to_the_transformed_spa
     rng = np.random.default_rng(1)
     x_model = rng.normal(0.5, 2.0, size=5000)
     fig = figures.feature_density_figure(
-        x_model, weights=np.array([1.0]), component_means=np.array([0.5]),
-        component_variances=np.array([4.0]), scaler_mean=6.0, scaler_scale=0.5,
-        segment_ids=[1], name="monetary", unit="GBP", transform="log1p")
+        x_model,
+        weights=np.array([1.0]),
+        component_means=np.array([0.5]),
+        component_variances=np.array([4.0]),
+        scaler_mean=6.0,
+        scaler_scale=0.5,
+        segment_ids=[1],
+        name="monetary",
+        unit="GBP",
+        transform="log1p",
+    )
 
     (ax,) = fig.axes
     assert ax.get_xlabel() == "log(1 + monetary) [GBP]"
@@ -358,9 +399,17 @@ def test_feature_density_figure_maps_the_marginal_density_to_the_transformed_spa
 
 def test_dollar_signs_in_names_are_shown_literally_not_as_mathtext():
     fig = figures.feature_density_figure(
-        np.linspace(-2, 2, 200), weights=np.array([1.0]), component_means=np.array([0.0]),
-        component_variances=np.array([1.0]), scaler_mean=3.0, scaler_scale=1.0,
-        segment_ids=[1], name="price $ paid", unit="$", transform="log1p")
+        np.linspace(-2, 2, 200),
+        weights=np.array([1.0]),
+        component_means=np.array([0.0]),
+        component_variances=np.array([1.0]),
+        scaler_mean=3.0,
+        scaler_scale=1.0,
+        segment_ids=[1],
+        name="price $ paid",
+        unit="$",
+        transform="log1p",
+    )
     ax = fig.axes[0]
     assert ax.get_xlabel() == r"log(1 + price \$ paid) [\$]"
     assert ax.child_axes[0].get_xlabel() == r"price \$ paid [\$]"
@@ -370,9 +419,17 @@ def test_dollar_signs_in_names_are_shown_literally_not_as_mathtext():
 def test_feature_density_figure_draws_weighted_components_that_sum_to_the_mixture():
     data = make_report_data(2, "full", seed=2)
     fig = figures.feature_density_figure(
-        data.X_model[:, 0], weights=data.weights, component_means=data.means[:, 0],
-        component_variances=data.covariances[:, 0, 0], scaler_mean=30.0, scaler_scale=10.0,
-        segment_ids=data.segment_ids, name="recency_days", unit="days", transform="none")
+        data.X_model[:, 0],
+        weights=data.weights,
+        component_means=data.means[:, 0],
+        component_variances=data.covariances[:, 0, 0],
+        scaler_mean=30.0,
+        scaler_scale=10.0,
+        segment_ids=data.segment_ids,
+        name="recency_days",
+        unit="days",
+        transform="none",
+    )
 
     ax = fig.axes[0]
     assert ax.get_xlabel() == "recency_days [days]"
@@ -461,11 +518,20 @@ def test_each_segment_keeps_its_colour_across_figures():
     bar_colors = [p.get_facecolor() for p in sizes.axes[0].patches]
     assert bar_colors == [colors[s] for s in (1, 2, 3)]
     density = figures.feature_density_figure(
-        data.X_model[:, 0], weights=data.weights, component_means=data.means[:, 0],
-        component_variances=data.covariances[:, 0, 0], scaler_mean=0.0, scaler_scale=1.0,
-        segment_ids=data.segment_ids, name="x", unit="", transform="none")
-    line_colors = {line.get_label(): matplotlib.colors.to_rgba(line.get_color())
-                   for line in density.axes[0].lines}
+        data.X_model[:, 0],
+        weights=data.weights,
+        component_means=data.means[:, 0],
+        component_variances=data.covariances[:, 0, 0],
+        scaler_mean=0.0,
+        scaler_scale=1.0,
+        segment_ids=data.segment_ids,
+        name="x",
+        unit="",
+        transform="none",
+    )
+    line_colors = {
+        line.get_label(): matplotlib.colors.to_rgba(line.get_color()) for line in density.axes[0].lines
+    }
     for c, s in enumerate(data.segment_ids):
         assert line_colors[f"segment {s} (weight {data.weights[c]:.2f})"] == colors[s]
     assert len(set(colors.values())) == 3
@@ -532,8 +598,10 @@ def test_migration_figure_accepts_a_dataframe_and_no_shared_customers():
 
 def test_render_report_with_drift_leads_with_what_changed(tmp_path):
     hostile = "<script>alert('x')</script>"
-    drift = _drift(flags=["31% of customers changed segment (threshold 20%)", hostile],
-                   what_changed="Since run 6: <b>bold</b> & more\nsecond line")
+    drift = _drift(
+        flags=["31% of customers changed segment (threshold 20%)", hostile],
+        what_changed="Since run 6: <b>bold</b> & more\nsecond line",
+    )
     data = make_report_data(2, "diag", segment_ids=[1, 2, 4])
     with_drift = ReportData(**{**data.__dict__, "drift": drift})
 
@@ -550,10 +618,15 @@ def test_render_report_with_drift_leads_with_what_changed(tmp_path):
     assert "<li>31% of customers changed segment (threshold 20%)</li>" in page
     assert hostile not in page and "&lt;script&gt;" in page
     assert "Since run 6: &lt;b&gt;bold&lt;/b&gt; &amp; more\nsecond line" in page
-    assert "<td class=\"text\">disappeared</td><td class=\"text\">3</td><td class=\"text\">–</td><td>75.0%</td>" in page
+    assert (
+        '<td class="text">disappeared</td><td class="text">3</td><td class="text">–</td><td>75.0%</td>'
+        in page
+    )
 
     quiet = ReportData(**{**data.__dict__, "drift": _drift(flags=[])})
-    assert "<p>No drift flags.</p>" in render_report(quiet, tmp_path / "quiet", dpi=DPI).read_text(encoding="utf-8")
+    assert "<p>No drift flags.</p>" in render_report(quiet, tmp_path / "quiet", dpi=DPI).read_text(
+        encoding="utf-8"
+    )
 
 
 def test_report_without_drift_has_no_drift_section(tmp_path):
@@ -571,9 +644,18 @@ def test_report_data_checks_the_drift_dict():
     with pytest.raises(ValueError, match=r"ReportData\.drift: missing key 'flags'"):
         ReportData(**{**good.__dict__, "drift": drift})
     with pytest.raises(ValueError, match=r"ReportData\.drift: migration row 2 needs integer"):
-        ReportData(**{**good.__dict__, "drift": {**_drift(), "migration": [
-            {"from_segment": 1, "to_segment": 1, "customers": 1}, {"from_segment": "a", "to_segment": 1,
-                                                                  "customers": 1}]}})
+        ReportData(
+            **{
+                **good.__dict__,
+                "drift": {
+                    **_drift(),
+                    "migration": [
+                        {"from_segment": 1, "to_segment": 1, "customers": 1},
+                        {"from_segment": "a", "to_segment": 1, "customers": 1},
+                    ],
+                },
+            }
+        )
     with pytest.raises(ValueError, match=r"ReportData\.drift: flags must be a list"):
         ReportData(**{**good.__dict__, "drift": {**_drift(), "flags": "k changed"}})
     # Without previous_segment_ids the rows of the migration name the previous segments.
@@ -598,10 +680,17 @@ def test_the_density_stays_inside_the_values_the_feature_takes():
     days = np.concatenate([rng.integers(0, 10, 400), rng.integers(150, 370, 200)]).astype(float)
     mean, scale = days.mean(), days.std()
     fig = figures.feature_density_figure(
-        (days - mean) / scale, weights=np.array([0.65, 0.35]),
+        (days - mean) / scale,
+        weights=np.array([0.65, 0.35]),
         component_means=(np.array([4.0, 260.0]) - mean) / scale,
-        component_variances=(np.array([30.0, 60.0]) / scale) ** 2, scaler_mean=mean, scaler_scale=scale,
-        segment_ids=[1, 2], name="recency_days", unit="days", transform="none")
+        component_variances=(np.array([30.0, 60.0]) / scale) ** 2,
+        scaler_mean=mean,
+        scaler_scale=scale,
+        segment_ids=[1, 2],
+        name="recency_days",
+        unit="days",
+        transform="none",
+    )
     ax = fig.axes[0]
     assert min(line.get_xdata().min() for line in ax.lines) >= 0.0
     assert ax.get_xlim()[0] >= 0.0
@@ -615,14 +704,20 @@ def test_segment_spreads_stay_inside_the_observed_range():
     rng = np.random.default_rng(5)
     # Most customers bought in the last days, a few long ago: one segment's band, centre -/+ one
     # standard deviation, reaches below 0 days unless it is kept to the values recency takes.
-    table = pd.DataFrame({
-        "customer_id": [f"c{i}" for i in range(600)],
-        "recency_days": np.concatenate([rng.integers(0, 6, 400), rng.integers(200, 300, 200)]).astype(float),
-        "monetary": np.round(np.exp(rng.normal(4.0, 1.0, 600)), 2),
-    })
+    table = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(600)],
+            "recency_days": np.concatenate([rng.integers(0, 6, 400), rng.integers(200, 300, 200)]).astype(
+                float
+            ),
+            "monetary": np.round(np.exp(rng.normal(4.0, 1.0, 600)), 2),
+        }
+    )
     features = build_feature_matrix(table, ["recency_days", "monetary"], ["days", "GBP"], ["none", "log1p"])
     model = GaussianMixture(1, random_state=0).fit(features.X_model)
-    unclipped = features.scaler.inverse_transform(model.means_ - np.sqrt(np.diagonal(model.covariances_, axis1=1, axis2=2)))
+    unclipped = features.scaler.inverse_transform(
+        model.means_ - np.sqrt(np.diagonal(model.covariances_, axis1=1, axis2=2))
+    )
     assert unclipped[0, 0] < 0.0  # the case the clip is for
     profiles = feature_profiles(assign_segments(model, features.X_model), features).set_index("feature")
     assert profiles.loc["recency_days", "spread_low"] == 0.0
@@ -650,9 +745,14 @@ def test_blank_features_are_left_out_of_profiles_and_drawings(tmp_path):
         have = ~blank[:, j]
         expected = (R[have].T @ data.X_original[have, j]) / R[have].sum(axis=0)
         np.testing.assert_allclose(got.mean[:, j], expected, rtol=1e-12)
-    assert np.isfinite(got.mean).all() and np.isfinite(got.spread_low).all() and np.isfinite(got.overall_mean).all()
-    fig = figures.segments_figure(holed.X_model, holed.means, holed.covariances, holed.labels,
-                                  holed.segment_ids, holed.feature_names)
+    assert (
+        np.isfinite(got.mean).all()
+        and np.isfinite(got.spread_low).all()
+        and np.isfinite(got.overall_mean).all()
+    )
+    fig = figures.segments_figure(
+        holed.X_model, holed.means, holed.covariances, holed.labels, holed.segment_ids, holed.feature_names
+    )
     shown = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
     assert shown == int((~blank.any(axis=1)).sum()) + len(holed.segment_ids)  # plus one mean marker each
     assert f"{int(blank.any(axis=1).sum()):,} with a blank feature not drawn" in fig.axes[0].get_title()

@@ -23,7 +23,9 @@ with database_lock(sys.argv[1], 5, label="holder"):
 
 
 def _holder(db, seconds):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(db), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -47,7 +49,9 @@ def test_gives_up_after_the_wait_with_a_clear_message(tmp_path):
     db = tmp_path / "seg.duckdb"
     proc = _holder(db, 10)
     try:
-        with pytest.raises(RunLockTimeout, match=r"seg\.duckdb: another run \(pid \d+, holder.*lock_wait_minutes"):
+        with pytest.raises(
+            RunLockTimeout, match=r"seg\.duckdb: another run \(pid \d+, holder.*lock_wait_minutes"
+        ):
             with database_lock(db, 0.3, poll_seconds=0.05):
                 pass
     finally:

@@ -16,7 +16,13 @@ from schemas import (
     validate_rows,
 )
 
-MAPPING = {"invoice_id": "Invoice", "customer_id": "Cust", "timestamp": "When", "quantity": "Qty", "unit_price": "Price"}
+MAPPING = {
+    "invoice_id": "Invoice",
+    "customer_id": "Cust",
+    "timestamp": "When",
+    "quantity": "Qty",
+    "unit_price": "Price",
+}
 
 
 def lines(**overrides) -> pd.DataFrame:
@@ -72,13 +78,19 @@ def test_every_failing_cell_becomes_a_reject_with_the_users_column_name():
 
 def test_blank_invoice_is_rejected():
     outcome = validate_rows(lines(invoice_id=["1", " ", "2", "3", "4"]), Transactions, "t.csv", MAPPING)
-    assert outcome.rejects[["row_number", "column_name", "rule"]].values.tolist() == [[2, "Invoice", "not_blank"]]
+    assert outcome.rejects[["row_number", "column_name", "rule"]].values.tolist() == [
+        [2, "Invoice", "not_blank"]
+    ]
 
 
 def test_customer_table_schema_checks_features_and_duplicate_ids():
     schema = customer_table_schema(["spend", "visits"], {"spend": "log1p"})
     frame = pd.DataFrame(
-        {"customer_id": ["a", "b", "b", "c", "d"], "spend": ["1", "2", "3", "-5", "4"], "visits": [1, 2, 3, 4, None]},
+        {
+            "customer_id": ["a", "b", "b", "c", "d"],
+            "spend": ["1", "2", "3", "-5", "4"],
+            "visits": [1, 2, 3, 4, None],
+        },
         index=pd.RangeIndex(1, 6),
     )
     outcome = validate_rows(frame, schema, "c.csv", {"customer_id": "id"})
@@ -96,11 +108,18 @@ def test_missing_column_is_a_whole_frame_failure_with_a_clear_message():
 
 
 def test_rfm_features_and_assignments_models_reject_impossible_values():
-    rfm = pd.DataFrame({"customer_id": ["a", "b"], "recency_days": [3, -1], "frequency": [1, 0], "monetary": [5.0, 1.0]})
+    rfm = pd.DataFrame(
+        {"customer_id": ["a", "b"], "recency_days": [3, -1], "frequency": [1, 0], "monetary": [5.0, 1.0]}
+    )
     outcome = validate_rows(rfm, RFMFeatures, "features")
     assert set(outcome.rejects["column_name"]) == {"recency_days", "frequency"}
     assignments = pd.DataFrame(
-        {"customer_id": ["a", "b"], "segment_id": [1, 0], "probability": [0.5, 1.2], "log_density": [-1.0, np.inf]}
+        {
+            "customer_id": ["a", "b"],
+            "segment_id": [1, 0],
+            "probability": [0.5, 1.2],
+            "log_density": [-1.0, np.inf],
+        }
     )
     outcome = validate_rows(assignments, Assignments, "assignments")
     assert set(outcome.rejects["column_name"]) == {"segment_id", "probability", "log_density"}

@@ -107,7 +107,9 @@ def assert_same_tables(a: list[dict], b: list[dict]) -> None:
                 assert va == vb, (ra["n_components"], ra["covariance_type"], key, va, vb)
 
 
-def assert_table_consistent(result: SelectionResult, X, grid_k, grid_types, criterion="bic", sample_weight=None):
+def assert_table_consistent(
+    result: SelectionResult, X, grid_k, grid_types, criterion="bic", sample_weight=None
+):
     """Everything the table promises, checked against the models it reports."""
     n, d = X.shape
     total_weight = float(n if sample_weight is None else np.sum(sample_weight))
@@ -125,7 +127,9 @@ def assert_table_consistent(result: SelectionResult, X, grid_k, grid_types, crit
         assert row["seconds"] >= 0
         if row["status"] == "ok":
             # An accepted candidate only mentions restarts of its own that were set aside.
-            assert row["reason"] == "" or re.match(r"^(\d+ of \d+ restarts set aside|refit on all samples set aside): ", row["reason"])
+            assert row["reason"] == "" or re.match(
+                r"^(\d+ of \d+ restarts set aside|refit on all samples set aside): ", row["reason"]
+            )
         else:
             assert isinstance(row["reason"], str) and row["reason"].strip(), row
         if row["status"] == "failed":
@@ -189,14 +193,18 @@ def test_other_criteria_choose_by_their_column(criterion):
     X = three_blobs(n_per=60, seed=3)
     grid_k = (1, 2, 3, 4)
     types = ("full", "spherical")
-    result = select_model(X, n_components=grid_k, covariance_types=types, criterion=criterion, n_init=2, random_state=1)
+    result = select_model(
+        X, n_components=grid_k, covariance_types=types, criterion=criterion, n_init=2, random_state=1
+    )
     assert_table_consistent(result, X, grid_k, types, criterion=criterion)
 
 
 def test_weighted_selection_uses_total_weight():
     X = three_blobs(n_per=50, seed=4)
     w = np.random.default_rng(0).integers(1, 4, size=len(X)).astype(float)
-    result = select_model(X, n_components=(1, 2, 3), covariance_types=("full", "diag"), n_init=2, sample_weight=w)
+    result = select_model(
+        X, n_components=(1, 2, 3), covariance_types=("full", "diag"), n_init=2, sample_weight=w
+    )
     assert_table_consistent(result, X, (1, 2, 3), ("full", "diag"), sample_weight=w)
 
 
@@ -279,7 +287,10 @@ def test_progress_reports_every_fit():
     X = three_blobs(n_per=40, seed=7)
     calls: list[tuple[int, int]] = []
     result = select_model(
-        X, n_components=(1, 2), covariance_types=("full", "diag"), n_init=2,
+        X,
+        n_components=(1, 2),
+        covariance_types=("full", "diag"),
+        n_init=2,
         progress=lambda done, total: calls.append((done, total)),
     )
     n_candidates = len(result.table)
@@ -296,7 +307,9 @@ def test_max_samples_fits_on_a_subsample_and_scores_on_all():
     X = three_blobs(n_per=1000, seed=8)
     grid_k = (1, 2, 3, 4)
     types = ("full", "spherical")
-    result = select_model(X, n_components=grid_k, covariance_types=types, n_init=2, random_state=2, max_samples=300)
+    result = select_model(
+        X, n_components=grid_k, covariance_types=types, n_init=2, random_state=2, max_samples=300
+    )
     assert_table_consistent(result, X, grid_k, types)
     chosen = selected_row(result)
     assert (chosen["n_components"], chosen["covariance_type"]) == (3, "spherical")
@@ -336,8 +349,13 @@ def test_old_faithful_selects_mclust_eee_3():
     """
     X = load_faithful()
     result = select_model(
-        X, n_components=range(1, 7), covariance_types=COV_TYPES, n_init=4, random_state=0,
-        tol=1e-6, max_iter=1000,
+        X,
+        n_components=range(1, 7),
+        covariance_types=COV_TYPES,
+        n_init=4,
+        random_state=0,
+        tol=1e-6,
+        max_iter=1000,
     )
     assert_table_consistent(result, X, range(1, 7), COV_TYPES)
     chosen = selected_row(result)
@@ -357,8 +375,13 @@ def test_iris_selects_mclust_vvv_2():
     """
     X = load_iris().data
     result = select_model(
-        X, n_components=range(1, 10), covariance_types=COV_TYPES, n_init=3, random_state=0,
-        tol=1e-6, max_iter=1000,
+        X,
+        n_components=range(1, 10),
+        covariance_types=COV_TYPES,
+        n_init=3,
+        random_state=0,
+        tol=1e-6,
+        max_iter=1000,
     )
     assert_table_consistent(result, X, range(1, 10), COV_TYPES)
     chosen = selected_row(result)

@@ -68,7 +68,10 @@ def _start_server(home: Path, **settings: str) -> tuple[subprocess.Popen, dict]:
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     log.close()  # the child has its own handle
 
@@ -91,7 +94,9 @@ def _start_server(home: Path, **settings: str) -> tuple[subprocess.Popen, dict]:
 def server(tmp_path_factory):
     """A real Prefect server on loopback with its own home and database."""
     # Look for schedules to fill every few seconds instead of every minute.
-    proc, env = _start_server(tmp_path_factory.mktemp("prefect-home"), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    proc, env = _start_server(
+        tmp_path_factory.mktemp("prefect-home"), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2"
+    )
     try:
         yield env
     finally:
@@ -108,17 +113,42 @@ def served(server, tmp_path_factory):
     centres = np.array([[20.0, 2.0, 60.0], [200.0, 9.0, 700.0], [60.0, 1.0, 15.0]])
     values = centres[labels] * rng.lognormal(0.0, 0.12, size=(n, 3))
     pd.DataFrame(
-        {"cust": [f"c{i:04d}" for i in range(n)], "spend": values[:, 2], "visits": values[:, 1], "tenure": values[:, 0]}
+        {
+            "cust": [f"c{i:04d}" for i in range(n)],
+            "spend": values[:, 2],
+            "visits": values[:, 1],
+            "tenure": values[:, 0],
+        }
     ).to_csv(work / "customers.csv", index=False)
     args = [
-        "serve", "--input", str(work / "customers.csv"), "--kind", "customers", "--column", "customer_id=cust",
-        "--features", "spend,visits,tenure", "--transform", "spend=log1p", "--k-max", "4", "--n-init", "2",
-        "--database", str(work / "seg.duckdb"), "--reports", str(work / "reports"),
-        "--cron", "* * * * *", "--timezone", "Europe/London",
+        "serve",
+        "--input",
+        str(work / "customers.csv"),
+        "--kind",
+        "customers",
+        "--column",
+        "customer_id=cust",
+        "--features",
+        "spend,visits,tenure",
+        "--transform",
+        "spend=log1p",
+        "--k-max",
+        "4",
+        "--n-init",
+        "2",
+        "--database",
+        str(work / "seg.duckdb"),
+        "--reports",
+        str(work / "reports"),
+        "--cron",
+        "* * * * *",
+        "--timezone",
+        "Europe/London",
     ]
     log = open(work / "serve.log", "w")
-    proc = subprocess.Popen(SEGMENT + args, env=server, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        SEGMENT + args, env=server, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         _wait_until(lambda: _deployments(server) >= {"nightly", "manual"}, 90, "both deployments")
         yield {"env": server, "work": work, "db": work / "seg.duckdb", "proc": proc}
@@ -180,7 +210,9 @@ with get_client(sync_client=True) as c:
 
 def _trigger(served, *args, wait=True):
     cmd = SEGMENT + ["trigger", *args] + (["--wait", "--timeout", "240"] if wait else [])
-    return subprocess.run(cmd, env=served["env"], cwd=served["work"], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        cmd, env=served["env"], cwd=served["work"], capture_output=True, text=True, timeout=300
+    )
 
 
 def _flow_run_id(stdout: str) -> str:
@@ -221,7 +253,7 @@ def test_bad_parameters_are_refused_before_a_run_exists(served):
     out = _trigger(served, "--k-min", "5", "--k-max", "2", wait=False)
     assert out.returncode == 2
     assert "k_max (2) is smaller than k_min (5)" in out.stderr and "Traceback" not in out.stderr
-    out = _trigger(served, "--param", "covariance_types=[\"banana\"]", wait=False)
+    out = _trigger(served, "--param", 'covariance_types=["banana"]', wait=False)
     assert out.returncode == 2 and "covariance_types" in out.stderr
     assert _flow_run_count(served["env"]) == before
 
@@ -229,8 +261,14 @@ def test_bad_parameters_are_refused_before_a_run_exists(served):
 def test_concurrent_triggers_run_one_after_the_other(served):
     cmd = SEGMENT + ["trigger", "--wait", "--timeout", "240"]
     procs = [
-        subprocess.Popen(cmd + extra, env=served["env"], cwd=served["work"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            cmd + extra,
+            env=served["env"],
+            cwd=served["work"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for extra in (["--k-max", "3"], ["--deployment", "nightly", "--k-max", "2"])
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
@@ -241,7 +279,11 @@ def test_concurrent_triggers_run_one_after_the_other(served):
     a, b = sorted((runs.loc[i] for i in ids), key=lambda r: r.started_at)
     assert a.status == b.status == "success"
     assert a.finished_at <= b.started_at, "the two runs overlapped"
-    assert _assignment_count(served["db"], int(a.run_id)) == _assignment_count(served["db"], int(b.run_id)) == 400
+    assert (
+        _assignment_count(served["db"], int(a.run_id))
+        == _assignment_count(served["db"], int(b.run_id))
+        == 400
+    )
 
 
 def test_failed_run_is_visible_and_leaves_results_intact(served):
@@ -260,16 +302,26 @@ def test_failed_run_is_visible_and_leaves_results_intact(served):
     assert _assignment_count(db, int(failed.run_id)) == 0
     with duckdb.connect(str(db), read_only=True) as con:
         after = con.sql(query.replace("(SELECT run_id FROM latest_run)", str(earlier))).df()
-        latest_status = con.execute("SELECT status FROM runs WHERE run_id = (SELECT run_id FROM latest_run)").fetchall()[0][0]
+        latest_status = con.execute(
+            "SELECT status FROM runs WHERE run_id = (SELECT run_id FROM latest_run)"
+        ).fetchall()[0][0]
     pd.testing.assert_frame_equal(before, after)
     assert latest_status == "success"  # the views never point at the failed run
     # The service log says why in one line; the traceback is for the UI (or `serve --debug`).
     # Prefect logs the exception (with its traceback, unless hidden) before "Finished in state Failed".
     log_file = served["work"] / "serve.log"
-    _wait_until(lambda: "Finished in state Failed('Flow run encountered an exception: InputError" in log_file.read_text(),
-                30, "the failed run's last lines in the serve log")
+    _wait_until(
+        lambda: (
+            "Finished in state Failed('Flow run encountered an exception: InputError" in log_file.read_text()
+        ),
+        30,
+        "the failed run's last lines in the serve log",
+    )
     log = log_file.read_text()
-    assert f"run {failed.run_id} failed in stage load: {served['work'] / 'missing.csv'}: input file not found" in log
+    assert (
+        f"run {failed.run_id} failed in stage load: {served['work'] / 'missing.csv'}: input file not found"
+        in log
+    )
     # The error's own traceback would name the loader's frame and end in the exception's class path
     # (the log also holds every scheduled run, so any unrelated Prefect traceback is not ours to judge).
     assert 'flows/load.py", line' not in log and "flows.load.InputError" not in log
@@ -283,7 +335,9 @@ def test_nightly_schedule_fires_and_survives_a_restart(served):
     for start, _, _ in scheduled:
         assert start.endswith(":00+00:00") or start.endswith(":00Z"), start  # on the cron's minute marks
     # A scheduled run executes and is recorded as such.
-    _wait_until(lambda: (_runs(served["db"]).trigger == "schedule").any(), 150, "a run started by the schedule")
+    _wait_until(
+        lambda: (_runs(served["db"]).trigger == "schedule").any(), 150, "a run started by the schedule"
+    )
     row = _runs(served["db"]).query("trigger == 'schedule'").iloc[0]
     assert row.status in {"success", "running"}
 
@@ -300,21 +354,45 @@ def test_a_prefect_server_that_stops_mid_run_does_not_fail_the_fit(tmp_path):
     home.mkdir()
     server, env = _start_server(home)
     rng = np.random.default_rng(3)
-    pd.DataFrame({"cust": [f"c{i}" for i in range(300)], "a": rng.normal(0, 1, 300), "b": rng.normal(0, 1, 300)}
-                 ).to_csv(tmp_path / "c.csv", index=False)
+    pd.DataFrame(
+        {"cust": [f"c{i}" for i in range(300)], "a": rng.normal(0, 1, 300), "b": rng.normal(0, 1, 300)}
+    ).to_csv(tmp_path / "c.csv", index=False)
     db = tmp_path / "out" / "seg.duckdb"
     log_path = tmp_path / "run.log"
     run = None
     try:
         with open(log_path, "w") as log:
             run = subprocess.Popen(
-                SEGMENT + ["run", "--input", str(tmp_path / "c.csv"), "--kind", "customers", "--column",
-                           "customer_id=cust", "--features", "a,b", "--k-max", "3", "--n-init", "1",
-                           "--database", str(db), "--reports", str(tmp_path / "out" / "reports")],
-                env={**env, "SEGMENT_FAULT": "fit", "SEGMENT_FAULT_KILL": str(server.pid),
-                     # Fail fast instead of retrying the dead server: the test is about what follows.
-                     "PREFECT_CLIENT_MAX_RETRIES": "0"},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                SEGMENT
+                + [
+                    "run",
+                    "--input",
+                    str(tmp_path / "c.csv"),
+                    "--kind",
+                    "customers",
+                    "--column",
+                    "customer_id=cust",
+                    "--features",
+                    "a,b",
+                    "--k-max",
+                    "3",
+                    "--n-init",
+                    "1",
+                    "--database",
+                    str(db),
+                    "--reports",
+                    str(tmp_path / "out" / "reports"),
+                ],
+                env={
+                    **env,
+                    "SEGMENT_FAULT": "fit",
+                    "SEGMENT_FAULT_KILL": str(server.pid),
+                    # Fail fast instead of retrying the dead server: the test is about what follows.
+                    "PREFECT_CLIENT_MAX_RETRIES": "0",
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
             def published():

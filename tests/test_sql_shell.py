@@ -27,8 +27,12 @@ def test_one_query_prints_duckdbs_table_and_csv_on_request(results, capsys):
     out = capsys.readouterr().out
     assert "segment_id" in out and "Loyal; big spenders" in out and "┌" in out
     # Two statements, a semicolon inside quotes.
-    assert main(["sql", "--database", str(results), "--csv",
-                 "SELECT name FROM segment_names; SELECT 'a;b' AS x"]) == 0
+    assert (
+        main(
+            ["sql", "--database", str(results), "--csv", "SELECT name FROM segment_names; SELECT 'a;b' AS x"]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines() == ["name", "Loyal; big spenders", "x", "a;b"]
 
 

@@ -40,8 +40,16 @@ def customers_csv(tmp_path) -> Path:
 
 def run_flow(csv: Path, db: Path | str, **extra) -> dict:
     params = dict(
-        input_path=str(csv), input_kind="customers", columns=COLUMNS, features=FEATURES, k_max=3, n_init=1,
-        covariance_types=["full"], database=str(db), reports_dir=str(Path(db).parent / "reports"), trigger="test",
+        input_path=str(csv),
+        input_kind="customers",
+        columns=COLUMNS,
+        features=FEATURES,
+        k_max=3,
+        n_init=1,
+        covariance_types=["full"],
+        database=str(db),
+        reports_dir=str(Path(db).parent / "reports"),
+        trigger="test",
     )
     return segment_customers(**{**params, **extra})
 
@@ -51,29 +59,65 @@ def runs(db: Path) -> list[tuple]:
         return con.execute("SELECT run_id, status, failed_stage FROM runs ORDER BY run_id").fetchall()
 
 
-def cli_run(csv: Path, db: Path, env: dict | None = None, preexec=None, extra: tuple = ()) -> subprocess.CompletedProcess:
+def cli_run(
+    csv: Path, db: Path, env: dict | None = None, preexec=None, extra: tuple = ()
+) -> subprocess.CompletedProcess:
     """`segment run` in a subprocess against the session's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--input", str(csv), "--kind", "customers",
-           "--column", "customer_id=Customer Ref", "--features", ",".join(FEATURES), "--k-max", "3",
-           "--n-init", "1", "--covariance-types", "full", "--database", str(db),
-           "--reports", str(db.parent / "reports"), *extra]
-    return subprocess.run(cmd, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **(env or {})},
-                          capture_output=True, text=True, timeout=300, preexec_fn=preexec)
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "run",
+        "--input",
+        str(csv),
+        "--kind",
+        "customers",
+        "--column",
+        "customer_id=Customer Ref",
+        "--features",
+        ",".join(FEATURES),
+        "--k-max",
+        "3",
+        "--n-init",
+        "1",
+        "--covariance-types",
+        "full",
+        "--database",
+        str(db),
+        "--reports",
+        str(db.parent / "reports"),
+        *extra,
+    ]
+    return subprocess.run(
+        cmd,
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=preexec,
+    )
 
 
 def analyst_writing(db: Path) -> subprocess.Popen:
     """An analyst's session opened read-write (no read_only=True) that has written a table of its own."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import duckdb, sys
             con = duckdb.connect({str(db)!r})
             con.execute("CREATE TABLE my_notes AS SELECT 42 AS answer")
             print("open", flush=True)
             sys.stdin.readline()
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "open"
     return proc
@@ -91,10 +135,14 @@ def test_a_symlinked_database_is_published_through_the_link(prefect_harness, cus
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert [first["run_id"], second["run_id"], third["run_id"]] == [1, 2, 3]
     assert runs(target) == [(1, "success", None), (2, "success", None), (3, "success", None)]
-    assert not list(tmp_path.glob(".current.duckdb.*")) and not list(target.parent.glob(".segments.duckdb.*.tmp"))
+    assert not list(tmp_path.glob(".current.duckdb.*")) and not list(
+        target.parent.glob(".segments.duckdb.*.tmp")
+    )
 
 
-def test_an_analyst_session_opened_for_writing_stops_the_run_with_what_to_do(prefect_harness, customers_csv, tmp_path):
+def test_an_analyst_session_opened_for_writing_stops_the_run_with_what_to_do(
+    prefect_harness, customers_csv, tmp_path
+):
     db = tmp_path / "segments.duckdb"
     run_flow(customers_csv, db)
     published = db.read_bytes()
@@ -173,8 +221,21 @@ def test_a_database_path_that_is_not_a_results_file(customers_csv, tmp_path, cap
     else:
         db = customers_csv
     before = db.read_bytes()
-    code = main(["run", "--input", str(customers_csv), "--kind", "customers", "--column", "customer_id=Customer Ref",
-                 "--features", ",".join(FEATURES), "--database", str(db)])
+    code = main(
+        [
+            "run",
+            "--input",
+            str(customers_csv),
+            "--kind",
+            "customers",
+            "--column",
+            "customer_id=Customer Ref",
+            "--features",
+            ",".join(FEATURES),
+            "--database",
+            str(db),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     expected = {
@@ -186,14 +247,18 @@ def test_a_database_path_that_is_not_a_results_file(customers_csv, tmp_path, cap
     assert db.read_bytes() == before
 
 
-def test_a_run_killed_while_drawing_its_report_is_marked_by_the_next(prefect_harness, customers_csv, tmp_path):
+def test_a_run_killed_while_drawing_its_report_is_marked_by_the_next(
+    prefect_harness, customers_csv, tmp_path
+):
     db = tmp_path / "segments.duckdb"
     killed = cli_run(customers_csv, db, env={"SEGMENT_FAULT": "report"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert runs(db) == [(1, "success", None)]  # published before the report
     run_flow(customers_csv, db)
     with duckdb.connect(str(db), read_only=True) as con:
-        row = con.execute("SELECT status, failed_stage, report_path, error FROM runs WHERE run_id = 1").fetchone()
+        row = con.execute(
+            "SELECT status, failed_stage, report_path, error FROM runs WHERE run_id = 1"
+        ).fetchone()
     assert row[:3] == ("success", "report", None)
     assert row[3].startswith("results published, report not rendered: the process (pid ")
     assert "ended while drawing it (found by run 2)" in row[3]
@@ -219,5 +284,9 @@ def test_a_disk_that_fills_during_the_copy(prefect_harness, customers_csv, tmp_p
     summary = run_flow(customers_csv, db)
     assert summary["run_id"] == 3
     with duckdb.connect(str(db), read_only=True) as con:
-        status, stage, error = con.execute("SELECT status, failed_stage, error FROM runs WHERE run_id = 2").fetchone()
-    assert (status, stage) == ("failed", "write") and "File too large" in error and "recorded by run 3" in error
+        status, stage, error = con.execute(
+            "SELECT status, failed_stage, error FROM runs WHERE run_id = 2"
+        ).fetchone()
+    assert (
+        (status, stage) == ("failed", "write") and "File too large" in error and "recorded by run 3" in error
+    )

@@ -57,8 +57,13 @@ def _single_threaded_blas():
         yield
 
 
-def blob_data(sizes: dict[str, int], seed: int, *, shift: dict[str, tuple[float, float, float]] | None = None,
-              centres: dict[str, tuple] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def blob_data(
+    sizes: dict[str, int],
+    seed: int,
+    *,
+    shift: dict[str, tuple[float, float, float]] | None = None,
+    centres: dict[str, tuple] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Customers in the common space: (X_transformed, customer ids, true blob name per customer)."""
     rng = np.random.default_rng(seed)
     parts, names = [], []
@@ -76,21 +81,33 @@ def blob_data(sizes: dict[str, int], seed: int, *, shift: dict[str, tuple[float,
 def _fit(X_bytes: bytes, shape: tuple[int, int], k: int, seed: int, covariance_type: str):
     X = np.frombuffer(X_bytes).reshape(shape)
     mean, scale = X.mean(axis=0), X.std(axis=0)
-    gm = GaussianMixture(k, covariance_type=covariance_type, n_init=10, random_state=seed).fit((X - mean) / scale)
+    gm = GaussianMixture(k, covariance_type=covariance_type, n_init=10, random_state=seed).fit(
+        (X - mean) / scale
+    )
     return gm, mean, scale
 
 
-def fit_run(X: np.ndarray, k: int, *, seed: int = 0, run_id: int = 1,
-            covariance_type: str = "full") -> tuple[TrackedModel, np.ndarray]:
+def fit_run(
+    X: np.ndarray, k: int, *, seed: int = 0, run_id: int = 1, covariance_type: str = "full"
+) -> tuple[TrackedModel, np.ndarray]:
     """Fit like the pipeline (own scaler per run, model space) and return the common-space model and
     every customer's component index."""
     gm, mean, scale = _fit(np.ascontiguousarray(X).tobytes(), X.shape, k, seed, covariance_type)
     Z = (X - mean) / scale
     from gmm_engine import full_covariances
 
-    model = common_model(gm.weights_, gm.means_, full_covariances(gm.covariances_, covariance_type, k, 3),
-                         mean, scale, feature_names=NAMES, transforms=TRANSFORMS, feature_units=UNITS,
-                         covariance_type=covariance_type, run_id=run_id)
+    model = common_model(
+        gm.weights_,
+        gm.means_,
+        full_covariances(gm.covariances_, covariance_type, k, 3),
+        mean,
+        scale,
+        feature_names=NAMES,
+        transforms=TRANSFORMS,
+        feature_units=UNITS,
+        covariance_type=covariance_type,
+        run_id=run_id,
+    )
     return model, gm.predict(Z)
 
 
@@ -103,9 +120,16 @@ def run1(X: np.ndarray, ids: np.ndarray, k: int, *, seed: int = 0):
 def run2(prev, X: np.ndarray, ids: np.ndarray, k: int, *, seed: int = 0, **options):
     """The next run against ``prev`` (a RunDrift), as the flow will call it."""
     model, components = fit_run(X, k, seed=seed, run_id=2)
-    return compare_runs(prev.model, model, max_id_used=prev.match.max_id_used, current_customers=ids,
-                        current_components=components, previous_customers=prev.customer_ids,
-                        previous_segments=prev.customer_segments, **options)
+    return compare_runs(
+        prev.model,
+        model,
+        max_id_used=prev.match.max_id_used,
+        current_customers=ids,
+        current_components=components,
+        previous_customers=prev.customer_ids,
+        previous_segments=prev.customer_segments,
+        **options,
+    )
 
 
 def ids_by_blob(drift, names: np.ndarray) -> dict[str, int]:
@@ -142,12 +166,15 @@ def test_bhattacharyya_is_zero_for_identical_gaussians_and_symmetric():
     np.testing.assert_allclose(D, D.T, rtol=1e-12)
 
 
-@pytest.mark.parametrize(("m1", "s1", "m2", "s2"), [(0.0, 1.0, 1.0, 1.0), (2.0, 0.5, -1.0, 3.0), (5.0, 2.0, 5.0, 0.1)])
+@pytest.mark.parametrize(
+    ("m1", "s1", "m2", "s2"), [(0.0, 1.0, 1.0, 1.0), (2.0, 0.5, -1.0, 3.0), (5.0, 2.0, 5.0, 0.1)]
+)
 def test_bhattacharyya_matches_the_closed_form_and_the_integral_in_one_dimension(m1, s1, m2, s2):
     closed = (m1 - m2) ** 2 / (4 * (s1**2 + s2**2)) + 0.5 * math.log((s1**2 + s2**2) / (2 * s1 * s2))
     # -log of the Bhattacharyya coefficient, integrated numerically.
-    coefficient, _ = quad(lambda x: math.sqrt(norm.pdf(x, m1, s1) * norm.pdf(x, m2, s2)), -60, 60, points=[m1, m2],
-                          limit=200)
+    coefficient, _ = quad(
+        lambda x: math.sqrt(norm.pdf(x, m1, s1) * norm.pdf(x, m2, s2)), -60, 60, points=[m1, m2], limit=200
+    )
     got = bhattacharyya([m1], [[s1**2]], [m2], [[s2**2]])
     assert got == pytest.approx(closed, rel=1e-10)
     assert got == pytest.approx(-math.log(coefficient), rel=1e-6)
@@ -160,7 +187,9 @@ def test_bhattacharyya_is_invariant_under_an_affine_map_of_both_gaussians():
     A = np.diag([1000.0, 0.01, 3.0]) @ rng.normal(size=(3, 3))
     b = np.array([5.0, -200.0, 1e4])
     D = bhattacharyya_matrix(means, covs, means[::-1], covs[::-1])
-    D_mapped = bhattacharyya_matrix(means @ A.T + b, A @ covs @ A.T, (means @ A.T + b)[::-1], (A @ covs @ A.T)[::-1])
+    D_mapped = bhattacharyya_matrix(
+        means @ A.T + b, A @ covs @ A.T, (means @ A.T + b)[::-1], (A @ covs @ A.T)[::-1]
+    )
     np.testing.assert_allclose(D_mapped, D, rtol=1e-8, atol=1e-10)
 
 
@@ -175,9 +204,16 @@ def test_common_model_maps_model_space_to_transformed_units():
     weights = np.array([0.4, 0.6])
     means = np.array([[0.0, 1.0], [-1.0, 0.5]])
     cov = np.stack([np.array([[1.0, 0.3], [0.3, 2.0]]), np.eye(2)])
-    model = common_model(weights, means, cov.reshape(2, 4), np.array([50.0, 6.0]), np.array([10.0, 0.5]),
-                         feature_names=["recency_days", "monetary"], transforms=["none", "log1p"],
-                         covariance_type="full")
+    model = common_model(
+        weights,
+        means,
+        cov.reshape(2, 4),
+        np.array([50.0, 6.0]),
+        np.array([10.0, 0.5]),
+        feature_names=["recency_days", "monetary"],
+        transforms=["none", "log1p"],
+        covariance_type="full",
+    )
     np.testing.assert_allclose(model.means, [[50.0, 6.5], [40.0, 6.25]])
     np.testing.assert_allclose(model.covariances[0], [[100.0, 1.5], [1.5, 0.5]])
     np.testing.assert_allclose(model.centres()[1], [40.0, np.expm1(6.25)])
@@ -192,8 +228,15 @@ def test_feature_order_does_not_matter_but_a_changed_transform_does(base):
     assert match.method == "bhattacharyya"
     assert match.segment_ids.tolist() == m.segment_ids.tolist()
     np.testing.assert_allclose(np.diag(match.distances), 0.0, atol=1e-9)
-    other = TrackedModel(m.weights, m.means, m.covariances, m.segment_ids, m.feature_names,
-                         ("none", "none", "log1p"), m.covariance_type)
+    other = TrackedModel(
+        m.weights,
+        m.means,
+        m.covariances,
+        m.segment_ids,
+        m.feature_names,
+        ("none", "none", "log1p"),
+        m.covariance_type,
+    )
     assert match_segments(m, other, max_id_used=3).method == "none"
     assert match_segments(m, other, max_id_used=3).new_ids == (4, 5, 6)
 
@@ -243,7 +286,10 @@ def test_refit_with_one_segment_shifted_keeps_every_id_and_reports_the_shift(bas
     assert per_segment.idxmax() == middle and per_segment[middle] > 1.0
     assert per_segment.drop(middle).max() < 0.5
     centres = second.shifts.set_index(["segment_id", "feature"])
-    assert centres.loc[(middle, "monetary"), "current_centre"] > centres.loc[(middle, "monetary"), "previous_centre"]
+    assert (
+        centres.loc[(middle, "monetary"), "current_centre"]
+        > centres.loc[(middle, "monetary"), "previous_centre"]
+    )
     assert f"segment {middle} moved" in second.summary()
 
 
@@ -251,8 +297,16 @@ def test_mean_shift_measures_each_feature_and_the_whole_segment(base):
     X, ids, names, first = base
     m = first.model
     delta = np.array([[0.0, 0.0, 0.0], [10.0, -0.2, 0.3], [0.0, 0.0, 0.0]])
-    moved = TrackedModel(m.weights, m.means + delta, m.covariances, m.segment_ids, NAMES, TRANSFORMS, "full",
-                         feature_units=UNITS).reordered(["monetary", "frequency", "recency_days"])
+    moved = TrackedModel(
+        m.weights,
+        m.means + delta,
+        m.covariances,
+        m.segment_ids,
+        NAMES,
+        TRANSFORMS,
+        "full",
+        feature_units=UNITS,
+    ).reordered(["monetary", "frequency", "recency_days"])
     table = mean_shift(m, moved)
     assert table["feature"].tolist()[:3] == list(NAMES)  # the previous run's order
     sid = int(m.segment_ids[1])
@@ -295,7 +349,9 @@ def test_removing_a_segment_retires_exactly_one_id(base):
     loyal = ids_by_blob(first, names)["loyal"]
     assert second.match.retired_ids == (loyal,)
     assert second.match.new_ids == ()
-    assert ids_by_blob(second, names[keep]) == {b: i for b, i in ids_by_blob(first, names).items() if b != "loyal"}
+    assert ids_by_blob(second, names[keep]) == {
+        b: i for b, i in ids_by_blob(first, names).items() if b != "loyal"
+    }
     assert second.overlap.left == int((~keep).sum())
     assert second.migration["customers"].sum() == int(keep.sum())
     # Its customers left, so MONIC has nothing to follow: the segment disappeared.
@@ -307,7 +363,11 @@ def test_removing_a_segment_retires_exactly_one_id(base):
 # Five tight segments; at k = 3 the three "mid" ones (30 days apart) form one segment. Tight
 # segments keep EM's optimum unambiguous, so the scenario does not hang on a restart's luck.
 _TIGHT = (3.0, 0.06, 0.08)
-SUB = {"mid_a": ((60.0, 1.3, 6.0), _TIGHT), "mid_b": ((90.0, 1.3, 6.0), _TIGHT), "mid_c": ((120.0, 1.3, 6.0), _TIGHT)}
+SUB = {
+    "mid_a": ((60.0, 1.3, 6.0), _TIGHT),
+    "mid_b": ((90.0, 1.3, 6.0), _TIGHT),
+    "mid_c": ((120.0, 1.3, 6.0), _TIGHT),
+}
 FIVE = {"loyal": 300, "lapsed": 400, "mid_a": 200, "mid_b": 200, "mid_c": 200}
 
 
@@ -361,14 +421,28 @@ def _labels(pairs: dict[tuple[int, int], int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_classify_transitions_follows_the_documented_thresholds():
-    p, c = _labels({
-        (1, 1): 90, (1, 2): 10,           # 1 survives into 1 (0.9)
-        (2, 3): 40, (2, 4): 35, (2, 1): 25,  # 2 splits into 3, 4, 1 (each >= 0.25, together 1.0)
-        (3, 5): 60, (3, 6): 40,           # 3 and 4 both send >= 0.5 to 5: merged
-        (4, 5): 70, (4, 7): 30,
-        (5, 6): 20, (5, 7): 20, (5, 8): 20, (5, 9): 20, (5, 10): 20,  # 5 scatters: disappeared
-        (6, 11): 30, (6, 12): 20, (6, 13): 20, (6, 14): 30,  # 6: two parts of 0.3 = 0.6 -> split
-    })
+    p, c = _labels(
+        {
+            (1, 1): 90,
+            (1, 2): 10,  # 1 survives into 1 (0.9)
+            (2, 3): 40,
+            (2, 4): 35,
+            (2, 1): 25,  # 2 splits into 3, 4, 1 (each >= 0.25, together 1.0)
+            (3, 5): 60,
+            (3, 6): 40,  # 3 and 4 both send >= 0.5 to 5: merged
+            (4, 5): 70,
+            (4, 7): 30,
+            (5, 6): 20,
+            (5, 7): 20,
+            (5, 8): 20,
+            (5, 9): 20,
+            (5, 10): 20,  # 5 scatters: disappeared
+            (6, 11): 30,
+            (6, 12): 20,
+            (6, 13): 20,
+            (6, 14): 30,  # 6: two parts of 0.3 = 0.6 -> split
+        }
+    )
     # Every customer is in both runs; current segment 15 has none of them.
     current_counts = {**{int(v): int(n) for v, n in zip(*np.unique(c, return_counts=True))}, 15: 0}
     rows = classify_transitions(p, c, current_counts=current_counts)
@@ -385,8 +459,12 @@ def test_classify_transitions_follows_the_documented_thresholds():
         ("emerged", (), (2,)): round(10 / 10, 3),
         ("emerged", (), (6,)): round(40 / 60, 3),
         ("emerged", (), (7,)): round(30 / 50, 3),
-        ("emerged", (), (8,)): 1.0, ("emerged", (), (9,)): 1.0, ("emerged", (), (10,)): 1.0,
-        ("emerged", (), (12,)): 1.0, ("emerged", (), (13,)): 1.0, ("emerged", (), (15,)): 0.0,
+        ("emerged", (), (8,)): 1.0,
+        ("emerged", (), (9,)): 1.0,
+        ("emerged", (), (10,)): 1.0,
+        ("emerged", (), (12,)): 1.0,
+        ("emerged", (), (13,)): 1.0,
+        ("emerged", (), (15,)): 0.0,
     }
     # Stricter thresholds turn the 0.9 survival into a disappearance.
     strict = classify_transitions(p, c, TransitionThresholds(tau_match=0.95, tau_split=0.5))
@@ -402,8 +480,10 @@ def test_an_exact_half_split_is_a_split_not_a_survival():
 
 def test_segments_without_shared_customers_disappear_or_emerge():
     rows = classify_transitions([], [], previous_counts={4: 10}, current_counts={9: 0})
-    assert [(t.kind, t.from_ids, t.to_ids, t.share) for t in rows] == [("disappeared", (4,), (), 0.0),
-                                                                       ("emerged", (), (9,), 0.0)]
+    assert [(t.kind, t.from_ids, t.to_ids, t.share) for t in rows] == [
+        ("disappeared", (4,), (), 0.0),
+        ("emerged", (), (9,), 0.0),
+    ]
 
 
 def test_customers_who_left_count_against_survival_as_in_monic():
@@ -438,11 +518,14 @@ def test_migration_table_sums_to_the_customers_in_both_runs():
     assert (table["customers"] > 0).all()
     # The same counts as a cross-tabulation of the customers joined by id.
     joined = pd.DataFrame({"id": previous_customers, "p": previous_segments}).merge(
-        pd.DataFrame({"id": current_customers, "c": current_segments}), on="id")
+        pd.DataFrame({"id": current_customers, "c": current_segments}), on="id"
+    )
     expected = joined.groupby(["p", "c"]).size()
     assert dict(zip(zip(table.from_segment, table.to_segment), table.customers)) == expected.to_dict()
     stayers = table.loc[table.from_segment == table.to_segment, "customers"].sum()
-    assert moved_share(overlap.previous_segments, overlap.current_segments) == pytest.approx(1 - stayers / 600)
+    assert moved_share(overlap.previous_segments, overlap.current_segments) == pytest.approx(
+        1 - stayers / 600
+    )
     assert math.isnan(moved_share([], []))
     with pytest.raises(ValueError, match="previous customer ids are not unique"):
         customer_overlap(["a", "a"], [1, 2], ["a"], [1])
@@ -451,10 +534,14 @@ def test_migration_table_sums_to_the_customers_in_both_runs():
 def test_drift_flags_name_k_covariance_type_and_the_moved_share(base):
     X, ids, names, first = base
     m = first.model
-    other = TrackedModel(np.full(4, 0.25), np.zeros((4, 3)), np.stack([np.eye(3)] * 4), [1, 2, 3, 4],
-                         NAMES, TRANSFORMS, "diag")
-    assert drift_flags(m, other, 0.31) == ["k changed 3 -> 4", "covariance type changed full -> diag",
-                                          "31% of customers changed segment (threshold 20%)"]
+    other = TrackedModel(
+        np.full(4, 0.25), np.zeros((4, 3)), np.stack([np.eye(3)] * 4), [1, 2, 3, 4], NAMES, TRANSFORMS, "diag"
+    )
+    assert drift_flags(m, other, 0.31) == [
+        "k changed 3 -> 4",
+        "covariance type changed full -> diag",
+        "31% of customers changed segment (threshold 20%)",
+    ]
     assert drift_flags(m, m, 0.31, moved_threshold=0.4) == []
     assert drift_flags(m, m, 0.2) == []  # at the threshold is not past it
     assert drift_flags(m, m, float("nan")) == []
@@ -465,25 +552,53 @@ def test_changed_features_fall_back_to_customer_overlap(base):
     X, ids, names, first = base
     # The same customers, segmented on monetary without its log1p: Gaussians are not comparable.
     model, components = fit_run(X, 3, seed=2)
-    changed = TrackedModel(model.weights, model.means, model.covariances, model.segment_ids, NAMES,
-                           ("none", "log1p", "none"), "full", run_id=2)
-    second = compare_runs(first.model, changed, max_id_used=3, current_customers=ids, current_components=components,
-                          previous_customers=ids, previous_segments=first.customer_segments)
+    changed = TrackedModel(
+        model.weights,
+        model.means,
+        model.covariances,
+        model.segment_ids,
+        NAMES,
+        ("none", "log1p", "none"),
+        "full",
+        run_id=2,
+    )
+    second = compare_runs(
+        first.model,
+        changed,
+        max_id_used=3,
+        current_customers=ids,
+        current_components=components,
+        previous_customers=ids,
+        previous_segments=first.customer_segments,
+    )
     assert second.match.method == "customer_overlap"
     assert second.match.new_ids == ()
     assert ids_by_blob(second, names) == ids_by_blob(first, names)
     assert second.shifts.empty and mean_shift(first.model, changed).empty
     assert any(f.startswith("features changed") for f in second.flags)
     # Without customers in both runs every id is new.
-    alone = compare_runs(first.model, changed, max_id_used=3, current_customers=ids, current_components=components)
-    assert alone.match.method == "none" and alone.match.new_ids == (4, 5, 6) and alone.match.retired_ids == (1, 2, 3)
+    alone = compare_runs(
+        first.model, changed, max_id_used=3, current_customers=ids, current_components=components
+    )
+    assert (
+        alone.match.method == "none"
+        and alone.match.new_ids == (4, 5, 6)
+        and alone.match.retired_ids == (1, 2, 3)
+    )
 
 
 def test_a_pair_beyond_max_distance_is_not_matched(base):
     X, ids, names, first = base
     m = first.model
-    far = TrackedModel(m.weights, m.means + np.array([400.0, 0.0, 0.0]), m.covariances, m.segment_ids,
-                       NAMES, TRANSFORMS, "full")
+    far = TrackedModel(
+        m.weights,
+        m.means + np.array([400.0, 0.0, 0.0]),
+        m.covariances,
+        m.segment_ids,
+        NAMES,
+        TRANSFORMS,
+        "full",
+    )
     match = match_segments(m, far, max_id_used=7)
     assert match.new_ids == (8, 9, 10) and match.retired_ids == (1, 2, 3)
     loose = match_segments(m, far, max_id_used=7, max_distance=float(match.distances.max()) + 1)
@@ -519,7 +634,9 @@ def test_warm_start_from_the_previous_model_recovers_the_same_segments(base):
     mean, scale = X2.mean(axis=0), X2.std(axis=0)
     Z = (X2 - mean) / scale
     for covariance_type in ("full", "tied", "diag", "spherical"):
-        init = warm_start_init(first.model, mean, scale, covariance_type, feature_names=NAMES, transforms=TRANSFORMS)
+        init = warm_start_init(
+            first.model, mean, scale, covariance_type, feature_names=NAMES, transforms=TRANSFORMS
+        )
         gm = GaussianMixture(3, covariance_type=covariance_type, random_state=0, **init).fit(Z)
         assert gm.converged_
     init = warm_start_init(first.model, mean, scale, "full", feature_names=NAMES, transforms=TRANSFORMS)
@@ -550,19 +667,49 @@ def _property_runs():
 @given(st.permutations(range(5)), st.permutations(range(3)))
 def test_relabelling_components_never_changes_the_ids_customers_get(perm_current, perm_previous):
     first, model, components, ids2 = _property_runs()
-    baseline = compare_runs(first.model, model, max_id_used=3, current_customers=ids2, current_components=components,
-                            previous_customers=first.customer_ids, previous_segments=first.customer_segments)
+    baseline = compare_runs(
+        first.model,
+        model,
+        max_id_used=3,
+        current_customers=ids2,
+        current_components=components,
+        previous_customers=first.customer_ids,
+        previous_segments=first.customer_segments,
+    )
     pc = np.array(perm_current)
-    relabelled = TrackedModel(model.weights[pc], model.means[pc], model.covariances[pc], model.segment_ids,
-                              NAMES, TRANSFORMS, "full", feature_units=UNITS, run_id=2)
+    relabelled = TrackedModel(
+        model.weights[pc],
+        model.means[pc],
+        model.covariances[pc],
+        model.segment_ids,
+        NAMES,
+        TRANSFORMS,
+        "full",
+        feature_units=UNITS,
+        run_id=2,
+    )
     inverse = np.argsort(pc)  # component c of the original is component inverse[c] of the relabelled model
     pp = np.array(perm_previous)
     previous = first.model
-    previous_relabelled = TrackedModel(previous.weights[pp], previous.means[pp], previous.covariances[pp],
-                                       previous.segment_ids[pp], NAMES, TRANSFORMS, "full", run_id=1)
-    other = compare_runs(previous_relabelled, relabelled, max_id_used=3, current_customers=ids2,
-                         current_components=inverse[components], previous_customers=first.customer_ids,
-                         previous_segments=first.customer_segments)
+    previous_relabelled = TrackedModel(
+        previous.weights[pp],
+        previous.means[pp],
+        previous.covariances[pp],
+        previous.segment_ids[pp],
+        NAMES,
+        TRANSFORMS,
+        "full",
+        run_id=1,
+    )
+    other = compare_runs(
+        previous_relabelled,
+        relabelled,
+        max_id_used=3,
+        current_customers=ids2,
+        current_components=inverse[components],
+        previous_customers=first.customer_ids,
+        previous_segments=first.customer_segments,
+    )
     np.testing.assert_array_equal(other.customer_segments, baseline.customer_segments)
     assert other.match.new_ids == baseline.match.new_ids == (4, 5)
     assert other.match.retired_ids == baseline.match.retired_ids == ()
@@ -571,15 +718,17 @@ def test_relabelling_components_never_changes_the_ids_customers_get(perm_current
 
 # --------------------------------------------------------------------------- holding customers in their segment
 def test_hold_segments_keeps_a_customer_until_another_segment_is_more_than_hold_odds_as_probable():
-    p = np.array([
-        [0.45, 0.55, 0.00],   # was 0, now a coin toss: kept
-        [0.05, 0.95, 0.00],   # was 0, now 19 to 1 for 1: moves
-        [0.0625, 0.625, 0.3125],  # exactly 10 to 1 (exact in binary) is not "more than": kept
-        [0.30, 0.70, 0.00],   # new customer (-1): most probable
-        [0.20, 0.80, 0.00],   # previous segment retired (-1): most probable
-        [0.10, 0.10, 0.80],   # already in the most probable: not "held"
-        [0.00, 1.00, 0.00],   # previous segment's probability underflowed to 0: moves
-    ])
+    p = np.array(
+        [
+            [0.45, 0.55, 0.00],  # was 0, now a coin toss: kept
+            [0.05, 0.95, 0.00],  # was 0, now 19 to 1 for 1: moves
+            [0.0625, 0.625, 0.3125],  # exactly 10 to 1 (exact in binary) is not "more than": kept
+            [0.30, 0.70, 0.00],  # new customer (-1): most probable
+            [0.20, 0.80, 0.00],  # previous segment retired (-1): most probable
+            [0.10, 0.10, 0.80],  # already in the most probable: not "held"
+            [0.00, 1.00, 0.00],  # previous segment's probability underflowed to 0: moves
+        ]
+    )
     components = p.argmax(axis=1)
     previous = np.array([0, 0, 0, -1, -1, 2, 0])
     given, held = hold_segments(components, p, previous, hold_odds=10.0)
@@ -622,15 +771,21 @@ def test_compare_runs_with_hold_odds_moves_only_customers_the_model_clearly_plac
     model, components = fit_run(X2, 3, seed=3, run_id=2)
     gm, mean, scale = _fit(np.ascontiguousarray(X2).tobytes(), X2.shape, 3, 3, "full")
     proba = gm.predict_proba((X2 - mean) / scale)
-    options = dict(max_id_used=first.match.max_id_used, current_customers=ids, current_components=components,
-                   previous_customers=first.customer_ids, previous_segments=first.customer_segments)
+    options = dict(
+        max_id_used=first.match.max_id_used,
+        current_customers=ids,
+        current_components=components,
+        previous_customers=first.customer_ids,
+        previous_segments=first.customer_segments,
+    )
     plain = compare_runs(first.model, model, **options)
     held = compare_runs(first.model, model, probabilities=proba, hold_odds=10.0, **options)
     assert plain.held is None and plain.held_count == 0
     assert held.match.segment_ids.tolist() == plain.match.segment_ids.tolist()  # ids come from the model
     assert 0 < held.held_count and held.moved_share < plain.moved_share
     assert held.moved_share == pytest.approx(
-        (plain.moved_share * ids.size - held.held_count) / ids.size)  # each held customer is one mover less
+        (plain.moved_share * ids.size - held.held_count) / ids.size
+    )  # each held customer is one mover less
     # The segments given: held customers keep their previous id; the tables describe the given segments.
     previous = first.customer_segments
     assert np.all(held.customer_segments[held.held] == previous[held.held])
@@ -653,11 +808,26 @@ def test_a_customer_whose_segment_was_retired_takes_their_most_probable_segment(
     gm, mean, scale = _fit(np.ascontiguousarray(X).tobytes(), X.shape, 3, 3, "full")
     proba = gm.predict_proba((X - mean) / scale)
     # Every segment moved far away: each previous id is retired, so there is nothing to hold.
-    far = TrackedModel(model.weights, model.means + np.array([400.0, 0.0, 0.0]), model.covariances,
-                       model.segment_ids, NAMES, TRANSFORMS, "full")
-    drift = compare_runs(first.model, far, max_id_used=first.match.max_id_used, current_customers=ids,
-                         current_components=components, previous_customers=first.customer_ids,
-                         previous_segments=first.customer_segments, probabilities=proba, hold_odds=1e6)
+    far = TrackedModel(
+        model.weights,
+        model.means + np.array([400.0, 0.0, 0.0]),
+        model.covariances,
+        model.segment_ids,
+        NAMES,
+        TRANSFORMS,
+        "full",
+    )
+    drift = compare_runs(
+        first.model,
+        far,
+        max_id_used=first.match.max_id_used,
+        current_customers=ids,
+        current_components=components,
+        previous_customers=first.customer_ids,
+        previous_segments=first.customer_segments,
+        probabilities=proba,
+        hold_odds=1e6,
+    )
     assert drift.match.retired_ids == (1, 2, 3)
     assert drift.held_count == 0
     assert np.array_equal(drift.customer_segments, drift.match.segment_ids[components])

@@ -74,14 +74,20 @@ class TrackedModel:
         if k < 1:
             raise ValueError("TrackedModel.weights: at least one segment is required")
         if self.segment_ids.shape != (k,) or len(set(self.segment_ids.tolist())) != k:
-            raise ValueError(f"TrackedModel.segment_ids: expected {k} distinct ids, got {self.segment_ids.tolist()}")
+            raise ValueError(
+                f"TrackedModel.segment_ids: expected {k} distinct ids, got {self.segment_ids.tolist()}"
+            )
         if np.any(self.segment_ids < 1):
             raise ValueError("TrackedModel.segment_ids: ids must be >= 1")
         for name in ("feature_names", "transforms", "feature_units"):
             if len(getattr(self, name)) != d:
-                raise ValueError(f"TrackedModel.{name}: expected {d} entries (one per feature), got {len(getattr(self, name))}")
+                raise ValueError(
+                    f"TrackedModel.{name}: expected {d} entries (one per feature), got {len(getattr(self, name))}"
+                )
         if len(set(self.feature_names)) != d:
-            raise ValueError(f"TrackedModel.feature_names: names must be unique, got {list(self.feature_names)}")
+            raise ValueError(
+                f"TrackedModel.feature_names: names must be unique, got {list(self.feature_names)}"
+            )
         for j, t in enumerate(self.transforms):
             if t not in TRANSFORMS:
                 raise ValueError(f"TrackedModel.transforms: entry {j} is {t!r}, expected one of {TRANSFORMS}")
@@ -108,9 +114,13 @@ class TrackedModel:
             raise ValueError(f"reordered: {names} is not a permutation of {list(self.feature_names)}")
         order = np.array([self.feature_names.index(n) for n in names], dtype=np.int64)
         return replace(
-            self, means=self.means[:, order], covariances=self.covariances[:, order][:, :, order],
-            feature_names=tuple(names), transforms=tuple(self.transforms[j] for j in order),
-            feature_units=tuple(self.feature_units[j] for j in order))
+            self,
+            means=self.means[:, order],
+            covariances=self.covariances[:, order][:, :, order],
+            feature_names=tuple(names),
+            transforms=tuple(self.transforms[j] for j in order),
+            feature_units=tuple(self.feature_units[j] for j in order),
+        )
 
     def centres(self) -> np.ndarray:
         """Component means mapped back to original units, shape (k, d) (``expm1`` for log1p)."""
@@ -120,11 +130,20 @@ class TrackedModel:
         return out
 
 
-def common_model(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray,
-                 scaler_mean: np.ndarray, scaler_scale: np.ndarray, *,
-                 feature_names: Sequence[str], transforms: Sequence[str], covariance_type: str,
-                 feature_units: Sequence[str] = (), segment_ids: Sequence[int] | None = None,
-                 run_id: int | str | None = None) -> TrackedModel:
+def common_model(
+    weights: np.ndarray,
+    means: np.ndarray,
+    covariances: np.ndarray,
+    scaler_mean: np.ndarray,
+    scaler_scale: np.ndarray,
+    *,
+    feature_names: Sequence[str],
+    transforms: Sequence[str],
+    covariance_type: str,
+    feature_units: Sequence[str] = (),
+    segment_ids: Sequence[int] | None = None,
+    run_id: int | str | None = None,
+) -> TrackedModel:
     """Map model-space parameters to the common space: ``x = x_model * scaler_scale + scaler_mean``.
 
     Parameters
@@ -154,7 +173,9 @@ def common_model(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray
     mean = np.asarray(scaler_mean, dtype=np.float64).reshape(-1)
     scale = np.asarray(scaler_scale, dtype=np.float64).reshape(-1)
     if mean.shape != (d,) or scale.shape != (d,):
-        raise ValueError(f"common_model: scaler_mean and scaler_scale need shape ({d},), got {mean.shape} and {scale.shape}")
+        raise ValueError(
+            f"common_model: scaler_mean and scaler_scale need shape ({d},), got {mean.shape} and {scale.shape}"
+        )
     if np.any(scale <= 0) or not np.all(np.isfinite(scale)):
         raise ValueError("common_model: every scaler_scale must be finite and > 0")
     cov = np.asarray(covariances, dtype=np.float64)
@@ -162,27 +183,43 @@ def common_model(weights: np.ndarray, means: np.ndarray, covariances: np.ndarray
         raise ValueError(f"common_model: covariances need {k} x {d} x {d} values, got shape {cov.shape}")
     cov = cov.reshape(k, d, d)
     return TrackedModel(
-        weights=w, means=m * scale + mean, covariances=cov * np.outer(scale, scale),
+        weights=w,
+        means=m * scale + mean,
+        covariances=cov * np.outer(scale, scale),
         segment_ids=np.arange(1, k + 1) if segment_ids is None else segment_ids,
-        feature_names=tuple(feature_names), transforms=tuple(transforms),
-        covariance_type=covariance_type, feature_units=tuple(feature_units), run_id=run_id)
+        feature_names=tuple(feature_names),
+        transforms=tuple(transforms),
+        covariance_type=covariance_type,
+        feature_units=tuple(feature_units),
+        run_id=run_id,
+    )
 
 
-def same_features(names_a: Sequence[str], transforms_a: Sequence[str],
-                  names_b: Sequence[str], transforms_b: Sequence[str]) -> bool:
+def same_features(
+    names_a: Sequence[str], transforms_a: Sequence[str], names_b: Sequence[str], transforms_b: Sequence[str]
+) -> bool:
     """True when two runs use the same features with the same transforms (in any order)."""
-    return (sorted(zip(map(str, names_a), map(str, transforms_a)))
-            == sorted(zip(map(str, names_b), map(str, transforms_b))))
+    return sorted(zip(map(str, names_a), map(str, transforms_a))) == sorted(
+        zip(map(str, names_b), map(str, transforms_b))
+    )
 
 
 def comparable(previous: TrackedModel, current: TrackedModel) -> bool:
     """True when both models live in the same common space: same features, same transforms."""
-    return same_features(previous.feature_names, previous.transforms, current.feature_names, current.transforms)
+    return same_features(
+        previous.feature_names, previous.transforms, current.feature_names, current.transforms
+    )
 
 
-def warm_start_init(previous: TrackedModel, scaler_mean: np.ndarray, scaler_scale: np.ndarray,
-                    covariance_type: str, *, feature_names: Sequence[str],
-                    transforms: Sequence[str]) -> dict[str, np.ndarray]:
+def warm_start_init(
+    previous: TrackedModel,
+    scaler_mean: np.ndarray,
+    scaler_scale: np.ndarray,
+    covariance_type: str,
+    *,
+    feature_names: Sequence[str],
+    transforms: Sequence[str],
+) -> dict[str, np.ndarray]:
     """Initial parameters for ``GaussianMixture(n_components=previous.n_segments, **init)`` from the
     previous run's model, in this run's model space (this run's scaler).
 
@@ -196,8 +233,10 @@ def warm_start_init(previous: TrackedModel, scaler_mean: np.ndarray, scaler_scal
     """
     names = [str(n) for n in feature_names]
     if not same_features(names, transforms, previous.feature_names, previous.transforms):
-        raise ValueError("warm_start_init: the feature set or a transform changed since the previous run; "
-                         "start EM from scratch")
+        raise ValueError(
+            "warm_start_init: the feature set or a transform changed since the previous run; "
+            "start EM from scratch"
+        )
     prev = previous.reordered(names)
     mean = np.asarray(scaler_mean, dtype=np.float64)
     scale = np.asarray(scaler_scale, dtype=np.float64)
@@ -216,5 +255,7 @@ def warm_start_init(previous: TrackedModel, scaler_mean: np.ndarray, scaler_scal
     else:
         raise ValueError(f"warm_start_init: unknown covariance_type {covariance_type!r}")
     if precisions.ndim >= 2 and precisions.shape[-1] == precisions.shape[-2]:
-        precisions = 0.5 * (precisions + np.swapaxes(precisions, -1, -2))  # exact symmetry for the engine's check
+        precisions = 0.5 * (
+            precisions + np.swapaxes(precisions, -1, -2)
+        )  # exact symmetry for the engine's check
     return {"weights_init": weights, "means_init": means, "precisions_init": precisions}

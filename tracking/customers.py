@@ -36,9 +36,12 @@ class CustomerOverlap:
     left: int
 
 
-def customer_overlap(previous_customers: Sequence[Any] | np.ndarray, previous_segments: Sequence[int] | np.ndarray,
-                     current_customers: Sequence[Any] | np.ndarray, current_segments: Sequence[int] | np.ndarray
-                     ) -> CustomerOverlap:
+def customer_overlap(
+    previous_customers: Sequence[Any] | np.ndarray,
+    previous_segments: Sequence[int] | np.ndarray,
+    current_customers: Sequence[Any] | np.ndarray,
+    current_segments: Sequence[int] | np.ndarray,
+) -> CustomerOverlap:
     """Align two runs' assignments on the customers present in both (ids compared as text)."""
     pc = np.asarray(previous_customers).astype(str)
     cc = np.asarray(current_customers).astype(str)
@@ -46,15 +49,24 @@ def customer_overlap(previous_customers: Sequence[Any] | np.ndarray, previous_se
     cs = np.asarray(current_segments, dtype=np.int64)
     for name, ids, seg in (("previous", pc, ps), ("current", cc, cs)):
         if ids.shape != seg.shape:
-            raise ValueError(f"customer_overlap: {name} customers and segments differ in length ({ids.size} vs {seg.size})")
+            raise ValueError(
+                f"customer_overlap: {name} customers and segments differ in length ({ids.size} vs {seg.size})"
+            )
         if np.unique(ids).size != ids.size:
             raise ValueError(f"customer_overlap: {name} customer ids are not unique")
     common, ip, ic = np.intersect1d(pc, cc, assume_unique=True, return_indices=True)
-    return CustomerOverlap(customer_ids=common, previous_segments=ps[ip], current_segments=cs[ic],
-                           entered=int(cc.size - common.size), left=int(pc.size - common.size))
+    return CustomerOverlap(
+        customer_ids=common,
+        previous_segments=ps[ip],
+        current_segments=cs[ic],
+        entered=int(cc.size - common.size),
+        left=int(pc.size - common.size),
+    )
 
 
-def migration_table(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
+def migration_table(
+    previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[int] | np.ndarray
+) -> pd.DataFrame:
     """Customers per (previous segment, current segment), stayers included, for customers in both runs.
 
     Parameters
@@ -70,13 +82,25 @@ def migration_table(previous_ids: Sequence[int] | np.ndarray, current_ids: Seque
     p = np.asarray(previous_ids, dtype=np.int64).reshape(-1)
     c = np.asarray(current_ids, dtype=np.int64).reshape(-1)
     if p.shape != c.shape:
-        raise ValueError(f"migration_table: previous_ids and current_ids differ in length ({p.size} vs {c.size})")
+        raise ValueError(
+            f"migration_table: previous_ids and current_ids differ in length ({p.size} vs {c.size})"
+        )
     if p.size == 0:
-        return pd.DataFrame({"from_segment": np.zeros(0, np.int64), "to_segment": np.zeros(0, np.int64),
-                             "customers": np.zeros(0, np.int64)})
+        return pd.DataFrame(
+            {
+                "from_segment": np.zeros(0, np.int64),
+                "to_segment": np.zeros(0, np.int64),
+                "customers": np.zeros(0, np.int64),
+            }
+        )
     pairs, counts = np.unique(np.stack([p, c], axis=1), axis=0, return_counts=True)
-    return pd.DataFrame({"from_segment": pairs[:, 0].astype(np.int64), "to_segment": pairs[:, 1].astype(np.int64),
-                         "customers": counts.astype(np.int64)})
+    return pd.DataFrame(
+        {
+            "from_segment": pairs[:, 0].astype(np.int64),
+            "to_segment": pairs[:, 1].astype(np.int64),
+            "customers": counts.astype(np.int64),
+        }
+    )
 
 
 def moved_share(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[int] | np.ndarray) -> float:
@@ -88,8 +112,9 @@ def moved_share(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[
     return float(np.mean(p != c)) if p.size else float("nan")
 
 
-def hold_segments(components: np.ndarray, probabilities: np.ndarray, previous_components: np.ndarray,
-                  hold_odds: float) -> tuple[np.ndarray, np.ndarray]:
+def hold_segments(
+    components: np.ndarray, probabilities: np.ndarray, previous_components: np.ndarray, hold_odds: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep each customer in last run's segment unless the model now favours another by more than
     ``hold_odds`` to 1.
 

@@ -15,11 +15,14 @@ def _cholesky(cov: np.ndarray, what: str) -> np.ndarray:
     except np.linalg.LinAlgError:
         flat = cov.reshape(-1, cov.shape[-2], cov.shape[-1])
         bad = int(np.argmin(np.linalg.eigvalsh(flat)[:, 0]))
-        raise ValueError(f"bhattacharyya: {what} covariance number {bad + 1} is not positive definite") from None
+        raise ValueError(
+            f"bhattacharyya: {what} covariance number {bad + 1} is not positive definite"
+        ) from None
 
 
-def bhattacharyya_matrix(means_a: np.ndarray, covariances_a: np.ndarray,
-                         means_b: np.ndarray, covariances_b: np.ndarray) -> np.ndarray:
+def bhattacharyya_matrix(
+    means_a: np.ndarray, covariances_a: np.ndarray, means_b: np.ndarray, covariances_b: np.ndarray
+) -> np.ndarray:
     """Bhattacharyya distance between every Gaussian of set a and every Gaussian of set b.
 
     ``D = (m_a - m_b)' S^-1 (m_a - m_b) / 8 + log(det S / sqrt(det S_a det S_b)) / 2`` with
@@ -54,15 +57,23 @@ def bhattacharyya_matrix(means_a: np.ndarray, covariances_a: np.ndarray,
     diff = ma[:, None, :] - mb[None, :, :]
     y = np.linalg.solve(L, diff[..., None])[..., 0]
     logdet_s = 2.0 * np.log(np.diagonal(L, axis1=2, axis2=3)).sum(axis=2)
-    D = 0.125 * np.einsum("abi,abi->ab", y, y) + 0.5 * (logdet_s - 0.5 * (logdet_a[:, None] + logdet_b[None, :]))
+    D = 0.125 * np.einsum("abi,abi->ab", y, y) + 0.5 * (
+        logdet_s - 0.5 * (logdet_a[:, None] + logdet_b[None, :])
+    )
     return np.maximum(D, 0.0)  # rounding can leave -1e-16 for identical Gaussians
 
 
-def bhattacharyya(mean_a: np.ndarray, covariance_a: np.ndarray,
-                  mean_b: np.ndarray, covariance_b: np.ndarray) -> float:
+def bhattacharyya(
+    mean_a: np.ndarray, covariance_a: np.ndarray, mean_b: np.ndarray, covariance_b: np.ndarray
+) -> float:
     """Bhattacharyya distance between two Gaussians N(mean_a, covariance_a) and N(mean_b, covariance_b)."""
     ma = np.atleast_1d(np.asarray(mean_a, dtype=np.float64))
     d = ma.shape[0]
-    return float(bhattacharyya_matrix(ma[None], np.asarray(covariance_a, dtype=np.float64).reshape(1, d, d),
-                                      np.atleast_1d(np.asarray(mean_b, dtype=np.float64))[None],
-                                      np.asarray(covariance_b, dtype=np.float64).reshape(1, d, d))[0, 0])
+    return float(
+        bhattacharyya_matrix(
+            ma[None],
+            np.asarray(covariance_a, dtype=np.float64).reshape(1, d, d),
+            np.atleast_1d(np.asarray(mean_b, dtype=np.float64))[None],
+            np.asarray(covariance_b, dtype=np.float64).reshape(1, d, d),
+        )[0, 0]
+    )

@@ -29,8 +29,21 @@ from tracking.summary import what_changed
 from tracking.transitions import Transition, TransitionThresholds, classify_transitions
 
 # --------------------------------------------------------------------------- mean shift and flags
-_SHIFT_COLUMNS = ["segment_id", "feature_index", "feature", "transform", "unit", "previous_mean", "current_mean",
-                  "shift", "shift_sd", "previous_centre", "current_centre", "distance_sd", "bhattacharyya"]
+_SHIFT_COLUMNS = [
+    "segment_id",
+    "feature_index",
+    "feature",
+    "transform",
+    "unit",
+    "previous_mean",
+    "current_mean",
+    "shift",
+    "shift_sd",
+    "previous_centre",
+    "current_centre",
+    "distance_sd",
+    "bhattacharyya",
+]
 
 
 def mean_shift(previous: TrackedModel, current: TrackedModel) -> pd.DataFrame:
@@ -65,24 +78,39 @@ def mean_shift(previous: TrackedModel, current: TrackedModel) -> pd.DataFrame:
     sd = np.sqrt(np.diagonal(previous.covariances[ip], axis1=1, axis2=2))
     L = np.linalg.cholesky(previous.covariances[ip])
     distance = np.sqrt((np.linalg.solve(L, shift[..., None])[..., 0] ** 2).sum(axis=1))
-    bd = np.array([bhattacharyya(previous.means[a], previous.covariances[a], cur.means[b], cur.covariances[b])
-                   for a, b in zip(ip, ic)])
+    bd = np.array(
+        [
+            bhattacharyya(previous.means[a], previous.covariances[a], cur.means[b], cur.covariances[b])
+            for a, b in zip(ip, ic)
+        ]
+    )
     n = len(shared)
-    return pd.DataFrame({
-        "segment_id": np.repeat(np.array(shared, dtype=np.int64), d),
-        "feature_index": np.tile(np.arange(1, d + 1, dtype=np.int64), n),
-        "feature": np.tile(np.array(previous.feature_names, dtype=object), n),
-        "transform": np.tile(np.array(previous.transforms, dtype=object), n),
-        "unit": np.tile(np.array(previous.feature_units, dtype=object), n),
-        "previous_mean": m0.ravel(), "current_mean": m1.ravel(), "shift": shift.ravel(),
-        "shift_sd": (shift / sd).ravel(),
-        "previous_centre": previous.centres()[ip].ravel(), "current_centre": cur.centres()[ic].ravel(),
-        "distance_sd": np.repeat(distance, d), "bhattacharyya": np.repeat(bd, d),
-    })
+    return pd.DataFrame(
+        {
+            "segment_id": np.repeat(np.array(shared, dtype=np.int64), d),
+            "feature_index": np.tile(np.arange(1, d + 1, dtype=np.int64), n),
+            "feature": np.tile(np.array(previous.feature_names, dtype=object), n),
+            "transform": np.tile(np.array(previous.transforms, dtype=object), n),
+            "unit": np.tile(np.array(previous.feature_units, dtype=object), n),
+            "previous_mean": m0.ravel(),
+            "current_mean": m1.ravel(),
+            "shift": shift.ravel(),
+            "shift_sd": (shift / sd).ravel(),
+            "previous_centre": previous.centres()[ip].ravel(),
+            "current_centre": cur.centres()[ic].ravel(),
+            "distance_sd": np.repeat(distance, d),
+            "bhattacharyya": np.repeat(bd, d),
+        }
+    )
 
 
-def drift_flags(previous: TrackedModel | None, current: TrackedModel, moved: float, *,
-                moved_threshold: float = DEFAULT_MOVED_THRESHOLD) -> list[str]:
+def drift_flags(
+    previous: TrackedModel | None,
+    current: TrackedModel,
+    moved: float,
+    *,
+    moved_threshold: float = DEFAULT_MOVED_THRESHOLD,
+) -> list[str]:
     """Short warnings for analysts; empty when nothing crossed a line.
 
     Flags: the number of segments changed (``"k changed 4 -> 5"``), the covariance type changed
@@ -100,9 +128,15 @@ def drift_flags(previous: TrackedModel | None, current: TrackedModel, moved: flo
     if previous.covariance_type != current.covariance_type:
         flags.append(f"covariance type changed {previous.covariance_type} -> {current.covariance_type}")
     if not comparable(previous, current):
+
         def show(m: TrackedModel) -> str:
-            return ", ".join(f"log1p({n})" if t == "log1p" else n for n, t in zip(m.feature_names, m.transforms))
-        flags.append(f"features changed ({show(previous)} -> {show(current)}); ids matched by customer overlap")
+            return ", ".join(
+                f"log1p({n})" if t == "log1p" else n for n, t in zip(m.feature_names, m.transforms)
+            )
+
+        flags.append(
+            f"features changed ({show(previous)} -> {show(current)}); ids matched by customer overlap"
+        )
     if np.isfinite(moved) and moved > moved_threshold:
         flags.append(f"{moved:.0%} of customers changed segment (threshold {moved_threshold:.0%})")
     return flags
@@ -184,14 +218,22 @@ class RunDrift:
         }
 
 
-def compare_runs(previous: TrackedModel | None, current: TrackedModel, *, max_id_used: int,
-                 current_customers: Sequence[Any] | np.ndarray, current_components: Sequence[int] | np.ndarray,
-                 previous_customers: Sequence[Any] | np.ndarray | None = None,
-                 previous_segments: Sequence[int] | np.ndarray | None = None,
-                 max_distance: float = DEFAULT_MAX_DISTANCE, min_jaccard: float = DEFAULT_MIN_JACCARD,
-                 thresholds: TransitionThresholds = TransitionThresholds(),  # noqa: B008 (a frozen dataclass)
-                 moved_threshold: float = DEFAULT_MOVED_THRESHOLD,
-                 probabilities: np.ndarray | None = None, hold_odds: float = 1.0) -> RunDrift:
+def compare_runs(
+    previous: TrackedModel | None,
+    current: TrackedModel,
+    *,
+    max_id_used: int,
+    current_customers: Sequence[Any] | np.ndarray,
+    current_components: Sequence[int] | np.ndarray,
+    previous_customers: Sequence[Any] | np.ndarray | None = None,
+    previous_segments: Sequence[int] | np.ndarray | None = None,
+    max_distance: float = DEFAULT_MAX_DISTANCE,
+    min_jaccard: float = DEFAULT_MIN_JACCARD,
+    thresholds: TransitionThresholds = TransitionThresholds(),  # noqa: B008 (a frozen dataclass)
+    moved_threshold: float = DEFAULT_MOVED_THRESHOLD,
+    probabilities: np.ndarray | None = None,
+    hold_odds: float = 1.0,
+) -> RunDrift:
     """Match ids, then measure drift, for one run against the previous successful run.
 
     Parameters
@@ -227,46 +269,86 @@ def compare_runs(previous: TrackedModel | None, current: TrackedModel, *, max_id
     if previous is not None and previous_customers is not None and previous_segments is not None:
         overlap = customer_overlap(previous_customers, previous_segments, current_customers, components)
     match = match_segments(
-        previous, current, max_id_used, max_distance=max_distance, min_jaccard=min_jaccard,
-        overlap=None if overlap is None else (overlap.previous_segments, overlap.current_segments))
+        previous,
+        current,
+        max_id_used,
+        max_distance=max_distance,
+        min_jaccard=min_jaccard,
+        overlap=None if overlap is None else (overlap.previous_segments, overlap.current_segments),
+    )
     model = current.with_ids(match.segment_ids)
     held = None
     if overlap is not None and probabilities is not None and hold_odds > 1.0:
-        components, held = _held_components(components, probabilities, hold_odds, match.segment_ids,
-                                            previous_customers, previous_segments, current_customers)
+        components, held = _held_components(
+            components,
+            probabilities,
+            hold_odds,
+            match.segment_ids,
+            previous_customers,
+            previous_segments,
+            current_customers,
+        )
         overlap = customer_overlap(previous_customers, previous_segments, current_customers, components)
     if overlap is not None:
         overlap = replace(overlap, current_segments=match.segment_ids[overlap.current_segments])
         migration = migration_table(overlap.previous_segments, overlap.current_segments)
         prev_all = np.asarray(previous_segments, dtype=np.int64)
         transitions = classify_transitions(
-            overlap.previous_segments, overlap.current_segments, thresholds,
+            overlap.previous_segments,
+            overlap.current_segments,
+            thresholds,
             previous_counts={int(s): int(np.sum(prev_all == s)) for s in previous.segment_ids},
-            current_counts={int(s): int(n) for s, n in zip(match.segment_ids,
-                                                           np.bincount(components, minlength=current.n_segments))})
+            current_counts={
+                int(s): int(n)
+                for s, n in zip(match.segment_ids, np.bincount(components, minlength=current.n_segments))
+            },
+        )
         moved = moved_share(overlap.previous_segments, overlap.current_segments)
     else:
         migration, transitions, moved = migration_table([], []), [], float("nan")
     shifts = mean_shift(previous, model) if previous is not None else mean_shift(model, model).iloc[0:0]
-    return RunDrift(match=match, model=model, customer_ids=np.asarray(current_customers).astype(str),
-                    customer_segments=match.segment_ids[components], customer_components=components,
-                    previous=previous, overlap=overlap, migration=migration, transitions=transitions,
-                    moved_share=moved, shifts=shifts,
-                    flags=drift_flags(previous, model, moved, moved_threshold=moved_threshold),
-                    moved_threshold=moved_threshold, max_distance=max_distance,
-                    held=held, hold_odds=float(hold_odds) if held is not None else 1.0)
+    return RunDrift(
+        match=match,
+        model=model,
+        customer_ids=np.asarray(current_customers).astype(str),
+        customer_segments=match.segment_ids[components],
+        customer_components=components,
+        previous=previous,
+        overlap=overlap,
+        migration=migration,
+        transitions=transitions,
+        moved_share=moved,
+        shifts=shifts,
+        flags=drift_flags(previous, model, moved, moved_threshold=moved_threshold),
+        moved_threshold=moved_threshold,
+        max_distance=max_distance,
+        held=held,
+        hold_odds=float(hold_odds) if held is not None else 1.0,
+    )
 
 
-def _held_components(components: np.ndarray, probabilities: np.ndarray, hold_odds: float,
-                     segment_ids: np.ndarray, previous_customers, previous_segments,
-                     current_customers) -> tuple[np.ndarray, np.ndarray]:
+def _held_components(
+    components: np.ndarray,
+    probabilities: np.ndarray,
+    hold_odds: float,
+    segment_ids: np.ndarray,
+    previous_customers,
+    previous_segments,
+    current_customers,
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`hold_segments` for this run's customers, given the previous run's assignments."""
     p = np.asarray(probabilities, dtype=np.float64)
     if p.shape != (components.size, segment_ids.size):
-        raise ValueError(f"compare_runs: probabilities must have shape ({components.size}, {segment_ids.size}), "
-                         f"got {p.shape}")
-    _, ip, ic = np.intersect1d(np.asarray(previous_customers).astype(str), np.asarray(current_customers).astype(str),
-                               assume_unique=True, return_indices=True)
+        raise ValueError(
+            f"compare_runs: probabilities must have shape ({components.size}, {segment_ids.size}), "
+            f"got {p.shape}"
+        )
+    _, ip, ic = np.intersect1d(
+        np.asarray(previous_customers).astype(str),
+        np.asarray(current_customers).astype(str),
+        assume_unique=True,
+        return_indices=True,
+    )
     # Component carrying each previous id in this run (-1: retired, so there is nothing to keep).
     ids = np.asarray(segment_ids, dtype=np.int64)
     order = np.argsort(ids)

@@ -83,23 +83,31 @@ def _assign(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
     return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= limit]
 
 
-def _overlap_counts(previous_segments: np.ndarray, current_components: np.ndarray,
-                    previous_ids: np.ndarray, k_current: int) -> np.ndarray:
+def _overlap_counts(
+    previous_segments: np.ndarray, current_components: np.ndarray, previous_ids: np.ndarray, k_current: int
+) -> np.ndarray:
     row = {int(s): i for i, s in enumerate(previous_ids)}
     C = np.zeros((previous_ids.shape[0], k_current), dtype=np.int64)
     if previous_segments.size == 0:
         return C
-    pairs, counts = np.unique(np.stack([previous_segments, current_components], axis=1), axis=0, return_counts=True)
+    pairs, counts = np.unique(
+        np.stack([previous_segments, current_components], axis=1), axis=0, return_counts=True
+    )
     for (s, c), n in zip(pairs, counts):
         if int(s) in row and 0 <= int(c) < k_current:
             C[row[int(s)], int(c)] += int(n)
     return C
 
 
-def match_segments(previous: TrackedModel | None, current: TrackedModel, max_id_used: int, *,
-                   max_distance: float = DEFAULT_MAX_DISTANCE,
-                   overlap: tuple[np.ndarray, np.ndarray] | None = None,
-                   min_jaccard: float = DEFAULT_MIN_JACCARD) -> SegmentMatch:
+def match_segments(
+    previous: TrackedModel | None,
+    current: TrackedModel,
+    max_id_used: int,
+    *,
+    max_distance: float = DEFAULT_MAX_DISTANCE,
+    overlap: tuple[np.ndarray, np.ndarray] | None = None,
+    min_jaccard: float = DEFAULT_MIN_JACCARD,
+) -> SegmentMatch:
     """Give each current component the id of the previous segment it continues, or a new id.
 
     Rule: with the same features and transforms, the Bhattacharyya distance between every
@@ -139,12 +147,15 @@ def match_segments(previous: TrackedModel | None, current: TrackedModel, max_id_
         method, pairs, distances = "first_run", [], empty
     else:
         if max_id_used < int(previous.segment_ids.max()):
-            raise ValueError(f"match_segments: max_id_used ({max_id_used}) is smaller than the previous run's "
-                             f"largest segment id ({int(previous.segment_ids.max())})")
+            raise ValueError(
+                f"match_segments: max_id_used ({max_id_used}) is smaller than the previous run's "
+                f"largest segment id ({int(previous.segment_ids.max())})"
+            )
         if comparable(previous, current):
             aligned = current.reordered(previous.feature_names)
-            distances = bhattacharyya_matrix(previous.means, previous.covariances,
-                                             aligned.means, aligned.covariances)
+            distances = bhattacharyya_matrix(
+                previous.means, previous.covariances, aligned.means, aligned.covariances
+            )
             method, pairs = "bhattacharyya", _assign(distances, max_distance)
         elif overlap is not None:
             prev_seg = np.asarray(overlap[0], dtype=np.int64)
@@ -168,7 +179,12 @@ def match_segments(previous: TrackedModel | None, current: TrackedModel, max_id_
     kept = tuple(sorted(int(v) for v in ids[previous_index >= 0]))
     retired = () if previous is None else tuple(sorted(set(previous.segment_ids.tolist()) - set(kept)))
     return SegmentMatch(
-        segment_ids=ids, previous_index=previous_index, kept_ids=kept,
-        new_ids=tuple(sorted(int(v) for v in ids[unmatched])), retired_ids=retired,
+        segment_ids=ids,
+        previous_index=previous_index,
+        kept_ids=kept,
+        new_ids=tuple(sorted(int(v) for v in ids[unmatched])),
+        retired_ids=retired,
         distances=distances if method in ("bhattacharyya", "customer_overlap") else np.zeros((0, k)),
-        method=method, max_id_used=max(max_id_used, int(ids.max())))
+        method=method,
+        max_id_used=max(max_id_used, int(ids.max())),
+    )

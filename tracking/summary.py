@@ -23,8 +23,10 @@ def drift_markdown(drift: RunDrift) -> str:
         lines += ["", "**Flags:** " + "; ".join(drift.flags)]
     if not drift.migration.empty:
         lines += ["", "| from segment | to segment | customers |", "|---:|---:|---:|"]
-        lines += [f"| {int(r.from_segment)} | {int(r.to_segment)} | {int(r.customers):,} |"
-                  for r in drift.migration.itertuples()]
+        lines += [
+            f"| {int(r.from_segment)} | {int(r.to_segment)} | {int(r.customers):,} |"
+            for r in drift.migration.itertuples()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -36,30 +38,40 @@ def what_changed(drift: RunDrift) -> str:
     """A short plain-text summary (3 to 8 lines) of a :class:`RunDrift`."""
     m, prev, cur = drift.match, drift.previous, drift.model
     if prev is None:
-        return "\n".join([
-            "First tracked run: no previous run to compare with.",
-            f"{cur.n_segments} segments, {cur.covariance_type} covariance; ids {_ids(sorted(m.new_ids))} given.",
-            "Later runs keep these ids for the segments they continue.",
-            *(["Flags: " + "; ".join(drift.flags) + "."] if drift.flags else []),
-        ])
+        return "\n".join(
+            [
+                "First tracked run: no previous run to compare with.",
+                f"{cur.n_segments} segments, {cur.covariance_type} covariance; ids {_ids(sorted(m.new_ids))} given.",
+                "Later runs keep these ids for the segments they continue.",
+                *(["Flags: " + "; ".join(drift.flags) + "."] if drift.flags else []),
+            ]
+        )
     run = f"run {prev.run_id}" if prev.run_id is not None else "the previous run"
     lines = []
     if drift.overlap is not None:
         o = drift.overlap
         moved = "–" if not np.isfinite(drift.moved_share) else f"{drift.moved_share:.1%}"
-        lines.append(f"Since {run}: {o.customer_ids.size:,} customers in both runs ({o.entered:,} new, "
-                     f"{o.left:,} gone); {moved} of them changed segment.")
+        lines.append(
+            f"Since {run}: {o.customer_ids.size:,} customers in both runs ({o.entered:,} new, "
+            f"{o.left:,} gone); {moved} of them changed segment."
+        )
         if drift.held is not None:
-            lines.append(f"{drift.held_count:,} customers kept their segment although another is now more "
-                         f"probable, by no more than {drift.hold_odds:g} to 1 (tracking.hold_odds).")
+            lines.append(
+                f"{drift.held_count:,} customers kept their segment although another is now more "
+                f"probable, by no more than {drift.hold_odds:g} to 1 (tracking.hold_odds)."
+            )
     else:
         lines.append(f"Since {run}: no customer assignments to compare.")
-    how = {"bhattacharyya": f"matched by Bhattacharyya distance <= {_fmt_num(drift.max_distance)}",
-           "customer_overlap": "matched by customer overlap (features changed)",
-           "none": "features changed and no shared customers: all ids new",
-           "first_run": ""}[m.method]
-    lines.append(f"Segments {prev.n_segments} -> {cur.n_segments} ({prev.covariance_type} -> {cur.covariance_type}), "
-                 f"{how}: kept {_ids(m.kept_ids)}; new {_ids(m.new_ids)}; retired {_ids(m.retired_ids)}.")
+    how = {
+        "bhattacharyya": f"matched by Bhattacharyya distance <= {_fmt_num(drift.max_distance)}",
+        "customer_overlap": "matched by customer overlap (features changed)",
+        "none": "features changed and no shared customers: all ids new",
+        "first_run": "",
+    }[m.method]
+    lines.append(
+        f"Segments {prev.n_segments} -> {cur.n_segments} ({prev.covariance_type} -> {cur.covariance_type}), "
+        f"{how}: kept {_ids(m.kept_ids)}; new {_ids(m.new_ids)}; retired {_ids(m.retired_ids)}."
+    )
     changes = [t for t in drift.transitions if t.kind != "survived"]
     if drift.transitions and not changes:
         lines.append(f"All {len(drift.transitions)} previous segments survived (MONIC).")
@@ -79,14 +91,24 @@ def what_changed(drift: RunDrift) -> str:
     if not drift.shifts.empty:
         per = drift.shifts.loc[drift.shifts["shift_sd"].abs().idxmax()]
         unit = f" {per['unit']}" if per["unit"] else ""
-        lines.append(f"Largest move: segment {int(per['segment_id'])} moved {per['distance_sd']:.2f} of its standard "
-                     f"deviations; {per['feature']} centre {_fmt_num(per['previous_centre'])} -> "
-                     f"{_fmt_num(per['current_centre'])}{unit}.")
+        lines.append(
+            f"Largest move: segment {int(per['segment_id'])} moved {per['distance_sd']:.2f} of its standard "
+            f"deviations; {per['feature']} centre {_fmt_num(per['previous_centre'])} -> "
+            f"{_fmt_num(per['current_centre'])}{unit}."
+        )
     flows = drift.migration[drift.migration["from_segment"] != drift.migration["to_segment"]]
     if not flows.empty:
-        top = flows.sort_values(["customers", "from_segment", "to_segment"], ascending=[False, True, True]).head(3)
-        lines.append("Largest flows: " + "; ".join(f"{int(r.from_segment)} -> {int(r.to_segment)}: {int(r.customers):,}"
-                                                   for r in top.itertuples()) + ".")
+        top = flows.sort_values(
+            ["customers", "from_segment", "to_segment"], ascending=[False, True, True]
+        ).head(3)
+        lines.append(
+            "Largest flows: "
+            + "; ".join(
+                f"{int(r.from_segment)} -> {int(r.to_segment)}: {int(r.customers):,}"
+                for r in top.itertuples()
+            )
+            + "."
+        )
     lines.append("Flags: " + "; ".join(drift.flags) + "." if drift.flags else "No drift flags.")
     return "\n".join(lines)
 

@@ -35,8 +35,10 @@ class TransitionThresholds:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.tau_split <= self.tau_match <= 1.0:
-            raise ValueError(f"TransitionThresholds: need 0 < tau_split <= tau_match <= 1, "
-                             f"got tau_split={self.tau_split}, tau_match={self.tau_match}")
+            raise ValueError(
+                f"TransitionThresholds: need 0 < tau_split <= tau_match <= 1, "
+                f"got tau_split={self.tau_split}, tau_match={self.tau_match}"
+            )
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,22 @@ class Transition:
     share: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "from_ids": list(self.from_ids), "to_ids": list(self.to_ids),
-                "share": self.share}
+        return {
+            "kind": self.kind,
+            "from_ids": list(self.from_ids),
+            "to_ids": list(self.to_ids),
+            "share": self.share,
+        }
 
 
-def classify_transitions(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[int] | np.ndarray,
-                         thresholds: TransitionThresholds = TransitionThresholds(), *,
-                         previous_counts: Mapping[int, int] | None = None,
-                         current_counts: Mapping[int, int] | None = None) -> list[Transition]:
+def classify_transitions(
+    previous_ids: Sequence[int] | np.ndarray,
+    current_ids: Sequence[int] | np.ndarray,
+    thresholds: TransitionThresholds = TransitionThresholds(),
+    *,
+    previous_counts: Mapping[int, int] | None = None,
+    current_counts: Mapping[int, int] | None = None,
+) -> list[Transition]:
     """Classify how the previous run's segments became the current ones, from shared customers (MONIC).
 
     With ``P[X, Y]`` the share of previous segment X's customers that are now in current segment
@@ -111,13 +121,17 @@ def classify_transitions(previous_ids: Sequence[int] | np.ndarray, current_ids: 
     C = np.zeros((prev.size, cur.size), dtype=np.float64)
     np.add.at(C, (np.searchsorted(prev, p), np.searchsorted(cur, c)), 1.0)
 
-    def totals(shared: np.ndarray, ids: np.ndarray, counts: Mapping[int, int] | None, side: str) -> np.ndarray:
+    def totals(
+        shared: np.ndarray, ids: np.ndarray, counts: Mapping[int, int] | None, side: str
+    ) -> np.ndarray:
         if counts is None:
             return shared
         given = np.array([float(counts.get(int(s), 0)) for s in ids])
         if np.any(given < shared):
             bad = int(ids[np.argmax(given < shared)])
-            raise ValueError(f"classify_transitions: {side}_counts[{bad}] is smaller than its customers in both runs")
+            raise ValueError(
+                f"classify_transitions: {side}_counts[{bad}] is smaller than its customers in both runs"
+            )
         return given
 
     row_total = totals(C.sum(axis=1), prev, previous_counts, "previous")
@@ -144,15 +158,25 @@ def classify_transitions(previous_ids: Sequence[int] | np.ndarray, current_ids: 
                 rows.append((i, Transition("survived", (int(prev[i]),), (int(cur[j]),), float(P[i, j]))))
             elif i == group[0]:
                 share = float(C[group, j].sum() / row_total[group].sum())
-                rows.append((i, Transition("merged", tuple(int(v) for v in prev[group]), (int(cur[j]),), share)))
+                rows.append(
+                    (i, Transition("merged", tuple(int(v) for v in prev[group]), (int(cur[j]),), share))
+                )
             continue
         parts = np.flatnonzero(P[i] >= ts)
         if parts.size >= 2 and P[i, parts].sum() >= tm:
             reached[parts] = True
-            rows.append((i, Transition("split", (int(prev[i]),), tuple(int(v) for v in cur[parts]),
-                                       float(P[i, parts].sum()))))
+            rows.append(
+                (
+                    i,
+                    Transition(
+                        "split", (int(prev[i]),), tuple(int(v) for v in cur[parts]), float(P[i, parts].sum())
+                    ),
+                )
+            )
         else:
-            rows.append((i, Transition("disappeared", (int(prev[i]),), (), float(P[i].max()) if P.shape[1] else 0.0)))
+            rows.append(
+                (i, Transition("disappeared", (int(prev[i]),), (), float(P[i].max()) if P.shape[1] else 0.0))
+            )
     out = [t for _, t in sorted(rows, key=lambda r: r[0])]
     for j in np.flatnonzero(~reached):
         out.append(Transition("emerged", (), (int(cur[j]),), float(Q[:, j].max()) if Q.shape[0] else 0.0))
