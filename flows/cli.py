@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import ConfigError
-from flows.console import HIDE_TRACEBACKS_ENV, hide_tracebacks, one_failure_line
+from flows.console import configure_console
 from flows.parameters import (
     RunParameters,
     choices,
@@ -285,11 +285,8 @@ def _serve(args: argparse.Namespace) -> int:
     # then comes first on sys.path: a folder there named like one of our packages (an output
     # `reports/`, say) would shadow it. The folder holding the installed packages cannot.
     os.chdir(serve.package_root())
-    # The runs start in their own processes, which inherit this (and without it show tracebacks).
-    if args.debug:
-        os.environ.pop(HIDE_TRACEBACKS_ENV, None)
-    else:
-        os.environ[HIDE_TRACEBACKS_ENV] = "1"
+    # The runs start in their own processes, which inherit main()'s logging environment
+    # (flows/console.py): without --debug their console lines leave out tracebacks.
     print(
         f"Serving {serve.FLOW_NAME}/{serve.NIGHTLY} ({settings.schedule.cron}, {settings.schedule.timezone}) and "
         f"{serve.FLOW_NAME}/{serve.MANUAL} on {serve.api_url()}; stop with Ctrl-C.",
@@ -392,12 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             return 130
-    if debug:  # asked for tracebacks: an inherited setting of a served run must not hide them
-        os.environ.pop(HIDE_TRACEBACKS_ENV, None)
-    else:
-        import prefect  # noqa: F401  (configures Prefect's logging, whose handlers are then changed)
-
-        hide_tracebacks()
+    # Before Prefect is imported: it configures logging on import (an inherited setting of a
+    # served run must not hide the tracebacks --debug asks for).
+    configure_console(debug=debug, one_failure_line=args.command == "run")
     try:
         if args.command == "serve":
             return _serve(args)
@@ -424,9 +418,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from flows.pipeline import segment_customers
 
-    if not debug:
-        hide_tracebacks()  # handlers Prefect configured while importing the flow
-        one_failure_line()
     try:
         summary = segment_customers(**params, trigger="cli")
     except Exception as exc:  # the flow has logged the details; end with one clear line

@@ -1,97 +1,38 @@
-"""Console log lines without tracebacks, for terminals and service logs (the Prefect UI keeps them)."""
+"""Console log lines without tracebacks, for terminals and service logs (the Prefect UI keeps them).
+
+Done with Prefect's own logging configuration: ``flows/logging.yml`` (Prefect's default plus a
+formatter and a filter on the console handler, see :mod:`flows.log_format`), selected through
+``PREFECT_LOGGING_SETTINGS_PATH`` before Prefect is imported, and switched by two environment
+variables that runs started by ``segment serve`` inherit.
+"""
 
 from __future__ import annotations
 
-import copy
-import logging
 import os
-import sys
+from pathlib import Path
 
-#: Set (to "1") by `segment serve` without --debug: the runs it starts then log failures in one line.
+#: "1": console log lines leave out tracebacks (``segment`` without --debug; served runs inherit it).
 HIDE_TRACEBACKS_ENV = "SEGMENT_HIDE_TRACEBACKS"
+#: "1": Prefect's repeats of a run's failure stay off the console (``segment run``, which prints it).
+ONE_FAILURE_LINE_ENV = "SEGMENT_ONE_FAILURE_LINE"
+#: Prefect's default logging configuration with the two console additions.
+LOGGING_CONFIG = Path(__file__).with_name("logging.yml")
 
 
-class _NoTraceback(logging.Formatter):
-    """Formats a record with another formatter, leaving out its traceback and stack.
+def configure_console(*, debug: bool, one_failure_line: bool = False) -> None:
+    """Select ``flows/logging.yml`` (unless ``PREFECT_LOGGING_SETTINGS_PATH`` names another file)
+    and set what it hides. Call before Prefect is imported: Prefect configures logging on import.
 
-    The record is copied so that other handlers of the same record (Prefect's API handler, which
-    sends the traceback to the UI) still see it whole.
+    Parameters
+    ----------
+    debug : bool
+        Show tracebacks (and every log line).
+    one_failure_line : bool, default False
+        Keep Prefect's repeats of a failure off the console: the caller prints the error itself.
     """
-
-    def __init__(self, inner: logging.Formatter | None):
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info or record.exc_text or record.stack_info:
-            record = copy.copy(record)
-            record.exc_info = record.exc_text = record.stack_info = None
-        return self.inner.format(record)
-
-
-def hide_tracebacks() -> int:
-    """Stop tracebacks from reaching the terminal through logging; returns how many handlers changed.
-
-    Prefect logs a failed task or flow with ``exc_info``; without ``--debug`` its console handlers
-    (and any other handler writing to stdout/stderr) print the log line without the traceback. Call
-    after Prefect has configured logging (importing ``prefect`` does). Idempotent.
-    """
-    changed = 0
-    for handler in _console_handlers():
-        if not isinstance(handler.formatter, _NoTraceback):
-            handler.setFormatter(_NoTraceback(handler.formatter))
-            changed += 1
-    return changed
-
-
-def hide_tracebacks_if_asked() -> None:
-    """:func:`hide_tracebacks` in a process whose environment asks for it (a served run)."""
-    if os.environ.get(HIDE_TRACEBACKS_ENV) == "1":
-        hide_tracebacks()
-
-
-class _OneFailureLine(logging.Filter):
-    """Drops the log lines that repeat a run's failure: the command prints it once, at the end."""
-
-    _REPEATS = (
-        "Finished in state Failed",
-        "Encountered exception during execution",
-        "Task run failed with ",
-        " failed in stage ",
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(("prefect.task_runs", "prefect.flow_runs")):
-            return True
-        message = record.getMessage()
-        if " - Retry " in message:  # a retry to come is news, not a repeat
-            return True
-        return not any(text in message for text in self._REPEATS)
-
-
-def one_failure_line() -> int:
-    """Keep a failed run's error off the terminal's log lines, for a command that prints it itself.
-
-    Prefect logs a failure three times (the task, the flow's exception, the flow's final state) and
-    the run logs it once more; ``segment run`` ends with the error in one line of its own. The
-    Prefect UI and the run's database record keep every line. Returns how many handlers changed.
-    """
-    changed = 0
-    for handler in _console_handlers():
-        if not any(isinstance(f, _OneFailureLine) for f in handler.filters):
-            handler.addFilter(_OneFailureLine())
-            changed += 1
-    return changed
-
-
-def _console_handlers() -> list[logging.Handler]:
-    loggers = [logging.getLogger()] + [
-        obj for obj in logging.Logger.manager.loggerDict.values() if isinstance(obj, logging.Logger)
-    ]
-    streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
-    return [
-        handler
-        for logger in loggers
-        for handler in logger.handlers
-        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in streams
-    ]
+    os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(LOGGING_CONFIG))
+    for name, on in ((HIDE_TRACEBACKS_ENV, not debug), (ONE_FAILURE_LINE_ENV, one_failure_line and not debug)):
+        if on:
+            os.environ[name] = "1"
+        else:
+            os.environ.pop(name, None)

@@ -22,7 +22,6 @@ from prefect.runtime import deployment, flow_run
 
 from flows import continuity, stages
 from flows.config import PURCHASE_MEANINGS, Settings
-from flows.console import hide_tracebacks_if_asked
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
@@ -265,7 +264,6 @@ def segment_customers(**given: Any) -> dict[str, Any]:
     Runs on the same database never overlap: a run waits for the one holding the database
     (``output.lock_wait_minutes``), whatever started it.
     """
-    hide_tracebacks_if_asked()
     logger = get_run_logger()
     parameters = RunParameters.given(given)
     settings = parameters.settings()
