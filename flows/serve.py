@@ -29,7 +29,7 @@ def api_url() -> str:
     if not url:
         raise ConfigError(
             "no Prefect server configured: start one with `prefect server start` and set "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api (see README, 'Nightly runs')"
+            "PREFECT_API_URL=http://127.0.0.1:4200/api (see docs/operations.md, 'Nightly runs')"
         )
     return url
 

@@ -19,7 +19,7 @@ from flows.duck import connect, file_kind
 
 PROMPT, CONTINUED = "segments> ", "     ...> "
 HELP = """Statements end with ';' and may span lines. Read-only: the file is never changed.
-  .tables        tables and views (see the README's "The results database")
+  .tables        tables and views (see docs/results-database.md)
   .examples      where the example queries are
   .quit, .exit   leave (or Ctrl-D)"""
 
@@ -111,7 +111,8 @@ def _dot_command(con: duckdb.DuckDBPyConnection, command: str) -> str:
         ).fetchall()
         return "\n".join(f"{name:<24} {'view' if kind == 'VIEW' else 'table'}" for name, kind in rows)
     if command == ".examples":
-        return f"{Path(__file__).resolve().parent / 'sql' / 'examples.sql'} (and the README's queries 1-15)"
+        examples = Path(__file__).resolve().parent / "sql" / "examples.sql"
+        return f"{examples} (and docs/results-database.md's queries 1-15)"
     return f"unknown command {command}; .help lists them"
 
 

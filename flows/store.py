@@ -178,7 +178,7 @@ def _settle_wal(path: Path, notify: Notify | None) -> None:
     DuckDB can (the writer was killed, nobody has the file open); otherwise (readers have it
     open, or the log belongs to a file a run has since replaced, which DuckDB refuses with "WAL
     checkpoint iteration does not match") the log is moved aside, so that the published file
-    opens again. Tables written into the results file are not kept (the README says so).
+    opens again. Tables written into the results file are not kept (docs/results-database.md says so).
     """
     wal = Path(f"{path}.wal")
     if not wal.exists():

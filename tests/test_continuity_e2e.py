@@ -72,7 +72,7 @@ def test_ids_names_migration_and_history_across_runs(prefect_harness, tmp_path):
     assert (joined.segment_id_1 == joined.segment_id_2).mean() > 0.99
     migration = query(db, "SELECT * FROM current_migration")
     assert migration.customers.sum() == len(joined) == 750  # sums to the customers in both runs
-    # The README's query 12: the migration as a matrix of integers, 0 where nobody moved.
+    # Query 12 of docs/results-database.md: the migration as a matrix of integers, 0 where nobody moved.
     examples = (Path(__file__).resolve().parent.parent / "flows" / "sql" / "examples.sql").read_text()
     start = examples.index("PIVOT", examples.index("-- 12."))
     pivot = query(db, examples[start : examples.index(";", start)])

@@ -152,7 +152,7 @@ def test_retail_run_assignments_are_one_per_customer_and_consistent(retail_run):
     assert a[0] == a[1] == summary["customers"] and a[2] < 1e-9 and a[3] and a[4] and a[5]
 
 
-def test_every_readme_example_query_runs_on_a_real_result_file(retail_run):
+def test_every_documented_example_query_runs_on_a_real_result_file(retail_run):
     _, db, _ = retail_run
     with duckdb.connect(str(db), read_only=True) as con:
         for sql in example_queries():

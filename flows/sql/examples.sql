@@ -1,4 +1,4 @@
--- Example queries for analysts (the README shows these; tests run every one against a real run).
+-- Example queries for analysts (docs/results-database.md shows these; tests run every one against a real run).
 -- Open the file read-only so the nightly run can still write:  segment sql (or duckdb.connect(path, read_only=True))
 
 -- 1. The current segments: how many customers each and their share of all customers (what the

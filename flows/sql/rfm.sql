@@ -1,6 +1,6 @@
 -- RFM features per customer from the classified lines (macro in rfm_lines.sql).
 -- Parameters: $as_of (DATE), $cancellation_prefix (VARCHAR).
--- Rules (documented in the README):
+-- Rules (documented in docs/configuration.md, "Data rules"):
 --   * lines without a customer id cannot be attributed and are left out;
 --   * lines dated on or after the as-of date are left out;
 --   * a cancellation/return lowers monetary value (net spend) but is not a purchase, so it neither
