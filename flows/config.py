@@ -169,7 +169,7 @@ class ModelSettings(_Section):
     switch_margin: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
-    def _range(self) -> "ModelSettings":
+    def _range(self) -> ModelSettings:
         if self.k_max < self.k_min:
             raise ValueError(f"k_max ({self.k_max}) is smaller than k_min ({self.k_min})")
         if self.k_limit is not None and self.k_limit < self.k_max:
@@ -256,7 +256,7 @@ class Settings(_Section):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         if Path(self.input.path).resolve() == SAMPLE_PATH:
             for feature, unit in SAMPLE_UNITS.items():
                 self.features.units.setdefault(feature, unit)
@@ -272,7 +272,8 @@ class Settings(_Section):
             elif self.rules.purchase == "invoice" and "invoice_id" not in columns:
                 raise ValueError(
                     "rules.purchase = 'invoice' needs input.columns to map 'invoice_id' (--column "
-                    "invoice_id=YOUR_COLUMN); a log without invoice ids counts purchase days ('day') or lines ('line')"
+                    "invoice_id=YOUR_COLUMN); a log without invoice ids counts purchase days ('day') "
+                    "or lines ('line')"
                 )
             if (
                 self.rules.purchase != "invoice"
@@ -282,14 +283,16 @@ class Settings(_Section):
             unknown = [c for c in self.features.columns if c not in RFM_FEATURES]
             if unknown:
                 raise ValueError(
-                    f"features.columns {unknown} are not RFM features; a transaction log gives {list(RFM_FEATURES)} "
+                    f"features.columns {unknown} are not RFM features; "
+                    f"a transaction log gives {list(RFM_FEATURES)} "
                     "(for a table of one row per customer, add --kind customers, input.kind)"
                 )
             has_amount = "amount" in self.input.columns
             has_price = {"quantity", "unit_price"} <= set(self.input.columns)
             if not (has_amount or has_price):
                 raise ValueError(
-                    "input.columns must map 'amount', or both 'quantity' and 'unit_price', for a transaction log"
+                    "input.columns must map 'amount', or both 'quantity' and 'unit_price', "
+                    "for a transaction log"
                 )
             for needed in ("customer_id", "timestamp"):
                 if needed not in self.input.columns:
@@ -363,7 +366,8 @@ def load_settings(
     overrides: dict[str, Any] | None = None,
     overrides_source: str = "options",
 ) -> Settings:
-    """Build the run settings: defaults, then the TOML file, then ``overrides`` (flow parameters / CLI options).
+    """Build the run settings: defaults, then the TOML file, then ``overrides``
+    (flow parameters / CLI options).
 
     Relative paths inside the TOML file are taken relative to the file's folder, so a config file works
     from any working directory; relative paths given as overrides are relative to the working directory.

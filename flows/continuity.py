@@ -54,7 +54,8 @@ def load_previous(database: str | Path) -> PreviousRun | None:
             [run_id],
         ).df()
         scalers = con.execute(
-            "SELECT feature, unit, transform, scaler_mean, scaler_scale FROM feature_scalers WHERE run_id = ? "
+            "SELECT feature, unit, transform, scaler_mean, scaler_scale "
+            "FROM feature_scalers WHERE run_id = ? "
             "ORDER BY feature_index",
             [run_id],
         ).df()

@@ -115,7 +115,8 @@ class RunParameters(BaseModel):
     )
     as_of: Annotated[date | None, Param("rules.as_of")] = Field(
         None,
-        description="recency reference date, YYYY-MM-DD, exclusive; default: the day after the last transaction",
+        description="recency reference date, YYYY-MM-DD, exclusive; "
+        "default: the day after the last transaction",
     )
     k_min: Annotated[int | None, Param("model.k_min")] = Field(
         None, description="smallest number of segments tried"
@@ -182,7 +183,8 @@ class RunParameters(BaseModel):
         return nested
 
     def settings(self, source: str = "flow parameters", extra: dict[str, Any] | None = None) -> Settings:
-        """Merge these parameters (and ``extra`` overrides, e.g. ``segment serve``'s schedule) over the TOML file.
+        """Merge these parameters (and ``extra`` overrides, e.g. ``segment serve``'s schedule) over the
+        TOML file.
 
         ``source`` names the parameters in an error message ("command line" for the ``segment`` CLI).
         """

@@ -273,7 +273,8 @@ def segment_customers(**given: Any) -> dict[str, Any]:
     if settings.tracking.warm_start is not None:
         logger.warning(
             "tracking.warm_start is no longer used: every run refits the previous run's model and keeps it "
-            "unless a fresh choice is better by model.switch_margin (use --fresh / fresh=true to choose afresh)"
+            "unless a fresh choice is better by model.switch_margin "
+            "(use --fresh / fresh=true to choose afresh)"
         )
     with database_lock(
         settings.output.database,
@@ -425,7 +426,7 @@ def _segment(
                 "share": float(n) / max(record.customers, 1),
                 "weight": float(w),
             }
-            for s, n, w in zip(segments.segment_ids, segments.customer_counts, segments.weights)
+            for s, n, w in zip(segments.segment_ids, segments.customer_counts, segments.weights, strict=True)
         ],
         "database": str(Path(database_path).resolve()),
         "report": report_index,

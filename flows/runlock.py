@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -144,7 +144,7 @@ def database_lock(
                     told = True
                 time.sleep(poll_seconds)
         try:
-            since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             journal = RunJournal(
                 fh, {"pid": os.getpid(), "label": label, "since": f"since {since}"}, _read_journal(fh)
             )

@@ -26,7 +26,7 @@ from flows.features import (
     rfm_table,
 )
 from flows.load import LoadedInput
-from flows.segments import SegmentResult, assignment_table, assign_segments, feature_profiles, segment_table
+from flows.segments import SegmentResult, assign_segments, assignment_table, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
 from schemas import (
     Assignments,
@@ -119,7 +119,10 @@ def _reject_hint(rejects: pd.DataFrame) -> str:
     rules = rejects["rule"].value_counts()
     top = str(rules.index[0]) if len(rules) else ""
     if top in ("csv_missing_columns", "csv_too_many_columns"):
-        return " (rows with another number of fields than the header: garbage lines, or a separator other than the header's)"
+        return (
+            " (rows with another number of fields than the header: garbage lines, "
+            "or a separator other than the header's)"
+        )
     if top == "csv_invalid_encoding":
         return " (the file is not UTF-8: convert it, e.g. iconv -f latin1 -t utf-8)"
     return ""
@@ -368,7 +371,8 @@ def report_data(
 
     as_of = f" (as of {features.as_of})" if features.as_of else ""
     sizes = ", ".join(
-        f"{sid}: {n:,}" for sid, n in zip(segments.segment_ids.tolist(), segments.customer_counts.tolist())
+        f"{sid}: {n:,}"
+        for sid, n in zip(segments.segment_ids.tolist(), segments.customer_counts.tolist(), strict=True)
     )
     summary = {
         "Run": str(run_id),
@@ -433,7 +437,7 @@ def missing_features_note(features: FeatureMatrix) -> str:
     if not with_gaps:
         return ""
     blank = np.isnan(features.X_original).sum(axis=0)
-    per_feature = ", ".join(f"{name} {int(n):,}" for name, n in zip(features.names, blank) if n)
+    per_feature = ", ".join(f"{name} {int(n):,}" for name, n in zip(features.names, blank, strict=True) if n)
     return (
         f"{with_gaps:,} of {features.n_customers:,} customers ({with_gaps / features.n_customers:.1%}) were "
         f"segmented on the features they have (blank: {per_feature}); assignments.missing_features "
@@ -448,7 +452,8 @@ def discrete_features_note(features: FeatureMatrix) -> str:
         if features.resolution[j] > 0:
             unit = f" ({features.units[j]})" if features.units[j] else ""
             parts.append(
-                f"{name}: {features.spike_share[j]:.1%} of customers at exactly {features.spike_value[j]:g}{unit}, "
+                f"{name}: {features.spike_share[j]:.1%} of customers "
+                f"at exactly {features.spike_value[j]:g}{unit}, "
                 f"next value {features.resolution[j]:.3g} standard deviations away; no segment is narrower "
                 f"along it than that spacing allows (variance spacing²/12)"
             )

@@ -144,7 +144,7 @@ def missing_statistics(
     second = np.zeros((k, d, d))
     ll = 0.0
     total = 0.0
-    for rows, o, m in zip(patterns.rows, patterns.observed, patterns.missing):
+    for rows, o, m in zip(patterns.rows, patterns.observed, patterns.missing, strict=True):
         L_inv, log_det = _observed_factors(full_cov, o)
         A = L_inv @ full_cov[:, o[:, None], m[None, :]]  # L^-1 S_om, (k, |o|, |m|)
         AT = np.swapaxes(A, 1, 2)
@@ -196,7 +196,7 @@ def missing_log_prob(
     """Call ``reduce(rows, LT)`` for the rows of every pattern (as
     :func:`gmm_engine.statistics.map_weighted_log_prob` does for complete rows)."""
     prec_diag = _precision_diagonal(model, params)
-    for rows, o in zip(patterns.rows, patterns.observed):
+    for rows, o in zip(patterns.rows, patterns.observed, strict=True):
         L_inv, log_det = _observed_factors(full_cov, o)
         for block in _blocks(rows.size):
             XoT = X[np.ix_(rows[block], o)].T - shift[o][:, None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
@@ -153,7 +154,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Column names, when ``X`` was a DataFrame with string column names.
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "covariance_type": [StrOptions(set(ALL_COVARIANCE_TYPES))],
         "tol": [Interval(Real, 0.0, None, closed="left")],
@@ -380,7 +381,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return hasattr(self, "precisions_cholesky_")
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":
+    def fit(self, X, y=None, sample_weight=None) -> GaussianMixture:
         """Estimate the parameters by EM.
 
         Parameters

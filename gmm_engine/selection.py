@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Callable, Iterable
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params

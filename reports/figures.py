@@ -93,7 +93,7 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
 
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     axes = fig.subplots(1, len(CRITERIA), sharex=True)
-    for ax, name in zip(axes, CRITERIA):
+    for ax, name in zip(axes, CRITERIA, strict=True):
         for cov in types:
             style = covariance_style(cov)
             accepted = sorted(
@@ -494,7 +494,7 @@ def membership_figure(
     order = sorted(range(len(segment_ids)), key=lambda c: segment_ids[c])
     groups = [p[labels == c] for c in order]
     names = []
-    for c, group in zip(order, groups):
+    for c, group in zip(order, groups, strict=True):
         below = np.mean(group < threshold) if len(group) else 0.0
         names.append(f"segment {segment_ids[c]} ({below:.0%} below {threshold:g})")
     ax.hist(
@@ -547,7 +547,10 @@ def sizes_figure(counts: np.ndarray, segment_ids: Sequence[int]) -> Figure:
     bars = ax.bar(positions, heights, color=[colors[segment_ids[c]] for c in order], width=0.7)
     shares = heights / total if total else np.zeros(len(order))
     ax.bar_label(
-        bars, labels=[f"{h:,}\n({s:.1%})" for h, s in zip(heights, shares)], padding=2, fontsize="small"
+        bars,
+        labels=[f"{h:,}\n({s:.1%})" for h, s in zip(heights, shares, strict=True)],
+        padding=2,
+        fontsize="small",
     )
     ax.set_xticks(positions, [str(segment_ids[c]) for c in order])
     ax.set_ylim(0, max(heights.max(initial=0), 1) * 1.18)

@@ -81,7 +81,7 @@ def mean_shift(previous: TrackedModel, current: TrackedModel) -> pd.DataFrame:
     bd = np.array(
         [
             bhattacharyya(previous.means[a], previous.covariances[a], cur.means[b], cur.covariances[b])
-            for a, b in zip(ip, ic)
+            for a, b in zip(ip, ic, strict=True)
         ]
     )
     n = len(shared)
@@ -131,7 +131,8 @@ def drift_flags(
 
         def show(m: TrackedModel) -> str:
             return ", ".join(
-                f"log1p({n})" if t == "log1p" else n for n, t in zip(m.feature_names, m.transforms)
+                f"log1p({n})" if t == "log1p" else n
+                for n, t in zip(m.feature_names, m.transforms, strict=True)
             )
 
         flags.append(
@@ -300,7 +301,9 @@ def compare_runs(
             previous_counts={int(s): int(np.sum(prev_all == s)) for s in previous.segment_ids},
             current_counts={
                 int(s): int(n)
-                for s, n in zip(match.segment_ids, np.bincount(components, minlength=current.n_segments))
+                for s, n in zip(
+                    match.segment_ids, np.bincount(components, minlength=current.n_segments), strict=True
+                )
             },
         )
         moved = moved_share(overlap.previous_segments, overlap.current_segments)

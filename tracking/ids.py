@@ -80,7 +80,7 @@ def _assign(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
     if cost.size == 0:
         return []
     rows, cols = linear_sum_assignment(np.minimum(cost, limit))
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= limit]
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if cost[r, c] <= limit]
 
 
 def _overlap_counts(
@@ -93,7 +93,7 @@ def _overlap_counts(
     pairs, counts = np.unique(
         np.stack([previous_segments, current_components], axis=1), axis=0, return_counts=True
     )
-    for (s, c), n in zip(pairs, counts):
+    for (s, c), n in zip(pairs, counts, strict=True):
         if int(s) in row and 0 <= int(c) < k_current:
             C[row[int(s)], int(c)] += int(n)
     return C

@@ -41,7 +41,8 @@ def what_changed(drift: RunDrift) -> str:
         return "\n".join(
             [
                 "First tracked run: no previous run to compare with.",
-                f"{cur.n_segments} segments, {cur.covariance_type} covariance; ids {_ids(sorted(m.new_ids))} given.",
+                f"{cur.n_segments} segments, {cur.covariance_type} covariance; "
+                f"ids {_ids(sorted(m.new_ids))} given.",
                 "Later runs keep these ids for the segments they continue.",
                 *(["Flags: " + "; ".join(drift.flags) + "."] if drift.flags else []),
             ]

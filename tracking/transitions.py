@@ -140,7 +140,7 @@ def classify_transitions(
     Q = np.divide(C, col_total[None, :], out=np.zeros_like(C), where=col_total[None, :] > 0)
     tm, ts = thresholds.tau_match, thresholds.tau_split
 
-    strong = P >= tm
+    strong = tm <= P
     # A previous segment with two targets at >= tau_match (only possible at an exact 50/50 with
     # tau_match = 0.5) is a split, not a survival into an arbitrary one of them.
     single = strong.sum(axis=1) == 1
