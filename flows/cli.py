@@ -72,6 +72,7 @@ def _help(name: str) -> str:
             default = ",".join(map(str, default))
         shown = default is not None and not isinstance(default, dict) and len(str(default)) <= 40
         notes.append(f"{param.setting}" + (f", default {default}" if shown else ""))
+    assert field.description is not None  # every run parameter has a description
     return field.description + (f" ({'; '.join(notes)})" if notes else "")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,12 +53,21 @@ MISSING_RULES = ("model", "reject")
 
 InputKind = Literal["transactions", "customers"]
 # One list of names each, where they are defined (a Literal of a tuple is the Literal of its items).
-Transform = Literal[TRANSFORMS]
-# scikit-learn's four names (the default grid) and mclust's fourteen.
-CovarianceType = Literal[ALL_COVARIANCE_TYPES]
-Criterion = Literal[CRITERIA]
-MissingRule = Literal[MISSING_RULES]
-PurchaseRule = Literal[PURCHASE_RULES]
+# A type checker cannot build a Literal from a tuple's values, so for mypy these are plain strings;
+# pydantic checks the values at runtime.
+if TYPE_CHECKING:
+    Transform = str
+    CovarianceType = str
+    Criterion = str
+    MissingRule = str
+    PurchaseRule = str
+else:
+    Transform = Literal[TRANSFORMS]
+    # scikit-learn's four names (the default grid) and mclust's fourteen.
+    CovarianceType = Literal[ALL_COVARIANCE_TYPES]
+    Criterion = Literal[CRITERIA]
+    MissingRule = Literal[MISSING_RULES]
+    PurchaseRule = Literal[PURCHASE_RULES]
 Trigger = Literal["cli", "manual", "schedule", "test"]
 
 
@@ -390,7 +399,8 @@ def load_settings(
                 data[section][key] = str(base / value)
     file_data = data
     data = deep_merge(data, overrides or {})
-    given_input = data.get("input") if isinstance(data.get("input"), dict) else {}
+    given = data.get("input")
+    given_input = given if isinstance(given, dict) else {}
     if given_input.get("path") not in (None, str(SAMPLE_PATH)) and "columns" not in given_input:
         # A user's own file does not have Online Retail's column names: default to the canonical names.
         given_input["columns"] = {}

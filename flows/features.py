@@ -177,6 +177,7 @@ def rfm_table(
         names = [d[0] for d in con.description]
     finally:
         con.close()
+    assert row is not None  # an aggregate without GROUP BY returns one row
     counts = {name: int(value or 0) for name, value in zip(names, row, strict=True)}
     features["recency_days"] = features["recency_days"].astype(np.float64)
     features["frequency"] = features["frequency"].astype(np.float64)

@@ -222,6 +222,7 @@ def setting_default(key: str) -> Any:
     """The built-in default of a dotted settings key (``model.k_max`` -> 8); KeyError for an unknown key."""
     section, leaf = key.split(".")
     section_model = Settings.model_fields[section].annotation
+    assert section_model is not None  # every section is annotated with its model
     return section_model.model_fields[leaf].get_default(call_default_factory=True)
 
 

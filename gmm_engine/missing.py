@@ -107,6 +107,8 @@ def _pattern_terms(
     Z -= L_inv @ params.means_c[:, o, None]
     const = params.log_weights - 0.5 * o.size * LOG_2PI - log_det
     if precision_diagonal is not None:
+        # _precision_diagonal gives one exactly when the parameters have a rounding variance.
+        assert params.rounding_variance is not None
         const = const - 0.5 * precision_diagonal[:, o] @ params.rounding_variance[o]
     LT = np.einsum("kin,kin->kn", Z, Z)
     LT *= -0.5

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse, Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+from numpy.typing import ArrayLike
 
 from .profiles import SegmentProfiles
 from .report_data import CRITERIA
@@ -74,7 +75,7 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
         model refitted (a row with ``origin`` ``previous``) is a black diamond, and the chosen
         candidate is a star.
     """
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "k": int(r["n_components"]),
             "type": str(r["covariance_type"]),
@@ -369,7 +370,14 @@ def segments_figure(
     for c, sid in enumerate(segment_ids):
         _add_ellipses(ax, centres[c], projected[c], colors[sid])
         ax.scatter(
-            *centres[c], marker="X", s=110, color=colors[sid], edgecolor="black", linewidths=1.0, zorder=5
+            centres[c][0],
+            centres[c][1],
+            marker="X",
+            s=110,
+            color=colors[sid],
+            edgecolor="black",
+            linewidths=1.0,
+            zorder=5,
         )
     handles += [
         Line2D([], [], color="black", linewidth=2.0, label="1-sigma ellipse"),
@@ -499,7 +507,7 @@ def membership_figure(
         names.append(f"segment {segment_ids[c]} ({below:.0%} below {threshold:g})")
     ax.hist(
         groups,
-        bins=edges,
+        bins=edges.tolist(),
         stacked=True,
         color=[colors[segment_ids[c]] for c in order],
         label=names,
@@ -762,10 +770,10 @@ def histogram_edges(values: np.ndarray, low: float, high: float, bins: int) -> n
     return np.asarray(edges, dtype=np.float64)
 
 
-def _expm1(x: np.ndarray) -> np.ndarray:
+def _expm1(x: ArrayLike) -> np.ndarray:
     return np.expm1(x)
 
 
-def _log1p(y: np.ndarray) -> np.ndarray:
+def _log1p(y: ArrayLike) -> np.ndarray:
     # The secondary axis probes values below -1 while laying out; keep them finite.
     return np.log1p(np.maximum(y, -1.0 + 1e-12))

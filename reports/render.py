@@ -94,15 +94,16 @@ def render_report(
         data.segment_ids,
     )
     names = figure_files(data.n_features, drift=data.drift is not None)
+    drift = data.drift
     builders: list[Callable[[], Figure]] = (
         []
-        if data.drift is None
+        if drift is None
         else [
             lambda: drift_figures.migration_figure(
-                data.drift["migration"],
-                data.drift["previous_segment_ids"],
+                drift["migration"],
+                drift["previous_segment_ids"],
                 data.segment_ids,
-                previous_run_id=data.drift["previous_run_id"],
+                previous_run_id=drift["previous_run_id"],
             )
         ]
     )

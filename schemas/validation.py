@@ -131,7 +131,7 @@ def validate_rows(
         if rejects.empty:
             raise SchemaFailure(f"{source}: validation failed without naming a row or column")
         parts.append(rejects)
-        kept = kept.drop(index=np.unique(rejects["row_number"].to_numpy()))
+        kept = kept.drop(index=np.unique(rejects["row_number"].to_numpy()).tolist())
     else:
         raise SchemaFailure(f"{source}: rows still fail validation after {_MAX_PASSES} passes")
     if not parts:

@@ -142,7 +142,7 @@ def common_model(
     transforms: Sequence[str],
     covariance_type: str,
     feature_units: Sequence[str] = (),
-    segment_ids: Sequence[int] | None = None,
+    segment_ids: Sequence[int] | np.ndarray | None = None,
     run_id: int | str | None = None,
 ) -> TrackedModel:
     """Map model-space parameters to the common space: ``x = x_model * scaler_scale + scaler_mean``.
@@ -188,7 +188,7 @@ def common_model(
         weights=w,
         means=m * scale + mean,
         covariances=cov * np.outer(scale, scale),
-        segment_ids=np.arange(1, k + 1) if segment_ids is None else segment_ids,
+        segment_ids=np.arange(1, k + 1) if segment_ids is None else np.asarray(segment_ids),
         feature_names=tuple(feature_names),
         transforms=tuple(transforms),
         covariance_type=covariance_type,
@@ -221,7 +221,7 @@ def warm_start_init(
     *,
     feature_names: Sequence[str],
     transforms: Sequence[str],
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Initial parameters for ``GaussianMixture(n_components=previous.n_segments, **init)`` from the
     previous run's model, in this run's model space (this run's scaler).
 

@@ -280,6 +280,8 @@ def compare_runs(
     model = current.with_ids(match.segment_ids)
     held = None
     if overlap is not None and probabilities is not None and hold_odds > 1.0:
+        # An overlap exists only with the previous run's customers and segments.
+        assert previous_customers is not None and previous_segments is not None
         components, held = _held_components(
             components,
             probabilities,
@@ -291,6 +293,7 @@ def compare_runs(
         )
         overlap = customer_overlap(previous_customers, previous_segments, current_customers, components)
     if overlap is not None:
+        assert previous is not None  # an overlap exists only with a previous run
         overlap = replace(overlap, current_segments=match.segment_ids[overlap.current_segments])
         migration = migration_table(overlap.previous_segments, overlap.current_segments)
         prev_all = np.asarray(previous_segments, dtype=np.int64)

@@ -171,8 +171,10 @@ def match_segments(
             method, pairs, distances = "none", [], np.ones((previous.n_segments, k))
     ids = np.zeros(k, dtype=np.int64)
     previous_index = np.full(k, -1, dtype=np.int64)
+    # pairs is empty without a previous run.
+    previous_ids = np.zeros(0, dtype=np.int64) if previous is None else previous.segment_ids
     for r, c in pairs:
-        ids[c] = previous.segment_ids[r]
+        ids[c] = previous_ids[r]
         previous_index[c] = r
     unmatched = _canonical_order(current, np.flatnonzero(previous_index < 0))
     ids[unmatched] = max_id_used + 1 + np.arange(unmatched.size)

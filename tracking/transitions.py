@@ -178,7 +178,7 @@ def classify_transitions(
                 (i, Transition("disappeared", (int(prev[i]),), (), float(P[i].max()) if P.shape[1] else 0.0))
             )
     out = [t for _, t in sorted(rows, key=lambda r: r[0])]
-    for j in np.flatnonzero(~reached):
+    for j in np.flatnonzero(~reached).tolist():
         out.append(Transition("emerged", (), (int(cur[j]),), float(Q[:, j].max()) if Q.shape[0] else 0.0))
     return out
 
