@@ -18,11 +18,10 @@ import time
 import warnings
 
 import numpy as np
+from generated_data import make_blobs
 
 from gmm_engine import MCLUST_MODELS, ConvergenceWarning, GaussianMixture, covariance_layout
 from gmm_engine.covariance import COVARIANCE_MODELS
-
-from generated_data import make_blobs
 
 
 def identity_precisions(model: str, k: int, d: int) -> np.ndarray:
@@ -66,7 +65,7 @@ def main() -> int:
             gm.fit(X)
             seconds = (time.perf_counter() - start) / args.iterations
         rows.append((model, seconds, gm.lower_bound_))
-    full = dict((m, s) for m, s, _ in rows)["VVV"]
+    full = {m: s for m, s, _ in rows}["VVV"]
     for model, seconds, bound in rows:
         print(f"{model:>6} {seconds:8.3f} {seconds / full:7.2f} {bound:14.5f}", flush=True)
     return 0

@@ -20,12 +20,11 @@ import tracemalloc
 import warnings
 
 import numpy as np
+from generated_data import make_blobs
 from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from gmm_engine import ConvergenceWarning, GaussianMixture
-
-from generated_data import make_blobs
 
 TARGETS = {"full": 5.0, "tied": 3.0, "diag": 3.0, "spherical": 3.0}
 

@@ -20,11 +20,10 @@ import time
 import warnings
 
 import numpy as np
+from generated_data import make_blobs
 
 from gmm_engine import ConvergenceWarning, GaussianMixture
 from gmm_engine.missing import find_patterns
-
-from generated_data import make_blobs
 
 SHARES = (0.05, 0.30)
 

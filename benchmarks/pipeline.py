@@ -49,7 +49,8 @@ print("BENCHMARK " + json.dumps(summary, default=str))
 
 
 def make_million(path: Path, n_customers: int, seed: int = 0) -> None:
-    """Write ``n_customers`` customers drawn from 5 Gaussian segments in 4 features to Parquet (via DuckDB)."""
+    """Write ``n_customers`` customers drawn from 5 Gaussian segments in 4 features to Parquet
+    (via DuckDB)."""
     import duckdb
     import numpy as np
     import pandas as pd
@@ -76,7 +77,7 @@ def run_flow(params: dict) -> dict:
         [sys.executable, "-c", _CHILD, json.dumps(params)], cwd=REPO, env=env, capture_output=True, text=True
     )
     wall = time.perf_counter() - start
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCHMARK ")), None)
+    line = next((out for out in proc.stdout.splitlines() if out.startswith("BENCHMARK ")), None)
     if proc.returncode != 0 or line is None:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"benchmark run failed (exit {proc.returncode})")
@@ -108,7 +109,8 @@ def print_table(title: str, summary: dict, target_seconds: float, target_mb: flo
     if target_mb is not None:
         verdict = "ok" if summary["flow_peak_mb"] <= target_mb else "OVER TARGET"
         print(
-            f"  peak memory {summary['flow_peak_mb']:.0f} MiB (flow process), target {target_mb:.0f} MiB: {verdict}"
+            f"  peak memory {summary['flow_peak_mb']:.0f} MiB (flow process), "
+            f"target {target_mb:.0f} MiB: {verdict}"
         )
     print(f"  Prefect server process peak: {summary['server_peak_mb']:.0f} MiB")
 

@@ -150,7 +150,8 @@ def main() -> int:
             f"({size_all / size_kept:.1f}x smaller)"
         )
         print(
-            f"last publication: keep all {seconds[0][-1]:.2f} s, keep {args.keep} {seconds[args.keep][-1]:.2f} s "
+            f"last publication: keep all {seconds[0][-1]:.2f} s, "
+            f"keep {args.keep} {seconds[args.keep][-1]:.2f} s "
             f"({seconds[0][-1] / seconds[args.keep][-1]:.1f}x faster)"
         )
     return 0

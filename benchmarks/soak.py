@@ -102,7 +102,8 @@ def check(db: Path, customers: int) -> dict:
             ).fetchall()[0][0],
         }
         orphans = con.execute(
-            "SELECT count(*) FROM assignments WHERE run_id NOT IN (SELECT run_id FROM runs WHERE status = 'success')"
+            "SELECT count(*) FROM assignments "
+            "WHERE run_id NOT IN (SELECT run_id FROM runs WHERE status = 'success')"
         ).fetchall()[0][0]
     if actual != expected:
         problems.append(f"table rows {actual} != rows the runs wrote {expected}")
@@ -178,12 +179,14 @@ def main() -> int:
     print(f"seconds: {seconds:.1f} ({seconds / max(len(result['runs']), 1):.2f} per run)")
     per_run = (sizes[-1] - sizes[0]) / max(len(result["runs"]) - 1, 1)
     print(
-        f"database: {sizes[0] / 2**20:.2f} MiB after the first step, {sizes[-1] / 2**20:.2f} MiB after the last; "
+        f"database: {sizes[0] / 2**20:.2f} MiB after the first step, "
+        f"{sizes[-1] / 2**20:.2f} MiB after the last; "
         f"{per_run / 2**10:.0f} KiB per further run on average (the file grows in DuckDB's block "
         f"allocations: largest single step {growth[1:].max() / 2**10:.0f} KiB)"
     )
     print(
-        f"assignment rows per MiB of growth: {result['rows']['assignments'] / max(sizes[-1] / 2**20, 1e-9):,.0f}"
+        "assignment rows per MiB of growth: "
+        f"{result['rows']['assignments'] / max(sizes[-1] / 2**20, 1e-9):,.0f}"
     )
     leftovers = sorted(p.name for p in work.glob(".segments.duckdb.*"))
     print(f"leftover private copies: {leftovers or 'none'}")

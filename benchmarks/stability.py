@@ -330,7 +330,8 @@ def generated(folder: Path, arms: list[str]) -> list[dict]:
             ).fetchall()[0]
         one_time = pd.read_csv(paths[-1]).eval("orders == 1").sum()
         print(
-            f"  {name}: the segment on the spike (centre {spike[2]:.3f} orders) holds {spike[1]:,} customers; "
+            f"  {name}: the segment on the spike (centre {spike[2]:.3f} orders) "
+            f"holds {spike[1]:,} customers; "
             f"{one_time:,} customers have exactly 1 order"
         )
         results.append(verdict(name, rows))

@@ -72,6 +72,7 @@ def _help(name: str) -> str:
             default = ",".join(map(str, default))
         shown = default is not None and not isinstance(default, dict) and len(str(default)) <= 40
         notes.append(f"{param.setting}" + (f", default {default}" if shown else ""))
+    assert field.description is not None  # every run parameter has a description
     return field.description + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -100,7 +101,8 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--debug",
         action="store_true",
-        help="show Python tracebacks in the terminal (by default errors are one line; the Prefect UI keeps them)",
+        help="show Python tracebacks in the terminal "
+        "(by default errors are one line; the Prefect UI keeps them)",
     )
 
 
@@ -189,7 +191,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     """What ``segment run`` prints at the end."""
     lines = [
         "",
-        f"Run {summary['run_id']}: {summary['n_components']} segments, {summary['covariance_type']} covariance "
+        f"Run {summary['run_id']}: {summary['n_components']} segments, "
+        f"{summary['covariance_type']} covariance "
         f"(chosen by {summary['criterion'].upper()} = {summary['criterion_value']:.1f})",
         f"  rows loaded {summary['rows_loaded']:,}, rejected {summary['rows_rejected']:,}; "
         f"customers segmented {summary['customers']:,}"
@@ -288,7 +291,8 @@ def _serve(args: argparse.Namespace) -> int:
     # The runs start in their own processes, which inherit main()'s logging environment
     # (flows/console.py): without --debug their console lines leave out tracebacks.
     print(
-        f"Serving {serve.FLOW_NAME}/{serve.NIGHTLY} ({settings.schedule.cron}, {settings.schedule.timezone}) and "
+        f"Serving {serve.FLOW_NAME}/{serve.NIGHTLY} "
+        f"({settings.schedule.cron}, {settings.schedule.timezone}) and "
         f"{serve.FLOW_NAME}/{serve.MANUAL} on {serve.api_url()}; stop with Ctrl-C.",
         flush=True,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,12 +53,21 @@ MISSING_RULES = ("model", "reject")
 
 InputKind = Literal["transactions", "customers"]
 # One list of names each, where they are defined (a Literal of a tuple is the Literal of its items).
-Transform = Literal[TRANSFORMS]
-# scikit-learn's four names (the default grid) and mclust's fourteen.
-CovarianceType = Literal[ALL_COVARIANCE_TYPES]
-Criterion = Literal[CRITERIA]
-MissingRule = Literal[MISSING_RULES]
-PurchaseRule = Literal[PURCHASE_RULES]
+# A type checker cannot build a Literal from a tuple's values, so for mypy these are plain strings;
+# pydantic checks the values at runtime.
+if TYPE_CHECKING:
+    Transform = str
+    CovarianceType = str
+    Criterion = str
+    MissingRule = str
+    PurchaseRule = str
+else:
+    Transform = Literal[TRANSFORMS]
+    # scikit-learn's four names (the default grid) and mclust's fourteen.
+    CovarianceType = Literal[ALL_COVARIANCE_TYPES]
+    Criterion = Literal[CRITERIA]
+    MissingRule = Literal[MISSING_RULES]
+    PurchaseRule = Literal[PURCHASE_RULES]
 Trigger = Literal["cli", "manual", "schedule", "test"]
 
 
@@ -169,7 +178,7 @@ class ModelSettings(_Section):
     switch_margin: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
-    def _range(self) -> "ModelSettings":
+    def _range(self) -> ModelSettings:
         if self.k_max < self.k_min:
             raise ValueError(f"k_max ({self.k_max}) is smaller than k_min ({self.k_min})")
         if self.k_limit is not None and self.k_limit < self.k_max:
@@ -256,7 +265,7 @@ class Settings(_Section):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         if Path(self.input.path).resolve() == SAMPLE_PATH:
             for feature, unit in SAMPLE_UNITS.items():
                 self.features.units.setdefault(feature, unit)
@@ -272,7 +281,8 @@ class Settings(_Section):
             elif self.rules.purchase == "invoice" and "invoice_id" not in columns:
                 raise ValueError(
                     "rules.purchase = 'invoice' needs input.columns to map 'invoice_id' (--column "
-                    "invoice_id=YOUR_COLUMN); a log without invoice ids counts purchase days ('day') or lines ('line')"
+                    "invoice_id=YOUR_COLUMN); a log without invoice ids counts purchase days ('day') "
+                    "or lines ('line')"
                 )
             if (
                 self.rules.purchase != "invoice"
@@ -282,14 +292,16 @@ class Settings(_Section):
             unknown = [c for c in self.features.columns if c not in RFM_FEATURES]
             if unknown:
                 raise ValueError(
-                    f"features.columns {unknown} are not RFM features; a transaction log gives {list(RFM_FEATURES)} "
+                    f"features.columns {unknown} are not RFM features; "
+                    f"a transaction log gives {list(RFM_FEATURES)} "
                     "(for a table of one row per customer, add --kind customers, input.kind)"
                 )
             has_amount = "amount" in self.input.columns
             has_price = {"quantity", "unit_price"} <= set(self.input.columns)
             if not (has_amount or has_price):
                 raise ValueError(
-                    "input.columns must map 'amount', or both 'quantity' and 'unit_price', for a transaction log"
+                    "input.columns must map 'amount', or both 'quantity' and 'unit_price', "
+                    "for a transaction log"
                 )
             for needed in ("customer_id", "timestamp"):
                 if needed not in self.input.columns:
@@ -363,7 +375,8 @@ def load_settings(
     overrides: dict[str, Any] | None = None,
     overrides_source: str = "options",
 ) -> Settings:
-    """Build the run settings: defaults, then the TOML file, then ``overrides`` (flow parameters / CLI options).
+    """Build the run settings: defaults, then the TOML file, then ``overrides``
+    (flow parameters / CLI options).
 
     Relative paths inside the TOML file are taken relative to the file's folder, so a config file works
     from any working directory; relative paths given as overrides are relative to the working directory.
@@ -386,7 +399,8 @@ def load_settings(
                 data[section][key] = str(base / value)
     file_data = data
     data = deep_merge(data, overrides or {})
-    given_input = data.get("input") if isinstance(data.get("input"), dict) else {}
+    given = data.get("input")
+    given_input = given if isinstance(given, dict) else {}
     if given_input.get("path") not in (None, str(SAMPLE_PATH)) and "columns" not in given_input:
         # A user's own file does not have Online Retail's column names: default to the canonical names.
         given_input["columns"] = {}

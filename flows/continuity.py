@@ -54,7 +54,8 @@ def load_previous(database: str | Path) -> PreviousRun | None:
             [run_id],
         ).df()
         scalers = con.execute(
-            "SELECT feature, unit, transform, scaler_mean, scaler_scale FROM feature_scalers WHERE run_id = ? "
+            "SELECT feature, unit, transform, scaler_mean, scaler_scale "
+            "FROM feature_scalers WHERE run_id = ? "
             "ORDER BY feature_index",
             [run_id],
         ).df()
@@ -65,8 +66,8 @@ def load_previous(database: str | Path) -> PreviousRun | None:
     d = len(scalers)
     model = common_model(
         seg["weight"].to_numpy(np.float64),
-        np.stack(seg["model_mean"].to_numpy()).astype(np.float64).reshape(-1, d),
-        np.stack(seg["model_covariance"].to_numpy()).astype(np.float64).reshape(-1, d, d),
+        np.stack(list(seg["model_mean"])).astype(np.float64).reshape(-1, d),
+        np.stack(list(seg["model_covariance"])).astype(np.float64).reshape(-1, d, d),
         scalers["scaler_mean"].to_numpy(np.float64),
         scalers["scaler_scale"].to_numpy(np.float64),
         feature_names=scalers["feature"].tolist(),
@@ -177,7 +178,10 @@ class TrackingRecord:
 
 def tracking_record(drift: RunDrift) -> TrackingRecord:
     """The rows and ``runs`` columns a run stores about its drift."""
-    previous_id = None if drift.previous is None else int(drift.previous.run_id)
+    previous_id = None
+    if drift.previous is not None:
+        assert drift.previous.run_id is not None  # a previous run comes from the store, with its id
+        previous_id = int(drift.previous.run_id)
     transitions = pd.DataFrame(
         [
             {

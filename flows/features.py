@@ -1,4 +1,5 @@
-"""Customer features: RFM from a transaction log in DuckDB SQL, and transforms with stored scaler parameters."""
+"""Customer features: RFM from a transaction log in DuckDB SQL, and transforms with stored scaler
+parameters."""
 
 from __future__ import annotations
 
@@ -176,7 +177,8 @@ def rfm_table(
         names = [d[0] for d in con.description]
     finally:
         con.close()
-    counts = {name: int(value or 0) for name, value in zip(names, row)}
+    assert row is not None  # an aggregate without GROUP BY returns one row
+    counts = {name: int(value or 0) for name, value in zip(names, row, strict=True)}
     features["recency_days"] = features["recency_days"].astype(np.float64)
     features["frequency"] = features["frequency"].astype(np.float64)
     features["monetary"] = features["monetary"].astype(np.float64)
@@ -310,7 +312,8 @@ def build_feature_matrix(
         value = X[observed[:, j], j][0]
         who = "" if observed[:, j].all() else " who have it"
         raise FeatureError(
-            f"feature {names[j]!r} has the same value ({value:g}) for every one of the {int(observed[:, j].sum()):,} "
+            f"feature {names[j]!r} has the same value ({value:g}) for every one of the "
+            f"{int(observed[:, j].sum()):,} "
             f"customers{who}, so it cannot separate segments; drop it from features.columns"
         )
     scaler = fit_scaler(X, transforms, standardize)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from flows.config import InputSettings
-from flows.duck import connect, file_kind, KIND_WORDS, quote_identifier, quote_qualified
+from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, quote_qualified
 from schemas.validation import WHOLE_ROW, empty_rejects
 
 
@@ -32,7 +32,8 @@ class LoadedInput:
         or, for a customer table, ``customer_id`` plus the feature columns under their own names.
         The index is the 1-based row number in the source (data rows, header not counted).
     source : str
-        What was read, for messages and the ``rejected_rows`` table (a path, ``path:table`` or ``path:query``).
+        What was read, for messages and the ``rejected_rows`` table (a path, ``path:table`` or
+        ``path:query``).
     source_columns : dict
         Canonical column name -> the column's name in the source, to name columns in errors and rejects.
     rejects : DataFrame
@@ -238,7 +239,8 @@ def _refuse_repeated_columns(source: str, available: list[str], columns: dict[st
         if len(positions) > 1:
             where = ", ".join(str(p) for p in positions)
             raise InputError(
-                f"{source}: column {name!r} (for {canon}) appears {len(positions)} times, as columns {where}; "
+                f"{source}: column {name!r} (for {canon}) appears {len(positions)} times, "
+                f"as columns {where}; "
                 "rename or drop the repeats so that it is clear which one to use"
             )
 

@@ -115,7 +115,8 @@ class RunParameters(BaseModel):
     )
     as_of: Annotated[date | None, Param("rules.as_of")] = Field(
         None,
-        description="recency reference date, YYYY-MM-DD, exclusive; default: the day after the last transaction",
+        description="recency reference date, YYYY-MM-DD, exclusive; "
+        "default: the day after the last transaction",
     )
     k_min: Annotated[int | None, Param("model.k_min")] = Field(
         None, description="smallest number of segments tried"
@@ -182,7 +183,8 @@ class RunParameters(BaseModel):
         return nested
 
     def settings(self, source: str = "flow parameters", extra: dict[str, Any] | None = None) -> Settings:
-        """Merge these parameters (and ``extra`` overrides, e.g. ``segment serve``'s schedule) over the TOML file.
+        """Merge these parameters (and ``extra`` overrides, e.g. ``segment serve``'s schedule) over the
+        TOML file.
 
         ``source`` names the parameters in an error message ("command line" for the ``segment`` CLI).
         """
@@ -220,6 +222,7 @@ def setting_default(key: str) -> Any:
     """The built-in default of a dotted settings key (``model.k_max`` -> 8); KeyError for an unknown key."""
     section, leaf = key.split(".")
     section_model = Settings.model_fields[section].annotation
+    assert section_model is not None  # every section is annotated with its model
     return section_model.model_fields[leaf].get_default(call_default_factory=True)
 
 

@@ -7,7 +7,8 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import duckdb
 from prefect import flow, get_run_logger, task
@@ -37,6 +38,14 @@ from flows.store import (
     utc_now,
 )
 from tracking import drift_markdown
+
+if TYPE_CHECKING:
+    from flows.choice import ModelChoice
+    from flows.features import FeatureMatrix
+    from flows.segments import SegmentResult
+    from gmm_engine import SelectionResult
+    from schemas import ValidationOutcome
+    from tracking import RunDrift
 
 
 def _transient(task, task_run, state) -> bool:
@@ -78,7 +87,7 @@ def _ui(create, *args, **kwargs):
 
 
 # Inputs are large DataFrames: hashing them for Prefect's cache would cost more than the stage.
-_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+_TASK: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 def _publish_options(settings: Settings) -> dict[str, Any]:
@@ -113,7 +122,7 @@ def load_task(settings: Settings) -> LoadedInput:
 
 
 @task(name="validate", **_TASK)
-def validate_task(loaded: LoadedInput, settings: Settings):
+def validate_task(loaded: LoadedInput, settings: Settings) -> ValidationOutcome:
     outcome = stages.validate_input(loaded, settings)
     get_run_logger().info(
         "%s rows valid, %s rejected (%.2f%%)",
@@ -125,25 +134,23 @@ def validate_task(loaded: LoadedInput, settings: Settings):
 
 
 @task(name="features", **_TASK)
-def features_task(valid, settings: Settings):
+def features_task(valid, settings: Settings) -> FeatureMatrix:
     features = stages.compute_features(valid, settings)
     logger = get_run_logger()
     logger.info(
         "%s customers x %d features %s", f"{features.n_customers:,}", len(features.names), features.names
     )
     if settings.input.kind == "transactions":
-        logger.info(
-            "frequency counts %s (rules.purchase = %r)",
-            PURCHASE_MEANINGS[settings.rules.purchase],
-            settings.rules.purchase,
-        )
+        purchase = settings.rules.purchase
+        assert purchase is not None  # Settings sets it for a transaction log
+        logger.info("frequency counts %s (rules.purchase = %r)", PURCHASE_MEANINGS[purchase], purchase)
     for rule, count in features.counts.items():
         logger.info("%s: %s", RULE_LABELS.get(rule, rule), f"{count:,}")
     return features
 
 
 @task(name="previous", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
-def previous_task(database: str):
+def previous_task(database: str) -> continuity.PreviousRun | None:
     previous = continuity.load_previous(database)
     if previous is not None:
         get_run_logger().info(
@@ -153,7 +160,7 @@ def previous_task(database: str):
 
 
 @task(name="select", **_TASK)
-def select_task(features, settings: Settings, run_id: int, previous):
+def select_task(features, settings: Settings, run_id: int, previous) -> SelectionResult:
     logger = get_run_logger()
     artifact_id = _ui(
         create_progress_artifact,
@@ -190,7 +197,7 @@ def select_task(features, settings: Settings, run_id: int, previous):
 
 
 @task(name="choose", **_TASK)
-def choose_task(selection, features, previous, settings: Settings, fresh: bool, run_id: int):
+def choose_task(selection, features, previous, settings: Settings, fresh: bool, run_id: int) -> ModelChoice:
     choice = stages.choose(selection, features, previous, settings, fresh=fresh)
     get_run_logger().info("%s", choice.note)
     _ui(
@@ -203,12 +210,12 @@ def choose_task(selection, features, previous, settings: Settings, fresh: bool, 
 
 
 @task(name="assign", **_TASK)
-def assign_task(choice, features):
+def assign_task(choice, features) -> SegmentResult:
     return stages.fit_segments(choice.model, features)
 
 
 @task(name="track", **_TASK)
-def track_task(segments, features, previous, settings: Settings, choice):
+def track_task(segments, features, previous, settings: Settings, choice) -> tuple[SegmentResult, RunDrift]:
     segments, drift = continuity.track(segments, features, previous, settings, choice)
     logger = get_run_logger()
     for line in drift.summary().splitlines():
@@ -271,7 +278,8 @@ def segment_customers(**given: Any) -> dict[str, Any]:
     if settings.tracking.warm_start is not None:
         logger.warning(
             "tracking.warm_start is no longer used: every run refits the previous run's model and keeps it "
-            "unless a fresh choice is better by model.switch_margin (use --fresh / fresh=true to choose afresh)"
+            "unless a fresh choice is better by model.switch_margin "
+            "(use --fresh / fresh=true to choose afresh)"
         )
     with database_lock(
         settings.output.database,
@@ -291,8 +299,11 @@ def infer_trigger() -> str:
     from prefect.client.orchestration import get_client
 
     try:
+        run_id = flow_run.get_id()
+        if run_id is None:  # not in a deployment's run; the label is informational
+            return "manual"
         with get_client(sync_client=True) as client:
-            run = client.read_flow_run(flow_run.get_id())
+            run = client.read_flow_run(UUID(run_id))
     except Exception:  # the label is informational; never fail a run over it
         return "manual"
     return "schedule" if run.auto_scheduled else "manual"
@@ -423,7 +434,7 @@ def _segment(
                 "share": float(n) / max(record.customers, 1),
                 "weight": float(w),
             }
-            for s, n, w in zip(segments.segment_ids, segments.customer_counts, segments.weights)
+            for s, n, w in zip(segments.segment_ids, segments.customer_counts, segments.weights, strict=True)
         ],
         "database": str(Path(database_path).resolve()),
         "report": report_index,

@@ -17,10 +17,11 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 
 class RunLockTimeout(RuntimeError):
@@ -85,7 +86,7 @@ class RunJournal:
         os.fsync(self._fh.fileno())
 
 
-def killed_runs(journal: dict | None) -> list[dict]:
+def killed_runs(journal: Mapping[str, Any] | None) -> list[dict]:
     """The journals of every run a journal says was not recorded: its own (if it had claimed a
     run id) and those it carried on from killed predecessors."""
     if not journal:
@@ -144,7 +145,7 @@ def database_lock(
                     told = True
                 time.sleep(poll_seconds)
         try:
-            since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             journal = RunJournal(
                 fh, {"pid": os.getpid(), "label": label, "since": f"since {since}"}, _read_journal(fh)
             )

@@ -1,4 +1,5 @@
-"""From a fitted mixture to segments: memberships, outlier scores and per-segment profiles in original units."""
+"""From a fitted mixture to segments: memberships, outlier scores and per-segment profiles in
+original units."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def build_deployments(settings: Settings, parameters: dict[str, Any]) -> list:
     # Runs of one deployment queue in Prefect (visible as AwaitingConcurrencySlot); runs of the two
     # deployments are kept apart by the database run lock inside the flow (flows/runlock.py).
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
-    common = dict(
+    common: dict[str, Any] = dict(
         parameters=parameters,
         concurrency_limit=one_at_a_time,
         # The module path works from any working folder, as the package is installed.

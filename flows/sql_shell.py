@@ -9,6 +9,7 @@ a nightly run would wait for, and a run that publishes meanwhile does not distur
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -62,10 +63,8 @@ def shell(database: str | Path, inp: TextIO | None = None, out: TextIO | None = 
     inp, out = inp or sys.stdin, out or sys.stdout
     interactive = inp.isatty()
     if interactive:
-        try:
+        with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:
-            pass
     with open_results(database) as con:
         if interactive:
             out.write(f"{Path(database)} (read-only). .help for help, .quit to leave.\n")

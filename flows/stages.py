@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from flows.features import (
     rfm_table,
 )
 from flows.load import LoadedInput
-from flows.segments import SegmentResult, assignment_table, assign_segments, feature_profiles, segment_table
+from flows.segments import SegmentResult, assign_segments, assignment_table, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
 from schemas import (
     Assignments,
@@ -41,6 +41,9 @@ from schemas.dates import date_parsing
 from schemas.transactions import line_amount_rejects
 from schemas.validation import WHOLE_ROW
 from tracking import same_features
+
+if TYPE_CHECKING:
+    from gmm_engine import SelectionResult
 
 
 class TooManyRejectsError(ValueError):
@@ -77,7 +80,9 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
             )
             if parsing.to_datetime_kwargs:
                 schema = schema.update_column(
-                    "timestamp", dtype=DateTime(to_datetime_kwargs=parsing.to_datetime_kwargs)
+                    "timestamp",
+                    # pandera's own dataclass decorator hides DateTime's fields from mypy.
+                    dtype=DateTime(to_datetime_kwargs=parsing.to_datetime_kwargs),  # type: ignore[call-arg]
                 )
             read_as = parsing.record()
     else:
@@ -119,7 +124,10 @@ def _reject_hint(rejects: pd.DataFrame) -> str:
     rules = rejects["rule"].value_counts()
     top = str(rules.index[0]) if len(rules) else ""
     if top in ("csv_missing_columns", "csv_too_many_columns"):
-        return " (rows with another number of fields than the header: garbage lines, or a separator other than the header's)"
+        return (
+            " (rows with another number of fields than the header: garbage lines, "
+            "or a separator other than the header's)"
+        )
     if top == "csv_invalid_encoding":
         return " (the file is not UTF-8: convert it, e.g. iconv -f latin1 -t utf-8)"
     return ""
@@ -133,7 +141,9 @@ def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
     resolution = settings.features.resolution == "auto"
     if settings.input.kind == "transactions":
         as_of = settings.rules.as_of or default_as_of(valid)
-        table, counts = rfm_table(valid, as_of, settings.rules.cancellation_prefix, settings.rules.purchase)
+        purchase = settings.rules.purchase
+        assert purchase is not None  # Settings sets it for a transaction log
+        table, counts = rfm_table(valid, as_of, settings.rules.cancellation_prefix, purchase)
         if table.empty:
             first, last = valid["timestamp"].min(), valid["timestamp"].max()
             raise FeatureError(
@@ -167,7 +177,7 @@ def select_segments(
     settings: Settings,
     progress: Callable[[int, int], None] | None = None,
     previous_k: int | None = None,
-):
+) -> SelectionResult:
     """Run gmm_engine.select_model over the configured grid; returns its SelectionResult.
 
     The engine sets aside a component holding fewer than d + 1 customers (d features), so k segments
@@ -257,6 +267,7 @@ def covariance_prior(settings: Settings, features: FeatureMatrix) -> str | None:
     means the prior for discrete data (a feature with a spike) and none for continuous data."""
     setting = settings.model.covariance_prior
     if setting == "auto":
+        assert features.resolution is not None  # FeatureMatrix fills it in
         return "data" if np.any(features.resolution > 0) else None
     return None if setting == "none" else "data"
 
@@ -368,7 +379,8 @@ def report_data(
 
     as_of = f" (as of {features.as_of})" if features.as_of else ""
     sizes = ", ".join(
-        f"{sid}: {n:,}" for sid, n in zip(segments.segment_ids.tolist(), segments.customer_counts.tolist())
+        f"{sid}: {n:,}"
+        for sid, n in zip(segments.segment_ids.tolist(), segments.customer_counts.tolist(), strict=True)
     )
     summary = {
         "Run": str(run_id),
@@ -433,7 +445,7 @@ def missing_features_note(features: FeatureMatrix) -> str:
     if not with_gaps:
         return ""
     blank = np.isnan(features.X_original).sum(axis=0)
-    per_feature = ", ".join(f"{name} {int(n):,}" for name, n in zip(features.names, blank) if n)
+    per_feature = ", ".join(f"{name} {int(n):,}" for name, n in zip(features.names, blank, strict=True) if n)
     return (
         f"{with_gaps:,} of {features.n_customers:,} customers ({with_gaps / features.n_customers:.1%}) were "
         f"segmented on the features they have (blank: {per_feature}); assignments.missing_features "
@@ -443,13 +455,17 @@ def missing_features_note(features: FeatureMatrix) -> str:
 
 def discrete_features_note(features: FeatureMatrix) -> str:
     """The features with a spike and their resolution, for the report (``""`` when none has one)."""
+    resolution, spike_value, spike_share = features.resolution, features.spike_value, features.spike_share
+    # FeatureMatrix fills them in.
+    assert resolution is not None and spike_value is not None and spike_share is not None
     parts = []
     for j, name in enumerate(features.names):
-        if features.resolution[j] > 0:
+        if resolution[j] > 0:
             unit = f" ({features.units[j]})" if features.units[j] else ""
             parts.append(
-                f"{name}: {features.spike_share[j]:.1%} of customers at exactly {features.spike_value[j]:g}{unit}, "
-                f"next value {features.resolution[j]:.3g} standard deviations away; no segment is narrower "
+                f"{name}: {spike_share[j]:.1%} of customers "
+                f"at exactly {spike_value[j]:g}{unit}, "
+                f"next value {resolution[j]:.3g} standard deviations away; no segment is narrower "
                 f"along it than that spacing allows (variance spacing²/12)"
             )
     return "; ".join(parts)

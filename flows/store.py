@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,8 @@ def wait_for_writer(
             )
         if not told and notify is not None:
             notify(
-                f"{path} is open for writing by {who}; waiting up to {wait_seconds / 60:g} min for it to close"
+                f"{path} is open for writing by {who}; "
+                f"waiting up to {wait_seconds / 60:g} min for it to close"
             )
             told = True
         time.sleep(poll_seconds)
@@ -255,7 +256,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 def utc_now() -> datetime:
     """Current UTC time without tz info (DuckDB TIMESTAMP)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def published_max_run_id(database: str | Path) -> int:
@@ -719,10 +720,10 @@ def _insert_assignments(con: duckdb.DuckDBPyConnection, run_id: int, frame: pd.D
     with _registered(con, "_incoming_assignments", frame) as view:
         con.execute(
             f"""
-            INSERT INTO assignments (run_id, customer_id, segment_id, probability, probabilities, log_density, held,
-                                     missing_features)
-            SELECT ?, customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]), log_density, {held},
-                   {missing}
+            INSERT INTO assignments (run_id, customer_id, segment_id, probability, probabilities,
+                                     log_density, held, missing_features)
+            SELECT ?, customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]),
+                   log_density, {held}, {missing}
             FROM {view}
             """,
             [run_id],

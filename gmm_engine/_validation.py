@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from typing import cast
 
 import numpy as np
 
@@ -79,7 +80,8 @@ def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray | None:
 
 
 def check_float(value, name: str, minimum: float = 0.0, inclusive: bool = True) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+    # cast: numpy's stubs do not list numbers.Real among isfinite's inputs; it takes any real number.
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(cast(float, value))
     if ok:
         ok = value >= minimum if inclusive else value > minimum
     if not ok:
@@ -109,8 +111,10 @@ def as_generator(random_state) -> np.random.Generator:
     """``None``, an int, a ``SeedSequence`` or a ``Generator`` -> a ``Generator``."""
     if isinstance(random_state, np.random.Generator):
         return random_state
-    if random_state is None or isinstance(random_state, (numbers.Integral, np.random.SeedSequence)):
+    if random_state is None or isinstance(random_state, np.random.SeedSequence):
         return np.random.default_rng(random_state)
+    if isinstance(random_state, numbers.Integral):
+        return np.random.default_rng(int(random_state))
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(0, 2**31 - 1))
     raise ValueError(

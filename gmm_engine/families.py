@@ -134,7 +134,6 @@ class EVI(Family):
     name = "EVI"
 
     def constrain(self, W, nk, previous=None):
-        k, d, _ = W.shape
         delta = _positive(np.diagonal(W, axis1=1, axis2=2).copy())
         g = _geometric_mean(delta)
         lam = g.sum() / nk.sum()
@@ -163,7 +162,7 @@ class VEE(Family):
     name = "VEE"
 
     def constrain(self, W, nk, previous=None):
-        k, d, _ = W.shape
+        _, d, _ = W.shape
         lam = _positive(np.trace(W, axis1=1, axis2=2) / (d * nk))
         for _ in range(_INNER_MAX_ITER):
             C = (W / lam[:, None, None]).sum(axis=0)

@@ -6,7 +6,7 @@ first M-step runs chunk by chunk like every later one.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

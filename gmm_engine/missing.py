@@ -107,6 +107,8 @@ def _pattern_terms(
     Z -= L_inv @ params.means_c[:, o, None]
     const = params.log_weights - 0.5 * o.size * LOG_2PI - log_det
     if precision_diagonal is not None:
+        # _precision_diagonal gives one exactly when the parameters have a rounding variance.
+        assert params.rounding_variance is not None
         const = const - 0.5 * precision_diagonal[:, o] @ params.rounding_variance[o]
     LT = np.einsum("kin,kin->kn", Z, Z)
     LT *= -0.5
@@ -144,7 +146,7 @@ def missing_statistics(
     second = np.zeros((k, d, d))
     ll = 0.0
     total = 0.0
-    for rows, o, m in zip(patterns.rows, patterns.observed, patterns.missing):
+    for rows, o, m in zip(patterns.rows, patterns.observed, patterns.missing, strict=True):
         L_inv, log_det = _observed_factors(full_cov, o)
         A = L_inv @ full_cov[:, o[:, None], m[None, :]]  # L^-1 S_om, (k, |o|, |m|)
         AT = np.swapaxes(A, 1, 2)
@@ -196,7 +198,7 @@ def missing_log_prob(
     """Call ``reduce(rows, LT)`` for the rows of every pattern (as
     :func:`gmm_engine.statistics.map_weighted_log_prob` does for complete rows)."""
     prec_diag = _precision_diagonal(model, params)
-    for rows, o in zip(patterns.rows, patterns.observed):
+    for rows, o in zip(patterns.rows, patterns.observed, strict=True):
         L_inv, log_det = _observed_factors(full_cov, o)
         for block in _blocks(rows.size):
             XoT = X[np.ix_(rows[block], o)].T - shift[o][:, None]

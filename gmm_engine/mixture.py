@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
@@ -153,7 +154,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Column names, when ``X`` was a DataFrame with string column names.
     """
 
-    _parameter_constraints: dict = {
+    # Declared for the type checker (EM starts from it on a warm start); set by fit.
+    lower_bound_: float
+
+    _parameter_constraints: ClassVar[dict] = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "covariance_type": [StrOptions(set(ALL_COVARIANCE_TYPES))],
         "tol": [Interval(Real, 0.0, None, closed="left")],
@@ -380,7 +384,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return hasattr(self, "precisions_cholesky_")
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":
+    def fit(self, X, y=None, sample_weight=None) -> GaussianMixture:
         """Estimate the parameters by EM.
 
         Parameters
@@ -448,7 +452,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         rounding = self._rounding_variance(d)
         prior = self._prior(XcT, w, total_weight, data_second)
 
-        best = None
+        best: tuple[Any, int, bool, list[float]] | None = None
         best_bound = -np.inf
         for init in range(n_init):
             clock = self._verbose_start(init)
@@ -485,6 +489,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 best_bound = bound
                 best = (params, n_iter, converged, bounds)
 
+        assert best is not None  # n_init >= 1 (checked with the other parameters)
         params, n_iter, converged, bounds = best
         if not converged and self.max_iter > 0:
             warnings.warn(

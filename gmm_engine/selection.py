@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Callable, Iterable
+from typing import cast
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
@@ -320,7 +321,8 @@ def select_model(
     n_jobs = default_threads() if n_jobs is None else int(n_jobs)
     limit = ks[-1] if k_limit is None else max(ks[-1], int(k_limit))
     if random_state is None:
-        random_state = int(np.random.SeedSequence().entropy % (2**63))
+        # Without arguments, SeedSequence draws its entropy: always an int.
+        random_state = int(cast(int, np.random.SeedSequence().entropy) % (2**63))
     seed = int(random_state)
 
     X_fit, w_fit = X, w

@@ -9,9 +9,9 @@ a few chunk-sized buffers whatever the number of samples.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class SufficientStatistics:
     log_likelihood: float
     total_weight: float
 
-    def __add__(self, other: "SufficientStatistics") -> "SufficientStatistics":
+    def __add__(self, other: SufficientStatistics) -> SufficientStatistics:
         return SufficientStatistics(
             self.sums + other.sums,
             self.log_likelihood + other.log_likelihood,

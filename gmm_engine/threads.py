@@ -8,8 +8,8 @@ gains nothing on them and, on a busy 2-core machine, was measured 5-70x slower t
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from threadpoolctl import threadpool_limits
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse, Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+from numpy.typing import ArrayLike
 
 from .profiles import SegmentProfiles
 from .report_data import CRITERIA
@@ -74,7 +75,7 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
         model refitted (a row with ``origin`` ``previous``) is a black diamond, and the chosen
         candidate is a star.
     """
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "k": int(r["n_components"]),
             "type": str(r["covariance_type"]),
@@ -93,7 +94,7 @@ def criteria_figure(selection: Sequence[Mapping[str, Any]], criterion: str = "bi
 
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     axes = fig.subplots(1, len(CRITERIA), sharex=True)
-    for ax, name in zip(axes, CRITERIA):
+    for ax, name in zip(axes, CRITERIA, strict=True):
         for cov in types:
             style = covariance_style(cov)
             accepted = sorted(
@@ -369,7 +370,14 @@ def segments_figure(
     for c, sid in enumerate(segment_ids):
         _add_ellipses(ax, centres[c], projected[c], colors[sid])
         ax.scatter(
-            *centres[c], marker="X", s=110, color=colors[sid], edgecolor="black", linewidths=1.0, zorder=5
+            centres[c][0],
+            centres[c][1],
+            marker="X",
+            s=110,
+            color=colors[sid],
+            edgecolor="black",
+            linewidths=1.0,
+            zorder=5,
         )
     handles += [
         Line2D([], [], color="black", linewidth=2.0, label="1-sigma ellipse"),
@@ -494,12 +502,12 @@ def membership_figure(
     order = sorted(range(len(segment_ids)), key=lambda c: segment_ids[c])
     groups = [p[labels == c] for c in order]
     names = []
-    for c, group in zip(order, groups):
+    for c, group in zip(order, groups, strict=True):
         below = np.mean(group < threshold) if len(group) else 0.0
         names.append(f"segment {segment_ids[c]} ({below:.0%} below {threshold:g})")
     ax.hist(
         groups,
-        bins=edges,
+        bins=edges.tolist(),
         stacked=True,
         color=[colors[segment_ids[c]] for c in order],
         label=names,
@@ -547,7 +555,10 @@ def sizes_figure(counts: np.ndarray, segment_ids: Sequence[int]) -> Figure:
     bars = ax.bar(positions, heights, color=[colors[segment_ids[c]] for c in order], width=0.7)
     shares = heights / total if total else np.zeros(len(order))
     ax.bar_label(
-        bars, labels=[f"{h:,}\n({s:.1%})" for h, s in zip(heights, shares)], padding=2, fontsize="small"
+        bars,
+        labels=[f"{h:,}\n({s:.1%})" for h, s in zip(heights, shares, strict=True)],
+        padding=2,
+        fontsize="small",
     )
     ax.set_xticks(positions, [str(segment_ids[c]) for c in order])
     ax.set_ylim(0, max(heights.max(initial=0), 1) * 1.18)
@@ -759,10 +770,10 @@ def histogram_edges(values: np.ndarray, low: float, high: float, bins: int) -> n
     return np.asarray(edges, dtype=np.float64)
 
 
-def _expm1(x: np.ndarray) -> np.ndarray:
+def _expm1(x: ArrayLike) -> np.ndarray:
     return np.expm1(x)
 
 
-def _log1p(y: np.ndarray) -> np.ndarray:
+def _log1p(y: ArrayLike) -> np.ndarray:
     # The secondary axis probes values below -1 while laying out; keep them finite.
     return np.log1p(np.maximum(y, -1.0 + 1e-12))

@@ -67,7 +67,7 @@ def segment_profiles(
     scaler_mean: np.ndarray,
     scaler_scale: np.ndarray,
     transforms: Sequence[str],
-    segment_ids: Sequence[int],
+    segment_ids: Sequence[int] | np.ndarray,
 ) -> SegmentProfiles:
     """Every segment's size and profile (module docstring for the definitions).
 

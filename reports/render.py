@@ -18,7 +18,7 @@ from . import figures
 from .profiles import SegmentProfiles, segment_profiles
 from .report_data import ALL_COVARIANCE_TYPES, ReportData
 
-__all__ = ["ReportData", "render_report", "figure_files"]
+__all__ = ["ReportData", "figure_files", "render_report"]
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222;
@@ -94,15 +94,16 @@ def render_report(
         data.segment_ids,
     )
     names = figure_files(data.n_features, drift=data.drift is not None)
+    drift = data.drift
     builders: list[Callable[[], Figure]] = (
         []
-        if data.drift is None
+        if drift is None
         else [
             lambda: drift_figures.migration_figure(
-                data.drift["migration"],
-                data.drift["previous_segment_ids"],
+                drift["migration"],
+                drift["previous_segment_ids"],
                 data.segment_ids,
-                previous_run_id=data.drift["previous_run_id"],
+                previous_run_id=drift["previous_run_id"],
             )
         ]
     )
@@ -123,7 +124,7 @@ def render_report(
         lambda: figures.membership_figure(data.max_probability, data.labels, data.segment_ids),
         lambda: figures.log_likelihood_figure(data.lower_bounds),
     ] + [_feature_builder(data, j) for j in range(data.n_features)]
-    for name, build in zip(names, builders):
+    for name, build in zip(names, builders, strict=True):
         _save(build(), out / name, dpi)
     index = out / "index.html"
     index.write_text(_page(data, profiles, names), encoding="utf-8")
@@ -181,7 +182,7 @@ def _profile_table(data: ReportData, profiles: SegmentProfiles) -> dict[str, Any
     order = sorted(range(data.n_segments), key=lambda c: data.segment_ids[c])
     header = ["segment", "customers", "share of customers"] + [
         f"{name} [{unit}] centre (weighted mean)" if unit else f"{name} centre (weighted mean)"
-        for name, unit in zip(data.feature_names, data.feature_units)
+        for name, unit in zip(data.feature_names, data.feature_units, strict=True)
     ]
     rows = []
     for c in order:

@@ -10,7 +10,7 @@ import numpy as np
 
 # TRANSFORMS: the transforms applied before standardisation, the pipeline's own list.
 from constants import TRANSFORMS
-from gmm_engine import ALL_COVARIANCE_TYPES, COVARIANCE_TYPES, CRITERIA
+from gmm_engine import ALL_COVARIANCE_TYPES, CRITERIA
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,9 +121,12 @@ class ReportData:
         ):
             put(name, np.asarray(getattr(self, name), dtype=np.float64))
         labels = np.asarray(self.labels)
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            if not np.all(np.equal(np.mod(labels, 1), 0)):
-                raise ValueError("ReportData.labels: component indices must be whole numbers")
+        if (
+            labels.size
+            and not np.issubdtype(labels.dtype, np.integer)
+            and not np.all(np.equal(np.mod(labels, 1), 0))
+        ):
+            raise ValueError("ReportData.labels: component indices must be whole numbers")
         put("labels", labels.astype(np.int64))
         self._check()
 

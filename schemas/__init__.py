@@ -7,9 +7,9 @@ from schemas.transactions import Transactions
 from schemas.validation import REJECT_COLUMNS, SchemaFailure, ValidationOutcome, validate_rows
 
 __all__ = [
+    "REJECT_COLUMNS",
     "Assignments",
     "CustomerTable",
-    "REJECT_COLUMNS",
     "RFMFeatures",
     "SchemaFailure",
     "Transactions",

@@ -20,7 +20,7 @@ class CustomerTable(pa.DataFrameModel):
 
     @pa.check("customer_id", name="not_blank")
     @classmethod
-    def _not_blank(cls, series: Series[str]) -> Series[bool]:
+    def _not_blank(cls, series: Series[str]) -> pd.Series:
         return is_not_blank(series)
 
     class Config:

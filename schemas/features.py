@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
@@ -21,5 +22,5 @@ class RFMFeatures(pa.DataFrameModel):
 
     @pa.check("monetary", name="finite")
     @classmethod
-    def _finite(cls, series: Series[float]) -> Series[bool]:
+    def _finite(cls, series: Series[float]) -> pd.Series:
         return is_finite(series)

@@ -39,22 +39,22 @@ class Transactions(pa.DataFrameModel):
 
     @pa.check("invoice_id", name="not_blank")
     @classmethod
-    def _not_blank(cls, series: Series[str]) -> Series[bool]:
+    def _not_blank(cls, series: Series[str]) -> pd.Series:
         return is_not_blank(series)
 
     @pa.check("quantity", "unit_price", "amount", name="finite")
     @classmethod
-    def _finite(cls, series: Series[float]) -> Series[bool]:
+    def _finite(cls, series: Series[float]) -> pd.Series:
         return is_finite(series)
 
     @pa.check("quantity", "unit_price", "amount", name=MAGNITUDE_RULE)
     @classmethod
-    def _magnitude(cls, series: Series[float]) -> Series[bool]:
+    def _magnitude(cls, series: Series[float]) -> pd.Series:
         return is_within_magnitude(series)
 
     @pa.check("timestamp", name="not_in_future")
     @classmethod
-    def _not_in_future(cls, series: Series[pd.Timestamp]) -> Series[bool]:
+    def _not_in_future(cls, series: Series[pd.Timestamp]) -> pd.Series:
         return is_not_in_future(series)
 
     class Config:

@@ -131,7 +131,7 @@ def validate_rows(
         if rejects.empty:
             raise SchemaFailure(f"{source}: validation failed without naming a row or column")
         parts.append(rejects)
-        kept = kept.drop(index=np.unique(rejects["row_number"].to_numpy()))
+        kept = kept.drop(index=np.unique(rejects["row_number"].to_numpy()).tolist())
     else:
         raise SchemaFailure(f"{source}: rows still fail validation after {_MAX_PASSES} passes")
     if not parts:
@@ -162,9 +162,11 @@ def _row_rejects(
         when = " after removing rejected rows" if after_rejects else " (whole column)"
         raise SchemaFailure(f"{source}: column {column!r} fails rule {first['check']}{when}")
     is_coerce = row_cases["check"].astype(str).str.startswith("coerce_dtype")
-    coerce_cells = set(zip(row_cases.loc[is_coerce, "index"], row_cases.loc[is_coerce, "column"]))
+    coerce_cells = set(
+        zip(row_cases.loc[is_coerce, "index"], row_cases.loc[is_coerce, "column"], strict=True)
+    )
     is_dtype_echo = row_cases["check"].astype(str).str.startswith("dtype(") & pd.Series(
-        [(i, c) in coerce_cells for i, c in zip(row_cases["index"], row_cases["column"])],
+        [(i, c) in coerce_cells for i, c in zip(row_cases["index"], row_cases["column"], strict=True)],
         index=row_cases.index,
         dtype=bool,
     )

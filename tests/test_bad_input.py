@@ -15,8 +15,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, make_customer_table
+
 from flows.pipeline import segment_customers
 
 pytestmark = pytest.mark.slow
@@ -196,7 +196,7 @@ def expect_rejects(store: Store, path: Path | str, params: dict) -> tuple[dict, 
 
 
 def cells(rejects: pd.DataFrame) -> set[tuple[int, str, str]]:
-    return set(zip(rejects["row_number"], rejects["column_name"], rejects["rule"]))
+    return set(zip(rejects["row_number"], rejects["column_name"], rejects["rule"], strict=True))
 
 
 # --- files that cannot be read at all ------------------------------------------------------------
@@ -650,7 +650,7 @@ def test_a_file_that_is_ten_percent_garbage(store, tmp_path, share, fails):
     frame = customer_rows(n=100)
     lines = frame.to_csv(index=False).splitlines()
     garbage = ["#### export interrupted ####", "k??,,,,", "<html><body>502</body></html>", "x", ",,"] * 2
-    for i, junk in zip(range(5, 101, 10), garbage):  # 10 of 100 data rows
+    for i, junk in zip(range(5, 101, 10), garbage, strict=True):  # 10 of 100 data rows
         lines[i] = junk
     path = tmp_path / "garbage.csv"
     path.write_text("\n".join(lines) + "\n")

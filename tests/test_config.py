@@ -28,9 +28,9 @@ def test_grid_limit_and_switch_margin():
     assert load_settings(overrides={"model": {"k_max": 6, "k_limit": 9}}).k_limit == 9
     with pytest.raises(ConfigError, match=r"k_limit \(5\) is smaller than k_max \(6\)"):
         load_settings(overrides={"model": {"k_max": 6, "k_limit": 5}})
-    with pytest.raises(ConfigError, match="model.switch_margin"):
+    with pytest.raises(ConfigError, match=r"model\.switch_margin"):
         load_settings(overrides={"model": {"switch_margin": -1}})
-    with pytest.raises(ConfigError, match="features.resolution"):
+    with pytest.raises(ConfigError, match=r"features\.resolution"):
         load_settings(overrides={"features": {"resolution": "sometimes"}})
 
 

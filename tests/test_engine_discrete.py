@@ -9,6 +9,7 @@ EM ascends it at every iteration, with ``reg_covar=0`` too.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -205,7 +206,9 @@ def test_bad_resolution_and_prior_are_named():
         GaussianMixture(2, reg_covar=[1e-6]).fit(X)
     with pytest.raises(
         ValueError,
-        match="'covariance_prior' parameter of GaussianMixture must be a str among {'data'} or None",
+        match=re.escape(
+            "'covariance_prior' parameter of GaussianMixture must be a str among {'data'} or None"
+        ),
     ):
         GaussianMixture(2, covariance_prior="mclust").fit(X)
     with pytest.raises(ValueError, match="degrees_of_freedom_prior"):

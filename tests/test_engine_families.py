@@ -11,16 +11,15 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import assert_em_ascends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_iris
+from test_selection import load_faithful
 from threadpoolctl import threadpool_limits
 
-from conftest import assert_em_ascends
 from gmm_engine import GaussianMixture, full_covariances, n_parameters, select_model
 from gmm_engine.covariance import MCLUST_MODELS
-
-from test_selection import load_faithful
 
 #: mclust's nVarParams(model, d = 4, G = 3).
 MCLUST_VAR_PARAMS = {

@@ -11,13 +11,13 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import assert_em_ascends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 from sklearn.utils.estimator_checks import check_estimator
 from threadpoolctl import threadpool_limits
 
-from conftest import assert_em_ascends
 from gmm_engine import ConvergenceWarning, GaussianMixture, full_covariances, select_model
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
@@ -83,7 +83,7 @@ def test_scores_of_incomplete_rows_are_the_marginal_mixture_density(cov_type):
                     * multivariate_normal(m[~np.isnan(x)], S[np.ix_(~np.isnan(x), ~np.isnan(x))]).pdf(
                         x[~np.isnan(x)]
                     )
-                    for w, m, S in zip(gm.weights_, gm.means_, covs)
+                    for w, m, S in zip(gm.weights_, gm.means_, covs, strict=True)
                 )
             )
             for x in X

@@ -88,7 +88,7 @@ def mixture_logpdf(gm: GaussianMixture, X: np.ndarray) -> np.ndarray:
     """The mixture log-density from the fitted parameters with scipy's multivariate normal."""
     covs = full_covariances(gm)
     comp = np.column_stack(
-        [stats.multivariate_normal(m, c).logpdf(X).reshape(-1) for m, c in zip(gm.means_, covs)]
+        [stats.multivariate_normal(m, c).logpdf(X).reshape(-1) for m, c in zip(gm.means_, covs, strict=True)]
     )
     return logsumexp(comp + np.log(gm.weights_), axis=1)
 

@@ -18,8 +18,8 @@ from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import check_estimator
 from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.estimator_checks import check_estimator
 
 from gmm_engine import GaussianMixture, NotFittedError, select_model
 
@@ -53,7 +53,11 @@ def test_grid_search_scores_by_mean_log_likelihood(X):
     search = GridSearchCV(GaussianMixture(random_state=0), {"n_components": [1, 2, 3]}, cv=3).fit(X)
     # Two well-separated blobs: two components beat one on held-out likelihood by a wide margin.
     scores = dict(
-        zip([p["n_components"] for p in search.cv_results_["params"]], search.cv_results_["mean_test_score"])
+        zip(
+            [p["n_components"] for p in search.cv_results_["params"]],
+            search.cv_results_["mean_test_score"],
+            strict=True,
+        )
     )
     assert scores[2] > scores[1] + 0.5
     assert search.best_params_["n_components"] in (2, 3)

@@ -59,14 +59,20 @@ def make_data(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
         sizes = (150, 100, 70)
         X = np.vstack(
-            [rng.multivariate_normal(c, _random_spd(rng, 2, 1.0), size=s) for c, s in zip(centres, sizes)]
+            [
+                rng.multivariate_normal(c, _random_spd(rng, 2, 1.0), size=s)
+                for c, s in zip(centres, sizes, strict=True)
+            ]
         )
         start = centres + rng.normal(scale=0.7, size=centres.shape)
     elif kind == "overlapping":
         centres = 1.3 * np.array([[0.0, 0.0, 0.0], [1.2, 0.3, -0.5], [-0.4, 1.1, 0.8]])
         sizes = (160, 120, 100)
         X = np.vstack(
-            [rng.multivariate_normal(c, _random_spd(rng, 3, 0.5), size=s) for c, s in zip(centres, sizes)]
+            [
+                rng.multivariate_normal(c, _random_spd(rng, 3, 0.5), size=s)
+                for c, s in zip(centres, sizes, strict=True)
+            ]
         )
         start = X[rng.choice(len(X), size=3, replace=False)]
     elif kind == "one_dim":

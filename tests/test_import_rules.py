@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = {
     "gmm_engine": (
         ("flows", "schemas", "reports", "tracking", "constants", "pandas", "prefect", "duckdb"),
-        "the engine is numpy, scipy and scikit-learn only: nothing of the project, no pandas, Prefect or DuckDB",
+        "the engine is numpy, scipy and scikit-learn only: "
+        "nothing of the project, no pandas, Prefect or DuckDB",
     ),
     "constants": (
         ("flows", "schemas", "reports", "tracking", "gmm_engine"),

@@ -124,7 +124,7 @@ def test_missing_file_and_column_give_clear_errors(log_files):
     s = load_settings(overrides={"input": {"path": str(log_files / "log.csv"), "columns": bad}})
     with pytest.raises(InputError, match=r"column 'Quantity' \(for quantity\) not found"):
         load_input(s.input, [])
-    with pytest.raises(InputError, match="needs input.table or input.query"):
+    with pytest.raises(InputError, match=r"needs input\.table or input\.query"):
         load_input(settings_for(log_files / "shop.duckdb").input, [])
 
 
@@ -226,7 +226,7 @@ def test_amount_column_instead_of_quantity_times_price(tmp_path):
         overrides={"input": {"path": str(path), "columns": cols}, "rules": {"as_of": "2011-01-10"}}
     )
     features = compute_features(validate_input(load_input(s.input, []), s).valid, s)
-    by_id = dict(zip(features.customer_ids, features.X_original[:, 2]))
+    by_id = dict(zip(features.customer_ids, features.X_original[:, 2], strict=True))
     assert by_id == {"17850": 16.0, "42": 0.0}
 
 

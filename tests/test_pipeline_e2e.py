@@ -10,13 +10,13 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_customer_table
 from sklearn.metrics import adjusted_rand_score
 
 from flows.cli import main
 from flows.pipeline import segment_customers
 from flows.stages import TooManyRejectsError
 from flows.store import TABLES, VIEWS
-from conftest import make_customer_table
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,8 @@ def test_retail_run_records_the_run(retail_run):
     summary, db, _ = retail_run
     with duckdb.connect(str(db), read_only=True) as con:
         run = con.execute(
-            "SELECT status, trigger, as_of, rows_loaded, customers, n_components, covariance_type, criterion, "
+            "SELECT status, trigger, as_of, rows_loaded, customers, n_components, covariance_type, "
+            "criterion, "
             "bic IS NOT NULL, seed, code_version, parameters->>'$.model.k_max', report_path, k_max_tried, "
             "decision, grid_note FROM runs"
         ).fetchone()

@@ -13,10 +13,9 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from conftest import make_customer_table
 
 from flows.pipeline import segment_customers
-
-from conftest import make_customer_table
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Rectangle
 
-from reports import ReportData, figure_files, render_report
+from reports import ReportData, figure_files, figures, render_report
 from reports import drift as figures_drift
-from reports import figures
 from reports.profiles import segment_profiles
 from reports.style import segment_colors
 
@@ -259,7 +258,7 @@ def test_criteria_figure_draws_one_line_per_covariance_type_and_marks_the_choice
 
     assert isinstance(fig, Figure)
     assert [ax.get_title() for ax in fig.axes] == ["BIC", "AIC (used for the choice)", "ICL"]
-    for ax, name in zip(fig.axes, ("bic", "aic", "icl")):
+    for ax, name in zip(fig.axes, ("bic", "aic", "icl"), strict=True):
         assert len(ax.lines) == len(COVARIANCE_TYPES)
         assert ax.get_xlabel() == "number of segments k"
         assert ax.get_ylabel() == f"{name.upper()} (lower is better)"

@@ -49,11 +49,13 @@ def test_gives_up_after_the_wait_with_a_clear_message(tmp_path):
     db = tmp_path / "seg.duckdb"
     proc = _holder(db, 10)
     try:
-        with pytest.raises(
-            RunLockTimeout, match=r"seg\.duckdb: another run \(pid \d+, holder.*lock_wait_minutes"
+        with (
+            pytest.raises(
+                RunLockTimeout, match=r"seg\.duckdb: another run \(pid \d+, holder.*lock_wait_minutes"
+            ),
+            database_lock(db, 0.3, poll_seconds=0.05),
         ):
-            with database_lock(db, 0.3, poll_seconds=0.05):
-                pass
+            pass
     finally:
         proc.kill()
         proc.wait()
@@ -80,10 +82,9 @@ def test_an_unrecorded_run_stays_in_the_journal_for_the_next_holder(tmp_path):
     """A run stopped by an exception, Ctrl-C or a cancellation before it was recorded is left
     for the next holder; a holder that records nothing (e.g. `segment name`) passes it on."""
     db = tmp_path / "seg.duckdb"
-    with pytest.raises(KeyboardInterrupt):
-        with database_lock(db, 1) as journal:
-            journal.note(run_id=7, stage="select")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), database_lock(db, 1) as journal:
+        journal.note(run_id=7, stage="select")
+        raise KeyboardInterrupt
     with database_lock(db, 1) as journal:  # records nothing
         assert [j["run_id"] for j in killed_runs(journal.previous)] == [7]
     with database_lock(db, 1) as journal:

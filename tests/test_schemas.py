@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from schemas import (
-    Assignments,
     REJECT_COLUMNS,
+    Assignments,
     RFMFeatures,
     SchemaFailure,
     Transactions,
@@ -66,7 +66,13 @@ def test_every_failing_cell_becomes_a_reject_with_the_users_column_name():
     }
     assert list(outcome.rejects.columns) == REJECT_COLUMNS
     assert set(outcome.rejects["source"]) == {"t.csv"}
-    rules = dict(zip(zip(outcome.rejects.row_number, outcome.rejects.column_name), outcome.rejects.rule))
+    rules = dict(
+        zip(
+            zip(outcome.rejects.row_number, outcome.rejects.column_name, strict=True),
+            outcome.rejects.rule,
+            strict=True,
+        )
+    )
     assert rules[(2, "Price")] == "greater_than_or_equal_to(0)"
     assert rules[(4, "When")] == "not_nullable"
     assert rules[(5, "Qty")] == "finite"

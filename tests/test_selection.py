@@ -61,7 +61,9 @@ def three_blobs(n_per: int = 100, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = np.array([[0.0, 0.0], [7.0, 1.0], [2.0, 8.0]])
     scales = (1.0, 0.7, 1.3)
-    return rng.permutation(np.vstack([rng.normal(c, s, size=(n_per, 2)) for c, s in zip(centres, scales)]))
+    return rng.permutation(
+        np.vstack([rng.normal(c, s, size=(n_per, 2)) for c, s in zip(centres, scales, strict=True)])
+    )
 
 
 def spiky_counts(n: int = 600, seed: int = 7) -> np.ndarray:
@@ -97,7 +99,7 @@ def comparable(table: list[dict]) -> list[dict]:
 def assert_same_tables(a: list[dict], b: list[dict]) -> None:
     a, b = comparable(a), comparable(b)
     assert len(a) == len(b)
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert ra.keys() == rb.keys()
         for key in ra:
             va, vb = ra[key], rb[key]
@@ -119,7 +121,7 @@ def assert_table_consistent(
         (k, t) for k in grid_k for t in grid_types
     }
     for row in table:
-        assert TABLE_KEYS <= set(row), TABLE_KEYS - set(row)
+        assert set(row) >= TABLE_KEYS, TABLE_KEYS - set(row)
         k, ctype = row["n_components"], row["covariance_type"]
         assert row["status"] in {"ok", "degenerate", "failed"}
         assert row["n_parameters"] == n_free_parameters(ctype, k, d)

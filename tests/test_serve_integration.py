@@ -65,15 +65,14 @@ def _start_server(home: Path, **settings: str) -> tuple[subprocess.Popen, dict]:
         "PREFECT_API_URL": url,
         **settings,
     }
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()  # the child has its own handle
+    with open(home / "server.log", "w") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def healthy():
         try:
@@ -145,16 +144,15 @@ def served(server, tmp_path_factory):
         "--timezone",
         "Europe/London",
     ]
-    log = open(work / "serve.log", "w")
-    proc = subprocess.Popen(
-        SEGMENT + args, env=server, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with open(work / "serve.log", "w") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(
+            SEGMENT + args, env=server, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_until(lambda: _deployments(server) >= {"nightly", "manual"}, 90, "both deployments")
         yield {"env": server, "work": work, "db": work / "seg.duckdb", "proc": proc}
     finally:
         _stop(proc)
-        log.close()
 
 
 def _client_call(env, code: str):
@@ -272,7 +270,7 @@ def test_concurrent_triggers_run_one_after_the_other(served):
         for extra in (["--k-max", "3"], ["--deployment", "nightly", "--k-max", "2"])
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (stdout, stderr) in zip(procs, outputs):
+    for p, (stdout, stderr) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, stdout + stderr
     ids = [_flow_run_id(stdout) for stdout, _ in outputs]
     runs = _runs(served["db"]).set_index("flow_run_id")

@@ -53,7 +53,10 @@ def test_the_file_is_opened_read_only_and_errors_are_one_line(results, tmp_path,
 
 
 def test_the_prompt_reads_statements_over_lines_and_goes_on_after_an_error(results, capsys, monkeypatch):
-    script = ".tables\nSELECT count(*) AS names_given\n  FROM segment_names;\nSELECT nope;\nSELECT 41 + 1 AS answer;\n.quit\nSELECT 0;\n"
+    script = (
+        ".tables\nSELECT count(*) AS names_given\n  FROM segment_names;\n"
+        "SELECT nope;\nSELECT 41 + 1 AS answer;\n.quit\nSELECT 0;\n"
+    )
     monkeypatch.setattr(sys, "stdin", io.StringIO(script))
     assert main(["sql", "--database", str(results)]) == 0
     out = capsys.readouterr().out

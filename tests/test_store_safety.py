@@ -17,8 +17,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest import make_customer_table
+
 from flows.cli import main
 from flows.pipeline import segment_customers
 from flows.runlock import lock_path
@@ -175,9 +175,11 @@ def test_a_session_that_opens_for_writing_while_a_run_publishes_is_waited_for(tm
     published = db.read_bytes()
     analyst = analyst_writing(db)
     try:
-        with pytest.raises(StoreBusyError, match=rf"open for writing by pid {analyst.pid} .*read-only"):
-            with publishing(db, writer_wait_seconds=0.5) as con:
-                con.execute("INSERT INTO t VALUES (2)")
+        with (
+            pytest.raises(StoreBusyError, match=rf"open for writing by pid {analyst.pid} .*read-only"),
+            publishing(db, writer_wait_seconds=0.5) as con,
+        ):
+            con.execute("INSERT INTO t VALUES (2)")
     finally:
         analyst.kill()
         analyst.wait()
@@ -239,9 +241,11 @@ def test_a_database_path_that_is_not_a_results_file(customers_csv, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     expected = {
-        "csv": r"data\.csv: not a DuckDB file \(it looks like text \(CSV\?\)\); output\.database \(--database\) must name",
+        "csv": r"data\.csv: not a DuckDB file \(it looks like text \(CSV\?\)\); "
+        r"output\.database \(--database\) must name",
         "sqlite": r"app\.db: not a DuckDB file \(it looks like an SQLite database\)",
-        "input": r"output\.database is the input file \(.*customers\.csv\): the results go to a file of their own",
+        "input": r"output\.database is the input file \(.*customers\.csv\): "
+        r"the results go to a file of their own",
     }[kind]
     assert err.startswith("segment: error: ") and __import__("re").search(expected, err), err
     assert db.read_bytes() == before

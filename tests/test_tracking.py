@@ -77,7 +77,7 @@ def blob_data(
     return X, ids, np.array(names)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fit(X_bytes: bytes, shape: tuple[int, int], k: int, seed: int, covariance_type: str):
     X = np.frombuffer(X_bytes).reshape(shape)
     mean, scale = X.mean(axis=0), X.std(axis=0)
@@ -280,7 +280,7 @@ def test_refit_with_one_segment_shifted_keeps_every_id_and_reports_the_shift(bas
     assert ids_by_blob(second, names2) == ids_by_blob(first, names)
     middle = ids_by_blob(first, names)["middle"]
     shifts = second.shifts.set_index(["segment_id", "feature"])["shift"]
-    for feature, expected in zip(NAMES, shift):
+    for feature, expected in zip(NAMES, shift, strict=True):
         assert shifts[(middle, feature)] == pytest.approx(expected, rel=0.3)
     per_segment = second.shifts.groupby("segment_id")["distance_sd"].first()
     assert per_segment.idxmax() == middle and per_segment[middle] > 1.0
@@ -444,7 +444,10 @@ def test_classify_transitions_follows_the_documented_thresholds():
         }
     )
     # Every customer is in both runs; current segment 15 has none of them.
-    current_counts = {**{int(v): int(n) for v, n in zip(*np.unique(c, return_counts=True))}, 15: 0}
+    current_counts = {
+        **{int(v): int(n) for v, n in zip(*np.unique(c, return_counts=True), strict=True)},
+        15: 0,
+    }
     rows = classify_transitions(p, c, current_counts=current_counts)
     table = transition_table(rows)
     assert table.columns.tolist() == ["kind", "from_ids", "to_ids", "share"]
@@ -521,7 +524,10 @@ def test_migration_table_sums_to_the_customers_in_both_runs():
         pd.DataFrame({"id": current_customers, "c": current_segments}), on="id"
     )
     expected = joined.groupby(["p", "c"]).size()
-    assert dict(zip(zip(table.from_segment, table.to_segment), table.customers)) == expected.to_dict()
+    assert (
+        dict(zip(zip(table.from_segment, table.to_segment, strict=True), table.customers, strict=True))
+        == expected.to_dict()
+    )
     stayers = table.loc[table.from_segment == table.to_segment, "customers"].sum()
     assert moved_share(overlap.previous_segments, overlap.current_segments) == pytest.approx(
         1 - stayers / 600
@@ -652,7 +658,7 @@ def test_warm_start_from_the_previous_model_recovers_the_same_segments(base):
 
 
 # --------------------------------------------------------------------------- property: relabelling
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _property_runs():
     X, ids, names = blob_data(THREE, seed=1)
     first = run1(X, ids, 3)
@@ -716,7 +722,7 @@ def test_relabelling_components_never_changes_the_ids_customers_get(perm_current
     pd.testing.assert_frame_equal(other.migration, baseline.migration)
 
 
-# --------------------------------------------------------------------------- holding customers in their segment
+# ------------------------------------------------------------------------ holding customers in their segment
 def test_hold_segments_keeps_a_customer_until_another_segment_is_more_than_hold_odds_as_probable():
     p = np.array(
         [
@@ -782,7 +788,7 @@ def test_compare_runs_with_hold_odds_moves_only_customers_the_model_clearly_plac
     held = compare_runs(first.model, model, probabilities=proba, hold_odds=10.0, **options)
     assert plain.held is None and plain.held_count == 0
     assert held.match.segment_ids.tolist() == plain.match.segment_ids.tolist()  # ids come from the model
-    assert 0 < held.held_count and held.moved_share < plain.moved_share
+    assert held.held_count > 0 and held.moved_share < plain.moved_share
     assert held.moved_share == pytest.approx(
         (plain.moved_share * ids.size - held.held_count) / ids.size
     )  # each held customer is one mover less

@@ -82,7 +82,8 @@ class TrackedModel:
         for name in ("feature_names", "transforms", "feature_units"):
             if len(getattr(self, name)) != d:
                 raise ValueError(
-                    f"TrackedModel.{name}: expected {d} entries (one per feature), got {len(getattr(self, name))}"
+                    f"TrackedModel.{name}: expected {d} entries (one per feature), "
+                    f"got {len(getattr(self, name))}"
                 )
         if len(set(self.feature_names)) != d:
             raise ValueError(
@@ -141,7 +142,7 @@ def common_model(
     transforms: Sequence[str],
     covariance_type: str,
     feature_units: Sequence[str] = (),
-    segment_ids: Sequence[int] | None = None,
+    segment_ids: Sequence[int] | np.ndarray | None = None,
     run_id: int | str | None = None,
 ) -> TrackedModel:
     """Map model-space parameters to the common space: ``x = x_model * scaler_scale + scaler_mean``.
@@ -174,7 +175,8 @@ def common_model(
     scale = np.asarray(scaler_scale, dtype=np.float64).reshape(-1)
     if mean.shape != (d,) or scale.shape != (d,):
         raise ValueError(
-            f"common_model: scaler_mean and scaler_scale need shape ({d},), got {mean.shape} and {scale.shape}"
+            f"common_model: scaler_mean and scaler_scale need shape ({d},), "
+            f"got {mean.shape} and {scale.shape}"
         )
     if np.any(scale <= 0) or not np.all(np.isfinite(scale)):
         raise ValueError("common_model: every scaler_scale must be finite and > 0")
@@ -186,7 +188,7 @@ def common_model(
         weights=w,
         means=m * scale + mean,
         covariances=cov * np.outer(scale, scale),
-        segment_ids=np.arange(1, k + 1) if segment_ids is None else segment_ids,
+        segment_ids=np.arange(1, k + 1) if segment_ids is None else np.asarray(segment_ids),
         feature_names=tuple(feature_names),
         transforms=tuple(transforms),
         covariance_type=covariance_type,
@@ -199,8 +201,8 @@ def same_features(
     names_a: Sequence[str], transforms_a: Sequence[str], names_b: Sequence[str], transforms_b: Sequence[str]
 ) -> bool:
     """True when two runs use the same features with the same transforms (in any order)."""
-    return sorted(zip(map(str, names_a), map(str, transforms_a))) == sorted(
-        zip(map(str, names_b), map(str, transforms_b))
+    return sorted(zip(map(str, names_a), map(str, transforms_a), strict=True)) == sorted(
+        zip(map(str, names_b), map(str, transforms_b), strict=True)
     )
 
 
@@ -219,7 +221,7 @@ def warm_start_init(
     *,
     feature_names: Sequence[str],
     transforms: Sequence[str],
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
     """Initial parameters for ``GaussianMixture(n_components=previous.n_segments, **init)`` from the
     previous run's model, in this run's model space (this run's scaler).
 

@@ -81,7 +81,7 @@ def mean_shift(previous: TrackedModel, current: TrackedModel) -> pd.DataFrame:
     bd = np.array(
         [
             bhattacharyya(previous.means[a], previous.covariances[a], cur.means[b], cur.covariances[b])
-            for a, b in zip(ip, ic)
+            for a, b in zip(ip, ic, strict=True)
         ]
     )
     n = len(shared)
@@ -131,7 +131,8 @@ def drift_flags(
 
         def show(m: TrackedModel) -> str:
             return ", ".join(
-                f"log1p({n})" if t == "log1p" else n for n, t in zip(m.feature_names, m.transforms)
+                f"log1p({n})" if t == "log1p" else n
+                for n, t in zip(m.feature_names, m.transforms, strict=True)
             )
 
         flags.append(
@@ -279,6 +280,8 @@ def compare_runs(
     model = current.with_ids(match.segment_ids)
     held = None
     if overlap is not None and probabilities is not None and hold_odds > 1.0:
+        # An overlap exists only with the previous run's customers and segments.
+        assert previous_customers is not None and previous_segments is not None
         components, held = _held_components(
             components,
             probabilities,
@@ -290,6 +293,7 @@ def compare_runs(
         )
         overlap = customer_overlap(previous_customers, previous_segments, current_customers, components)
     if overlap is not None:
+        assert previous is not None  # an overlap exists only with a previous run
         overlap = replace(overlap, current_segments=match.segment_ids[overlap.current_segments])
         migration = migration_table(overlap.previous_segments, overlap.current_segments)
         prev_all = np.asarray(previous_segments, dtype=np.int64)
@@ -300,7 +304,9 @@ def compare_runs(
             previous_counts={int(s): int(np.sum(prev_all == s)) for s in previous.segment_ids},
             current_counts={
                 int(s): int(n)
-                for s, n in zip(match.segment_ids, np.bincount(components, minlength=current.n_segments))
+                for s, n in zip(
+                    match.segment_ids, np.bincount(components, minlength=current.n_segments), strict=True
+                )
             },
         )
         moved = moved_share(overlap.previous_segments, overlap.current_segments)

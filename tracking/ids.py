@@ -80,7 +80,7 @@ def _assign(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
     if cost.size == 0:
         return []
     rows, cols = linear_sum_assignment(np.minimum(cost, limit))
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= limit]
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if cost[r, c] <= limit]
 
 
 def _overlap_counts(
@@ -93,7 +93,7 @@ def _overlap_counts(
     pairs, counts = np.unique(
         np.stack([previous_segments, current_components], axis=1), axis=0, return_counts=True
     )
-    for (s, c), n in zip(pairs, counts):
+    for (s, c), n in zip(pairs, counts, strict=True):
         if int(s) in row and 0 <= int(c) < k_current:
             C[row[int(s)], int(c)] += int(n)
     return C
@@ -171,8 +171,10 @@ def match_segments(
             method, pairs, distances = "none", [], np.ones((previous.n_segments, k))
     ids = np.zeros(k, dtype=np.int64)
     previous_index = np.full(k, -1, dtype=np.int64)
+    # pairs is empty without a previous run.
+    previous_ids = np.zeros(0, dtype=np.int64) if previous is None else previous.segment_ids
     for r, c in pairs:
-        ids[c] = previous.segment_ids[r]
+        ids[c] = previous_ids[r]
         previous_index[c] = r
     unmatched = _canonical_order(current, np.flatnonzero(previous_index < 0))
     ids[unmatched] = max_id_used + 1 + np.arange(unmatched.size)

@@ -23,9 +23,10 @@ def drift_markdown(drift: RunDrift) -> str:
         lines += ["", "**Flags:** " + "; ".join(drift.flags)]
     if not drift.migration.empty:
         lines += ["", "| from segment | to segment | customers |", "|---:|---:|---:|"]
+        m = drift.migration
         lines += [
-            f"| {int(r.from_segment)} | {int(r.to_segment)} | {int(r.customers):,} |"
-            for r in drift.migration.itertuples()
+            f"| {int(a)} | {int(b)} | {int(n):,} |"
+            for a, b, n in zip(m["from_segment"], m["to_segment"], m["customers"], strict=True)
         ]
     return "\n".join(lines) + "\n"
 
@@ -41,7 +42,8 @@ def what_changed(drift: RunDrift) -> str:
         return "\n".join(
             [
                 "First tracked run: no previous run to compare with.",
-                f"{cur.n_segments} segments, {cur.covariance_type} covariance; ids {_ids(sorted(m.new_ids))} given.",
+                f"{cur.n_segments} segments, {cur.covariance_type} covariance; "
+                f"ids {_ids(sorted(m.new_ids))} given.",
                 "Later runs keep these ids for the segments they continue.",
                 *(["Flags: " + "; ".join(drift.flags) + "."] if drift.flags else []),
             ]
@@ -89,7 +91,8 @@ def what_changed(drift: RunDrift) -> str:
         more = f" (+{len(changes) - 4} more)" if len(changes) > 4 else ""
         lines.append("Transitions: " + "; ".join(words) + more + ".")
     if not drift.shifts.empty:
-        per = drift.shifts.loc[drift.shifts["shift_sd"].abs().idxmax()]
+        # pandas-stubs type idxmax() as Hashable, which no overload of .loc takes; it is a row label.
+        per = drift.shifts.loc[drift.shifts["shift_sd"].abs().idxmax()]  # type: ignore[call-overload]
         unit = f" {per['unit']}" if per["unit"] else ""
         lines.append(
             f"Largest move: segment {int(per['segment_id'])} moved {per['distance_sd']:.2f} of its standard "
@@ -104,8 +107,8 @@ def what_changed(drift: RunDrift) -> str:
         lines.append(
             "Largest flows: "
             + "; ".join(
-                f"{int(r.from_segment)} -> {int(r.to_segment)}: {int(r.customers):,}"
-                for r in top.itertuples()
+                f"{int(a)} -> {int(b)}: {int(n):,}"
+                for a, b, n in zip(top["from_segment"], top["to_segment"], top["customers"], strict=True)
             )
             + "."
         )

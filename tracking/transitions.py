@@ -140,7 +140,7 @@ def classify_transitions(
     Q = np.divide(C, col_total[None, :], out=np.zeros_like(C), where=col_total[None, :] > 0)
     tm, ts = thresholds.tau_match, thresholds.tau_split
 
-    strong = P >= tm
+    strong = tm <= P
     # A previous segment with two targets at >= tau_match (only possible at an exact 50/50 with
     # tau_match = 0.5) is a split, not a survival into an arbitrary one of them.
     single = strong.sum(axis=1) == 1
@@ -178,7 +178,7 @@ def classify_transitions(
                 (i, Transition("disappeared", (int(prev[i]),), (), float(P[i].max()) if P.shape[1] else 0.0))
             )
     out = [t for _, t in sorted(rows, key=lambda r: r[0])]
-    for j in np.flatnonzero(~reached):
+    for j in np.flatnonzero(~reached).tolist():
         out.append(Transition("emerged", (), (int(cur[j]),), float(Q[:, j].max()) if Q.shape[0] else 0.0))
     return out
 
