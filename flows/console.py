@@ -31,7 +31,10 @@ def configure_console(*, debug: bool, one_failure_line: bool = False) -> None:
         Keep Prefect's repeats of a failure off the console: the caller prints the error itself.
     """
     os.environ.setdefault("PREFECT_LOGGING_SETTINGS_PATH", str(LOGGING_CONFIG))
-    for name, on in ((HIDE_TRACEBACKS_ENV, not debug), (ONE_FAILURE_LINE_ENV, one_failure_line and not debug)):
+    for name, on in (
+        (HIDE_TRACEBACKS_ENV, not debug),
+        (ONE_FAILURE_LINE_ENV, one_failure_line and not debug),
+    ):
         if on:
             os.environ[name] = "1"
         else:
