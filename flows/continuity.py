@@ -15,9 +15,9 @@ import pandas as pd
 
 from flows.choice import ModelChoice
 from flows.config import Settings
-from flows.duck import connect
 from flows.features import FeatureMatrix
 from flows.segments import SegmentResult
+from flows.store import read_latest_run
 from tracking import (
     RunDrift,
     TrackedModel,
@@ -39,30 +39,12 @@ class PreviousRun:
 
 
 def load_previous(database: str | Path) -> PreviousRun | None:
-    """Read the latest successful run from the published results (read-only); None if there is none."""
-    path = Path(database)
-    if not path.exists():
+    """The latest successful run (read from the store, read-only) in the common space; None if
+    there is none."""
+    stored = read_latest_run(database)
+    if stored is None:
         return None
-    with connect(path, read_only=True) as con:
-        latest = con.execute("SELECT run_id, covariance_type FROM latest_run").fetchall()
-        if not latest:
-            return None
-        run_id, covariance_type = int(latest[0][0]), str(latest[0][1])
-        seg = con.execute(
-            "SELECT segment_id, weight, model_mean, model_covariance FROM segments WHERE run_id = ? "
-            "ORDER BY segment_id",
-            [run_id],
-        ).df()
-        scalers = con.execute(
-            "SELECT feature, unit, transform, scaler_mean, scaler_scale "
-            "FROM feature_scalers WHERE run_id = ? "
-            "ORDER BY feature_index",
-            [run_id],
-        ).df()
-        assigned = con.execute(
-            "SELECT customer_id, segment_id FROM assignments WHERE run_id = ?", [run_id]
-        ).df()
-        max_id = int(con.execute("SELECT coalesce(max(segment_id), 0) FROM segments").fetchall()[0][0])
+    seg, scalers, assigned = stored.segments, stored.scalers, stored.assignments
     d = len(scalers)
     model = common_model(
         seg["weight"].to_numpy(np.float64),
@@ -72,17 +54,17 @@ def load_previous(database: str | Path) -> PreviousRun | None:
         scalers["scaler_scale"].to_numpy(np.float64),
         feature_names=scalers["feature"].tolist(),
         transforms=scalers["transform"].tolist(),
-        covariance_type=covariance_type,
+        covariance_type=stored.covariance_type,
         feature_units=scalers["unit"].fillna("").tolist(),
         segment_ids=seg["segment_id"].to_numpy(np.int64),
-        run_id=run_id,
+        run_id=stored.run_id,
     )
     return PreviousRun(
-        run_id=run_id,
+        run_id=stored.run_id,
         model=model,
         customer_ids=assigned["customer_id"].astype(str).to_numpy(),
         segment_ids=assigned["segment_id"].to_numpy(np.int64),
-        max_id_used=max_id,
+        max_id_used=stored.max_segment_id,
     )
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -29,6 +30,7 @@ from flows.load import LoadedInput, load_input
 from flows.parameters import RunParameters, takes_run_parameters
 from flows.runlock import RunJournal, database_lock, killed_runs
 from flows.store import (
+    RunRecord,
     RunStart,
     StoreBusyError,
     fail_run,
@@ -309,114 +311,157 @@ def infer_trigger() -> str:
     return "schedule" if run.auto_scheduled else "manual"
 
 
+class _StageClock:
+    """Bookkeeping of a run's stages: wall time and the process's peak memory after each (for
+    benchmarks and the logs), the stage under way (for the failure record), and the run lock's
+    journal kept at that stage (so that a killed run is recorded with it)."""
+
+    def __init__(self, journal: RunJournal):
+        self.journal = journal
+        self.current = "start"
+        self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.current = name
+        self.journal.note(stage=name)
+        began = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - began, 3)
+        self.peak_mb[name] = round(peak_rss_mb(), 1)
+
+
 def _segment(
     settings: Settings, trigger: str, logger, journal: RunJournal, fresh: bool = False
 ) -> dict[str, Any]:
     """The stages of one run, with the run lock held and ``journal`` kept up to date."""
-    database_path = settings.output.database
     start = start_task(settings, trigger, journal)
     run_id = start.run_id
     logger.info("run %d started (trigger %s)", run_id, trigger)
-    seconds: dict[str, float] = {}
-    peak_mb: dict[str, float] = {}
-    stage = "load"
-    outcome = loaded = None
-    clock = time.perf_counter()
-
-    def done(finished: str, following: str) -> str:
-        # Per-stage wall time and the process's peak memory so far (for benchmarks and the logs).
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[finished] = round(now - clock, 3)
-        peak_mb[finished] = round(peak_rss_mb(), 1)
-        clock = now
-        if following:
-            journal.note(stage=following)
-        return following
-
+    clock = _StageClock(journal)
+    loaded: LoadedInput | None = None
+    outcome: ValidationOutcome | None = None
+    report_dir = Path(settings.output.reports) / str(run_id)
     try:
-        loaded = load_task(settings)
-        stage = done("load", "validate")
-        outcome = validate_task(loaded, settings)
-        start.parameters.setdefault("input", {}).update(outcome.read_as)  # e.g. how dates were read
-        stage = done("validate", "features")
-        features_ = features_task(outcome.valid, settings)
-        stage = done("features", "previous")
-        previous = previous_task(database_path)
-        stage = done("previous", "select")
-        selection = select_task(features_, settings, run_id, previous)
-        stage = done("select", "choose")
-        choice = choose_task(selection, features_, previous, settings, fresh, run_id)
-        stage = done("choose", "assign")
-        segments = assign_task(choice, features_)
-        stage = done("assign", "track")
-        segments, drift = track_task(segments, features_, previous, settings, choice)
-        stage = done("track", "write")
-        report_dir = Path(settings.output.reports) / str(run_id)
-        record = stages.build_record(
-            loaded=loaded,
-            outcome=outcome,
-            features=features_,
-            choice=choice,
-            segments=segments,
-            report_path=str((report_dir / "index.html").resolve()),
-        )
-        record.tracking = continuity.tracking_record(drift)
-        write_task(settings, start, record, journal.previous)
-        journal.recorded = True
-        stage = done("write", "report")
-        data = stages.report_data(
-            run_id=run_id,
-            settings=settings,
-            loaded=loaded,
-            outcome=outcome,
-            features=features_,
-            choice=choice,
-            segments=segments,
-        )
-        data = dataclasses.replace(data, drift=drift.report_drift())
-        report_index = str(Path(report_task(data, str(report_dir))).resolve())
-        done("report", "")
+        with clock.stage("load"):
+            loaded = load_task(settings)
+        with clock.stage("validate"):
+            outcome = validate_task(loaded, settings)
+            start.parameters.setdefault("input", {}).update(outcome.read_as)  # e.g. how dates were read
+        with clock.stage("features"):
+            features_ = features_task(outcome.valid, settings)
+        with clock.stage("previous"):
+            previous = previous_task(settings.output.database)
+        with clock.stage("select"):
+            selection = select_task(features_, settings, run_id, previous)
+        with clock.stage("choose"):
+            choice = choose_task(selection, features_, previous, settings, fresh, run_id)
+        with clock.stage("assign"):
+            segments = assign_task(choice, features_)
+        with clock.stage("track"):
+            segments, drift = track_task(segments, features_, previous, settings, choice)
+        with clock.stage("write"):
+            record = stages.build_record(
+                loaded=loaded,
+                outcome=outcome,
+                features=features_,
+                choice=choice,
+                segments=segments,
+                tracking=continuity.tracking_record(drift),
+                report_path=str((report_dir / "index.html").resolve()),
+            )
+            write_task(settings, start, record, journal.previous)
+            journal.recorded = True
+        with clock.stage("report"):
+            data = stages.report_data(
+                run_id=run_id,
+                settings=settings,
+                loaded=loaded,
+                outcome=outcome,
+                features=features_,
+                choice=choice,
+                segments=segments,
+                drift=drift.report_drift(),
+            )
+            report_index = str(Path(report_task(data, str(report_dir))).resolve())
     except Exception as exc:
-        rejects = getattr(getattr(exc, "outcome", None), "rejects", None)
-        if rejects is None and outcome is not None:
-            rejects = outcome.rejects
-        rows_loaded = loaded.n_rows if loaded is not None else None
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        logger.error("run %d failed in stage %s: %s", run_id, stage, message)
-        try:
-            if journal.recorded:
-                # The results are published and stand; only the report is missing.
-                note_report_failure(database_path, run_id, message, **_publish_options(settings))
-            else:
-                fail_run(
-                    database_path,
-                    start,
-                    stage,
-                    message,
-                    rejects=rejects,
-                    rows_loaded=rows_loaded,
-                    killed=journal.previous,
-                    **_publish_options(settings),
-                )
-                journal.recorded = True
-        except (StoreBusyError, OSError, duckdb.Error) as store_exc:
-            # The results file is busy or the disk full: the failure stays in the run lock's
-            # journal, and the next run records it with its error.
-            journal.note(
-                status="failed", failed_stage=stage, error=message, finished_at=utc_now().isoformat()
-            )
-            journal.recorded = False  # a published run whose report failed: the next run notes it
-            logger.error(
-                "run %d could not record its failure now (%s); the next run records it",
-                run_id,
-                str(store_exc).strip().splitlines()[0]
-                if str(store_exc).strip()
-                else type(store_exc).__name__,
-            )
+        _record_failure(exc, settings, start, journal, clock.current, loaded, outcome, logger)
         raise
 
-    summary = {
+    summary = _run_summary(record, outcome, segments, choice, clock, settings, report_index, run_id)
+    markdown = markdown_summary(summary)
+    if drift.previous is not None:
+        markdown += "\n\n" + drift_markdown(drift)
+    _ui(
+        create_markdown_artifact,
+        markdown,
+        key=f"segmentation-run-{run_id}",
+        description=f"Segmentation run {run_id}",
+    )
+    return summary
+
+
+def _record_failure(
+    exc: Exception,
+    settings: Settings,
+    start: RunStart,
+    journal: RunJournal,
+    stage: str,
+    loaded: LoadedInput | None,
+    outcome: ValidationOutcome | None,
+    logger,
+) -> None:
+    """Store a failed run (or, when its results were published, the report's failure); when the
+    store cannot take it now, leave it in the journal for the next run to record."""
+    run_id = start.run_id
+    rejects = getattr(getattr(exc, "outcome", None), "rejects", None)
+    if rejects is None and outcome is not None:
+        rejects = outcome.rejects
+    rows_loaded = loaded.n_rows if loaded is not None else None
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    logger.error("run %d failed in stage %s: %s", run_id, stage, message)
+    try:
+        if journal.recorded:
+            # The results are published and stand; only the report is missing.
+            note_report_failure(settings.output.database, run_id, message, **_publish_options(settings))
+        else:
+            fail_run(
+                settings.output.database,
+                start,
+                stage,
+                message,
+                rejects=rejects,
+                rows_loaded=rows_loaded,
+                killed=journal.previous,
+                **_publish_options(settings),
+            )
+            journal.recorded = True
+    except (StoreBusyError, OSError, duckdb.Error) as store_exc:
+        # The results file is busy or the disk full: the failure stays in the run lock's
+        # journal, and the next run records it with its error.
+        journal.note(status="failed", failed_stage=stage, error=message, finished_at=utc_now().isoformat())
+        journal.recorded = False  # a published run whose report failed: the next run notes it
+        logger.error(
+            "run %d could not record its failure now (%s); the next run records it",
+            run_id,
+            str(store_exc).strip().splitlines()[0] if str(store_exc).strip() else type(store_exc).__name__,
+        )
+
+
+def _run_summary(
+    record: RunRecord,
+    outcome: ValidationOutcome,
+    segments: SegmentResult,
+    choice: ModelChoice,
+    clock: _StageClock,
+    settings: Settings,
+    report_index: str,
+    run_id: int,
+) -> dict[str, Any]:
+    """What the flow returns (and ``segment run`` prints): the stored run in plain values."""
+    tracking = record.tracking
+    return {
         "run_id": run_id,
         "n_components": record.n_components,
         "covariance_type": record.covariance_type,
@@ -436,32 +481,22 @@ def _segment(
             }
             for s, n, w in zip(segments.segment_ids, segments.customer_counts, segments.weights, strict=True)
         ],
-        "database": str(Path(database_path).resolve()),
+        "database": str(Path(settings.output.database).resolve()),
         "report": report_index,
-        "stage_seconds": seconds,
-        "stage_peak_mb": peak_mb,
-        "previous_run_id": record.tracking.previous_run_id,
-        "new_segments": record.tracking.new_segments,
-        "retired_segments": record.tracking.retired_segments,
-        "moved_share": record.tracking.moved_share,
-        "held_customers": record.tracking.held_customers,
-        "drift_flags": record.tracking.drift_flags,
+        "stage_seconds": clock.seconds,
+        "stage_peak_mb": clock.peak_mb,
+        "previous_run_id": tracking.previous_run_id,
+        "new_segments": tracking.new_segments,
+        "retired_segments": tracking.retired_segments,
+        "moved_share": tracking.moved_share,
+        "held_customers": tracking.held_customers,
+        "drift_flags": tracking.drift_flags,
         "decision": choice.decision,
         "decision_note": choice.note,
         "grid_note": choice.grid_note,
         "k_max_tried": choice.k_max_tried,
         "customers_with_gaps": record.customers_with_gaps,
     }
-    markdown = markdown_summary(summary)
-    if drift.previous is not None:
-        markdown += "\n\n" + drift_markdown(drift)
-    _ui(
-        create_markdown_artifact,
-        markdown,
-        key=f"segmentation-run-{run_id}",
-        description=f"Segmentation run {run_id}",
-    )
-    return summary
 
 
 def peak_rss_mb() -> float:

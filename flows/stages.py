@@ -43,6 +43,7 @@ from schemas.validation import WHOLE_ROW
 from tracking import same_features
 
 if TYPE_CHECKING:
+    from flows.continuity import TrackingRecord
     from gmm_engine import SelectionResult
 
 
@@ -318,9 +319,11 @@ def build_record(
     features: FeatureMatrix,
     choice: ModelChoice,
     segments: SegmentResult,
+    tracking: TrackingRecord | None = None,
     report_path: str | None,
 ) -> RunRecord:
-    """Collect a successful run's rows for :func:`flows.store.finish_run`."""
+    """Collect a successful run's rows for :func:`flows.store.finish_run` (``tracking``: what
+    changed since the previous run, :func:`flows.continuity.tracking_record`)."""
     chosen = choice.chosen
     assignments = assignment_table(segments, features.customer_ids, features.missing_counts)
     Assignments.validate(assignments)
@@ -361,6 +364,7 @@ def build_record(
         ),
         assignments=assignments,
         rejects=outcome.rejects,
+        tracking=tracking,
     )
 
 
@@ -373,8 +377,10 @@ def report_data(
     features: FeatureMatrix,
     choice: ModelChoice,
     segments: SegmentResult,
+    drift: dict[str, Any] | None = None,
 ):
-    """The reports.ReportData of a run, from the same in-memory objects that were stored."""
+    """The reports.ReportData of a run, from the same in-memory objects that were stored
+    (``drift``: the report's section on what changed, :meth:`tracking.RunDrift.report_drift`)."""
     from reports import ReportData
 
     as_of = f" (as of {features.as_of})" if features.as_of else ""
@@ -435,6 +441,7 @@ def report_data(
         choice_note=" ".join(
             part for part in (choice.note, choice.grid_note and f"Grid: {choice.grid_note}.") if part
         ),
+        drift=drift,
     )
 
 

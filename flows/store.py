@@ -271,6 +271,51 @@ def published_max_run_id(database: str | Path) -> int:
         return int(con.execute("SELECT coalesce(max(run_id), 0) FROM runs").fetchall()[0][0])
 
 
+@dataclass(frozen=True, eq=False)
+class StoredRun:
+    """The latest successful run's model and customers, as its tables hold them.
+
+    ``segments``: ``segment_id``, ``weight``, ``model_mean``, ``model_covariance`` (model units),
+    by segment id; ``scalers``: ``feature``, ``unit``, ``transform``, ``scaler_mean``,
+    ``scaler_scale``, in feature order; ``assignments``: ``customer_id``, ``segment_id`` (empty
+    when retention pruned them); ``max_segment_id``: the largest id any run has given.
+    """
+
+    run_id: int
+    covariance_type: str
+    segments: pd.DataFrame
+    scalers: pd.DataFrame
+    assignments: pd.DataFrame
+    max_segment_id: int
+
+
+def read_latest_run(database: str | Path) -> StoredRun | None:
+    """The latest successful run from the published results (read-only); None if there is none."""
+    path = Path(database)
+    if not path.exists():
+        return None
+    with connect(path, read_only=True) as con:
+        latest = con.execute("SELECT run_id, covariance_type FROM latest_run").fetchall()
+        if not latest:
+            return None
+        run_id, covariance_type = int(latest[0][0]), str(latest[0][1])
+        segments = con.execute(
+            "SELECT segment_id, weight, model_mean, model_covariance FROM segments WHERE run_id = ? "
+            "ORDER BY segment_id",
+            [run_id],
+        ).df()
+        scalers = con.execute(
+            "SELECT feature, unit, transform, scaler_mean, scaler_scale FROM feature_scalers "
+            "WHERE run_id = ? ORDER BY feature_index",
+            [run_id],
+        ).df()
+        assignments = con.execute(
+            "SELECT customer_id, segment_id FROM assignments WHERE run_id = ?", [run_id]
+        ).df()
+        max_id = int(con.execute("SELECT coalesce(max(segment_id), 0) FROM segments").fetchall()[0][0])
+    return StoredRun(run_id, covariance_type, segments, scalers, assignments, max_id)
+
+
 @dataclass
 class RunStart:
     """What is known of a run when it starts; written to ``runs`` when it ends (or by the next run)."""

@@ -183,7 +183,7 @@ def test_structure_is_kept_unless_a_fresh_choice_is_clearly_better(prefect_harne
     ]
     assert query(db, "SELECT count(DISTINCT run_id) AS n FROM segment_history").n[0] == 5
     html = Path(fifth["report"]).read_text()
-    assert "outside this run&#x27;s settings" in html
+    assert "outside this run&#39;s settings" in html
 
 
 def test_customers_change_segment_only_when_the_model_clearly_places_them_elsewhere(
