@@ -39,7 +39,7 @@ from schemas import (
 from schemas.customers import missing_feature_rejects
 from schemas.dates import date_parsing
 from schemas.transactions import line_amount_rejects
-from schemas.validation import WHOLE_ROW
+from schemas.validation import WHOLE_ROW, blank_text_as_missing
 from tracking import same_features
 
 if TYPE_CHECKING:
@@ -68,8 +68,10 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
     """
     read_as: dict[str, str] = {}
     extra = []
+    frame = loaded.frame
     if settings.input.kind == "transactions":
         schema = Transactions.to_schema()
+        frame = blank_text_as_missing(frame, ("quantity", "unit_price", "amount"))
         stamps = loaded.frame["timestamp"]
         if not pd.api.types.is_datetime64_any_dtype(stamps):
             # Text dates: day and month first are told apart from the data (or input.date_format).
@@ -90,7 +92,8 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
         features = settings.features
         may_be_blank = [c for c in features.columns if features.missing_rule(c) == "model"]
         schema = customer_table_schema(features.columns, features.transforms, may_be_blank)
-    outcome = validate_rows(loaded.frame, schema, loaded.source, loaded.source_columns)
+        frame = blank_text_as_missing(frame, features.columns)
+    outcome = validate_rows(frame, schema, loaded.source, loaded.source_columns)
     if settings.input.kind == "transactions":
         valid, more = line_amount_rejects(outcome.valid, loaded.source, loaded.source_columns)
     else:

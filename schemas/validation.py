@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -203,3 +203,25 @@ def empty_rejects() -> pd.DataFrame:
             "value": pd.Series(dtype=object),
         }
     )
+
+
+def blank_text_as_missing(frame: pd.DataFrame, columns: Collection[str]) -> pd.DataFrame:
+    """``frame`` with numeric cells that hold only spaces made missing, as an empty cell is.
+
+    A CSV export often pads a blank field (``"id,x\\nb,  "``); pandera coerces before it checks,
+    so without this the cell would be rejected as "not a number" instead of counting as blank (a
+    customer table's ``features.missing`` then models it, or the ``nullable`` rule rejects it).
+    Numeric columns and tables without such cells are returned as they are.
+    """
+    cleaned = None
+    for name in columns:
+        column = frame.get(name)
+        if column is None or not (
+            pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
+        ):
+            continue
+        blank = column.astype("string").str.strip().eq("").fillna(False).to_numpy(dtype=bool)
+        if blank.any():
+            cleaned = frame.copy() if cleaned is None else cleaned
+            cleaned[name] = column.mask(blank)
+    return frame if cleaned is None else cleaned

@@ -369,6 +369,45 @@ def test_blank_features_are_kept_as_missing_up_to_the_cap(tmp_path):
         load_settings(overrides=dict(over, features=dict(over["features"], missing="impute")))
 
 
+def test_a_cell_of_spaces_is_blank_not_a_bad_number(tmp_path):
+    """A padded blank field ("b,  ,3") counts as blank, as an empty one does: modelled, or rejected
+    by the nullable rule, never "not a number"; a real non-number is still rejected as one."""
+    path = tmp_path / "padded.csv"
+    path.write_text("id,x,y\na,1.5,2\nb,  ,3\nc,2.5,4\nd,3.5,\ne,4.5,6\nf,\t,7\ng,abc,8\n")
+    over = {
+        "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
+        "features": {"columns": ["x", "y"]},
+        "rules": {"max_reject_share": 0.9},
+    }
+    for rule, kept, rejected in [
+        ("model", ["a", "b", "c", "d", "e", "f"], [(7, "x", "coerce_dtype('float64')")]),
+        (
+            "reject",
+            ["a", "c", "e"],
+            [
+                (2, "x", "not_nullable"),
+                (4, "y", "not_nullable"),
+                (6, "x", "not_nullable"),
+                (7, "x", "coerce_dtype('float64')"),
+            ],
+        ),
+    ]:
+        s = load_settings(overrides=dict(over, features=dict(over["features"], missing=rule)))
+        outcome = validate_input(load_input(s.input, s.features.columns), s)
+        assert outcome.valid["customer_id"].tolist() == kept, rule
+        got = sorted(map(tuple, outcome.rejects[["row_number", "column_name", "rule"]].values.tolist()))
+        assert got == rejected, rule
+    valid = validate_input(load_input(s.input, s.features.columns), load_settings(overrides=over)).valid
+    assert valid.set_index("customer_id")["x"].isna().to_dict() == {
+        "a": False,
+        "b": True,
+        "c": False,
+        "d": False,
+        "e": False,
+        "f": True,
+    }
+
+
 def test_a_feature_blank_for_everyone_is_refused_by_name():
     table = pd.DataFrame({"customer_id": ["a", "b", "c"], "x": [1.0, 2.0, 3.0], "y": [np.nan] * 3})
     with pytest.raises(Exception, match="feature 'y' is blank for every one of the 3 customers"):
