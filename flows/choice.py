@@ -328,15 +328,8 @@ def choose_model(
     # Both sides of the comparison converged alike (decision_tol), so the margin is not spent on
     # one of them having stopped earlier. (Should the longer run collapse a component, the grid's
     # own fit stands.)
-    fresh_model = _polished(selection.best, X, tight, max_iter)
-    if _degenerate(fresh_model, X):
-        fresh_model = selection.best
-    else:
-        best_fresh.update(
-            criteria(fresh_model, X),
-            n_iter=best_fresh["n_iter"] + int(fresh_model.n_iter_),
-            converged=bool(fresh_model.converged_),
-        )
+    polished = _polished_row(selection.best, best_fresh, X, tight, max_iter)
+    fresh_model = selection.best if polished is None else polished
     fresh_value = float(best_fresh[criterion])
     previous_value = float(row[criterion])
     same_structure = (best_fresh["n_components"], best_fresh["covariance_type"]) == (k, ctype)
@@ -430,6 +423,15 @@ def _grid_fit(
     model = selection.models.get((k, ctype))
     if row is None or model is None:
         return None
+    polished = _polished_row(model, row, X, tol, max_iter)
+    return None if polished is None else (polished, float(row[criterion]))
+
+
+def _polished_row(
+    model: GaussianMixture, row: dict[str, Any], X: np.ndarray, tol: float, max_iter: int
+) -> GaussianMixture | None:
+    """:func:`_polished` with the candidate's table row updated to the longer fit; None (the row
+    unchanged) when the longer run collapses a component."""
     polished = _polished(model, X, tol, max_iter)
     if _degenerate(polished, X):
         return None
@@ -438,4 +440,4 @@ def _grid_fit(
         n_iter=row["n_iter"] + int(polished.n_iter_),
         converged=bool(polished.converged_),
     )
-    return polished, float(row[criterion])
+    return polished
