@@ -1,19 +1,24 @@
-"""Retention: results file size and publication time over many runs, keeping all runs or the newest N.
+"""Publication and retention: does a run's publication cost grow with the runs before it?
 
 Publishes ``--runs`` runs of ``--customers`` assignments each through the store (``finish_run``, the
 same copy-on-write publication a flow run does, without fitting anything) into two databases side
 by side: one keeping everything (``output.keep_runs = 0``), one keeping the newest ``--keep`` runs'
-per-customer rows. Prints the file size and the publication time after every run, and the ratios.
+per-customer rows. Prints, after every run, the size of the results file (what a publication
+copies), of the runs' Parquet folder (never copied) and the publication time; then the verdict:
+one more run published alternately into the database as it was after its first run and into the
+full one, five times each (medians; issue 12: within 20 % of each other), and the reference, the
+time to copy the whole history once, which is what every publication did before the runs' folder.
 
 Usage::
 
     python benchmarks/retention.py                      # 12 runs x 200,000 customers, keep 2
-    python benchmarks/retention.py --runs 20 --customers 50000 --keep 3
+    python benchmarks/retention.py --runs 31 --customers 1000000   # issue 12's measurement
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flows.run_files import root_for
 from flows.runlock import database_lock
 from flows.store import RunRecord, feature_scaler_table, finish_run, start_run
 
 K = 5
+REPEATS = 5
 
 
 def make_record(customers: int, seed: int) -> RunRecord:
@@ -121,6 +128,12 @@ def publish(db: Path, record: RunRecord, keep: int) -> float:
         return seconds
 
 
+def folder_mib(folder: Path) -> float:
+    return (
+        sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2.0**20 if folder.exists() else 0.0
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=12)
@@ -129,32 +142,65 @@ def main() -> int:
     args = parser.parse_args()
     if args.keep < 1:
         parser.error("--keep must be at least 1 (0 is the keep-everything reference, always measured)")
+    if args.runs < 2:
+        parser.error("--runs must be at least 2")
     mib = 2.0**20
     with tempfile.TemporaryDirectory() as tmp:
         dbs = {0: Path(tmp) / "all" / "s.duckdb", args.keep: Path(tmp) / "kept" / "s.duckdb"}
         print(f"{args.runs} runs x {args.customers:,} customers (k={K}); keep all vs keep_runs={args.keep}")
-        print(f"{'run':>4} {'all MiB':>9} {'kept MiB':>9} {'all s':>7} {'kept s':>7}")
-        seconds = {keep: [] for keep in dbs}
+        print(
+            f"{'run':>4} {'all: file MiB':>14} {'runs MiB':>9} {'s':>6}   "
+            f"{'kept: file MiB':>15} {'runs MiB':>9} {'s':>6}"
+        )
+        seconds: dict[int, list[float]] = {keep: [] for keep in dbs}
+        first_state = Path(tmp) / "after-run-1"
         for run in range(1, args.runs + 1):
             record = make_record(args.customers, seed=run)
             for keep, db in dbs.items():
                 seconds[keep].append(publish(db, record, keep))
-            sizes = {keep: db.stat().st_size / mib for keep, db in dbs.items()}
+            cells = [
+                f"{db.stat().st_size / mib:>{14 + i}.1f} {folder_mib(root_for(db)):>9.1f} "
+                f"{seconds[keep][-1]:>6.2f}"
+                for i, (keep, db) in enumerate(dbs.items())
+            ]
+            print(f"{run:>4} " + "   ".join(cells))
+            if run == 1:
+                shutil.copytree(dbs[0].parent, first_state)
+        for keep, db in dbs.items():
+            name = "keep all" if keep == 0 else f"keep {keep}"
             print(
-                f"{run:>4} {sizes[0]:>9.1f} {sizes[args.keep]:>9.1f} "
-                f"{seconds[0][-1]:>7.2f} {seconds[args.keep][-1]:>7.2f}"
+                f"{name}: results file {db.stat().st_size / mib:.1f} MiB, "
+                f"runs folder {folder_mib(root_for(db)):.1f} MiB"
             )
-        size_all, size_kept = (dbs[k].stat().st_size / mib for k in (0, args.keep))
+        # The verdict, robust to a noisy machine: publish the same run alternately into a copy of
+        # the database as it was after its first run and into the full one (5 times each; the
+        # early copy restored every time), and compare the medians.
+        early_copy = Path(tmp) / "early"
+        record = make_record(args.customers, seed=0)
+        timings: dict[str, list[float]] = {"early": [], "late": []}
+        for _ in range(REPEATS):
+            shutil.rmtree(early_copy, ignore_errors=True)
+            shutil.copytree(first_state, early_copy)
+            timings["early"].append(publish(early_copy / "s.duckdb", record, 0))
+            timings["late"].append(publish(dbs[0], record, 0))
+        early, late = (float(np.median(timings[w])) for w in ("early", "late"))
         print(
-            f"final size: keep all {size_all:.1f} MiB, keep {args.keep} {size_kept:.1f} MiB "
-            f"({size_all / size_kept:.1f}x smaller)"
+            f"publication of a {args.customers:,}-customer run after 1 earlier run: {early:.2f} s, after "
+            f"{args.runs}-{args.runs + REPEATS - 1}: {late:.2f} s (medians of {REPEATS}, interleaved): "
+            f"{late / early:.2f}x (target: within 20 %)"
         )
+        # The reference: the layout before the runs' folder copied every run's rows at every
+        # publication. Copying the history's bytes once shows what that costs by now.
+        began = time.perf_counter()
+        shutil.copytree(root_for(dbs[0]), Path(tmp) / "history-copy")
+        copy_seconds = time.perf_counter() - began
         print(
-            f"last publication: keep all {seconds[0][-1]:.2f} s, "
-            f"keep {args.keep} {seconds[args.keep][-1]:.2f} s "
-            f"({seconds[0][-1] / seconds[args.keep][-1]:.1f}x faster)"
+            f"reference: copying the whole history ({folder_mib(root_for(dbs[0])):.1f} MiB, what a "
+            f"publication copied before the runs' folder) takes {copy_seconds:.2f} s alone, "
+            f"{copy_seconds / late:.1f}x a publication now"
         )
-    return 0
+        worst = max(late / early, early / late)
+    return 0 if worst <= 1.2 else 1
 
 
 if __name__ == "__main__":

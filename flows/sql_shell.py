@@ -17,6 +17,7 @@ from typing import TextIO
 import duckdb
 
 from flows.duck import connect, file_kind
+from flows.run_files import relocated_views
 
 PROMPT, CONTINUED = "segments> ", "     ...> "
 HELP = """Statements end with ';' and may span lines. Read-only: the file is never changed.
@@ -26,14 +27,19 @@ HELP = """Statements end with ';' and may span lines. Read-only: the file is nev
 
 
 def open_results(database: str | Path) -> duckdb.DuckDBPyConnection:
-    """The published results file, read-only; a one-line ValueError when it is not there or not DuckDB."""
+    """The published results file, read-only; a one-line ValueError when it is not there or not DuckDB.
+
+    When the results folder was moved since the last run, the per-customer views are pointed at
+    the runs' files beside the file for this session (the next run makes it permanent)."""
     path = Path(database)
     if not path.exists():
         raise ValueError(f"{path}: no results file yet (run `segment run` first, or give --database)")
     kind = file_kind(path)
     if kind != "duckdb":
         raise ValueError(f"{path}: not a DuckDB results file (it looks like {kind})")
-    return connect(path, read_only=True)
+    con = connect(path, read_only=True)
+    relocated_views(con, path)
+    return con
 
 
 def run_statement(con: duckdb.DuckDBPyConnection, sql: str, out: TextIO, *, csv: bool = False) -> None:

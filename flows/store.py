@@ -18,6 +18,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from flows import run_files
 from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, sql_text
 from flows.faults import fault_point
 from flows.runlock import killed_runs
@@ -204,8 +205,10 @@ def publishing(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Write into a private copy of the results file and publish it atomically.
 
-    The published file is copied, the block writes into the copy (one transaction), the copy is
-    checkpointed, synced and moved over the published file with ``os.replace``. Analysts who have
+    The results file holds the small tables; each run's bulk rows are Parquet files of their own
+    (:mod:`flows.run_files`), written by the block before the publication that makes them
+    visible. The published file is copied, the block writes into the copy (one transaction), the
+    copy is checkpointed, synced and moved over the published file with ``os.replace``. Analysts who have
     the file open read-only keep reading the snapshot they opened (their file handle still points
     at it) and never block the write; new connections see the new file; nobody ever sees half a
     run. If the process dies before the move, the published file is untouched and the copy is
@@ -213,9 +216,12 @@ def publishing(
     the file open for writing is waited for (``writer_wait_seconds``), before the copy and again
     before the move, since publishing under it would leave its log beside a file it does not
     belong to. A symbolic link is followed: the file it points to is replaced, the link stays.
+    Run folders the file does not show (a run that never published, a killed one, one pruned by
+    retention) are removed before the copy and again after the move.
     Callers must hold the run lock (``flows.runlock``): it makes this process the only writer.
     """
     path = results_path(database)
+    root = run_files.root_for(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in _stale_copies(path):
         stale.unlink(missing_ok=True)
@@ -228,18 +234,22 @@ def publishing(
         if path.exists():
             shutil.copyfile(path, copy)
         con = connect(copy)
-        ensure_schema(con)
+        ensure_schema(con, root)
+        run_files.remove_runs(root, run_files.unwanted_runs(con, root))
         con.execute("BEGIN TRANSACTION")
         yield con
+        run_files.create_views(con, root)  # the glob binds once the block wrote the first file
         con.execute("COMMIT")
         fault_point("write")
         con.execute("CHECKPOINT")
+        unwanted = run_files.unwanted_runs(con, root)
         con.close()
         _fsync(copy)
         wait_for_writer(path, writer_wait_seconds, notify)
         _settle_wal(path, notify)
         os.replace(copy, path)
         _fsync(path.parent)
+        run_files.remove_runs(root, unwanted)
     except BaseException:
         if con is not None:
             with suppress(duckdb.Error):
@@ -249,9 +259,17 @@ def publishing(
         raise
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the tables and views if missing (``flows/sql/schema.sql``; idempotent)."""
+def ensure_schema(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Create the tables and views if missing (``flows/sql/schema.sql``, ``views.sql``; idempotent).
+
+    ``root`` is the folder of the runs' Parquet files (:func:`flows.run_files.root_for`); a file
+    from before it has its ``assignments`` and ``rejected_rows`` tables moved there.
+    """
     con.execute(sql_text("schema"))
+    run_files.migrate_tables(con, root)
+    run_files.create_views(con, root)
+    run_files.record_root(con, root)
+    con.execute(sql_text("views"))
 
 
 def utc_now() -> datetime:
@@ -295,6 +313,7 @@ def read_latest_run(database: str | Path) -> StoredRun | None:
     if not path.exists():
         return None
     with connect(path, read_only=True) as con:
+        run_files.relocated_views(con, path)  # the folder may have moved since it was published
         latest = con.execute("SELECT run_id, covariance_type FROM latest_run").fetchall()
         if not latest:
             return None
@@ -521,7 +540,7 @@ def finish_run(
         _record_killed(con, killed, start.run_id)
         if _published(con, start.run_id):
             return  # a retry after the file was already replaced: the run is there, whole
-        _insert_children(con, start.run_id, record)
+        _insert_children(con, run_files.root_for(results_path(database)), start.run_id, record)
         _insert_run_row(
             con,
             start,
@@ -555,10 +574,11 @@ def finish_run(
 
 
 def prune_details(con: duckdb.DuckDBPyConnection, keep_runs: int) -> int:
-    """Delete the per-customer rows of runs older than the ``keep_runs`` newest successful runs.
+    """Prune the per-customer rows of runs older than the ``keep_runs`` newest successful runs.
 
-    Their assignments and rejected rows go; the runs are marked ``pruned_at``. Returns how many
-    runs were marked now.
+    The runs are marked ``pruned_at``, which hides their assignments and rejected rows at once;
+    their files are removed once the publication is in place (:func:`publishing`). Returns how
+    many runs were marked now.
 
     Their summary rows (runs, segments, segment_features, model_candidates, drift tables) stay, so
     segment history and drift remain queryable. The newest successful run is always kept whole:
@@ -572,8 +592,6 @@ def prune_details(con: duckdb.DuckDBPyConnection, keep_runs: int) -> int:
     if len(kept) < keep_runs:
         return 0
     oldest_kept = kept[-1][0]
-    con.execute("DELETE FROM assignments WHERE run_id < ?", [oldest_kept])
-    con.execute("DELETE FROM rejected_rows WHERE run_id < ?", [oldest_kept])
     pruned = con.execute(
         "UPDATE runs SET pruned_at = ? WHERE run_id < ? AND pruned_at IS NULL", [utc_now(), oldest_kept]
     ).fetchall()
@@ -616,7 +634,7 @@ def fail_run(
             return
         n_rejected = 0
         if rejects is not None and len(rejects):
-            _insert_rejects(con, start.run_id, rejects)
+            _write_rejects(con, run_files.root_for(results_path(database)), start.run_id, rejects)
             n_rejected = int(rejects["row_number"].nunique())
         _insert_run_row(
             con,
@@ -630,7 +648,7 @@ def fail_run(
         )
 
 
-def _insert_children(con: duckdb.DuckDBPyConnection, run_id: int, record: RunRecord) -> None:
+def _insert_children(con: duckdb.DuckDBPyConnection, root: Path, run_id: int, record: RunRecord) -> None:
     candidates = pd.DataFrame(
         [{name: row.get(name) for name in CANDIDATE_COLUMNS} for row in record.candidates],
         columns=list(CANDIDATE_COLUMNS),
@@ -681,9 +699,9 @@ def _insert_children(con: duckdb.DuckDBPyConnection, run_id: int, record: RunRec
             "spike_share",
         ],
     )
-    _insert_assignments(con, run_id, record.assignments)
+    _write_assignments(con, root, run_id, record.assignments)
     if record.rejects is not None and len(record.rejects):
-        _insert_rejects(con, run_id, record.rejects)
+        _write_rejects(con, root, run_id, record.rejects)
     tracking = record.tracking
     if tracking is not None and tracking.previous_run_id is not None:
         for table, frame in (
@@ -755,7 +773,7 @@ def _insert_frame(
         )
 
 
-def _insert_assignments(con: duckdb.DuckDBPyConnection, run_id: int, frame: pd.DataFrame) -> None:
+def _write_assignments(con: duckdb.DuckDBPyConnection, root: Path, run_id: int, frame: pd.DataFrame) -> None:
     # Probabilities arrive as p_1..p_k columns: building the list in SQL is far faster than
     # handing DuckDB a column of Python lists.
     prob_cols = [c for c in frame.columns if c.startswith("p_")]
@@ -763,24 +781,30 @@ def _insert_assignments(con: duckdb.DuckDBPyConnection, run_id: int, frame: pd.D
     held = "held" if "held" in frame.columns else "NULL"
     missing = "missing_features" if "missing_features" in frame.columns else "NULL"
     with _registered(con, "_incoming_assignments", frame) as view:
-        con.execute(
+        run_files.write_run_file(
+            con,
+            root,
+            "assignments",
+            run_id,
             f"""
-            INSERT INTO assignments (run_id, customer_id, segment_id, probability, probabilities,
-                                     log_density, held, missing_features)
-            SELECT ?, customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]),
-                   log_density, {held}, {missing}
+            SELECT customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]) AS probabilities,
+                   log_density, {held} AS held, {missing} AS missing_features
             FROM {view}
             """,
-            [run_id],
         )
 
 
-def _insert_rejects(con: duckdb.DuckDBPyConnection, run_id: int, rejects: pd.DataFrame) -> None:
+def _write_rejects(con: duckdb.DuckDBPyConnection, root: Path, run_id: int, rejects: pd.DataFrame) -> None:
     frame = rejects[["source", "row_number", "column_name", "rule", "value"]].copy()
     frame["value"] = frame["value"].astype(object)
-    _insert_frame(
-        con, "rejected_rows", run_id, frame, ["source", "row_number", "column_name", "rule", "value"]
-    )
+    with _registered(con, "_incoming_rejected_rows", frame) as view:
+        run_files.write_run_file(
+            con,
+            root,
+            "rejected_rows",
+            run_id,
+            f"SELECT source, row_number, column_name, rule, value FROM {view}",
+        )
 
 
 def _finite_or_none(value: float | None) -> float | None:

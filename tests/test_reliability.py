@@ -16,6 +16,7 @@ import pytest
 from conftest import make_customer_table
 
 from flows.pipeline import segment_customers
+from flows.run_files import root_for, run_ids_on_disk
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +98,10 @@ def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(
     assert db.read_bytes() == published, "a run killed during the write changed the results file"
     assert list(db.parent.glob(".segments.duckdb.*.tmp")), "the killed write had a private copy in progress"
     assert runs(db) == [(1, "success", None)]
+    # It had written its assignments' file: there, complete, and not shown by the published file.
+    assert run_ids_on_disk(root_for(db)) == {1, 3}
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT run_id FROM assignments").fetchall() == [(1,)]
 
     summary = run_flow(customers_csv, db)
     assert summary["run_id"] == 4
@@ -110,6 +115,7 @@ def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(
     assert "run 2 was killed during stage select; recorded now" in caplog.text
     assert "run 3 was killed during stage write; recorded now" in caplog.text
     assert not list(db.parent.glob(".segments.duckdb.*.tmp")), "stale private copies are removed"
+    assert run_ids_on_disk(root_for(db)) == {1, 4}, "the killed run's files are removed"
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT run_id FROM latest_run").fetchall() == [(4,)]
         for table in ("segments", "assignments", "model_candidates"):

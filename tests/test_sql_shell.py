@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from flows.cli import main
+from flows.run_files import root_for
 from flows.store import ensure_schema
 
 
@@ -17,7 +18,7 @@ from flows.store import ensure_schema
 def results(tmp_path: Path) -> Path:
     db = tmp_path / "segments.duckdb"
     with duckdb.connect(str(db)) as con:
-        ensure_schema(con)
+        ensure_schema(con, root_for(db))
         con.execute("INSERT INTO segment_names VALUES (1, 'Loyal; big spenders', TIMESTAMP '2026-01-01')")
     return db
 

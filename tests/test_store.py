@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from flows.duck import quote_identifier, quote_qualified
+from flows.run_files import run_ids_on_disk
 from flows.runlock import database_lock
 from flows.store import (
     TABLES,
@@ -237,12 +238,13 @@ def test_a_write_that_fails_midway_leaves_the_published_file_untouched(tmp_path)
     finish_run(db, start(db), record())
     before = db.read_bytes()
     broken = record()
-    # NULL customer ids violate assignments.customer_id NOT NULL after every other table is inserted.
+    # A NULL customer id stops the assignments' file after every other table is inserted.
     broken.assignments = broken.assignments.assign(customer_id=pd.Series([None, "a", "b"], dtype=object))
-    with pytest.raises(duckdb.ConstraintException):
+    with pytest.raises(ValueError, match="assignments of run 2: 1 rows leave one of customer_id"):
         finish_run(db, start(db), broken)
     assert db.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["s.duckdb"], "the private copy is removed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.duckdb", "s.runs"], "the private copy is removed"
+    assert run_ids_on_disk(tmp_path / "s.runs") == {1}
 
 
 def test_a_killed_predecessor_is_recorded_once_and_its_id_not_reused(tmp_path):

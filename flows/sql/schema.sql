@@ -81,23 +81,7 @@ CREATE TABLE IF NOT EXISTS feature_scalers (
     scaler_scale        DOUBLE NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS assignments (
-    run_id              BIGINT NOT NULL,
-    customer_id         VARCHAR NOT NULL,
-    segment_id          INTEGER NOT NULL,     -- the customer's segment: most probable, or last run's when held
-    probability         DOUBLE NOT NULL,      -- membership probability of that segment
-    probabilities       DOUBLE[] NOT NULL,    -- membership probability of segment 1..k
-    log_density         DOUBLE NOT NULL       -- log-density under the model; low = outlier
-);
-
-CREATE TABLE IF NOT EXISTS rejected_rows (
-    run_id              BIGINT NOT NULL,
-    source              VARCHAR NOT NULL,     -- input file (and table or query)
-    row_number          BIGINT NOT NULL,      -- 1-based data row in the source (header not counted)
-    column_name         VARCHAR NOT NULL,     -- column name as in the source
-    rule                VARCHAR NOT NULL,     -- the Pandera check that failed
-    value               VARCHAR               -- offending value as text (NULL when missing)
-);
+-- assignments and rejected_rows: views over each run's Parquet files (flows/run_files.py).
 
 -- Continuity between runs (the tracking package). Columns added to runs by later versions:
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS previous_run_id BIGINT;     -- run this one was compared with
@@ -121,10 +105,8 @@ ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS resolution DOUBLE;  -- spac
 ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_value DOUBLE; -- the feature's most common value, original units (NULL: no spike)
 ALTER TABLE feature_scalers ADD COLUMN IF NOT EXISTS spike_share DOUBLE; -- share of customers on it
 -- Customers kept in last run's segment (tracking.hold_odds):
-ALTER TABLE assignments ADD COLUMN IF NOT EXISTS held BOOLEAN;        -- kept in last run's segment although another is more probable (by no more than tracking.hold_odds to 1)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS held_customers INTEGER;     -- how many (NULL: first run, or hold_odds = 1)
 -- Customers segmented with blank features (customer tables, features.missing = 'model'):
-ALTER TABLE assignments ADD COLUMN IF NOT EXISTS missing_features INTEGER; -- features blank for this customer, scored on the others (0: none)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS customers_with_gaps INTEGER;     -- customers segmented with at least one blank feature
 
 CREATE TABLE IF NOT EXISTS segment_migrations (
@@ -168,41 +150,3 @@ CREATE TABLE IF NOT EXISTS segment_names (
     named_at            TIMESTAMP NOT NULL    -- UTC
 );
 
-CREATE OR REPLACE VIEW latest_run AS
-    SELECT * FROM runs
-    WHERE run_id = (SELECT max(run_id) FROM runs WHERE status = 'success');
-
-CREATE OR REPLACE VIEW current_segments AS
-    SELECT s.run_id, s.segment_id, s.weight, s.customer_count, s.mean_probability,
-           r.n_components, r.covariance_type, r.as_of, n.name
-    FROM segments s JOIN latest_run r USING (run_id)
-    LEFT JOIN segment_names n USING (segment_id);
-
-CREATE OR REPLACE VIEW segment_profiles AS
-    SELECT f.run_id, f.segment_id, s.weight, s.customer_count, f.feature_index, f.feature, f.unit,
-           f.mean, f.std, f.centre, f.spread_low, f.spread_high
-    FROM segment_features f
-    JOIN segments s USING (run_id, segment_id)
-    JOIN latest_run r USING (run_id);
-
-CREATE OR REPLACE VIEW current_assignments AS
-    SELECT a.run_id, a.customer_id, a.segment_id, a.probability, a.probabilities, a.log_density, a.held,
-           a.missing_features
-    FROM assignments a JOIN latest_run r USING (run_id);
-
--- Every successful run's segments over time: size and centre of each stable segment id.
-CREATE OR REPLACE VIEW segment_history AS
-    SELECT r.run_id, r.as_of, r.finished_at, s.segment_id, n.name, s.weight, s.customer_count,
-           f.feature_index, f.feature, f.unit, f.centre, f.mean
-    FROM segments s
-    JOIN runs r ON r.run_id = s.run_id AND r.status = 'success'
-    JOIN segment_features f ON f.run_id = s.run_id AND f.segment_id = s.segment_id
-    LEFT JOIN segment_names n ON n.segment_id = s.segment_id;
-
--- Customers moving between segments since the previous run, for the latest successful run.
-CREATE OR REPLACE VIEW current_migration AS
-    SELECT m.run_id, m.previous_run_id, m.from_segment, pn.name AS from_name, m.to_segment,
-           cn.name AS to_name, m.customers
-    FROM segment_migrations m JOIN latest_run r USING (run_id)
-    LEFT JOIN segment_names pn ON pn.segment_id = m.from_segment
-    LEFT JOIN segment_names cn ON cn.segment_id = m.to_segment;

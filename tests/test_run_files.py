@@ -1,0 +1,160 @@
+"""Each run's bulk rows as Parquet files beside the results file (flows/run_files.py)."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import pytest
+from test_store import record, start
+
+from flows.run_files import root_for, run_file, run_ids_on_disk
+from flows.sql_shell import open_results
+from flows.store import fail_run, finish_run, publishing, read_latest_run, results_path
+
+
+def kinds(db) -> dict[str, str]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT table_name, table_type FROM information_schema.tables "
+            "WHERE table_name IN ('assignments', 'rejected_rows', 'runs')"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_bulk_rows_live_in_one_file_per_run_and_the_database_holds_views(tmp_path):
+    db = tmp_path / "segments.duckdb"
+    finish_run(db, start(db), record(n_customers=5))
+    fail_run(db, start(db), "validate", "too many rejects", rejects=record().rejects, rows_loaded=4)
+    root = tmp_path / "segments.runs"
+    assert run_file(root, "assignments", 1).is_file() and run_file(root, "rejected_rows", 2).is_file()
+    assert not run_file(root, "assignments", 2).exists(), "a failed run writes no assignments"
+    assert kinds(db) == {"assignments": "VIEW", "rejected_rows": "VIEW", "runs": "BASE TABLE"}
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT run_id, count(*) FROM assignments GROUP BY 1").fetchall() == [(1, 5)]
+        assert con.execute("SELECT run_id, row_number FROM rejected_rows ORDER BY 1").fetchall() == [
+            (1, 4),
+            (2, 4),
+        ]
+        # The file's own types, not whatever Parquet inferred.
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE assignments)").fetchall())
+    assert types == {
+        "run_id": "BIGINT",
+        "customer_id": "VARCHAR",
+        "segment_id": "INTEGER",
+        "probability": "DOUBLE",
+        "probabilities": "DOUBLE[]",
+        "log_density": "DOUBLE",
+        "held": "BOOLEAN",
+        "missing_features": "INTEGER",
+    }
+
+
+def test_a_fresh_database_with_only_a_failed_run_has_empty_typed_views(tmp_path):
+    db = tmp_path / "segments.duckdb"
+    fail_run(db, start(db), "load", "input file not found")
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM current_assignments").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM rejected_rows").fetchall() == [(0,)]
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE rejected_rows)").fetchall())
+    assert types["row_number"] == "BIGINT" and types["value"] == "VARCHAR"
+
+
+def test_files_of_a_run_that_never_published_are_invisible_then_removed(tmp_path):
+    db = tmp_path / "segments.duckdb"
+    finish_run(db, start(db), record())
+    # A run that wrote its file and died before its publication (what a SIGKILL leaves).
+    orphan = run_file(root_for(results_path(db)), "assignments", 9)
+    orphan.parent.mkdir(parents=True)
+    shutil.copyfile(run_file(root_for(results_path(db)), "assignments", 1), orphan)
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT run_id FROM assignments").fetchall() == [(1,)]
+    finish_run(db, start(db), record())
+    assert run_ids_on_disk(tmp_path / "segments.runs") == {1, 2}
+
+
+def test_retention_removes_the_files_of_pruned_runs(tmp_path):
+    db = tmp_path / "segments.duckdb"
+    for _ in range(4):
+        finish_run(db, start(db), record(), keep_runs=2)
+    assert run_ids_on_disk(tmp_path / "segments.runs") == {3, 4}
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT run_id FROM assignments ORDER BY 1").fetchall() == [(3,), (4,)]
+
+
+def test_a_moved_results_folder_is_read_by_segment_sql_and_fixed_by_the_next_run(tmp_path):
+    first = tmp_path / "a" / "segments.duckdb"
+    finish_run(first, start(first), record())
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    db = tmp_path / "b" / "segments.duckdb"
+    with open_results(db) as con:
+        assert con.execute("SELECT count(*) FROM current_assignments").fetchall() == [(3,)]
+        assert con.execute("SELECT count(*) FROM rejected_rows").fetchall() == [(1,)]
+    with (
+        duckdb.connect(str(db), read_only=True) as con,
+        pytest.raises(duckdb.IOException, match="No files found"),
+    ):
+        # Plain DuckDB reads the folder the file was published in (documented), until ...
+        con.execute("SELECT count(*) FROM current_assignments").fetchall()
+    assert read_latest_run(db).assignments.shape == (3, 2), "the next run reads the moved folder"
+    finish_run(db, start(db), record())  # ... and publishes it here.
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1").fetchall() == [
+            (1, 3),
+            (2, 3),
+        ]
+
+
+def test_a_results_file_from_before_the_runs_folder_is_moved_there_whole(tmp_path):
+    db = tmp_path / "segments.duckdb"
+    finish_run(db, start(db), record())
+    # The layout before: the bulk rows as tables inside the file (no held / missing_features yet).
+    with duckdb.connect(str(db)) as con:
+        con.execute("DROP VIEW assignments")
+        con.execute("DROP VIEW rejected_rows")
+        con.execute("DROP TABLE run_files_root")
+        con.execute(
+            "CREATE TABLE assignments (run_id BIGINT NOT NULL, customer_id VARCHAR NOT NULL, "
+            "segment_id INTEGER NOT NULL, probability DOUBLE NOT NULL, probabilities DOUBLE[] NOT NULL, "
+            "log_density DOUBLE NOT NULL)"
+        )
+        con.execute("INSERT INTO assignments VALUES (1, 'old', 2, 0.9, [0.1, 0.9], -3.5)")
+        con.execute(
+            "CREATE TABLE rejected_rows (run_id BIGINT NOT NULL, source VARCHAR NOT NULL, "
+            "row_number BIGINT NOT NULL, column_name VARCHAR NOT NULL, rule VARCHAR NOT NULL, value VARCHAR)"
+        )
+        con.execute("INSERT INTO rejected_rows VALUES (1, 'in.csv', 7, 'spend', 'not a number', 'abc')")
+    shutil.rmtree(tmp_path / "segments.runs")
+    finish_run(db, start(db), record())
+    assert kinds(db)["assignments"] == "VIEW"
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT * FROM assignments WHERE run_id = 1").fetchall() == [
+            (1, "old", 2, 0.9, [0.1, 0.9], -3.5, None, None)
+        ]
+        assert con.execute("SELECT run_id, row_number, value FROM rejected_rows ORDER BY 1").fetchall() == [
+            (1, 7, "abc"),
+            (2, 4, None),
+        ]
+    assert run_ids_on_disk(tmp_path / "segments.runs") == {1, 2}
+
+
+def test_a_publication_that_fails_leaves_no_visible_trace(tmp_path):
+    db = tmp_path / "segments.duckdb"
+    finish_run(db, start(db), record())
+    before = db.read_bytes()
+    run = start(db)
+    with pytest.raises(RuntimeError, match="disk"), publishing(db) as con:
+        from flows.store import _insert_children
+
+        _insert_children(con, root_for(results_path(db)), run.run_id, record())
+        raise RuntimeError("disk full")
+    assert db.read_bytes() == before
+    assert run_ids_on_disk(tmp_path / "segments.runs") == {1, 2}, "its file was written"
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT run_id FROM assignments").fetchall() == [(1,)]
+    finish_run(db, start(db), record(n_customers=5))  # run 2 again: nothing of it was published
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1").fetchall() == [
+            (1, 3),
+            (2, 5),
+        ]
