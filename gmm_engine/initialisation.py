@@ -1,4 +1,5 @@
-"""Starting partitions for EM: k-means, k-means++ seeds, random and random-from-data.
+"""Starting partitions for EM: k-means, Ward's hierarchical agglomeration, k-means++ seeds,
+random and random-from-data.
 
 Each initialiser returns a function that gives the responsibilities of a slice of rows, so the
 first M-step runs chunk by chunk like every later one.
@@ -88,6 +89,91 @@ def kmeans_labels(
     return np.argmin(_sq_distances(X, centres, x_sq), axis=1)
 
 
+#: Most rows :func:`ward_labels` agglomerates (mclust's default subset for its hierarchical
+#: start): Ward's linkage needs memory and time quadratic in them.
+WARD_MAX_SAMPLES = 2000
+
+
+def canonical_order(X: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Indices that sort the rows by their values (then weight): the same rows in any order give
+    the same sorted rows, so a draw made in this order does not depend on the input's row order."""
+    keys = [X[:, j] for j in range(X.shape[1] - 1, -1, -1)]
+    if sample_weight is not None:
+        keys.insert(0, sample_weight)
+    return np.lexsort(keys)
+
+
+def ward_labels(
+    X: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    sample_weight: np.ndarray | None = None,
+    max_samples: int | None = None,
+) -> np.ndarray:
+    """Labels of a cut of Ward's hierarchical agglomeration into ``k`` clusters.
+
+    A model-based start in the spirit of mclust's hierarchical agglomeration (Ward's criterion
+    is its spherical, equal-volume case): identical rows merge first, at distance 0, so a spike
+    of repeated values (customers with exactly one purchase, or zero net spend) enters the tree
+    as one heavy point instead of being split between k-means centres.
+
+    At most ``max_samples`` rows are agglomerated (``scipy.cluster.hierarchy.linkage``, method
+    ``"ward"``): a draw without replacement, made by ``rng`` (with probability proportional to
+    ``sample_weight``) over the rows sorted by value, so it does not depend on the row order.
+    The tree is cut at ``k`` clusters; every row then joins the cluster whose mean (over the
+    agglomerated rows, weighted) is nearest.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        No missing values.
+    k : int
+        Number of clusters. With fewer distinct rows agglomerated than ``k``, some clusters get
+        no row (their components start empty, as EM allows).
+    rng : numpy.random.Generator
+        Draws the subsample (unused when every row is agglomerated).
+    sample_weight : ndarray of shape (n_samples,), optional
+        Non-negative weights: the subsample is drawn in proportion to them (rows of weight 0
+        are never agglomerated) and the clusters' means are weighted by them; the linkage itself
+        counts every agglomerated row once.
+    max_samples : int, optional
+        Most rows agglomerated; default :data:`WARD_MAX_SAMPLES`.
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,)
+        Cluster of every row, in ``0 .. k-1``.
+    """
+    from scipy.cluster.hierarchy import cut_tree, linkage
+
+    n, d = X.shape
+    order = canonical_order(X, sample_weight)
+    if sample_weight is None:
+        p = None
+        eligible = n
+    else:
+        ws = sample_weight[order]
+        eligible = int(np.count_nonzero(ws))
+        p = ws / ws.sum()
+    m = min(WARD_MAX_SAMPLES if max_samples is None else max_samples, eligible)
+    rows = order[np.sort(rng.choice(n, size=m, replace=False, p=p))] if m < n else order
+    Xs = X[rows]
+    ws = np.ones(m) if sample_weight is None else sample_weight[rows]
+    if m < 2 or k == 1:
+        sub = np.zeros(m, dtype=np.intp)
+    else:
+        tree = linkage(Xs, method="ward")
+        sub = cut_tree(tree, n_clusters=min(k, m))[:, 0]
+    # cut_tree numbers the clusters in order of first appearance in Xs (sorted rows): stable.
+    counts = np.bincount(sub, weights=ws, minlength=k)
+    sums = np.stack([np.bincount(sub, weights=Xs[:, j] * ws, minlength=k) for j in range(d)], axis=1)
+    present = counts > 0
+    centres = sums[present] / counts[present, None]
+    x_sq = np.einsum("ij,ij->i", X, X)
+    nearest = np.argmin(_sq_distances(X, centres, x_sq), axis=1)
+    return np.flatnonzero(present)[nearest]
+
+
 def initial_responsibilities(
     method: str,
     X: np.ndarray,
@@ -97,8 +183,8 @@ def initial_responsibilities(
 ) -> RespFor:
     """Responsibilities of the starting partition, served by row slices."""
     n = X.shape[0]
-    if method == "kmeans":
-        labels = kmeans_labels(X, k, rng, sample_weight)
+    if method in ("kmeans", "ward"):
+        labels = (kmeans_labels if method == "kmeans" else ward_labels)(X, k, rng, sample_weight)
         return lambda sl: np.eye(k)[labels[sl]]
     if method == "random":
         resp = rng.uniform(size=(n, k))

@@ -29,7 +29,7 @@ from .initialisation import initial_responsibilities
 from .missing import find_patterns, missing_log_prob, missing_statistics
 from .threads import single_threaded_blas
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+INIT_METHODS = ("kmeans", "ward", "k-means++", "random", "random_from_data")
 
 # scikit-learn adds this to every component's summed responsibility so that an emptied
 # component keeps a finite (negligible) weight and a defined mean instead of 0/0.
@@ -82,8 +82,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         EM iterations per initialisation.
     n_init : int, default=1
         Initialisations; the one with the highest final lower bound is kept.
-    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
-        How the starting partition is chosen.
+    init_params : {"kmeans", "ward", "k-means++", "random", "random_from_data"}, default="kmeans"
+        How the starting partition is chosen. ``"ward"`` (not in scikit-learn) cuts Ward's
+        hierarchical agglomeration of a seeded subsample of at most 2,000 rows at
+        ``n_components`` clusters and gives every row the cluster of the nearest mean: identical
+        rows merge first, so a spike of repeated values enters as one heavy point (see
+        :func:`gmm_engine.initialisation.ward_labels`).
     weights_init : array-like of shape (n_components,), default=None
     means_init : array-like of shape (n_components, n_features), default=None
     precisions_init : array-like, default=None

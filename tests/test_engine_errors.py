@@ -253,7 +253,7 @@ def test_duplicated_points_never_give_nan(cov_type, reg_covar):
 
 
 @pytest.mark.parametrize("cov_type", COV_TYPES)
-@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+@pytest.mark.parametrize("init_params", ["kmeans", "ward", "k-means++", "random", "random_from_data"])
 def test_more_components_than_distinct_points(cov_type, init_params):
     X = np.repeat(np.array([[0.0, 1.0], [2.0, 2.0], [4.0, -1.0]]), 10, axis=0)
     gm = GaussianMixture(5, covariance_type=cov_type, init_params=init_params, random_state=1, max_iter=100)

@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from gmm_engine import ConvergenceWarning, GaussianMixture
 
 COV_TYPES = ("full", "tied", "diag", "spherical")
-INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+INIT_PARAMS = ("kmeans", "ward", "k-means++", "random", "random_from_data")
 
 PROPERTY_SETTINGS = settings(
     max_examples=12,
@@ -319,7 +319,7 @@ def test_same_random_state_gives_identical_model(init_params):
 @pytest.mark.parametrize("init_params", INIT_PARAMS)
 @pytest.mark.parametrize("cov_type", COV_TYPES)
 def test_every_init_method_finds_well_separated_clusters(init_params, cov_type):
-    """All four init_params work: on three clusters far apart, 5 restarts reach the same optimum
+    """Every init_params works: on three clusters far apart, 5 restarts reach the same optimum
     as the k-means start (mean log-likelihood within 1e-3) and every fitted value is finite."""
     X = blobs(21, 3, 2, 70, spread=12.0)
     kw = dict(covariance_type=cov_type, n_init=5, max_iter=500, tol=1e-6, random_state=3)

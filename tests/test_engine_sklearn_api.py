@@ -133,7 +133,7 @@ def test_unfitted_use_raises_scikit_learns_not_fitted_error(X):
         ("n_components", "3"),
         ("tol", -1.0),
         ("max_iter", 2.5),
-        ("init_params", "ward"),
+        ("init_params", "agglomerative"),
         ("covariance_type", "VVX"),
         ("n_jobs", 0),
         ("random_state", "seed"),
