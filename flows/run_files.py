@@ -1,9 +1,10 @@
 """Each run's bulk rows (assignments, rejected rows) as immutable Parquet files beside the results file.
 
 The results file keeps the small tables; its ``assignments`` and ``rejected_rows`` are views over
-``<stem>.runs/<table>/run_id=<N>/part.parquet``, filtered to the runs the file has published (and
-not pruned). So publishing a run copies only the small file, whatever the history holds, and a
-file of a run that never published (killed, failed to publish) is invisible, then removed.
+``<stem>.runs/<table>/run_id=<N>/part-<i>.parquet`` (one part per chunk of rows), filtered to the
+runs the file has published (and not pruned). So publishing a run copies only the small file,
+whatever the history holds, and a file of a run that never published (killed, failed to
+publish) is invisible, then removed.
 
 The views hold the folder's absolute path: DuckDB resolves a relative path in a view against the
 reading process's working directory, not the database's folder (duckdb/duckdb#2342), so a
@@ -52,7 +53,7 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
 }
 #: The runs whose files the views show: published, not killed, not pruned.
 VISIBLE_RUNS = "SELECT run_id FROM runs WHERE status <> 'killed' AND pruned_at IS NULL"
-_PART = "part.parquet"
+_PARTS = "*.parquet"
 _RUN_DIR = re.compile(r"run_id=(\d+)")
 
 
@@ -61,9 +62,9 @@ def root_for(database: Path) -> Path:
     return database.with_name(f"{database.stem}.runs")
 
 
-def run_file(root: Path, table: str, run_id: int) -> Path:
-    """Where ``table``'s rows of run ``run_id`` live."""
-    return root / table / f"run_id={run_id}" / _PART
+def run_file(root: Path, table: str, run_id: int, part: int = 0) -> Path:
+    """Where part ``part`` of ``table``'s rows of run ``run_id`` lives."""
+    return root / table / f"run_id={run_id}" / f"part-{part:05d}.parquet"
 
 
 def _fsync(path: Path) -> None:
@@ -75,10 +76,11 @@ def _fsync(path: Path) -> None:
 
 
 def write_run_file(
-    con: duckdb.DuckDBPyConnection, root: Path, table: str, run_id: int, select_sql: str
+    con: duckdb.DuckDBPyConnection, root: Path, table: str, run_id: int, select_sql: str, part: int = 0
 ) -> int:
     """Write the rows of ``select_sql`` (a query over this connection giving ``table``'s columns
-    without ``run_id``) as ``table``'s file of run ``run_id``; return the number of rows.
+    without ``run_id``) as part ``part`` of ``table``'s rows of run ``run_id``; return the number
+    of rows.
 
     The file is written under a hidden name, synced and renamed into place, so a reader's glob
     never meets half a file. Rows leaving a required column empty stop the write (ValueError).
@@ -91,9 +93,9 @@ def write_run_file(
             f"{table} of run {run_id}: {bad} rows leave one of {', '.join(REQUIRED[table])} empty; "
             "nothing was published"
         )
-    target = run_file(root, table, run_id)
+    target = run_file(root, table, run_id, part)
     target.parent.mkdir(parents=True, exist_ok=True)
-    hidden = target.with_name(f".{_PART}.{os.getpid()}.tmp")
+    hidden = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     cast = ", ".join(
         f"CAST({quote_identifier(c)} AS {kind}) AS {quote_identifier(c)}" for c, kind in columns.items()
     )
@@ -119,10 +121,10 @@ def view_sql(root: Path, table: str, *, temporary: bool = False) -> str:
     names = ", ".join(quote_identifier(c) for c in columns)
     kind = "TEMP VIEW" if temporary else "VIEW"
     head = f"CREATE OR REPLACE {kind} {quote_identifier(table)} AS "
-    if not any((root / table).glob(f"run_id=*/{_PART}")):
+    if not any((root / table).glob(f"run_id=*/{_PARTS}")):
         empty = ", ".join(f"CAST(NULL AS {t}) AS {quote_identifier(c)}" for c, t in columns.items())
         return head + f"SELECT {empty} WHERE false"
-    pattern = _literal(root / table / f"run_id=*/{_PART}")
+    pattern = _literal(root / table / f"run_id=*/{_PARTS}")
     return head + (
         f"SELECT {names} FROM read_parquet({pattern}, hive_partitioning = true, "
         "hive_types = {'run_id': BIGINT}, union_by_name = true) "

@@ -3,6 +3,7 @@ original units."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,26 +135,55 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
 
 
 def assignment_table(
-    result: SegmentResult, customer_ids: np.ndarray, missing_features: np.ndarray | None = None
+    result: SegmentResult,
+    customer_ids: np.ndarray,
+    missing_features: np.ndarray | None = None,
+    rows: slice = slice(None),
 ) -> pd.DataFrame:
-    """One row per customer: ``customer_id``, ``segment_id``, ``probability``, ``log_density``, ``held``,
-    ``missing_features`` (how many were blank; 0 when not given), then one column ``p_1 .. p_k`` per
-    segment (stored as a list column by the store)."""
-    n = result.labels.shape[0]
+    """One row per customer (of ``rows``, default all): ``customer_id``, ``segment_id``,
+    ``probability``, ``log_density``, ``held``, ``missing_features`` (how many were blank; 0 when
+    not given), then one column ``p_1 .. p_k`` per segment (stored as a list column by the store)."""
+    labels = result.labels[rows]
+    n = labels.shape[0]
+    probabilities = result.probabilities[rows]
     frame = pd.DataFrame(
         {
-            "customer_id": pd.Series(customer_ids, dtype=object).astype(str),
-            "segment_id": result.segment_ids[result.labels],
-            "probability": result.max_probability,
-            "log_density": result.log_density,
-            "held": np.zeros(n, dtype=bool) if result.held is None else result.held,
+            "customer_id": pd.Series(customer_ids[rows], dtype=object).astype(str),
+            "segment_id": result.segment_ids[labels],
+            "probability": probabilities[np.arange(n), labels],
+            "log_density": result.log_density[rows],
+            "held": np.zeros(n, dtype=bool) if result.held is None else result.held[rows],
             "missing_features": (
                 np.zeros(n, dtype=np.int32)
                 if missing_features is None
-                else np.asarray(missing_features, dtype=np.int32)
+                else np.asarray(missing_features[rows], dtype=np.int32)
             ),
         }
     )
     for j, sid in enumerate(result.segment_ids):
-        frame[f"p_{sid}"] = result.probabilities[:, j]
+        frame[f"p_{sid}"] = probabilities[:, j]
     return frame
+
+
+@dataclass(frozen=True, eq=False)
+class AssignmentRows:
+    """Every customer's assignment row, built and validated a chunk at a time as the store writes
+    them, so that no frame of all customers' rows (ids as text, k probabilities each) is ever
+    held: at 10^7 customers that frame alone took gigabytes."""
+
+    result: SegmentResult
+    customer_ids: np.ndarray
+    missing_features: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.result.labels.shape[0])
+
+    def chunks(self, size: int) -> Iterator[pd.DataFrame]:
+        """The rows of ``size`` customers at a time (``Assignments``-validated), in customer order."""
+        from schemas import Assignments
+
+        for start in range(0, max(len(self), 1), size):
+            frame = assignment_table(
+                self.result, self.customer_ids, self.missing_features, slice(start, start + size)
+            )
+            yield Assignments.validate(frame)

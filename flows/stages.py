@@ -26,10 +26,9 @@ from flows.features import (
     rfm_table,
 )
 from flows.load import LoadedInput
-from flows.segments import SegmentResult, assign_segments, assignment_table, feature_profiles, segment_table
+from flows.segments import AssignmentRows, SegmentResult, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
 from schemas import (
-    Assignments,
     RFMFeatures,
     Transactions,
     ValidationOutcome,
@@ -328,8 +327,8 @@ def build_record(
     """Collect a successful run's rows for :func:`flows.store.finish_run` (``tracking``: what
     changed since the previous run, :func:`flows.continuity.tracking_record`)."""
     chosen = choice.chosen
-    assignments = assignment_table(segments, features.customer_ids, features.missing_counts)
-    Assignments.validate(assignments)
+    # Built and validated chunk by chunk as the store writes them.
+    assignments = AssignmentRows(segments, features.customer_ids, features.missing_counts)
     return RunRecord(
         as_of=features.as_of,
         rows_loaded=outcome.n_rows,

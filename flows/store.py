@@ -12,7 +12,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -504,7 +504,8 @@ class RunRecord:
     segments: pd.DataFrame
     segment_features: pd.DataFrame
     feature_scalers: pd.DataFrame
-    assignments: pd.DataFrame
+    #: One row per customer: a frame, or rows built a chunk at a time (flows.segments.AssignmentRows)
+    assignments: pd.DataFrame | RowChunks
     rejects: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: flows.continuity.TrackingRecord: ids and drift against the previous run (None: not tracked)
     tracking: Any = None
@@ -773,25 +774,48 @@ def _insert_frame(
         )
 
 
-def _write_assignments(con: duckdb.DuckDBPyConnection, root: Path, run_id: int, frame: pd.DataFrame) -> None:
-    # Probabilities arrive as p_1..p_k columns: building the list in SQL is far faster than
-    # handing DuckDB a column of Python lists.
-    prob_cols = [c for c in frame.columns if c.startswith("p_")]
-    prob_list = "[" + ", ".join(quote_identifier(c) for c in prob_cols) + "]"
-    held = "held" if "held" in frame.columns else "NULL"
-    missing = "missing_features" if "missing_features" in frame.columns else "NULL"
-    with _registered(con, "_incoming_assignments", frame) as view:
-        run_files.write_run_file(
-            con,
-            root,
-            "assignments",
-            run_id,
-            f"""
-            SELECT customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]) AS probabilities,
-                   log_density, {held} AS held, {missing} AS missing_features
-            FROM {view}
-            """,
-        )
+#: Customers per Parquet part of a run's assignments: bounds the memory the write takes.
+ASSIGNMENT_CHUNK_ROWS = 500_000
+
+
+class RowChunks(Protocol):
+    """Rows produced a chunk at a time (:class:`flows.segments.AssignmentRows`)."""
+
+    def chunks(self, size: int) -> Iterator[pd.DataFrame]: ...
+
+
+def _write_assignments(
+    con: duckdb.DuckDBPyConnection, root: Path, run_id: int, rows: pd.DataFrame | RowChunks
+) -> None:
+    """Write a run's assignments as Parquet parts of ``ASSIGNMENT_CHUNK_ROWS`` customers each."""
+    if isinstance(rows, pd.DataFrame):
+        frame = rows
+        chunks: Iterator[pd.DataFrame] | list[pd.DataFrame] = [
+            frame.iloc[i : i + ASSIGNMENT_CHUNK_ROWS]
+            for i in range(0, max(len(frame), 1), ASSIGNMENT_CHUNK_ROWS)
+        ]
+    else:
+        chunks = rows.chunks(ASSIGNMENT_CHUNK_ROWS)
+    for part, chunk in enumerate(chunks):
+        # Probabilities arrive as p_1..p_k columns: building the list in SQL is far faster than
+        # handing DuckDB a column of Python lists.
+        prob_cols = [c for c in chunk.columns if c.startswith("p_")]
+        prob_list = "[" + ", ".join(quote_identifier(c) for c in prob_cols) + "]"
+        held = "held" if "held" in chunk.columns else "NULL"
+        missing = "missing_features" if "missing_features" in chunk.columns else "NULL"
+        with _registered(con, "_incoming_assignments", chunk) as view:
+            run_files.write_run_file(
+                con,
+                root,
+                "assignments",
+                run_id,
+                f"""
+                SELECT customer_id, segment_id, probability, CAST({prob_list} AS DOUBLE[]) AS probabilities,
+                       log_density, {held} AS held, {missing} AS missing_features
+                FROM {view}
+                """,
+                part=part,
+            )
 
 
 def _write_rejects(con: duckdb.DuckDBPyConnection, root: Path, run_id: int, rejects: pd.DataFrame) -> None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import duckdb
+import numpy as np
+import pandas as pd
 import pytest
+from pandera.errors import SchemaError
 from test_store import record, start
 
+from flows import store
 from flows.run_files import root_for, run_file, run_ids_on_disk
 from flows.sql_shell import open_results
 from flows.store import fail_run, finish_run, publishing, read_latest_run, results_path
@@ -158,3 +163,48 @@ def test_a_publication_that_fails_leaves_no_visible_trace(tmp_path):
             (1, 3),
             (2, 5),
         ]
+
+
+def test_a_large_run_is_written_in_parts_and_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "ASSIGNMENT_CHUNK_ROWS", 2)
+    db = tmp_path / "segments.duckdb"
+    finish_run(db, start(db), record(n_customers=5))
+    parts = sorted(p.name for p in run_file(root_for(results_path(db)), "assignments", 1).parent.iterdir())
+    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    with duckdb.connect(str(db), read_only=True) as con:
+        ids = con.execute("SELECT customer_id FROM current_assignments ORDER BY 1").fetchall()
+    assert [i[0] for i in ids] == ["c0", "c1", "c2", "c3", "c4"]
+
+
+def test_assignment_rows_are_built_and_validated_a_chunk_at_a_time():
+    from flows.segments import AssignmentRows, SegmentResult, assignment_table
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(3), size=7)
+    labels = probabilities.argmax(axis=1)
+    result = SegmentResult(
+        covariance_type="diag",
+        segment_ids=np.arange(1, 4),
+        labels=labels,
+        probabilities=probabilities,
+        log_density=rng.normal(size=7),
+        weights=np.full(3, 1 / 3),
+        means=np.zeros((3, 2)),
+        covariances=np.stack([np.eye(2)] * 3),
+        lower_bounds=[-1.0],
+        converged=True,
+        n_iter=1,
+        held=labels == 0,
+    )
+    ids = np.array([f"c{i}" for i in range(7)], dtype=object)
+    rows = AssignmentRows(result, ids, np.arange(7) % 2)
+    chunks = list(rows.chunks(3))
+    assert [len(c) for c in chunks] == [3, 3, 1] and len(rows) == 7
+    pd.testing.assert_frame_equal(
+        pd.concat(chunks, ignore_index=True), assignment_table(result, ids, np.arange(7) % 2)
+    )
+    broken = AssignmentRows(replace(result, log_density=np.r_[result.log_density[:6], np.inf]), ids)
+    chunks_of_broken = broken.chunks(4)
+    assert len(next(chunks_of_broken)) == 4  # the bad row is in the second chunk
+    with pytest.raises(SchemaError, match="finite"):
+        next(chunks_of_broken)
