@@ -4,8 +4,9 @@ Runs ``--runs`` flows one after another in this process (Prefect's temporary ser
 once) and, every ``--overlap-every`` runs, starts two ``segment run`` processes at the same time as
 the next in-process run, so three runs contend for the database. Afterwards it checks that every
 run is whole (status success, one assignment per customer, one segment row per component, one
-selected candidate) and that each table holds exactly the rows the runs wrote, and prints runs
-completed, failures, seconds and the database's growth.
+selected candidate) and that each table holds exactly the rows the runs wrote, and that no run
+folder is left that no published run owns; prints runs completed, failures, seconds and the growth
+of the results file and of the runs' Parquet folder.
 
 Usage::
 
@@ -26,6 +27,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+
+from flows.run_files import VISIBLE_RUNS, root_for, run_ids_on_disk
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -125,6 +128,7 @@ def main() -> int:
     csv, db = work / "customers.csv", work / "segments.duckdb"
     make_customers(csv, args.customers)
     sizes: list[int] = []
+    folder_sizes: list[int] = []
     failures = 0
     overlapping = 0
     start = time.perf_counter()
@@ -163,6 +167,7 @@ def main() -> int:
                 failures += 1
                 print(f"overlapping run failed: {err.strip().splitlines()[-1:]}", file=sys.stderr)
         sizes.append(db.stat().st_size)
+        folder_sizes.append(sum(f.stat().st_size for f in root_for(db).rglob("*") if f.is_file()))
     seconds = time.perf_counter() - start
 
     result = check(db, args.customers)
@@ -185,12 +190,17 @@ def main() -> int:
         f"allocations: largest single step {growth[1:].max() / 2**10:.0f} KiB)"
     )
     print(
-        "assignment rows per MiB of growth: "
-        f"{result['rows']['assignments'] / max(sizes[-1] / 2**20, 1e-9):,.0f}"
+        f"runs folder (every run's assignments as Parquet): {folder_sizes[0] / 2**20:.2f} MiB after the "
+        f"first step, {folder_sizes[-1] / 2**20:.2f} MiB after the last; assignment rows per MiB: "
+        f"{result['rows']['assignments'] / max(folder_sizes[-1] / 2**20, 1e-9):,.0f}"
     )
     leftovers = sorted(p.name for p in work.glob(".segments.duckdb.*"))
     print(f"leftover private copies: {leftovers or 'none'}")
-    return 0 if not failures and not result["problems"] and not leftovers else 1
+    with duckdb.connect(str(db), read_only=True) as con:
+        shown = {int(r[0]) for r in con.execute(VISIBLE_RUNS).fetchall()}
+    orphans = sorted(run_ids_on_disk(root_for(db)) - shown)
+    print(f"run folders no published run owns: {orphans or 'none'}")
+    return 0 if not failures and not result["problems"] and not leftovers and not orphans else 1
 
 
 if __name__ == "__main__":
