@@ -35,6 +35,10 @@ RULES = {
         "the engine is numpy, scipy and scikit-learn only: "
         "nothing of the project, no pandas, Prefect, DuckDB or dask",
     ),
+    "gmm_cluster": (
+        ("flows", "schemas", "reports", "tracking", "pandas", "prefect"),
+        "the cluster EM is the engine plus dask.distributed and DuckDB: no pipeline, no pandas or Prefect",
+    ),
     "constants": (
         ("flows", "schemas", "reports", "tracking", "gmm_engine"),
         "the shared constants are the bottom layer and import nothing of the project",
