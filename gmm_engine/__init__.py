@@ -15,6 +15,7 @@ from .covariance import (
     full_covariances,
     n_parameters,
 )
+from .external import DataMoments, partition_moments, partition_statistics
 from .mixture import GaussianMixture
 from .selection import (
     CRITERIA,
@@ -35,6 +36,7 @@ __all__ = [
     "MCLUST_MODELS",
     "VARIANCE_FLOOR",
     "ConvergenceWarning",
+    "DataMoments",
     "GaussianMixture",
     "NoAcceptableModelError",
     "NotFittedError",
@@ -46,5 +48,7 @@ __all__ = [
     "full_covariances",
     "n_parameters",
     "observed_std",
+    "partition_moments",
+    "partition_statistics",
     "select_model",
 ]

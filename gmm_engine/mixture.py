@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -313,8 +314,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """``(scale, dof)`` of the covariance prior for centred data ``XcT``, or None."""
         if self.covariance_prior is None:
             return None
-        d = XcT.shape[0]
         second = data_second if data_second is not None else st.data_second_moment(XcT, w)
+        return self._prior_from_moment(second, total_weight)
+
+    def _prior_from_moment(self, second: np.ndarray, total_weight: float) -> tuple:
+        """``(scale, dof)`` of the covariance prior from the centred data second moment (d, d)."""
+        d = second.shape[0]
         scale = self._model.prior_scale(second / total_weight, self.n_components)
         dof = float(d + 2 if self.degrees_of_freedom_prior is None else self.degrees_of_freedom_prior)
         return scale, dof
@@ -466,28 +471,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             else:
                 params = self._initial_params(X_init, XcT, w, shift, rng, data_second, prior)
                 bound = -np.inf
-            bounds: list[float] = []
-            converged = False
-            n_iter = 0
-            for n_iter in range(1, self.max_iter + 1):
-                previous = bound
-                weights, means, covariances, prec_chol = params
-                with np.errstate(divide="ignore"):
-                    internal = st.MixtureParameters(np.log(weights), means - shift, prec_chol, rounding)
-                stats, second = self._em_statistics(
+
+            def e_step(internal, covariances):
+                return self._em_statistics(
                     XcT_em, w_em, internal, patterns, X, w, shift, covariances, second_complete
                 )
-                bound = stats.log_likelihood / total_weight
-                if prior is not None:
-                    bound += (
-                        model.log_prior(prec_chol, prior[0], prior[1], self.n_components, d) / total_weight
-                    )
-                params = self._params_from_stats(stats.sums, d, shift, second, prior, covariances)
-                bounds.append(bound)
-                clock = self._verbose_iteration(n_iter, bound - previous, clock)
-                if abs(bound - previous) < self.tol:
-                    converged = True
-                    break
+
+            params, bound, n_iter, converged, bounds = self._em(
+                params, bound, e_step, total_weight, shift, rounding, prior, clock
+            )
             self._verbose_end(init, bound, converged)
             if bound > best_bound or best is None:
                 best_bound = bound
@@ -495,22 +487,181 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         assert best is not None  # n_init >= 1 (checked with the other parameters)
         params, n_iter, converged, bounds = best
+        # The caller of fit: fit's _fit_context wrapper -> fit -> _fit -> _finish.
+        self._finish(params, n_iter, converged, best_bound, bounds, rounding, prior, stacklevel=5)
+        return X
+
+    def refit_from_statistics(
+        self,
+        statistics: Callable[[st.MixtureParameters, np.ndarray], st.SufficientStatistics],
+        *,
+        moments: st.DataMoments | Callable[[np.ndarray], st.DataMoments] | None = None,
+        shift=None,
+    ) -> GaussianMixture:
+        """Run EM from the current parameters, the E-step totals coming from ``statistics``.
+
+        For data that is not one in-memory array (partitions on disk or on a cluster's workers):
+        ``statistics(params, shift)`` must return the :class:`~gmm_engine.statistics.SufficientStatistics`
+        summed over all the data (complete rows only), for the parameters ``params`` given in
+        coordinates centred at ``shift`` (:func:`gmm_engine.external.partition_statistics`
+        computes one partition's share; shares add up with ``+``). The M-step, convergence test
+        (``tol``, ``max_iter``), ``reg_covar``, ``resolution`` and ``covariance_prior`` are those
+        of :meth:`fit`.
+
+        It starts where ``fit`` with ``warm_start=True`` would: from the fitted parameters, with
+        ``lower_bound_`` as the previous bound (an unfitted estimator starts from
+        ``weights_init``, ``means_init`` and ``precisions_init``, which must then all be given).
+        On the same data it gives ``fit``'s parameters up to the rounding of the sums' order.
+        Every fitted attribute is set only when EM has run to the end: if ``statistics`` raises,
+        the estimator is unchanged.
+
+        Parameters
+        ----------
+        statistics : callable ``(MixtureParameters, shift) -> SufficientStatistics``
+        moments : DataMoments or callable ``shift -> DataMoments``, default=None
+            Total weight, first and second moments of the data centred at ``shift``
+            (:func:`gmm_engine.external.partition_moments`, summed). Needed by the covariance types
+            that pool the data's scatter (``tied`` and the other shared-volume/shape families) and
+            by ``covariance_prior``; ignored otherwise (a callable is then not called, so a
+            cluster need not read the data an extra time).
+        shift : array-like of shape (n_features,), default=None
+            Centre of the coordinates the statistics are computed in (None: the mixture mean of the
+            starting parameters). Any point near the data keeps the sums free of cancellation.
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False), "refit")
+        if self.__sklearn_is_fitted__():
+            params = (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
+            bound = self.lower_bound_
+        elif self.weights_init is None or self.means_init is None or self.precisions_init is None:
+            raise ValueError(
+                "refit_from_statistics starts from a fitted estimator, or from weights_init, "
+                "means_init and precisions_init all given"
+            )
+        else:
+            prec_chol = self._model.precision_cholesky_from_precisions(
+                np.asarray(self.precisions_init, dtype=np.float64)
+            )
+            params = (
+                np.array(self.weights_init, dtype=np.float64),
+                np.array(self.means_init, dtype=np.float64),
+                self._model.covariances_from_precision_cholesky(prec_chol),
+                prec_chol,
+            )
+            bound = -np.inf
+        weights, means = params[0], params[1]
+        k, d = means.shape
+        if k != self.n_components:
+            raise ValueError(f"the starting parameters have {k} components, n_components={self.n_components}")
+        shift = weights @ means if shift is None else np.asarray(shift, dtype=np.float64)
+        if shift.shape != (d,) or not np.isfinite(shift).all():
+            raise ValueError(f"shift must be {d} finite numbers, got shape {shift.shape}")
+        model = self._model
+        check_per_feature(self.reg_covar, "reg_covar", d)
+        if self.resolution is not None:
+            check_per_feature(self.resolution, "resolution", d)
+        needs_second = model.needs_data_second_moment() or self.covariance_prior is not None
+        data_moments: st.DataMoments | None = None
+        if needs_second:
+            if moments is None:
+                raise ValueError(
+                    f"covariance_type={self.covariance_type!r}"
+                    + (" with a covariance_prior" if self.covariance_prior is not None else "")
+                    + " needs the data's moments (moments=DataMoments from partition_moments, summed)"
+                )
+            data_moments = moments(shift) if callable(moments) else moments
+            shapes = (data_moments.first.shape, data_moments.second.shape)
+            if shapes != ((d,), (d, d)) or not data_moments.total_weight > 0:
+                raise ValueError(
+                    f"moments must have ({d},) and ({d}, {d}) moments and a positive total weight, "
+                    f"got {shapes} and {data_moments.total_weight}"
+                )
+        rounding = self._rounding_variance(d)
+        prior = None
+        data_second = None
+        if data_moments is not None:
+            if self.covariance_prior is not None:
+                # fit centres at the data mean; here the shift is only near it.
+                prior = self._prior_from_moment(data_moments.scatter_about_mean(), data_moments.total_weight)
+            if model.needs_data_second_moment():
+                data_second = data_moments.second
+        p = 1 + d + model.n_second_order(d)
+
+        def e_step(internal, covariances):
+            stats = statistics(internal, shift)
+            if not isinstance(stats, st.SufficientStatistics):
+                raise TypeError(f"statistics must return SufficientStatistics, got {type(stats).__name__}")
+            if stats.sums.shape != (k, p) or not np.isfinite(stats.sums).all():
+                raise ValueError(
+                    f"statistics returned sums of shape {stats.sums.shape} (finite: "
+                    f"{bool(np.isfinite(stats.sums).all())}); expected finite ({k}, {p}) for "
+                    f"covariance_type={self.covariance_type!r} and {d} features"
+                )
+            if not stats.total_weight > 0:
+                raise ValueError(f"statistics cover no data (total weight {stats.total_weight})")
+            return stats, data_second
+
+        clock = self._verbose_start(0)
+        params, bound, n_iter, converged, bounds = self._em(
+            params, bound, e_step, None, shift, rounding, prior, clock
+        )
+        self._verbose_end(0, bound, converged)
+        # The caller of refit_from_statistics: refit_from_statistics -> _finish.
+        self._finish(params, n_iter, converged, bound, bounds, rounding, prior, stacklevel=3)
+        self.n_features_in_ = d
+        return self
+
+    def _em(self, params, bound, e_step, total_weight, shift, rounding, prior, clock):
+        """EM iterations from ``params`` (weights, means, covariances, precisions_cholesky) until
+        the bound changes by less than ``tol`` or ``max_iter`` is reached.
+
+        ``e_step(internal, covariances)`` returns the summed statistics over all data and the data
+        second moment the M-step needs (or None). ``total_weight`` None: each iteration's
+        ``stats.total_weight``. Returns (params, bound, n_iter, converged, bounds).
+        """
+        model = self._model
+        d = params[1].shape[1]
+        bounds: list[float] = []
+        converged = False
+        n_iter = 0
+        for n_iter in range(1, self.max_iter + 1):
+            previous = bound
+            weights, means, covariances, prec_chol = params
+            with np.errstate(divide="ignore"):
+                internal = st.MixtureParameters(np.log(weights), means - shift, prec_chol, rounding)
+            stats, second = e_step(internal, covariances)
+            weight = stats.total_weight if total_weight is None else total_weight
+            bound = stats.log_likelihood / weight
+            if prior is not None:
+                bound += model.log_prior(prec_chol, prior[0], prior[1], self.n_components, d) / weight
+            params = self._params_from_stats(stats.sums, d, shift, second, prior, covariances)
+            bounds.append(bound)
+            clock = self._verbose_iteration(n_iter, bound - previous, clock)
+            if abs(bound - previous) < self.tol:
+                converged = True
+                break
+        return params, bound, n_iter, converged, bounds
+
+    def _finish(self, params, n_iter, converged, bound, bounds, rounding, prior, *, stacklevel) -> None:
+        """Warn when EM did not converge, then set every fitted attribute."""
         if not converged and self.max_iter > 0:
             warnings.warn(
                 f"EM did not converge in max_iter={self.max_iter} iterations (last change of "
                 f"the lower bound >= tol={self.tol}); try a larger max_iter or tol.",
                 ConvergenceWarning,
-                stacklevel=4,  # the caller of fit: fit's _fit_context wrapper -> fit -> _fit
+                stacklevel=stacklevel,
             )
         self._set(*params)
         self.converged_ = converged
         self.n_iter_ = n_iter
-        self.lower_bound_ = float(best_bound)
+        self.lower_bound_ = float(bound)
         self.lower_bounds_ = bounds
         self.rounding_variance_ = rounding
         self.covariance_prior_ = None if prior is None else prior[0]
         self.degrees_of_freedom_prior_ = None if prior is None else prior[1]
-        return X
 
     def _em_statistics(self, XcT, w, internal, patterns, X, w_all, shift, covariances, second):
         """E-step totals over all rows, and the data second moment ``tied`` needs (None else):

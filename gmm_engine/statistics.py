@@ -79,6 +79,26 @@ class SufficientStatistics:
         )
 
 
+@dataclass
+class DataMoments:
+    """Additive totals of the data alone, for samples centred at a shift: total weight,
+    ``sum_i w_i x_i`` (d,) and ``sum_i w_i x_i x_i^T`` (d, d). What the pooled-scatter covariance
+    types and the covariance prior need besides :class:`SufficientStatistics`."""
+
+    total_weight: float
+    first: np.ndarray
+    second: np.ndarray
+
+    def __add__(self, other: DataMoments) -> DataMoments:
+        return DataMoments(
+            self.total_weight + other.total_weight, self.first + other.first, self.second + other.second
+        )
+
+    def scatter_about_mean(self) -> np.ndarray:
+        """``sum_i w_i (x_i - mean)(x_i - mean)^T``: the second moment about the data's own mean."""
+        return self.second - np.outer(self.first, self.first) / self.total_weight
+
+
 def design_matrix(model: CovarianceModel, XcT: np.ndarray) -> np.ndarray:
     """``Phi.T``: rows ``[1, x, q(x)]`` stacked as (p, n) for the centred samples ``XcT`` (d, n)."""
     d, n = XcT.shape

@@ -19,9 +19,25 @@ ROOT = Path(__file__).resolve().parent.parent
 #: package -> (top-level names it must not import, why).
 RULES = {
     "gmm_engine": (
-        ("flows", "schemas", "reports", "tracking", "constants", "pandas", "prefect", "duckdb"),
+        (
+            "flows",
+            "schemas",
+            "reports",
+            "tracking",
+            "constants",
+            "gmm_cluster",
+            "pandas",
+            "prefect",
+            "duckdb",
+            "dask",
+            "distributed",
+        ),
         "the engine is numpy, scipy and scikit-learn only: "
-        "nothing of the project, no pandas, Prefect or DuckDB",
+        "nothing of the project, no pandas, Prefect, DuckDB or dask",
+    ),
+    "gmm_cluster": (
+        ("flows", "schemas", "reports", "tracking", "pandas", "prefect"),
+        "the cluster EM is the engine plus dask.distributed and DuckDB: no pipeline, no pandas or Prefect",
     ),
     "constants": (
         ("flows", "schemas", "reports", "tracking", "gmm_engine"),

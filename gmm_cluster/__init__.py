@@ -1,0 +1,10 @@
+"""gmm_cluster: the engine's EM on data partitioned across a ``dask.distributed`` cluster.
+
+The E-step runs on the workers, one task per partition, each returning only its share of the
+M-step totals; the client sums them and runs the M-step (:mod:`gmm_cluster.em`). Workers need
+numpy, duckdb and :mod:`gmm_engine`; nothing large is gathered to the client.
+"""
+
+from .em import ClusterFitError, ParquetPartition, PartitionError, refit_on_partitions
+
+__all__ = ["ClusterFitError", "ParquetPartition", "PartitionError", "refit_on_partitions"]

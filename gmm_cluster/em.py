@@ -1,0 +1,195 @@
+"""EM refit of a :class:`gmm_engine.GaussianMixture` on partitions read by dask workers.
+
+Each EM iteration submits one task per partition. A task reads its partition on the worker
+(:class:`ParquetPartition`: a Parquet file through DuckDB, standardised), computes
+:func:`gmm_engine.partition_statistics` and returns only ``k x (1 + d + q)`` numbers, the
+log-likelihood and the weight. The client adds the shares in partition order (so the result does
+not depend on which worker finished first) and runs the engine's M-step
+(:meth:`GaussianMixture.refit_from_statistics`).
+
+Failures never give a partial model: the estimator passed in is not modified, and a new one is
+returned only when every iteration has summed every partition. A worker that dies is replaced
+by the cluster and its task re-run elsewhere (the scheduler's ``allowed-failures``); a task that
+keeps killing workers ends the fit with :class:`ClusterFitError`. A partition that cannot be read
+ends it with :class:`PartitionError` naming the partition.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+from distributed import Client, KilledWorker
+
+from gmm_engine import DataMoments, GaussianMixture, partition_moments, partition_statistics
+from gmm_engine.statistics import MixtureParameters, SufficientStatistics
+
+#: A partition: called on a worker, returns its rows as a float (n, d) array of complete rows.
+Partition = Callable[[], np.ndarray]
+
+
+class PartitionError(ValueError):
+    """A partition could not be read or used (missing file or column, non-numeric or missing values)."""
+
+
+class ClusterFitError(RuntimeError):
+    """The fit could not be completed on the cluster (workers lost); nothing was fitted."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _quoted(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, eq=False)
+class ParquetPartition:
+    """One Parquet file (or glob DuckDB's ``read_parquet`` accepts): ``columns`` as float64,
+    standardised as ``(x - mean) / scale`` when those are given (the features' standardisation
+    of the model, so every partition is in the model's coordinates)."""
+
+    path: str
+    columns: tuple[str, ...]
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", str(self.path))
+        object.__setattr__(self, "columns", tuple(self.columns))
+        d = len(self.columns)
+        for name in ("mean", "scale"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=np.float64)
+                if value.shape != (d,) or not np.isfinite(value).all():
+                    raise ValueError(f"{name} must be {d} finite numbers (one per column), got {value.shape}")
+                object.__setattr__(self, name, value)
+        if self.scale is not None and (self.scale <= 0).any():
+            raise ValueError("scale must be positive")
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __call__(self) -> np.ndarray:
+        con = duckdb.connect()
+        try:
+            try:
+                schema = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [self.path]).fetchall()
+            except duckdb.Error as exc:
+                raise PartitionError(f"partition {self.path}: {_first_line(exc)}") from None
+            present = [row[0] for row in schema]
+            missing = [c for c in self.columns if c not in present]
+            if missing:
+                raise PartitionError(
+                    f"partition {self.path}: no column {', '.join(map(repr, missing))} "
+                    f"(it has {', '.join(map(repr, present))})"
+                )
+            select = ", ".join(f"CAST({_quoted(c)} AS DOUBLE)" for c in self.columns)
+            try:
+                arrays = con.execute(f"SELECT {select} FROM read_parquet(?)", [self.path]).fetchnumpy()
+            except duckdb.Error as exc:
+                raise PartitionError(f"partition {self.path}: {_first_line(exc)}") from None
+        finally:
+            con.close()
+        X = np.empty((len(next(iter(arrays.values()))), len(self.columns)))
+        for j, values in enumerate(arrays.values()):
+            X[:, j] = np.ma.filled(np.ma.asarray(values, dtype=np.float64), np.nan)
+        if self.mean is not None:
+            X -= self.mean
+        if self.scale is not None:
+            X /= self.scale
+        return X
+
+
+def _load(partition: Partition) -> np.ndarray:
+    X = partition()
+    if not isinstance(X, np.ndarray):
+        raise PartitionError(f"partition {partition}: returned {type(X).__name__}, not a numpy array")
+    return X
+
+
+def _statistics_task(
+    partition: Partition, covariance_type: str, params: MixtureParameters, shift: np.ndarray
+) -> SufficientStatistics:
+    """On a worker: one partition's share of the EM totals (small: k x (1 + d + q) numbers)."""
+    X = _load(partition)
+    try:
+        return partition_statistics(X, covariance_type, params, shift)
+    except ValueError as exc:
+        raise PartitionError(f"partition {partition}: {_first_line(exc)}") from None
+
+
+def _moments_task(partition: Partition, shift: np.ndarray) -> DataMoments:
+    """On a worker: one partition's total weight and centred second moment (d x d numbers)."""
+    X = _load(partition)
+    try:
+        return partition_moments(X, shift)
+    except ValueError as exc:
+        raise PartitionError(f"partition {partition}: {_first_line(exc)}") from None
+
+
+def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
+    """Run ``task(partition, *args)`` for every partition on the cluster; the results' sum, added
+    in partition order. Any failure cancels the other tasks and raises; no partial sum escapes."""
+    futures = [client.submit(task, part, *args, pure=False) for part in parts]
+    try:
+        results = client.gather(futures)
+    except KilledWorker as exc:
+        by_key = {f.key: part for f, part in zip(futures, parts, strict=True)}
+        which = by_key.get(exc.task, exc.task)
+        raise ClusterFitError(
+            f"partition {which}: the workers running it died {exc.allowed_failures + 1} times "
+            f"(last {exc.last_worker.address}); the fit was abandoned, nothing was fitted"
+        ) from exc
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    total = results[0]
+    for result in results[1:]:
+        total = total + result
+    return total
+
+
+def refit_on_partitions(
+    client: Client,
+    partitions: Sequence[Partition],
+    model: GaussianMixture,
+    *,
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> GaussianMixture:
+    """EM from ``model``'s parameters on data split in ``partitions``, E-steps on the cluster.
+
+    ``model`` is a fitted :class:`GaussianMixture` (say, the one model selection chose on a
+    sample), or one with ``weights_init``, ``means_init`` and ``precisions_init``; it starts as
+    ``fit`` with ``warm_start=True`` would. ``partitions``: :class:`ParquetPartition` objects, or
+    any picklable callables returning a partition's complete rows as an (n, d) array. ``max_iter``
+    and ``tol`` replace the model's own (None: keep them).
+
+    Returns a new fitted estimator; ``model`` is not modified. Raises :class:`PartitionError`
+    (a partition cannot be read or has missing values) or :class:`ClusterFitError` (workers
+    kept dying on a partition). Per partition and iteration, ``k x (1 + d + q)`` numbers travel
+    back (``q`` second-order terms: ``d (d + 1) / 2`` for ``full``, ``d`` for ``diag``); the
+    pooled-scatter covariance types and ``covariance_prior`` add one first pass of ``d x d``.
+    """
+    parts = list(partitions)
+    if not parts:
+        raise ValueError("refit_on_partitions needs at least one partition")
+    fitted = copy.deepcopy(model)
+    changes = {name: value for name, value in (("max_iter", max_iter), ("tol", tol)) if value is not None}
+    if changes:
+        fitted.set_params(**changes)
+    covariance_type = fitted.covariance_type
+
+    def statistics(params: MixtureParameters, shift: np.ndarray) -> SufficientStatistics:
+        return _sum_on_cluster(client, parts, _statistics_task, covariance_type, params, shift)
+
+    def moments(shift: np.ndarray) -> DataMoments:
+        return _sum_on_cluster(client, parts, _moments_task, shift)
+
+    return fitted.refit_from_statistics(statistics, moments=moments)

@@ -1,0 +1,134 @@
+"""gmm_cluster's EM on a dask LocalCluster (two worker processes) with Parquet partitions: the
+parameters of the single-machine fit, a lost worker replaced, failures that fit nothing."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import distributed
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from test_engine_external import (
+    FIT,
+    MEAN,
+    SCALE,
+    max_difference,
+    raw_data,
+    refit_in_process,
+    split,
+    standardised,
+    start_model,
+)
+
+from gmm_cluster import ClusterFitError, ParquetPartition, PartitionError, refit_on_partitions
+
+COLUMNS = ("spend", "visits", "tenure")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client():
+    # One lost worker per task is retried; a task that kills a second worker fails the fit.
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def parquet_partitions(tmp_path_factory) -> list[ParquetPartition]:
+    folder = tmp_path_factory.mktemp("partitions")
+    con = duckdb.connect()
+    partitions = []
+    for i, rows in enumerate(split(raw_data())):
+        frame = pd.DataFrame(rows, columns=list(COLUMNS)).assign(
+            customer=[f"C{i}-{j}" for j in range(len(rows))]
+        )
+        path = folder / f"part-{i}.parquet"
+        con.register("frame", frame)
+        con.execute(f"COPY frame TO '{path}' (FORMAT parquet)")
+        con.unregister("frame")
+        partitions.append(ParquetPartition(str(path), COLUMNS, MEAN, SCALE))
+    con.close()
+    return partitions
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "tied"])
+def test_cluster_refit_matches_the_single_machine_refit(client, parquet_partitions, covariance_type):
+    client.wait_for_workers(2)
+    Z = standardised(raw_data())
+    start = start_model(Z, covariance_type)
+    before = copy.deepcopy(start)
+    fitted = refit_on_partitions(client, parquet_partitions, start, **FIT)
+    local = refit_in_process(copy.deepcopy(start).set_params(**FIT), split(Z))
+    reference = copy.deepcopy(start).set_params(warm_start=True, **FIT).fit(Z)
+    assert fitted.n_iter_ == local.n_iter_ == reference.n_iter_
+    assert max_difference(fitted, local) < 1e-8
+    assert max_difference(fitted, reference) < 1e-8
+    np.testing.assert_array_equal(fitted.predict(Z), reference.predict(Z))
+    assert max_difference(start, before) == 0 and start.max_iter == before.max_iter  # input untouched
+
+
+@dataclass(frozen=True)
+class KillsItsWorker:
+    """A partition whose reading kills the worker process: once (marker file), or every time."""
+
+    inner: ParquetPartition
+    marker: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.inner)
+
+    def __call__(self) -> np.ndarray:
+        if self.marker is None or not os.path.exists(self.marker):
+            if self.marker is not None:
+                Path(self.marker).touch()
+            os._exit(1)
+        return self.inner()
+
+
+def test_a_worker_killed_once_is_replaced_and_the_fit_still_matches(client, parquet_partitions, tmp_path):
+    client.wait_for_workers(2)
+    Z = standardised(raw_data())
+    start = start_model(Z, "full")
+    parts = [*parquet_partitions[:2], KillsItsWorker(parquet_partitions[2], str(tmp_path / "killed"))]
+    fitted = refit_on_partitions(client, parts, start, **FIT)
+    assert (tmp_path / "killed").exists()  # the worker did die
+    reference = copy.deepcopy(start).set_params(warm_start=True, **FIT).fit(Z)
+    assert max_difference(fitted, reference) < 1e-8
+
+
+def test_a_partition_that_keeps_killing_workers_fails_the_fit_cleanly(client, parquet_partitions):
+    client.wait_for_workers(2)
+    start = start_model(standardised(raw_data()), "full")
+    before = copy.deepcopy(start)
+    parts = [*parquet_partitions[:2], KillsItsWorker(parquet_partitions[2])]
+    with pytest.raises(ClusterFitError, match=r"part-2\.parquet: the workers running it died 2 times"):
+        refit_on_partitions(client, parts, start, **FIT)
+    assert max_difference(start, before) == 0
+
+
+def test_a_missing_file_or_column_is_a_one_line_error_naming_the_file(client, parquet_partitions, tmp_path):
+    client.wait_for_workers(2)
+    start = start_model(standardised(raw_data()), "diag")
+    missing = ParquetPartition(str(tmp_path / "absent.parquet"), COLUMNS, MEAN, SCALE)
+    with pytest.raises(PartitionError) as caught:
+        refit_on_partitions(client, [parquet_partitions[0], missing], start)
+    assert "absent.parquet" in str(caught.value) and "\n" not in str(caught.value)
+    other = ParquetPartition(parquet_partitions[1].path, ("spend", "visits", "age"), MEAN, SCALE)
+    with pytest.raises(PartitionError) as caught:
+        refit_on_partitions(client, [parquet_partitions[0], other], start)
+    message = str(caught.value)
+    assert message.startswith(f"partition {parquet_partitions[1].path}: no column 'age'")
+    assert "\n" not in message
