@@ -17,7 +17,7 @@ from flows.choice import ModelChoice
 from flows.config import Settings
 from flows.features import FeatureMatrix
 from flows.segments import SegmentResult
-from flows.store import read_latest_run
+from flows.store import Notify, read_latest_run
 from tracking import (
     RunDrift,
     TrackedModel,
@@ -38,10 +38,10 @@ class PreviousRun:
     max_id_used: int
 
 
-def load_previous(database: str | Path) -> PreviousRun | None:
+def load_previous(database: str | Path, notify: Notify | None = None) -> PreviousRun | None:
     """The latest successful run (read from the store, read-only) in the common space; None if
-    there is none."""
-    stored = read_latest_run(database)
+    there is none (``notify``: told when its assignments cannot be read)."""
+    stored = read_latest_run(database, notify)
     if stored is None:
         return None
     seg, scalers, assigned = stored.segments, stored.scalers, stored.assignments

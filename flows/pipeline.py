@@ -153,7 +153,7 @@ def features_task(valid, settings: Settings) -> FeatureMatrix:
 
 @task(name="previous", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
 def previous_task(database: str) -> continuity.PreviousRun | None:
-    previous = continuity.load_previous(database)
+    previous = continuity.load_previous(database, get_run_logger().warning)
     if previous is not None:
         get_run_logger().info(
             "comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments

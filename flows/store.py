@@ -307,8 +307,11 @@ class StoredRun:
     max_segment_id: int
 
 
-def read_latest_run(database: str | Path) -> StoredRun | None:
-    """The latest successful run from the published results (read-only); None if there is none."""
+def read_latest_run(database: str | Path, notify: Notify | None = None) -> StoredRun | None:
+    """The latest successful run from the published results (read-only); None if there is none.
+
+    When its per-customer files are gone (the runs folder was deleted, or not moved with the
+    file), ``assignments`` is empty, as after retention, and ``notify`` is told why."""
     path = Path(database)
     if not path.exists():
         return None
@@ -328,9 +331,18 @@ def read_latest_run(database: str | Path) -> StoredRun | None:
             "WHERE run_id = ? ORDER BY feature_index",
             [run_id],
         ).df()
-        assignments = con.execute(
-            "SELECT customer_id, segment_id FROM assignments WHERE run_id = ?", [run_id]
-        ).df()
+        try:
+            assignments = con.execute(
+                "SELECT customer_id, segment_id FROM assignments WHERE run_id = ?", [run_id]
+            ).df()
+        except duckdb.IOException as exc:
+            assignments = pd.DataFrame({"customer_id": pd.Series(dtype=object), "segment_id": []})
+            if notify is not None:
+                notify(
+                    f"run {run_id}'s assignments cannot be read ({str(exc).strip().splitlines()[0]}); "
+                    "its customers' moves are not measured this run. Keep the results file and its "
+                    f"{run_files.root_for(results_path(path)).name}/ folder together"
+                )
         max_id = int(con.execute("SELECT coalesce(max(segment_id), 0) FROM segments").fetchall()[0][0])
     return StoredRun(run_id, covariance_type, segments, scalers, assignments, max_id)
 

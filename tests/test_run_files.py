@@ -208,3 +208,14 @@ def test_assignment_rows_are_built_and_validated_a_chunk_at_a_time():
     assert len(next(chunks_of_broken)) == 4  # the bad row is in the second chunk
     with pytest.raises(SchemaError, match="finite"):
         next(chunks_of_broken)
+
+
+def test_a_deleted_runs_folder_loses_the_customer_comparison_not_the_run(tmp_path):
+    db = tmp_path / "segments.duckdb"
+    finish_run(db, start(db), record())
+    shutil.rmtree(tmp_path / "segments.runs")
+    said: list[str] = []
+    stored = read_latest_run(db, said.append)
+    assert stored is not None and stored.run_id == 1 and len(stored.segments) == 2
+    assert stored.assignments.empty and list(stored.assignments.columns) == ["customer_id", "segment_id"]
+    assert len(said) == 1 and "run 1's assignments cannot be read" in said[0] and "segments.runs/" in said[0]
