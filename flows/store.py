@@ -84,9 +84,15 @@ def results_path(database: str | Path) -> Path:
     Raises
     ------
     StoreFileError
-        The path exists but is not a DuckDB file, or is not a file.
+        The path exists but is not a DuckDB file, or is not a file; or it holds a glob character.
     """
     path = Path(database).resolve()
+    if any(c in str(path) for c in "*?[]{}"):
+        # The views find the runs' files with a glob under the file's folder.
+        raise StoreFileError(
+            f"{database}: the path holds a glob character (* ? [ ] {{ }}), which the views over "
+            "the runs' Parquet files cannot use; choose another output.database"
+        )
     if path.exists():
         if not path.is_file():
             raise StoreFileError(

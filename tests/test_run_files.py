@@ -15,7 +15,7 @@ from test_store import record, start
 from flows import store
 from flows.run_files import root_for, run_file, run_ids_on_disk
 from flows.sql_shell import open_results
-from flows.store import fail_run, finish_run, publishing, read_latest_run, results_path
+from flows.store import StoreFileError, fail_run, finish_run, publishing, read_latest_run, results_path
 
 
 def kinds(db) -> dict[str, str]:
@@ -219,3 +219,10 @@ def test_a_deleted_runs_folder_loses_the_customer_comparison_not_the_run(tmp_pat
     assert stored is not None and stored.run_id == 1 and len(stored.segments) == 2
     assert stored.assignments.empty and list(stored.assignments.columns) == ["customer_id", "segment_id"]
     assert len(said) == 1 and "run 1's assignments cannot be read" in said[0] and "segments.runs/" in said[0]
+
+
+def test_a_results_path_with_glob_characters_is_refused_before_anything_is_written(tmp_path):
+    db = tmp_path / "out[1]" / "segments.duckdb"
+    with pytest.raises(StoreFileError, match=r"glob character"):
+        start(db)  # a run stops when it starts, before any work
+    assert not db.parent.exists()
