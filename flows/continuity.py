@@ -22,6 +22,7 @@ from tracking import (
     RunDrift,
     TrackedModel,
     TransitionThresholds,
+    as_text,
     common_model,
     compare_runs,
 )
@@ -62,7 +63,7 @@ def load_previous(database: str | Path, notify: Notify | None = None) -> Previou
     return PreviousRun(
         run_id=stored.run_id,
         model=model,
-        customer_ids=assigned["customer_id"].astype(str).to_numpy(),
+        customer_ids=as_text(assigned["customer_id"].to_numpy()),
         segment_ids=assigned["segment_id"].to_numpy(np.int64),
         max_id_used=stored.max_segment_id,
     )
@@ -120,7 +121,7 @@ def track(
         None if previous is None else previous.model,
         current_model(segments, features),
         max_id_used=0 if previous is None else previous.max_id_used,
-        current_customers=np.asarray(features.customer_ids).astype(str),
+        current_customers=as_text(features.customer_ids),
         current_components=segments.labels,
         previous_customers=None if previous is None else previous.customer_ids,
         previous_segments=None if previous is None else previous.segment_ids,

@@ -19,6 +19,7 @@ from tracking import (
     DEFAULT_MAX_DISTANCE,
     TrackedModel,
     TransitionThresholds,
+    align_customers,
     bhattacharyya,
     bhattacharyya_matrix,
     classify_transitions,
@@ -837,3 +838,16 @@ def test_a_customer_whose_segment_was_retired_takes_their_most_probable_segment(
     assert drift.match.retired_ids == (1, 2, 3)
     assert drift.held_count == 0
     assert np.array_equal(drift.customer_segments, drift.match.segment_ids[components])
+
+
+def test_customers_are_aligned_by_id_as_text_in_the_current_order():
+    overlap = customer_overlap(
+        np.array([10, 20, 30]), [1, 2, 3], np.array(["30", "40", "10"], dtype=object), [7, 8, 9]
+    )
+    assert overlap.customer_ids.tolist() == ["30", "10"]
+    assert overlap.previous_segments.tolist() == [3, 1] and overlap.current_segments.tolist() == [7, 9]
+    assert (overlap.entered, overlap.left) == (1, 1)
+    ip, ic = align_customers(["b", "a"], np.array(["a", "c", "b"]))
+    assert ip.tolist() == [1, 0] and ic.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="current customer ids are not unique"):
+        align_customers(["a"], ["b", "b"])

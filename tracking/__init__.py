@@ -14,8 +14,8 @@ distance
 ids
     :class:`SegmentMatch`, :func:`match_segments`: which segment keeps which id.
 customers
-    Customers of two runs: :func:`customer_overlap`, :func:`migration_table`,
-    :func:`moved_share`, :func:`hold_segments`.
+    Customers of two runs: :func:`customer_overlap` (:func:`align_customers`, :func:`as_text`),
+    :func:`migration_table`, :func:`moved_share`, :func:`hold_segments`.
 transitions
     MONIC transitions: :func:`classify_transitions`, :func:`transition_table`.
 drift
@@ -35,6 +35,8 @@ from tracking.common_space import (
 )
 from tracking.customers import (
     CustomerOverlap,
+    align_customers,
+    as_text,
     customer_overlap,
     hold_segments,
     migration_table,
@@ -64,6 +66,8 @@ __all__ = [
     "TrackedModel",
     "Transition",
     "TransitionThresholds",
+    "align_customers",
+    "as_text",
     "bhattacharyya",
     "bhattacharyya_matrix",
     "classify_transitions",

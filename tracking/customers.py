@@ -21,7 +21,8 @@ class CustomerOverlap:
 
     Attributes
     ----------
-    customer_ids : ndarray of shape (m,), str
+    customer_ids : ndarray of shape (m,), object (str)
+        In the current run's order.
     previous_segments, current_segments : ndarray of shape (m,), int64
     entered : int
         Customers only in the current run.
@@ -36,31 +37,61 @@ class CustomerOverlap:
     left: int
 
 
+def as_text(ids: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Customer ids as an object array of Python strings (ids are compared as text).
+
+    Strings stay the objects they are: a fixed-width numpy string copy of 10^7 ids would take
+    gigabytes and sort slowly."""
+    a = np.asarray(ids)
+    if a.dtype == object and pd.api.types.infer_dtype(a, skipna=False) == "string":
+        return a
+    return np.asarray(a.astype(str), dtype=object)
+
+
+def align_customers(
+    previous_customers: Sequence[Any] | np.ndarray, current_customers: Sequence[Any] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(ip, ic)`` of the customers in both runs, in the current run's order: customer
+    ``current[ic[j]]`` is ``previous[ip[j]]``. A hash join (linear time), not a sort of the ids.
+
+    Raises
+    ------
+    ValueError
+        Either run's customer ids are not unique.
+    """
+    previous = pd.Index(as_text(previous_customers))
+    current = pd.Index(as_text(current_customers))
+    for name, index in (("previous", previous), ("current", current)):
+        if not index.is_unique:
+            raise ValueError(f"customer_overlap: {name} customer ids are not unique")
+    positions = previous.get_indexer(current)
+    ic = np.flatnonzero(positions >= 0)
+    return positions[ic].astype(np.int64), ic
+
+
 def customer_overlap(
     previous_customers: Sequence[Any] | np.ndarray,
     previous_segments: Sequence[int] | np.ndarray,
     current_customers: Sequence[Any] | np.ndarray,
     current_segments: Sequence[int] | np.ndarray,
 ) -> CustomerOverlap:
-    """Align two runs' assignments on the customers present in both (ids compared as text)."""
-    pc = np.asarray(previous_customers).astype(str)
-    cc = np.asarray(current_customers).astype(str)
+    """Align two runs' assignments on the customers present in both (ids compared as text), in
+    the current run's order."""
     ps = np.asarray(previous_segments, dtype=np.int64)
     cs = np.asarray(current_segments, dtype=np.int64)
-    for name, ids, seg in (("previous", pc, ps), ("current", cc, cs)):
-        if ids.shape != seg.shape:
+    n_previous, n_current = len(previous_customers), len(current_customers)
+    for name, n, seg in (("previous", n_previous, ps), ("current", n_current, cs)):
+        if seg.shape != (n,):
             raise ValueError(
-                f"customer_overlap: {name} customers and segments differ in length ({ids.size} vs {seg.size})"
+                f"customer_overlap: {name} customers and segments differ in length ({n} vs {seg.size})"
             )
-        if np.unique(ids).size != ids.size:
-            raise ValueError(f"customer_overlap: {name} customer ids are not unique")
-    common, ip, ic = np.intersect1d(pc, cc, assume_unique=True, return_indices=True)
+    ip, ic = align_customers(previous_customers, current_customers)
     return CustomerOverlap(
-        customer_ids=common,
+        customer_ids=as_text(current_customers)[ic],
         previous_segments=ps[ip],
         current_segments=cs[ic],
-        entered=int(cc.size - common.size),
-        left=int(pc.size - common.size),
+        entered=int(n_current - ic.size),
+        left=int(n_previous - ic.size),
     )
 
 

@@ -18,6 +18,8 @@ from constants import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_JACCARD, DEFAULT_MOVED_T
 from tracking.common_space import TrackedModel, comparable
 from tracking.customers import (
     CustomerOverlap,
+    align_customers,
+    as_text,
     customer_overlap,
     hold_segments,
     migration_table,
@@ -316,7 +318,7 @@ def compare_runs(
     return RunDrift(
         match=match,
         model=model,
-        customer_ids=np.asarray(current_customers).astype(str),
+        customer_ids=as_text(current_customers),
         customer_segments=match.segment_ids[components],
         customer_components=components,
         previous=previous,
@@ -349,12 +351,7 @@ def _held_components(
             f"compare_runs: probabilities must have shape ({components.size}, {segment_ids.size}), "
             f"got {p.shape}"
         )
-    _, ip, ic = np.intersect1d(
-        np.asarray(previous_customers).astype(str),
-        np.asarray(current_customers).astype(str),
-        assume_unique=True,
-        return_indices=True,
-    )
+    ip, ic = align_customers(previous_customers, current_customers)
     # Component carrying each previous id in this run (-1: retired, so there is nothing to keep).
     ids = np.asarray(segment_ids, dtype=np.int64)
     order = np.argsort(ids)
