@@ -16,7 +16,7 @@ What it measures (and what it does not):
 - Single machine (in-memory engine), a fresh process per size and covariance type: all
   partitions read into one array (one DuckDB ``read_parquet`` over the files, standardised), then
   ``fit`` with ``warm_start=True``, ``max_iter`` iterations, ``tol=0``. Prints load seconds,
-  seconds per EM iteration and the process's peak RSS (``ru_maxrss``).
+  seconds per EM iteration and the process's peak RSS (``VmHWM``).
 - Cluster (engine-level, there is no ``segment run --cluster`` yet), a fresh process per size, P
   and covariance type: ``LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="2GiB")``,
   then ``gmm_cluster.refit_on_partitions`` with the same start model, ``max_iter`` iterations,
@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     param_diff: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="segment-scale-") as tmp:
         tmp_path = Path(tmp)
-        # The flows first, while this process is small: the flow reports ``ru_maxrss``, which a
-        # child process inherits from its parent; the table is written by a throwaway process.
+        # The flows first, while this process is small, and the table written by a throwaway
+        # process: flows before cdd01aa reported ``ru_maxrss``, which a child inherits.
         flows = {}
         if flow_sizes:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(
                     f"\nflow, {n:,} customers: table generated in {time.perf_counter() - t:.1f} s "
-                    f"(not counted); the flow process inherits ru_maxrss "
-                    f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB from this one"
+                    f"(not counted); this process's ru_maxrss, which flows before cdd01aa inherited: "
+                    f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
                 )
                 summary = run_flow(
                     {
