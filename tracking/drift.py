@@ -268,9 +268,12 @@ def compare_runs(
         raise ValueError("compare_runs: current_customers and current_components differ in length")
     if components.size and (components.min() < 0 or components.max() >= current.n_segments):
         raise ValueError(f"compare_runs: current_components must lie in 0..{current.n_segments - 1}")
-    overlap = None
+    overlap = alignment = None
     if previous is not None and previous_customers is not None and previous_segments is not None:
-        overlap = customer_overlap(previous_customers, previous_segments, current_customers, components)
+        alignment = align_customers(previous_customers, current_customers)  # once: it is the slow part
+        overlap = customer_overlap(
+            previous_customers, previous_segments, current_customers, components, alignment
+        )
     match = match_segments(
         previous,
         current,
@@ -283,17 +286,13 @@ def compare_runs(
     held = None
     if overlap is not None and probabilities is not None and hold_odds > 1.0:
         # An overlap exists only with the previous run's customers and segments.
-        assert previous_customers is not None and previous_segments is not None
+        assert previous_customers is not None and previous_segments is not None and alignment is not None
         components, held = _held_components(
-            components,
-            probabilities,
-            hold_odds,
-            match.segment_ids,
-            previous_customers,
-            previous_segments,
-            current_customers,
+            components, probabilities, hold_odds, match.segment_ids, previous_segments, alignment
         )
-        overlap = customer_overlap(previous_customers, previous_segments, current_customers, components)
+        overlap = customer_overlap(
+            previous_customers, previous_segments, current_customers, components, alignment
+        )
     if overlap is not None:
         assert previous is not None  # an overlap exists only with a previous run
         overlap = replace(overlap, current_segments=match.segment_ids[overlap.current_segments])
@@ -340,18 +339,18 @@ def _held_components(
     probabilities: np.ndarray,
     hold_odds: float,
     segment_ids: np.ndarray,
-    previous_customers,
     previous_segments,
-    current_customers,
+    alignment: tuple[np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`hold_segments` for this run's customers, given the previous run's assignments."""
+    """:func:`hold_segments` for this run's customers, given the previous run's segments and
+    :func:`align_customers` of the two runs' customers."""
     p = np.asarray(probabilities, dtype=np.float64)
     if p.shape != (components.size, segment_ids.size):
         raise ValueError(
             f"compare_runs: probabilities must have shape ({components.size}, {segment_ids.size}), "
             f"got {p.shape}"
         )
-    ip, ic = align_customers(previous_customers, current_customers)
+    ip, ic = alignment
     # Component carrying each previous id in this run (-1: retired, so there is nothing to keep).
     ids = np.asarray(segment_ids, dtype=np.int64)
     order = np.argsort(ids)
