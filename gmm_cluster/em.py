@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
-from distributed import Client, KilledWorker
+from distributed import Client, KilledWorker, wait
 
 from gmm_engine import DataMoments, GaussianMixture, partition_moments, partition_statistics
 from gmm_engine.statistics import MixtureParameters, SufficientStatistics
 
 #: A partition: called on a worker, returns its rows as a float (n, d) array of complete rows.
 Partition = Callable[[], np.ndarray]
+
+
+#: How long a failed fit waits for the other partitions' tasks to settle, to name them all.
+_SETTLE_SECONDS = 5.0
 
 
 class PartitionError(ValueError):
@@ -141,11 +146,17 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
     try:
         results = client.gather(futures)
     except KilledWorker as exc:
+        # The scheduler counts a worker's death against every task the worker was running, so
+        # a partition that kills its worker can take a bystander's task over the limit with it:
+        # name every partition whose task failed so (the first to fail may be the bystander).
+        with suppress(TimeoutError):
+            wait(futures, timeout=_SETTLE_SECONDS)
         by_key = {f.key: part for f, part in zip(futures, parts, strict=True)}
-        which = by_key.get(exc.task, exc.task)
+        failed = [str(part) for f, part in zip(futures, parts, strict=True) if f.status == "error"]
+        named = failed or [str(by_key.get(exc.task, exc.task))]
         raise ClusterFitError(
-            f"partition {which}: the workers running it died {exc.allowed_failures + 1} times "
-            f"(last {exc.last_worker.address}); the fit was abandoned, nothing was fitted"
+            f"partition {' or '.join(named)}: the workers running it died {exc.allowed_failures + 1} "
+            f"times (last {exc.last_worker.address}); the fit was abandoned, nothing was fitted"
         ) from exc
     finally:
         client.cancel([f for f in futures if not f.done()])
