@@ -67,7 +67,8 @@ def run_file(root: Path, table: str, run_id: int, part: int = 0) -> Path:
     return root / table / f"run_id={run_id}" / f"part-{part:05d}.parquet"
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file or a folder (a rename is durable once its folder is synced) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -77,10 +78,9 @@ def _fsync(path: Path) -> None:
 
 def write_run_file(
     con: duckdb.DuckDBPyConnection, root: Path, table: str, run_id: int, select_sql: str, part: int = 0
-) -> int:
+) -> None:
     """Write the rows of ``select_sql`` (a query over this connection giving ``table``'s columns
-    without ``run_id``) as part ``part`` of ``table``'s rows of run ``run_id``; return the number
-    of rows.
+    without ``run_id``) as part ``part`` of ``table``'s rows of run ``run_id``.
 
     The file is written under a hidden name, synced and renamed into place, so a reader's glob
     never meets half a file. Rows leaving a required column empty stop the write (ValueError).
@@ -102,11 +102,9 @@ def write_run_file(
     con.execute(
         f"COPY (SELECT {cast} FROM ({select_sql})) TO {_literal(hidden)} (FORMAT parquet, COMPRESSION zstd)"
     )
-    _fsync(hidden)
+    fsync(hidden)
     os.replace(hidden, target)
-    _fsync(target.parent)
-    rows = con.execute(f"SELECT count(*) FROM read_parquet({_literal(target)})").fetchall()[0][0]
-    return int(rows)
+    fsync(target.parent)
 
 
 def _literal(value: Path | str) -> str:

@@ -111,14 +111,6 @@ def _stale_copies(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def writer_pid(path: Path) -> int | None:
     """The process holding the results file open for writing (DuckDB's exclusive lock), or None.
 
@@ -250,11 +242,11 @@ def publishing(
         con.execute("CHECKPOINT")
         unwanted = run_files.unwanted_runs(con, root)
         con.close()
-        _fsync(copy)
+        run_files.fsync(copy)
         wait_for_writer(path, writer_wait_seconds, notify)
         _settle_wal(path, notify)
         os.replace(copy, path)
-        _fsync(path.parent)
+        run_files.fsync(path.parent)
         run_files.remove_runs(root, unwanted)
     except BaseException:
         if con is not None:
