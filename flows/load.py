@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -40,17 +40,28 @@ class LoadedInput:
         Rows the CSV reader could not split into the header's columns (wrong number of fields, bytes
         that are not UTF-8, broken quoting), one record per row in the ``rejected_rows`` layout
         (``source``, ``row_number``, ``column_name``, ``rule``, ``value``); they are not in ``frame``.
+    rows_read : int or None
+        Rows read when ``frame`` has been released (:meth:`without_rows`); None while it holds them.
     """
 
     frame: pd.DataFrame
     source: str
     source_columns: dict[str, str] = field(default_factory=dict)
     rejects: pd.DataFrame = field(default_factory=lambda: empty_rejects())
+    rows_read: int | None = None
 
     @property
     def n_rows(self) -> int:
         """Data rows in the source: the rows read plus the rows the reader rejected."""
-        return len(self.frame) + (int(self.rejects["row_number"].nunique()) if len(self.rejects) else 0)
+        read = len(self.frame) if self.rows_read is None else self.rows_read
+        return read + (int(self.rejects["row_number"].nunique()) if len(self.rejects) else 0)
+
+    def without_rows(self) -> LoadedInput:
+        """The same description of the input with ``frame`` emptied (its columns kept), so that a
+        run does not hold a second copy of every input row once validation has its own."""
+        read = len(self.frame) if self.rows_read is None else self.rows_read
+        # head(0) alone would be a view that keeps the full columns alive.
+        return replace(self, frame=self.frame.head(0).copy(), rows_read=read)
 
 
 #: Separators tried on the header line of a CSV file (then any other punctuation in it).

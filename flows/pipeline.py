@@ -349,8 +349,11 @@ def _segment(
         with clock.stage("validate"):
             outcome = validate_task(loaded, settings)
             start.parameters.setdefault("input", {}).update(outcome.read_as)  # e.g. how dates were read
+            # From here on a run holds each customer's values once: the feature matrix (issue 12).
+            loaded = loaded.without_rows()
         with clock.stage("features"):
             features_ = features_task(outcome.valid, settings)
+            outcome = outcome.without_rows()
         with clock.stage("previous"):
             previous = previous_task(settings.output.database)
         with clock.stage("select"):

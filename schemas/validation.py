@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -40,6 +40,12 @@ class ValidationOutcome:
     rejects: pd.DataFrame
     n_rows: int
     read_as: dict = field(default_factory=dict)
+
+    def without_rows(self) -> ValidationOutcome:
+        """The same outcome with ``valid`` emptied (its columns and types kept): what a run keeps
+        once the features are computed (counts, rejects and ``read_as`` are unchanged)."""
+        # head(0) alone would be a view that keeps the full columns alive.
+        return replace(self, valid=self.valid.head(0).copy())
 
     @property
     def n_rejected_rows(self) -> int:

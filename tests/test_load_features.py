@@ -272,6 +272,32 @@ def test_customer_table_features_and_reject_budget(tmp_path):
         validate_input(load_input(strict.input, strict.features.columns), strict)
 
 
+def test_a_run_releases_the_input_rows_but_keeps_their_counts(tmp_path):
+    """After validation the input frame is emptied, after the features the valid rows: the
+    counts, rejects and column names a run reports stay as they were."""
+    path = tmp_path / "customers.csv"
+    # Row 2 has a field too many (a reader reject), row 3 a spend log1p cannot take (a schema reject).
+    path.write_text("id,spend,visits\na,10,1\nb,20,2,9\nc,-1,3\nd,40,4\ne,50,5\n")
+    over = {
+        "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
+        "features": {"columns": ["spend", "visits"], "transforms": {"spend": "log1p"}},
+        "rules": {"max_reject_share": 0.5},
+    }
+    s = load_settings(overrides=over)
+    loaded = load_input(s.input, s.features.columns)
+    outcome = validate_input(loaded, s)
+    released = loaded.without_rows()
+    assert len(released.frame) == 0 and list(released.frame.columns) == list(loaded.frame.columns)
+    assert (loaded.n_rows, released.n_rows) == (5, 5)
+    assert released.rejects.equals(loaded.rejects) and released.source == loaded.source
+    assert released.without_rows().n_rows == 5  # releasing twice changes nothing
+
+    kept = outcome.without_rows()
+    assert len(kept.valid) == 0 and dict(kept.valid.dtypes) == dict(outcome.valid.dtypes)
+    assert (kept.n_rows, kept.n_rejected_rows, kept.reject_reasons) == (5, 2, outcome.reject_reasons)
+    assert len(outcome.valid) == 3  # the original is untouched
+
+
 @pytest.mark.parametrize("fmt", ["duckdb", "csv"])
 def test_an_input_query_can_read_its_input_and_nothing_else(tmp_path, fmt):
     from flows.config import InputSettings
