@@ -461,12 +461,20 @@ def default_degeneracy(model: GaussianMixture, X: np.ndarray, sample_weight: np.
 def observed_std(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """Each feature's (weighted) standard deviation over its observed values; 1 for a constant
     feature, which gives no scale to compare against (the one place this rule is written)."""
-    observed = ~np.isnan(X)
-    ww = (np.ones(X.shape[0]) if w is None else w)[:, None] * observed
-    total = ww.sum(axis=0)
-    Xz = np.where(observed, X, 0.0)
-    mean = (ww * Xz).sum(axis=0) / total
-    std = np.sqrt((ww * (Xz - mean) ** 2).sum(axis=0) / total)
+    d = X.shape[1]
+    std = np.empty(d, dtype=np.float64)
+    # One feature at a time: the temporaries are columns, not copies of X (at 10^7 customers
+    # x 4 features, whole-matrix temporaries took 1.2 GiB at once).
+    for j in range(d):
+        x = X[:, j]
+        observed = ~np.isnan(x)
+        ww = observed.astype(np.float64) if w is None else np.where(observed, w, 0.0)
+        total = ww.sum()
+        xz = np.where(observed, x, 0.0)
+        mean = (ww @ xz) / total
+        xz -= mean
+        np.square(xz, out=xz)
+        std[j] = np.sqrt((ww @ xz) / total)
     return np.where(std > 0, std, 1.0)
 
 

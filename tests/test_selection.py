@@ -405,3 +405,23 @@ def test_accepted_candidate_names_its_set_aside_restarts():
     assert re.match(r"^[1-5] of 6 restarts set aside: component \d collapsed", row["reason"]), row
     gm = result.models[(3, "full")]
     assert not collapsed_component(gm, X, floor=1e-3)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_observed_std_is_the_weighted_std_of_each_features_observed_values(weighted):
+    from gmm_engine import observed_std
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3_000, 4)) * np.array([1.0, 5.0, 0.0, 2.0]) + np.array([3.0, -2.0, 0.0, 1.0])
+    X[::7, 1] = np.nan
+    X[::3, 3] = np.nan
+    w = rng.uniform(0.1, 2.0, size=3_000) if weighted else None
+    expected = []
+    for j in range(4):
+        seen = ~np.isnan(X[:, j])
+        ww = np.ones(seen.sum()) if w is None else w[seen]
+        mean = np.average(X[seen, j], weights=ww)
+        expected.append(np.sqrt(np.average((X[seen, j] - mean) ** 2, weights=ww)))
+    expected = np.array(expected)
+    expected[2] = 1.0  # a constant feature gives no scale: 1
+    np.testing.assert_allclose(observed_std(X, w), expected, rtol=1e-12)
