@@ -226,7 +226,13 @@ def principal_axes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     X = np.asarray(X, dtype=np.float64)
     centre = X.mean(axis=0)
-    scatter = (X - centre).T @ (X - centre) / max(len(X) - 1, 1)
+    d = X.shape[1]
+    scatter = np.zeros((d, d), dtype=np.float64)
+    # Block by block: a centred copy of all customers would double the report's memory.
+    for start in range(0, len(X), _BLOCK_ROWS):
+        block = X[start : start + _BLOCK_ROWS] - centre
+        scatter += block.T @ block
+    scatter /= max(len(X) - 1, 1)
     variances, vectors = np.linalg.eigh(scatter)
     top = np.argsort(variances)[::-1][:2]
     axes = vectors[:, top]
@@ -235,6 +241,10 @@ def principal_axes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     total = variances.sum()
     explained = np.clip(variances[top], 0.0, None) / total if total > 0 else np.zeros(2)
     return centre, axes, explained
+
+
+#: Rows per block where a figure reduces all customers (memory stays flat whatever their number).
+_BLOCK_ROWS = 65_536
 
 
 def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
@@ -500,13 +510,26 @@ def membership_figure(
     fig = Figure(figsize=(8.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
     order = sorted(range(len(segment_ids)), key=lambda c: segment_ids[c])
-    groups = [p[labels == c] for c in order]
-    names = []
-    for c, group in zip(order, groups, strict=True):
-        below = np.mean(group < threshold) if len(group) else 0.0
-        names.append(f"segment {segment_ids[c]} ({below:.0%} below {threshold:g})")
+    # Counted per segment and drawn from the counts: ax.hist on the raw values would copy every
+    # customer's probability several times over.
+    k, n_bins = len(segment_ids), len(edges) - 1
+    flat = np.zeros(k * n_bins, dtype=np.int64)
+    below = np.zeros(k, dtype=np.int64)
+    for start in range(0, len(p), _BLOCK_ROWS):
+        pb, lb = p[start : start + _BLOCK_ROWS], labels[start : start + _BLOCK_ROWS]
+        # The bins of np.histogram: closed on the left, the last one closed on both sides.
+        bins = np.clip(np.searchsorted(edges, pb, side="right") - 1, 0, n_bins - 1)
+        flat += np.bincount(lb * n_bins + bins, minlength=k * n_bins)
+        below += np.bincount(lb[pb < threshold], minlength=k)
+    counts = flat.reshape(k, n_bins)
+    sizes = counts.sum(axis=1)
+    names = [
+        f"segment {segment_ids[c]} ({(below[c] / sizes[c] if sizes[c] else 0.0):.0%} below {threshold:g})"
+        for c in order
+    ]
     ax.hist(
-        groups,
+        [edges[:-1]] * k,
+        weights=[counts[c] for c in order],
         bins=edges.tolist(),
         stacked=True,
         color=[colors[segment_ids[c]] for c in order],
@@ -515,7 +538,7 @@ def membership_figure(
         linewidth=0.3,
     )
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2)
-    share = float(np.mean(p < threshold)) if len(p) else 0.0
+    share = float(below.sum() / len(p)) if len(p) else 0.0
     ax.text(
         threshold - 0.01,
         0.97,

@@ -468,6 +468,39 @@ def test_membership_figure_annotates_the_share_below_the_threshold():
     assert ax.get_ylabel() == "customers"
 
 
+def test_membership_figure_bars_are_numpys_histogram_of_each_segment():
+    # Counted block by block (more customers than one block), the stacked bars must be exactly
+    # np.histogram of each segment's probabilities, edges and the closed last bin included.
+    rng = np.random.default_rng(5)
+    n = figures._BLOCK_ROWS + 7_001
+    labels = rng.integers(0, 3, size=n)
+    p = np.round(rng.uniform(0.3, 1.0, size=n), 3)
+    p[:50] = 1.0
+    p[50:100] = 0.5  # on an interior edge
+    fig = figures.membership_figure(p, labels, [2, 9, 4])
+
+    edges = np.linspace(0.0, 1.0, 41)
+    ax = fig.axes[0]
+    bars = [b for b in ax.patches if isinstance(b, Rectangle)]
+    heights = np.array([b.get_height() for b in bars]).reshape(3, 40)
+    # Stacked in id order (2, 4, 9): component 0, then 2, then 1.
+    for row, c in enumerate([0, 2, 1]):
+        expected, _ = np.histogram(p[labels == c], bins=edges)
+        np.testing.assert_array_equal(heights[row], expected)
+    assert f"{np.mean(p < 0.9):.1%} of customers\nbelow 0.9" in _texts(fig)
+
+
+def test_principal_axes_by_blocks_equal_the_whole_matrix_formula():
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(2 * figures._BLOCK_ROWS + 11, 3)) @ rng.normal(size=(3, 3)) + 5.0
+    centre, W, explained = figures.principal_axes(X)
+    scatter = (X - X.mean(axis=0)).T @ (X - X.mean(axis=0)) / (len(X) - 1)
+    variances, vectors = np.linalg.eigh(scatter)
+    top = np.argsort(variances)[::-1][:2]
+    np.testing.assert_allclose(explained, variances[top] / variances.sum(), rtol=1e-9)
+    np.testing.assert_allclose(np.abs(W.T @ vectors[:, top]), np.eye(2), atol=1e-9)
+
+
 def test_sizes_and_profiles_figures_show_the_grouped_data():
     data = make_report_data(4, "diag", segment_ids=[3, 1, 2], seed=4)
     profiles = profiles_of(data)
