@@ -851,3 +851,32 @@ def test_customers_are_aligned_by_id_as_text_in_the_current_order():
     assert ip.tolist() == [1, 0] and ic.tolist() == [0, 2]
     with pytest.raises(ValueError, match="current customer ids are not unique"):
         align_customers(["a"], ["b", "b"])
+
+
+@pytest.mark.parametrize("hashes", ["real", "all equal", "unique but wrong"])
+def test_customer_alignment_is_exact_whatever_the_hashes_do(monkeypatch, hashes):
+    """The hash join answers as a join of the ids themselves; when hashes repeat (a repeated id or
+    a collision) or pair different ids, the exact path takes over and gives the same answer."""
+    import tracking.customers as customers
+
+    rng = np.random.default_rng(11)
+    previous = rng.permutation(np.array([f"C{i}" for i in range(0, 3_000)], dtype=object))
+    current = rng.permutation(np.array([f"C{i}" for i in range(1_000, 5_000)], dtype=object))
+    if hashes == "all equal":
+        monkeypatch.setattr(customers.pd.util, "hash_array", lambda a, **kw: np.zeros(len(a), np.uint64))
+    elif hashes == "unique but wrong":
+        monkeypatch.setattr(
+            customers.pd.util, "hash_array", lambda a, **kw: np.arange(len(a), dtype=np.uint64)
+        )
+    ip, ic = align_customers(previous, current)
+    assert np.all(np.diff(ic) > 0)
+    assert np.array_equal(previous[ip], current[ic])
+    expected = np.flatnonzero(np.isin(current, previous))
+    assert np.array_equal(ic, expected)
+    with pytest.raises(ValueError, match="previous customer ids are not unique"):
+        align_customers(np.append(previous, previous[:1]), current)
+
+
+def test_migration_table_keeps_negative_and_sparse_ids_apart():
+    table = migration_table([5, -1, 5, 40, -1], [3, 3, 3, 100, 7])
+    assert table.values.tolist() == [[-1, 3, 1], [-1, 7, 1], [5, 3, 2], [40, 100, 1]]

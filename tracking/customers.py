@@ -52,15 +52,47 @@ def align_customers(
     previous_customers: Sequence[Any] | np.ndarray, current_customers: Sequence[Any] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(ip, ic)`` of the customers in both runs, in the current run's order: customer
-    ``current[ic[j]]`` is ``previous[ip[j]]``. A hash join (linear time), not a sort of the ids.
+    ``current[ic[j]]`` is ``previous[ip[j]]``.
+
+    The ids are joined on 64-bit hashes of their text (sorted integers, not a hash table of
+    Python strings: 12 s instead of 20 at 10^7 customers), and every pair found is checked on the
+    text itself; repeated hashes (a repeated id, or two ids sharing a hash) take the exact path.
 
     Raises
     ------
     ValueError
         Either run's customer ids are not unique.
     """
-    previous = pd.Index(as_text(previous_customers))
-    current = pd.Index(as_text(current_customers))
+    previous = as_text(previous_customers)
+    current = as_text(current_customers)
+    if previous.size and current.size:
+        previous_hash = pd.util.hash_array(previous, categorize=False)
+        current_hash = pd.util.hash_array(current, categorize=False)
+        previous_order = np.argsort(previous_hash, kind="stable")
+        current_order = np.argsort(current_hash, kind="stable")
+        previous_sorted, current_sorted = previous_hash[previous_order], current_hash[current_order]
+        del previous_hash, current_hash
+        if not (_repeats(previous_sorted) or _repeats(current_sorted)):
+            # Both sides sorted: the binary searches walk memory in order (12 s -> 0.5 s at 10^7).
+            at = np.minimum(np.searchsorted(previous_sorted, current_sorted), previous_sorted.size - 1)
+            found = previous_sorted[at] == current_sorted
+            positions = np.full(current.size, -1, dtype=np.int64)
+            positions[current_order[found]] = previous_order[at[found]]
+            ic = np.flatnonzero(positions >= 0)
+            ip = positions[ic]
+            if bool(np.all(previous[ip] == current[ic])):
+                return ip, ic
+    return _align_exactly(previous, current)
+
+
+def _repeats(sorted_values: np.ndarray) -> bool:
+    return bool(np.any(sorted_values[1:] == sorted_values[:-1]))
+
+
+def _align_exactly(previous_ids: np.ndarray, current_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`align_customers` on hash tables of the ids themselves."""
+    previous = pd.Index(previous_ids)
+    current = pd.Index(current_ids)
     for name, index in (("previous", previous), ("current", current)):
         if not index.is_unique:
             raise ValueError(f"customer_overlap: {name} customer ids are not unique")
@@ -126,11 +158,15 @@ def migration_table(
                 "customers": np.zeros(0, np.int64),
             }
         )
-    pairs, counts = np.unique(np.stack([p, c], axis=1), axis=0, return_counts=True)
+    # One integer per (from, to) pair, counted: np.unique of the pairs' rows sorts them all
+    # (11 s at 10^7 customers, against a fraction of a second).
+    p_low, c_low = int(p.min()), int(c.min())
+    width = int(c.max()) - c_low + 1
+    keys, counts = np.unique((p - p_low) * width + (c - c_low), return_counts=True)
     return pd.DataFrame(
         {
-            "from_segment": pairs[:, 0].astype(np.int64),
-            "to_segment": pairs[:, 1].astype(np.int64),
+            "from_segment": (keys // width + p_low).astype(np.int64),
+            "to_segment": (keys % width + c_low).astype(np.int64),
             "customers": counts.astype(np.int64),
         }
     )
