@@ -57,9 +57,10 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
     were applied unchanged to this run's features (no refit), with the same hold rule
     (``tracking.hold_odds``): the customers' own movement."""
     from flows import continuity
+    from flows.customer_keys import customer_keys
     from flows.segments import assign_segments
     from gmm_engine import GaussianMixture
-    from tracking import hold_segments, warm_start_init
+    from tracking import align_keys, hold_segments, warm_start_init
 
     previous = continuity.load_previous(database)
     if previous is None:
@@ -78,14 +79,15 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
         warnings.simplefilter("ignore")
         fixed.fit(features.X_model)  # max_iter=0: the given parameters, unchanged
     result = assign_segments(fixed, features.X_model)
-    before = pd.Series(previous.segment_ids, index=previous.customer_ids)
-    was = before.reindex(pd.Index(np.asarray(features.customer_ids).astype(str)))
-    component_of = {int(sid): j for j, sid in enumerate(model.segment_ids)}
-    previous_components = was.map(component_of).fillna(-1).to_numpy(np.int64)
+    ip, ic = align_keys(previous.customer_keys, customer_keys(features.customer_ids))
+    was = previous.segment_ids[ip]  # segment ids of the customers in both runs, current order
+    order = np.argsort(model.segment_ids)
+    ids = model.segment_ids[order]
+    at = np.minimum(np.searchsorted(ids, was), ids.size - 1)
+    previous_components = np.full(features.n_customers, -1, dtype=np.int64)
+    previous_components[ic] = np.where(ids[at] == was, order[at], -1)  # its component, by segment id
     labels, _ = hold_segments(result.labels, result.probabilities, previous_components, hold_odds)
-    now = pd.Series(model.segment_ids[labels], index=was.index)
-    common = was.dropna().index
-    return float((now.loc[common] != was.loc[common]).mean())
+    return float(np.mean(model.segment_ids[labels[ic]] != was))
 
 
 def moved_split(

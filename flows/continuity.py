@@ -15,6 +15,7 @@ import pandas as pd
 
 from flows.choice import ModelChoice
 from flows.config import Settings
+from flows.customer_keys import customer_keys, key_array
 from flows.features import FeatureMatrix
 from flows.segments import SegmentResult
 from flows.store import Notify, read_latest_run
@@ -22,6 +23,7 @@ from tracking import (
     RunDrift,
     TrackedModel,
     TransitionThresholds,
+    align_keys,
     as_text,
     common_model,
     compare_runs,
@@ -34,7 +36,9 @@ class PreviousRun:
 
     run_id: int
     model: TrackedModel
-    customer_ids: np.ndarray
+    #: (n, 2) uint64 keys of its customers (:mod:`flows.customer_keys`), not their ids: 16 bytes
+    #: a customer instead of a Python string (about 0.6 GiB less at 10^7 customers).
+    customer_keys: np.ndarray
     segment_ids: np.ndarray
     max_id_used: int
 
@@ -63,7 +67,7 @@ def load_previous(database: str | Path, notify: Notify | None = None) -> Previou
     return PreviousRun(
         run_id=stored.run_id,
         model=model,
-        customer_ids=as_text(assigned["customer_id"].to_numpy()),
+        customer_keys=key_array(assigned),
         segment_ids=assigned["segment_id"].to_numpy(np.int64),
         max_id_used=stored.max_segment_id,
     )
@@ -117,14 +121,17 @@ def track(
     adds a drift flag: more segments might fit the data better than any the run could try.
     """
     t = settings.tracking
+    alignment = None
+    if previous is not None:
+        alignment = align_keys(previous.customer_keys, customer_keys(features.customer_ids))
     drift = compare_runs(
         None if previous is None else previous.model,
         current_model(segments, features),
         max_id_used=0 if previous is None else previous.max_id_used,
         current_customers=as_text(features.customer_ids),
         current_components=segments.labels,
-        previous_customers=None if previous is None else previous.customer_ids,
         previous_segments=None if previous is None else previous.segment_ids,
+        alignment=alignment,
         max_distance=t.max_distance,
         min_jaccard=t.min_jaccard,
         thresholds=TransitionThresholds(tau_match=t.tau_match, tau_split=t.tau_split),

@@ -364,6 +364,7 @@ def _segment(
             segments = assign_task(choice, features_)
         with clock.stage("track"):
             segments, drift = track_task(segments, features_, previous, settings, choice)
+            previous = None  # its customers' keys are of no use past tracking
         with clock.stage("write"):
             record = stages.build_record(
                 loaded=loaded,

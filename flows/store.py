@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from flows import run_files
+from flows.customer_keys import key_sql
 from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, sql_text
 from flows.faults import fault_point
 from flows.runlock import killed_runs
@@ -293,7 +294,8 @@ class StoredRun:
 
     ``segments``: ``segment_id``, ``weight``, ``model_mean``, ``model_covariance`` (model units),
     by segment id; ``scalers``: ``feature``, ``unit``, ``transform``, ``scaler_mean``,
-    ``scaler_scale``, in feature order; ``assignments``: ``customer_id``, ``segment_id`` (empty
+    ``scaler_scale``, in feature order; ``assignments``: ``customer_key_0``, ``customer_key_1``
+    (:mod:`flows.customer_keys`: the ids themselves stay in the files) and ``segment_id`` (empty
     when retention pruned them); ``max_segment_id``: the largest id any run has given.
     """
 
@@ -331,10 +333,16 @@ def read_latest_run(database: str | Path, notify: Notify | None = None) -> Store
         ).df()
         try:
             assignments = con.execute(
-                "SELECT customer_id, segment_id FROM assignments WHERE run_id = ?", [run_id]
+                f"SELECT {key_sql('customer_id')}, segment_id FROM assignments WHERE run_id = ?", [run_id]
             ).df()
         except duckdb.IOException as exc:
-            assignments = pd.DataFrame({"customer_id": pd.Series(dtype=object), "segment_id": []})
+            assignments = pd.DataFrame(
+                {
+                    "customer_key_0": np.zeros(0, np.uint64),
+                    "customer_key_1": np.zeros(0, np.uint64),
+                    "segment_id": np.zeros(0, np.int64),
+                }
+            )
             if notify is not None:
                 notify(
                     f"run {run_id}'s assignments cannot be read ({str(exc).strip().splitlines()[0]}); "

@@ -101,7 +101,7 @@ def test_a_moved_results_folder_is_read_by_segment_sql_and_fixed_by_the_next_run
     ):
         # Plain DuckDB reads the folder the file was published in (documented), until ...
         con.execute("SELECT count(*) FROM current_assignments").fetchall()
-    assert read_latest_run(db).assignments.shape == (3, 2), "the next run reads the moved folder"
+    assert read_latest_run(db).assignments.shape == (3, 3), "the next run reads the moved folder"
     finish_run(db, start(db), record())  # ... and publishes it here.
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1").fetchall() == [
@@ -217,7 +217,8 @@ def test_a_deleted_runs_folder_loses_the_customer_comparison_not_the_run(tmp_pat
     said: list[str] = []
     stored = read_latest_run(db, said.append)
     assert stored is not None and stored.run_id == 1 and len(stored.segments) == 2
-    assert stored.assignments.empty and list(stored.assignments.columns) == ["customer_id", "segment_id"]
+    assert stored.assignments.empty
+    assert list(stored.assignments.columns) == ["customer_key_0", "customer_key_1", "segment_id"]
     assert len(said) == 1 and "run 1's assignments cannot be read" in said[0] and "segments.runs/" in said[0]
 
 
@@ -226,3 +227,23 @@ def test_a_results_path_with_glob_characters_is_refused_before_anything_is_writt
     with pytest.raises(StoreFileError, match=r"glob character"):
         start(db)  # a run stops when it starts, before any work
     assert not db.parent.exists()
+
+
+def test_the_stored_runs_customer_keys_are_the_keys_of_the_same_ids_in_python(tmp_path):
+    """The previous run's customers come back as keys computed by DuckDB from the Parquet files;
+    this run's are computed from its ids in Python. The two must agree id for id, whatever the
+    text (accents, spaces, digits, a palindrome), or nobody would be found in both runs."""
+    from flows.customer_keys import customer_keys, key_array
+    from tracking import align_keys
+
+    ids = ["c0", "Zoë 7", " padded ", "12321", "x" * 40, "北京-1", "0042"]
+    frame = record(n_customers=len(ids)).assignments.assign(customer_id=ids)
+    db = tmp_path / "segments.duckdb"
+    finish_run(db, start(db), record(n_customers=len(ids), assignments=frame))
+    stored = read_latest_run(db).assignments
+    assert stored["customer_key_0"].dtype == np.uint64 and stored["customer_key_1"].dtype == np.uint64
+
+    current = np.array(["0042", "new", "北京-1", "c0", "12321", " padded ", "Zoë 7", "x" * 40], dtype=object)
+    ip, ic = align_keys(key_array(stored), customer_keys(current))
+    assert ic.tolist() == [0, 2, 3, 4, 5, 6, 7]  # everyone but "new"
+    assert len(set(map(tuple, customer_keys(current).tolist()))) == len(current)

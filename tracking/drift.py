@@ -236,6 +236,7 @@ def compare_runs(
     moved_threshold: float = DEFAULT_MOVED_THRESHOLD,
     probabilities: np.ndarray | None = None,
     hold_odds: float = 1.0,
+    alignment: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RunDrift:
     """Match ids, then measure drift, for one run against the previous successful run.
 
@@ -262,18 +263,26 @@ def compare_runs(
         (:func:`hold_segments`); 1 gives every customer their most probable segment. Ids are
         matched on the most probable segments; migration, transitions and the moved share
         describe the segments given.
+    alignment : (ip, ic), optional
+        :func:`align_keys` (or :func:`align_customers`) of the previous run's customers and these,
+        when the caller computed it; ``previous_customers`` may then be None.
     """
     components = np.asarray(current_components, dtype=np.int64).reshape(-1)
     if np.asarray(current_customers).shape != components.shape:
         raise ValueError("compare_runs: current_customers and current_components differ in length")
     if components.size and (components.min() < 0 or components.max() >= current.n_segments):
         raise ValueError(f"compare_runs: current_components must lie in 0..{current.n_segments - 1}")
-    overlap = alignment = None
-    if previous is not None and previous_customers is not None and previous_segments is not None:
-        alignment = align_customers(previous_customers, current_customers)  # once: it is the slow part
+    overlap = None
+    known = previous_customers is not None or alignment is not None
+    if previous is not None and previous_segments is not None and known:
+        if alignment is None:
+            assert previous_customers is not None
+            alignment = align_customers(previous_customers, current_customers)  # once: it is the slow part
         overlap = customer_overlap(
             previous_customers, previous_segments, current_customers, components, alignment
         )
+    else:
+        alignment = None
     match = match_segments(
         previous,
         current,
@@ -286,7 +295,7 @@ def compare_runs(
     held = None
     if overlap is not None and probabilities is not None and hold_odds > 1.0:
         # An overlap exists only with the previous run's customers and segments.
-        assert previous_customers is not None and previous_segments is not None and alignment is not None
+        assert previous_segments is not None and alignment is not None
         components, held = _held_components(
             components, probabilities, hold_odds, match.segment_ids, previous_segments, alignment
         )
