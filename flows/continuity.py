@@ -43,10 +43,6 @@ class PreviousRun:
     max_id_used: int
 
 
-#: Rows reordered at a time when :func:`relabel` works in place.
-_BLOCK_ROWS = 65_536
-
-
 def load_previous(database: str | Path, notify: Notify | None = None) -> PreviousRun | None:
     """The latest successful run (read from the store, read-only) in the common space; None if
     there is none (``notify``: told when its assignments cannot be read)."""
@@ -90,6 +86,10 @@ def current_model(segments: SegmentResult, features: FeatureMatrix) -> TrackedMo
         covariance_type=segments.covariance_type,
         feature_units=features.units,
     )
+
+
+#: Rows reordered at a time when :func:`relabel` works in place.
+_BLOCK_ROWS = 65_536
 
 
 def relabel(segments: SegmentResult, ids: np.ndarray, *, in_place: bool = False) -> SegmentResult:

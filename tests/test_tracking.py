@@ -910,6 +910,8 @@ def test_keys_align_as_the_ids_do_and_a_shared_first_key_is_not_the_same_custome
     assert np.array_equal(ip2, expected[0]) and np.array_equal(ic2, expected[1])
     with pytest.raises(ValueError, match="previous customer ids are not unique"):
         align_keys(np.vstack([keys(previous), keys(previous)[:1]]), keys(current))
+    nobody = align_keys(np.zeros((0, 2), dtype=np.uint64), keys(current))  # pruned previous rows
+    assert nobody[0].size == 0 and nobody[1].size == 0
 
 
 def test_migration_table_keeps_negative_and_sparse_ids_apart():

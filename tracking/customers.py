@@ -83,17 +83,19 @@ def align_keys(previous_keys: np.ndarray, current_keys: np.ndarray) -> tuple[np.
     Raises
     ------
     ValueError
-        Either run's keys are not unique.
+        Either run's keys are not unique (not checked when either run has no customers).
     """
     previous = np.asarray(previous_keys, dtype=np.uint64).reshape(-1, 2)
     current = np.asarray(current_keys, dtype=np.uint64).reshape(-1, 2)
-    if len(previous) and len(current):
-        joined = _sorted_join(previous[:, 0], current[:, 0])
-        if joined is not None:
-            ip, ic = joined
-            # First keys unique on both sides: a pair whose second keys differ is two customers.
-            same = previous[ip, 1] == current[ic, 1]
-            return ip[same], ic[same]
+    if not (len(previous) and len(current)):
+        # Nobody can be in both runs (e.g. the previous run's rows were pruned): nothing to join.
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.intp)
+    joined = _sorted_join(previous[:, 0], current[:, 0])
+    if joined is not None:
+        ip, ic = joined
+        # First keys unique on both sides: a pair whose second keys differ is two customers.
+        same = previous[ip, 1] == current[ic, 1]
+        return ip[same], ic[same]
     return _align_exactly(
         pd.MultiIndex.from_arrays([previous[:, 0], previous[:, 1]]),
         pd.MultiIndex.from_arrays([current[:, 0], current[:, 1]]),
