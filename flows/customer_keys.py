@@ -34,10 +34,21 @@ def key_array(frame: pd.DataFrame) -> np.ndarray:
 
 def customer_keys(ids: np.ndarray) -> np.ndarray:
     """The keys of ``ids`` (text), shape (n, 2) uint64, in their order."""
-    text = pd.DataFrame(
-        {"customer_id": pd.Series(ids, dtype=object).astype(str), "position": np.arange(len(ids))}, copy=False
-    )
+    keys = np.empty((len(ids), 2), dtype=np.uint64)
     with closing(connect()) as con:
-        con.register("ids", text)
-        result = con.execute(f"SELECT {key_sql('customer_id')} FROM ids ORDER BY position").df()
-    return key_array(result)
+        # A block at a time: DuckDB's copy of the ids and its sort stay the size of one block.
+        for start in range(0, len(ids), _BLOCK):
+            part = ids[start : start + _BLOCK]
+            text = pd.DataFrame(
+                {"customer_id": pd.Series(part, dtype=object).astype(str), "position": np.arange(len(part))},
+                copy=False,
+            )
+            con.register("ids", text)
+            result = con.execute(f"SELECT {key_sql('customer_id')} FROM ids ORDER BY position").df()
+            con.unregister("ids")
+            keys[start : start + len(part)] = key_array(result)
+    return keys
+
+
+#: Ids hashed per DuckDB query.
+_BLOCK = 1_000_000

@@ -247,3 +247,15 @@ def test_the_stored_runs_customer_keys_are_the_keys_of_the_same_ids_in_python(tm
     ip, ic = align_keys(key_array(stored), customer_keys(current))
     assert ic.tolist() == [0, 2, 3, 4, 5, 6, 7]  # everyone but "new"
     assert len(set(map(tuple, customer_keys(current).tolist()))) == len(current)
+
+
+def test_customer_keys_do_not_depend_on_how_many_ids_are_hashed_at_once(monkeypatch):
+    from flows import customer_keys as module
+
+    ids = np.array([f"id-{i}" for i in range(10)] + [7, "7", " 7"], dtype=object)
+    whole = module.customer_keys(ids)
+    monkeypatch.setattr(module, "_BLOCK", 3)
+    assert np.array_equal(module.customer_keys(ids), whole)
+    assert (whole[11] == whole[10]).all(), "7 and '7' are the same id as text"
+    assert len({tuple(k) for k in whole.tolist()}) == 12
+    assert module.customer_keys(np.array([], dtype=object)).shape == (0, 2)

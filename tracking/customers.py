@@ -104,16 +104,23 @@ def align_keys(previous_keys: np.ndarray, current_keys: np.ndarray) -> tuple[np.
 
 def _sorted_join(previous_hash: np.ndarray, current_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``(ip, ic)`` of equal hashes, in current order; None when either side repeats a hash."""
+    # Temporaries are dropped as soon as they are used: at 10^7 customers each is 80 MB.
     previous_order = np.argsort(previous_hash, kind="stable")
+    previous_sorted = previous_hash[previous_order]
+    if _repeats(previous_sorted):
+        return None
     current_order = np.argsort(current_hash, kind="stable")
-    previous_sorted, current_sorted = previous_hash[previous_order], current_hash[current_order]
-    if _repeats(previous_sorted) or _repeats(current_sorted):
+    current_sorted = current_hash[current_order]
+    if _repeats(current_sorted):
         return None
     # Both sides sorted: the binary searches walk memory in order (12 s -> 0.5 s at 10^7).
-    at = np.minimum(np.searchsorted(previous_sorted, current_sorted), previous_sorted.size - 1)
+    at = np.searchsorted(previous_sorted, current_sorted)
+    np.minimum(at, previous_sorted.size - 1, out=at)
     found = previous_sorted[at] == current_sorted
+    del previous_sorted, current_sorted
     positions = np.full(current_hash.size, -1, dtype=np.int64)
     positions[current_order[found]] = previous_order[at[found]]
+    del previous_order, current_order, at, found
     ic = np.flatnonzero(positions >= 0)
     return positions[ic], ic
 
