@@ -17,6 +17,9 @@ import pandas as pd
 
 from flows.duck import connect, quote_identifier
 
+#: Ids hashed per DuckDB query.
+_BLOCK = 1_000_000
+
 
 def key_sql(column: str) -> str:
     """SQL selecting the key of text column ``column`` as ``customer_key_0``, ``customer_key_1``."""
@@ -48,7 +51,3 @@ def customer_keys(ids: np.ndarray) -> np.ndarray:
             con.unregister("ids")
             keys[start : start + len(part)] = key_array(result)
     return keys
-
-
-#: Ids hashed per DuckDB query.
-_BLOCK = 1_000_000
