@@ -88,33 +88,18 @@ def current_model(segments: SegmentResult, features: FeatureMatrix) -> TrackedMo
     )
 
 
-#: Rows reordered at a time when :func:`relabel` works in place.
-_BLOCK_ROWS = 65_536
-
-
-def relabel(segments: SegmentResult, ids: np.ndarray, *, in_place: bool = False) -> SegmentResult:
+def relabel(segments: SegmentResult, ids: np.ndarray) -> SegmentResult:
     """Give the components their ids and put them in ascending id order (so every per-segment
-    array, and each customer's list of probabilities, follows the ids).
-
-    ``in_place``: reorder ``segments.probabilities`` in its own memory, block by block, instead
-    of copying it (n x k floats: 400 MB at 10^7 customers and 5 segments); ``segments`` must
-    then not be used again."""
+    array, and each customer's list of probabilities, follows the ids)."""
     ids = np.asarray(ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     position = np.empty_like(order)
     position[order] = np.arange(order.size)
-    probabilities = segments.probabilities
-    if not in_place:
-        probabilities = probabilities[:, order]
-    elif not np.array_equal(order, np.arange(order.size)):
-        for start in range(0, probabilities.shape[0], _BLOCK_ROWS):
-            block = probabilities[start : start + _BLOCK_ROWS]
-            block[:] = block[:, order]
     return replace(
         segments,
         segment_ids=ids[order],
         labels=position[segments.labels],
-        probabilities=probabilities,
+        probabilities=segments.probabilities[:, order],
         weights=segments.weights[order],
         means=segments.means[order],
         covariances=segments.covariances[order],
@@ -132,7 +117,6 @@ def track(
 
     Customers in both runs keep their previous segment unless the model favours another by more
     than ``tracking.hold_odds`` (:func:`tracking.hold_segments`); ``segments.held`` marks them.
-    ``segments`` is consumed: its probabilities are reordered in place (:func:`relabel`).
     A model chosen at the edge of a grid that could not be extended further (``choice.at_limit``)
     adds a drift flag: more segments might fit the data better than any the run could try.
     """
@@ -162,8 +146,7 @@ def track(
             f"best model at the edge of the grid even at its limit, k = {choice.k_max_tried} (model.k_limit)"
         )
         drift = replace(drift, flags=[*drift.flags, flag])
-    # The segments are this run's own and not used again: no copy of every probability.
-    return relabel(segments, drift.match.segment_ids, in_place=True), drift
+    return relabel(segments, drift.match.segment_ids), drift
 
 
 @dataclass

@@ -273,37 +273,3 @@ def test_a_fresh_fit_of_the_same_structure_that_beats_the_refit_is_a_refresh():
     gain = choice.previous_value - choice.fresh_value
     kept = choose_model(fresh_selection(features, ks=[5]), features, previous, switch_margin=gain + 1.0)
     assert kept.decision == "kept" and kept.chosen["origin"] == "previous"
-
-
-def test_relabelling_in_place_gives_what_the_copy_gives():
-    """The pipeline reorders the probabilities in their own memory, a block of rows at a time
-    (more rows than one block here); the result must be the copy's, bit for bit."""
-    from flows.segments import SegmentResult
-
-    rng = np.random.default_rng(3)
-    n, k = continuity._BLOCK_ROWS + 1_234, 4
-    probabilities = rng.dirichlet(np.ones(k), size=n)
-
-    def result(p):
-        return SegmentResult(
-            covariance_type="diag",
-            segment_ids=np.arange(1, k + 1),
-            labels=p.argmax(axis=1),
-            probabilities=p,
-            log_density=np.zeros(n),
-            weights=np.full(k, 1 / k),
-            means=rng.normal(size=(k, 2)),
-            covariances=np.tile(np.eye(2), (k, 1, 1)),
-            lower_bounds=[0.0],
-            converged=True,
-            n_iter=1,
-        )
-
-    ids = np.array([7, 2, 9, 3])
-    original = result(probabilities.copy())
-    copied = continuity.relabel(original, ids)
-    moved = continuity.relabel(result(probabilities.copy()), ids, in_place=True)
-    assert np.array_equal(copied.probabilities, moved.probabilities)
-    assert np.array_equal(copied.probabilities, probabilities[:, [1, 3, 0, 2]])
-    assert np.array_equal(copied.labels, moved.labels) and copied.segment_ids.tolist() == [2, 3, 7, 9]
-    assert np.array_equal(original.probabilities, probabilities), "the copy leaves its input alone"
