@@ -53,15 +53,17 @@ class LoadedInput:
     @property
     def n_rows(self) -> int:
         """Data rows in the source: the rows read plus the rows the reader rejected."""
-        read = len(self.frame) if self.rows_read is None else self.rows_read
-        return read + (int(self.rejects["row_number"].nunique()) if len(self.rejects) else 0)
+        return self._read + (int(self.rejects["row_number"].nunique()) if len(self.rejects) else 0)
+
+    @property
+    def _read(self) -> int:
+        return len(self.frame) if self.rows_read is None else self.rows_read
 
     def without_rows(self) -> LoadedInput:
         """The same description of the input with ``frame`` emptied (its columns kept), so that a
         run does not hold a second copy of every input row once validation has its own."""
-        read = len(self.frame) if self.rows_read is None else self.rows_read
         # head(0) alone would be a view that keeps the full columns alive.
-        return replace(self, frame=self.frame.head(0).copy(), rows_read=read)
+        return replace(self, frame=self.frame.head(0).copy(), rows_read=self._read)
 
 
 #: Separators tried on the header line of a CSV file (then any other punctuation in it).
