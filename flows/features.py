@@ -13,6 +13,7 @@ import pandas as pd
 from flows.config import TRANSFORMS
 from flows.duck import connect, sql_text
 from reports.profiles import to_original_units
+from schemas.validation import TEXT_DTYPE
 
 #: What each count of :func:`rfm_table` means, in words for logs and reports.
 RULE_LABELS = {
@@ -44,8 +45,22 @@ class Scaler:
     scale: np.ndarray
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """Map features in original units, shape (n, d), to model space."""
-        return (apply_transforms(X, self.transforms) - self.mean) / self.scale
+        """Map features in original units, shape (n, d), to model space (a new C-ordered array).
+
+        A feature at a time, in place: no temporary the size of ``X`` (issue 12)."""
+        X = np.asarray(X, dtype=np.float64)
+        out = np.empty(X.shape, dtype=np.float64)
+        for j, name in enumerate(self.transforms):
+            column = out[:, j]
+            if name == "log1p":
+                np.log1p(X[:, j], out=column)
+            elif name == "none":
+                column[...] = X[:, j]
+            else:
+                raise ValueError(f"unknown transform {name!r}; expected one of {TRANSFORMS}")
+            column -= self.mean[j]
+            column /= self.scale[j]
+        return out
 
     def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
         """Map model-space points, shape (n, d), back to original units."""
@@ -59,7 +74,8 @@ class FeatureMatrix:
     Attributes
     ----------
     customer_ids : ndarray of shape (n_customers,)
-        Text customer ids, in row order of the matrices.
+        Text customer ids (numpy text, :data:`schemas.validation.TEXT_DTYPE`), in row order of the
+        matrices, which is the order of the ids.
     names, units, transforms : list of str
         Per feature (length d).
     X_original : ndarray of shape (n_customers, d)
@@ -202,12 +218,16 @@ def fit_scaler(X: np.ndarray, transforms: Sequence[str], standardize: bool = Tru
     A feature that is constant over all customers keeps scale 1 so the division stays defined.
     Blank values (NaN) are left out of each feature's mean and deviation.
     """
-    T = apply_transforms(X, transforms)
-    d = T.shape[1]
+    d = X.shape[1]
     if not standardize:
+        apply_transforms(X[:1], transforms)  # an unknown transform fails here too
         return Scaler(tuple(transforms), np.zeros(d), np.ones(d))
-    mean = np.nanmean(T, axis=0)
-    scale = np.nanstd(T, axis=0)
+    mean, scale = np.empty(d), np.empty(d)
+    for j in range(d):  # a feature at a time: no temporary the size of X
+        column = apply_transforms(X[:, j : j + 1], transforms[j : j + 1])[:, 0]
+        column = column[~np.isnan(column)]
+        mean[j] = column.mean() if column.size else np.nan
+        scale[j] = column.std() if column.size else np.nan
     scale = np.where(scale > 0, scale, 1.0)
     return Scaler(tuple(transforms), mean, scale)
 
@@ -274,11 +294,44 @@ def build_feature_matrix(
     counts: dict[str, int] | None = None,
     resolution: bool = True,
 ) -> FeatureMatrix:
-    """Turn a per-customer table (``customer_id`` + feature columns) into the engine's inputs.
+    """Turn a per-customer table (``customer_id`` + feature columns) into the engine's inputs:
+    :func:`feature_matrix` of its ids and feature columns."""
+    return feature_matrix(
+        np.asarray(table["customer_id"].astype(str).to_numpy(dtype=object), dtype=TEXT_DTYPE),
+        table[list(names)].to_numpy(dtype=np.float64, na_value=np.nan).reshape(len(table), len(names)),
+        names,
+        units,
+        transforms,
+        standardize,
+        as_of,
+        counts,
+        resolution,
+    )
+
+
+def feature_matrix(
+    ids: np.ndarray,
+    X: np.ndarray,
+    names: Sequence[str],
+    units: Sequence[str],
+    transforms: Sequence[str],
+    standardize: bool = True,
+    as_of: date | None = None,
+    counts: dict[str, int] | None = None,
+    resolution: bool = True,
+) -> FeatureMatrix:
+    """The engine's inputs from customer ids and their features in original units.
 
     Customers are put in order of their id first: the model is then fitted on the same rows in
     the same order however the input was sorted, so the same customers give the same segments.
     ``resolution=False`` treats every feature as continuous (see :func:`feature_resolution`).
+
+    Parameters
+    ----------
+    ids : ndarray of shape (n,)
+        Text ids (:data:`schemas.validation.TEXT_DTYPE`, or anything numpy turns into it).
+    X : ndarray of shape (n, d)
+        Features in original units, NaN where blank.
 
     Raises
     ------
@@ -286,27 +339,30 @@ def build_feature_matrix(
         No customer or a single one, or a feature with the same value for every customer (zero
         variance: nothing to separate on, and the standardised column would be all zeros).
     """
-    if table.empty:
+    ids = np.asarray(ids, dtype=TEXT_DTYPE)
+    n = ids.size
+    if n == 0:
         raise FeatureError("no customer is left to segment after validation and the data rules")
-    if len(table) == 1:
+    if n == 1:
         raise FeatureError(
-            f"only 1 customer ({table['customer_id'].iloc[0]}) is left to segment after validation and the "
+            f"only 1 customer ({ids[0]}) is left to segment after validation and the "
             f"data rules; a segment of {len(names)} feature{'s' if len(names) != 1 else ''} needs at least "
             f"{len(names) + 1} customers"
         )
-    ids = table["customer_id"].astype(str).to_numpy(dtype=object)
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    X = table[list(names)].to_numpy(dtype=np.float64, na_value=np.nan)[order]
+    X = np.asarray(X, dtype=np.float64)
+    if not bool(np.all(ids[1:] >= ids[:-1])):  # rows validated a chunk at a time come in id order
+        order = np.argsort(ids, kind="stable")
+        ids, X = ids[order], X[order]
+        del order
     observed = ~np.isnan(X)
     blank = np.flatnonzero(~observed.any(axis=0))
     if blank.size:
         raise FeatureError(
-            f"feature {names[int(blank[0])]!r} is blank for every one of the {len(table):,} customers; "
+            f"feature {names[int(blank[0])]!r} is blank for every one of the {n:,} customers; "
             f"drop it from features.columns"
         )
     with np.errstate(invalid="ignore"):
-        constant = np.flatnonzero(np.nanmax(X, axis=0) - np.nanmin(X, axis=0) == 0)
+        constant = np.flatnonzero([np.nanmax(X[:, j]) - np.nanmin(X[:, j]) == 0 for j in range(X.shape[1])])
     if constant.size:
         j = int(constant[0])
         value = X[observed[:, j], j][0]
@@ -316,6 +372,7 @@ def build_feature_matrix(
             f"{int(observed[:, j].sum()):,} "
             f"customers{who}, so it cannot separate segments; drop it from features.columns"
         )
+    del observed
     scaler = fit_scaler(X, transforms, standardize)
     d = len(names)
     spikes = feature_resolution(X, scaler) if resolution else (np.zeros(d), np.full(d, np.nan), np.zeros(d))
@@ -325,7 +382,7 @@ def build_feature_matrix(
         units=list(units),
         transforms=list(transforms),
         X_original=X,
-        X_model=np.ascontiguousarray(scaler.transform(X)),
+        X_model=scaler.transform(X),
         scaler=scaler,
         as_of=as_of,
         counts=dict(counts or {}),

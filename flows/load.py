@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import gzip
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -14,23 +16,37 @@ import pandas as pd
 
 from flows.config import InputSettings
 from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, quote_qualified
-from schemas.validation import WHOLE_ROW, empty_rejects
+from schemas.validation import TEXT_DTYPE, WHOLE_ROW, empty_rejects
 
 
 class InputError(ValueError):
     """The input cannot be read as configured; the message names the file and what is wrong."""
 
 
+#: Rows fetched from DuckDB at a time (a multiple of its 2,048-row vectors): the Python objects
+#: pandas makes of a chunk's text live only while the chunk is turned into compact columns.
+FETCH_ROWS = 100 * 2048
+
+#: The pandas type of a text column in :meth:`LoadedInput.to_frame` (``str``, NaN where missing).
+_TEXT = pd.StringDtype(na_value=np.nan)
+
+
 @dataclass(frozen=True)
 class LoadedInput:
-    """Rows read from the input, with canonical column names.
+    """Rows read from the input, with canonical column names, held compactly in blocks of rows.
 
     Attributes
     ----------
-    frame : DataFrame
-        One row per input row; columns are the canonical names (``customer_id``, ``timestamp`` ...)
-        or, for a customer table, ``customer_id`` plus the feature columns under their own names.
-        The index is the 1-based row number in the source (data rows, header not counted).
+    blocks : list of dict
+        Consecutive blocks of rows in source order, each mapping a canonical column name to its
+        values: text as a numpy array of :data:`schemas.validation.TEXT_DTYPE` (NaN where missing),
+        anything else as the pandas Series DuckDB gave (a float, integer, date or timestamp column
+        keeps its type). The canonical names are ``customer_id``, ``timestamp`` ... or, for a
+        customer table, ``customer_id`` plus the feature columns under their own names.
+    dtypes : dict
+        Canonical column name -> the pandas dtype the column has in :meth:`to_frame`.
+    row_numbers : ndarray of int64
+        The 1-based row number in the source of each row (data rows, header not counted).
     source : str
         What was read, for messages and the ``rejected_rows`` table (a path, ``path:table`` or
         ``path:query``).
@@ -39,12 +55,14 @@ class LoadedInput:
     rejects : DataFrame
         Rows the CSV reader could not split into the header's columns (wrong number of fields, bytes
         that are not UTF-8, broken quoting), one record per row in the ``rejected_rows`` layout
-        (``source``, ``row_number``, ``column_name``, ``rule``, ``value``); they are not in ``frame``.
+        (``source``, ``row_number``, ``column_name``, ``rule``, ``value``); they are not in ``blocks``.
     rows_read : int or None
-        Rows read when ``frame`` has been released (:meth:`without_rows`); None while it holds them.
+        Rows read once the rows are released (:meth:`without_rows`); None while they are held.
     """
 
-    frame: pd.DataFrame
+    blocks: list[dict[str, np.ndarray | pd.Series]]
+    dtypes: dict[str, Any]
+    row_numbers: np.ndarray
     source: str
     source_columns: dict[str, str] = field(default_factory=dict)
     rejects: pd.DataFrame = field(default_factory=lambda: empty_rejects())
@@ -53,17 +71,57 @@ class LoadedInput:
     @property
     def n_rows(self) -> int:
         """Data rows in the source: the rows read plus the rows the reader rejected."""
-        return self._read + (int(self.rejects["row_number"].nunique()) if len(self.rejects) else 0)
+        return self.n_read + (int(self.rejects["row_number"].nunique()) if len(self.rejects) else 0)
 
     @property
-    def _read(self) -> int:
-        return len(self.frame) if self.rows_read is None else self.rows_read
+    def n_read(self) -> int:
+        """Rows read (those the CSV reader rejected not counted), also once they are released."""
+        return len(self.row_numbers) if self.rows_read is None else self.rows_read
+
+    def text_column(self, name: str) -> np.ndarray:
+        """A text column's values for every row, in source order (numpy text, NaN where missing)."""
+        if not isinstance(self.dtypes[name], pd.StringDtype):
+            raise TypeError(f"column {name!r} is not text (it is {self.dtypes[name]})")
+        parts = [np.asarray(block[name]) for block in self.blocks]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=TEXT_DTYPE)
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        """The rows a block at a time, as DataFrames indexed by source row number (``row``); text
+        columns become pandas text columns (Python strings, one block's worth at a time)."""
+        start = 0
+        for block in self.blocks:
+            size = len(next(iter(block.values())))
+            yield self._frame(block, self.row_numbers[start : start + size])
+            start += size
+
+    def to_frame(self) -> pd.DataFrame:
+        """All rows as one DataFrame (see :meth:`chunks`): for small inputs, a transaction log, tests."""
+        if not self.blocks:
+            empty = {
+                name: np.empty(0, dtype=TEXT_DTYPE)
+                if isinstance(dtype, pd.StringDtype)
+                else pd.Series([], dtype=dtype)
+                for name, dtype in self.dtypes.items()
+            }
+            return self._frame(empty, self.row_numbers)
+        return pd.concat(list(self.chunks())) if len(self.blocks) > 1 else next(self.chunks())
+
+    def _frame(self, block: dict[str, np.ndarray | pd.Series], rows: np.ndarray) -> pd.DataFrame:
+        data = {}
+        for name, values in block.items():
+            if isinstance(values, np.ndarray):
+                data[name] = pd.Series(values.astype(object), dtype=self.dtypes[name])
+            else:
+                data[name] = values.reset_index(drop=True)
+        frame = pd.DataFrame(data, columns=list(self.dtypes))
+        frame.index = pd.Index(rows, name="row")
+        return frame
 
     def without_rows(self) -> LoadedInput:
-        """The same description of the input with ``frame`` emptied (its columns kept), so that a
-        run does not hold a second copy of every input row once validation has its own."""
-        # head(0) alone would be a view that keeps the full columns alive.
-        return replace(self, frame=self.frame.head(0).copy(), rows_read=self._read)
+        """The same description of the input with its rows released (its columns and their types
+        kept), so that a run does not hold a second copy of every input row once validation has
+        its own."""
+        return replace(self, blocks=[], row_numbers=self.row_numbers[:0].copy(), rows_read=self.n_read)
 
 
 #: Separators tried on the header line of a CSV file (then any other punctuation in it).
@@ -196,18 +254,54 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
                 expr = _customer_id_sql(expr)
             select_list.append(f"{expr} AS {quote_identifier(canon)}")
         try:
-            frame = con.execute(f"SELECT {', '.join(select_list)} FROM {relation_sql} AS r").df()
+            result = con.execute(f"SELECT {', '.join(select_list)} FROM {relation_sql} AS r")
+            blocks, dtypes = _fetch_blocks(result, list(columns))
             if fmt == "csv":
                 reader_rejects = _reader_rejects(con, source)
         except duckdb.Error as exc:
             raise InputError(f"{source}: cannot read input ({_first_line(exc)})") from None
     finally:
         con.close()
-    if len(frame) == 0 and len(reader_rejects) == 0:
+    n_read = sum(len(next(iter(block.values()))) for block in blocks)
+    if n_read == 0 and len(reader_rejects) == 0:
         what = "only a header line" if fmt == "csv" else "no rows"
         raise InputError(f"{source}: no data rows (the input has {what}, columns {available})")
-    frame.index = pd.Index(_kept_row_numbers(len(frame), reader_rejects, settings.query is None), name="row")
-    return LoadedInput(frame=frame, source=source, source_columns=columns, rejects=reader_rejects)
+    return LoadedInput(
+        blocks=blocks,
+        dtypes=dtypes,
+        row_numbers=_kept_row_numbers(n_read, reader_rejects, settings.query is None),
+        source=source,
+        source_columns=columns,
+        rejects=reader_rejects,
+    )
+
+
+def _fetch_blocks(
+    result: duckdb.DuckDBPyConnection, names: list[str]
+) -> tuple[list[dict[str, np.ndarray | pd.Series]], dict[str, Any]]:
+    """All rows of ``result`` in blocks of :data:`FETCH_ROWS` rows (see :class:`LoadedInput`):
+    no column is ever held whole as Python objects, and no block is copied again."""
+    blocks: list[dict[str, np.ndarray | pd.Series]] = []
+    # Text by DuckDB's type, not by pandas': a VARCHAR column that is all NULL (or has no rows)
+    # comes back as object.
+    types = {d[0]: str(d[1]) for d in result.description}
+    text = {name for name in names if types.get(name) == "VARCHAR"}
+    dtypes: dict[str, Any] = {}
+    while True:
+        chunk = result.fetch_df_chunk(FETCH_ROWS // 2048)
+        if not dtypes:
+            dtypes = {name: _TEXT if name in text else chunk[name].dtype for name in names}
+        if len(chunk) == 0:
+            break
+        block: dict[str, np.ndarray | pd.Series] = {}
+        for name in names:
+            column = chunk[name]
+            if name in text:
+                block[name] = np.asarray(column.to_numpy(dtype=object), dtype=TEXT_DTYPE)
+            else:
+                block[name] = column.reset_index(drop=True)
+        blocks.append(block)
+    return blocks, dtypes
 
 
 #: What :func:`flows.duck.file_kind` may find in a file of each input format.

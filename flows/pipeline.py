@@ -119,7 +119,7 @@ def start_task(settings: Settings, trigger: str, journal: RunJournal) -> RunStar
 @task(name="load", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
 def load_task(settings: Settings) -> LoadedInput:
     loaded = load_input(settings.input, settings.features.columns)
-    get_run_logger().info("loaded %s rows from %s", f"{len(loaded.frame):,}", loaded.source)
+    get_run_logger().info("loaded %s rows from %s", f"{loaded.n_read:,}", loaded.source)
     return loaded
 
 

@@ -23,6 +23,7 @@ from flows.features import (
     FeatureMatrix,
     build_feature_matrix,
     default_as_of,
+    feature_matrix,
     rfm_table,
 )
 from flows.load import LoadedInput
@@ -35,7 +36,7 @@ from schemas import (
     customer_table_schema,
     validate_rows,
 )
-from schemas.customers import missing_feature_rejects
+from schemas.customers import CustomerRows, validate_customer_chunks
 from schemas.dates import date_parsing
 from schemas.transactions import line_amount_rejects
 from schemas.validation import WHOLE_ROW, blank_text_as_missing
@@ -67,11 +68,11 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
     """
     read_as: dict[str, str] = {}
     extra = []
-    frame = loaded.frame
     if settings.input.kind == "transactions":
+        frame = loaded.to_frame()
         schema = Transactions.to_schema()
         frame = blank_text_as_missing(frame, ("quantity", "unit_price", "amount"))
-        stamps = loaded.frame["timestamp"]
+        stamps = frame["timestamp"]
         if not pd.api.types.is_datetime64_any_dtype(stamps):
             # Text dates: day and month first are told apart from the data (or input.date_format).
             parsing = date_parsing(
@@ -87,21 +88,28 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
                     dtype=DateTime(to_datetime_kwargs=parsing.to_datetime_kwargs),  # type: ignore[call-arg]
                 )
             read_as = parsing.record()
+        outcome = validate_rows(frame, schema, loaded.source, loaded.source_columns)
+        del frame
+        assert isinstance(outcome.valid, pd.DataFrame)  # validate_rows keeps the frame's rows as a frame
+        valid, more = line_amount_rejects(outcome.valid, loaded.source, loaded.source_columns)
+        if len(more):
+            extra.append(more)
+            outcome = ValidationOutcome(valid=valid, rejects=outcome.rejects, n_rows=outcome.n_rows)
     else:
+        # A chunk at a time: the Python objects Pandera works on exist for one chunk only (issue 12).
         features = settings.features
         may_be_blank = [c for c in features.columns if features.missing_rule(c) == "model"]
-        schema = customer_table_schema(features.columns, features.transforms, may_be_blank)
-        frame = blank_text_as_missing(frame, features.columns)
-    outcome = validate_rows(frame, schema, loaded.source, loaded.source_columns)
-    if settings.input.kind == "transactions":
-        valid, more = line_amount_rejects(outcome.valid, loaded.source, loaded.source_columns)
-    else:
-        valid, more = missing_feature_rejects(
-            outcome.valid, settings.features.columns, settings.features.max_missing_share, loaded.source
+        rows, rejects = validate_customer_chunks(
+            (blank_text_as_missing(chunk, features.columns) for chunk in loaded.chunks()),
+            loaded.text_column("customer_id"),
+            loaded.row_numbers,
+            customer_table_schema(features.columns, features.transforms, may_be_blank, unique_ids=False),
+            features.columns,
+            features.max_missing_share,
+            loaded.source,
+            loaded.source_columns,
         )
-    if len(more):
-        extra.append(more)
-        outcome = ValidationOutcome(valid=valid, rejects=outcome.rejects, n_rows=outcome.n_rows)
+        outcome = ValidationOutcome(valid=rows, rejects=rejects, n_rows=loaded.n_read)
     if len(loaded.rejects) or extra:
         rejects = pd.concat([loaded.rejects, outcome.rejects, *extra], ignore_index=True)
         rejects = rejects.sort_values(["row_number", "column_name"], kind="stable", ignore_index=True)
@@ -136,13 +144,18 @@ def _reject_hint(rejects: pd.DataFrame) -> str:
     return ""
 
 
-def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
-    """Per-customer features in original units plus the standardised model matrix."""
+def compute_features(valid: pd.DataFrame | CustomerRows, settings: Settings) -> FeatureMatrix:
+    """Per-customer features in original units plus the standardised model matrix.
+
+    ``valid``: the valid rows (:attr:`ValidationOutcome.valid`): a transaction log's lines, or a
+    customer table's rows (as a DataFrame with ``customer_id`` and the feature columns, or as
+    :class:`CustomerRows`)."""
     names = list(settings.features.columns)
     units = [settings.unit_of(n) for n in names]
     transforms = [settings.transform_of(n) for n in names]
     resolution = settings.features.resolution == "auto"
     if settings.input.kind == "transactions":
+        assert isinstance(valid, pd.DataFrame)  # lines are validated whole
         as_of = settings.rules.as_of or default_as_of(valid)
         purchase = settings.rules.purchase
         assert purchase is not None  # Settings sets it for a transaction log
@@ -164,8 +177,10 @@ def compute_features(valid: pd.DataFrame, settings: Settings) -> FeatureMatrix:
             counts,
             resolution=resolution,
         )
-    return build_feature_matrix(
-        valid.reset_index(drop=True),
+    rows = valid if isinstance(valid, CustomerRows) else CustomerRows.from_frame(valid, names)
+    return feature_matrix(
+        rows.customer_ids,
+        rows.features,
         names,
         units,
         transforms,

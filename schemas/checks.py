@@ -35,6 +35,20 @@ def is_within_magnitude(series: pd.Series) -> pd.Series:
     return pd.Series(ok, index=series.index)
 
 
+#: Name of the rule a negative log1p-transformed feature fails (Pandera's name for ``Check.ge(0)``).
+NON_NEGATIVE_RULE = "greater_than_or_equal_to(0)"
+
+
+def is_non_negative(series: pd.Series) -> pd.Series:
+    """True where the value is >= 0 (nulls and non-numbers are other rules' business).
+
+    Unlike ``Check.ge(0)`` it never compares text: when every value of a column fails coercion,
+    Pandera runs the checks on the text, and ``>=`` on text would fail the whole column."""
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        return pd.Series(~(values < 0), index=series.index)
+
+
 def is_not_in_future(series: pd.Series) -> pd.Series:
     """True where a timestamp is not later than one day after now (nulls pass).
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from schemas.checks import MAGNITUDE_RULE, is_finite, is_not_blank, is_within_magnitude
-from schemas.validation import REJECT_COLUMNS, WHOLE_ROW
+from schemas.checks import (
+    MAGNITUDE_RULE,
+    NON_NEGATIVE_RULE,
+    is_finite,
+    is_non_negative,
+    is_not_blank,
+    is_within_magnitude,
+)
+from schemas.validation import REJECT_COLUMNS, TEXT_DTYPE, WHOLE_ROW, empty_rejects, validate_rows
 
 
 class CustomerTable(pa.DataFrameModel):
@@ -28,7 +36,10 @@ class CustomerTable(pa.DataFrameModel):
 
 
 def customer_table_schema(
-    features: list[str], transforms: Mapping[str, str], may_be_blank: Collection[str] = ()
+    features: list[str],
+    transforms: Mapping[str, str],
+    may_be_blank: Collection[str] = (),
+    unique_ids: bool = True,
 ) -> pa.DataFrameSchema:
     """The :class:`CustomerTable` schema extended with one numeric column per feature.
 
@@ -40,11 +51,14 @@ def customer_table_schema(
     for feature in features:
         checks = [pa.Check(is_finite, name="finite"), pa.Check(is_within_magnitude, name=MAGNITUDE_RULE)]
         if transforms.get(feature, "none") == "log1p":
-            checks.append(pa.Check.ge(0))
+            checks.append(pa.Check(is_non_negative, name=NON_NEGATIVE_RULE))
         columns[feature] = pa.Column(
             float, nullable=feature in may_be_blank, coerce=True, checks=checks, name=feature
         )
-    return CustomerTable.to_schema().add_columns(columns)
+    schema = CustomerTable.to_schema()
+    if not unique_ids:
+        schema = schema.update_column("customer_id", unique=False)
+    return schema.add_columns(columns)
 
 
 #: Rule name of a customer rejected for having too many blank features.
@@ -76,3 +90,199 @@ def missing_feature_rejects(
         columns=REJECT_COLUMNS,
     )
     return valid[~bad], rejects
+
+
+#: Rule name of a repeated customer id (Pandera's name for a ``unique`` column's check).
+UNIQUE_RULE = "field_uniqueness"
+
+
+@dataclass(frozen=True)
+class CustomerRows:
+    """The valid rows of a customer table, held compactly (a run at 10^7 customers holds no Python
+    string per customer); from :func:`validate_customer_chunks` in order of customer id.
+
+    Attributes
+    ----------
+    customer_ids : ndarray of shape (n,), :data:`schemas.validation.TEXT_DTYPE`
+    features : ndarray of shape (n, d), float64
+        NaN where a feature was left blank (and may be).
+    names : list of str
+        The feature columns (length d).
+    row_numbers : ndarray of shape (n,), int64
+        Each row's number in the source.
+    """
+
+    customer_ids: np.ndarray
+    features: np.ndarray
+    names: list[str]
+    row_numbers: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.row_numbers.size)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, names: list[str]) -> CustomerRows:
+        """Rows from a DataFrame with ``customer_id`` and the ``names`` columns (index: row numbers)."""
+        return cls(
+            customer_ids=np.asarray(
+                frame["customer_id"].astype(str).to_numpy(dtype=object), dtype=TEXT_DTYPE
+            ),
+            features=frame[list(names)]
+            .to_numpy(dtype=np.float64, na_value=np.nan)
+            .reshape(len(frame), len(names)),
+            names=list(names),
+            row_numbers=(
+                np.asarray(frame.index, dtype=np.int64)
+                if pd.api.types.is_integer_dtype(frame.index)
+                else np.arange(1, len(frame) + 1, dtype=np.int64)
+            ),
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame (``customer_id`` as text, the features as float64, indexed by
+        row number): for small tables and tests."""
+        frame = pd.DataFrame(self.features, columns=self.names, index=pd.Index(self.row_numbers, name="row"))
+        frame.insert(
+            0, "customer_id", pd.Series(self.customer_ids.astype(object), index=frame.index, dtype="str")
+        )
+        return frame
+
+    def without_rows(self) -> CustomerRows:
+        """No rows, the same columns."""
+        return CustomerRows(
+            self.customer_ids[:0].copy(),
+            self.features[:0].copy(),
+            list(self.names),
+            self.row_numbers[:0].copy(),
+        )
+
+
+def repeated_ids(ids: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """True for every row whose id (not missing) appears more than once, all repeats included.
+
+    ``order``: a stable argsort of ``ids``, when the caller has it."""
+    order = np.argsort(ids, kind="stable") if order is None else order
+    ranked = ids[order]
+    same = ranked[1:] == ranked[:-1]  # a missing id (NaN) equals nothing
+    del ranked
+    repeated = np.zeros(ids.size, dtype=bool)
+    repeated[order[1:][same]] = True
+    repeated[order[:-1][same]] = True
+    return repeated
+
+
+#: Rows moved at a time when the valid rows are packed together (see :func:`_pack`).
+_PACK_ROWS = 1 << 16
+
+
+def validate_customer_chunks(
+    chunks: Iterable[pd.DataFrame],
+    ids: np.ndarray,
+    row_numbers: np.ndarray,
+    schema: pa.DataFrameSchema,
+    features: list[str],
+    max_missing_share: float,
+    source: str,
+    source_columns: Mapping[str, str] | None = None,
+) -> tuple[CustomerRows, pd.DataFrame]:
+    """Validate a customer table a chunk at a time: the valid rows and reject records of
+    validating it whole with :func:`customer_table_schema` and then :func:`missing_feature_rejects`.
+
+    Pandera checks each chunk (``schema`` without the unique-id rule); the ids are checked for
+    repeats on the whole table at once, from ``ids``, and every row of a repeated id is rejected,
+    as Pandera's rule does. A row rejected for its id is still checked for the other rules, so it
+    may get more records than validating the whole table gives (whose second pass skips it).
+
+    The valid rows come out in order of customer id, the order the model is fitted in, written
+    straight into place: a run at 10^7 customers does not copy them again to sort them.
+
+    Parameters
+    ----------
+    chunks : iterable of DataFrame
+        The table's rows in source order (index: row numbers), ``customer_id`` plus ``features``.
+    ids, row_numbers : ndarray of shape (n_rows,)
+        Every row's id (numpy text, :data:`schemas.validation.TEXT_DTYPE`) and source row number,
+        in the order of the chunks.
+    schema : DataFrameSchema
+        :func:`customer_table_schema` with ``unique_ids=False``.
+    max_missing_share : float
+        See :func:`missing_feature_rejects`.
+    source, source_columns
+        See :func:`schemas.validation.validate_rows`.
+
+    Returns
+    -------
+    rows : CustomerRows
+        The valid rows, in order of customer id.
+    rejects : DataFrame
+        One record per failure, sorted by row number and column.
+    """
+    source_columns = dict(source_columns or {})
+    ids = np.asarray(ids, dtype=TEXT_DTYPE)
+    n, d = ids.size, len(features)
+    order = np.argsort(ids, kind="stable")
+    repeated = repeated_ids(ids, order)
+    rank = np.empty(n, dtype=np.int64)  # each row's place in id order
+    rank[order] = np.arange(n, dtype=np.int64)
+    del order
+    parts = []
+    if repeated.any():
+        parts.append(
+            pd.DataFrame(
+                {
+                    "source": source,
+                    "row_number": row_numbers[repeated].astype(np.int64),
+                    "column_name": source_columns.get("customer_id", "customer_id"),
+                    "rule": UNIQUE_RULE,
+                    "value": pd.Series(ids[repeated].astype(object), dtype=object),
+                },
+                columns=REJECT_COLUMNS,
+            )
+        )
+    out = CustomerRows(
+        np.empty(n, dtype=TEXT_DTYPE),
+        np.empty((n, d), dtype=np.float64),
+        list(features),
+        np.empty(n, np.int64),
+    )
+    kept = np.zeros(n, dtype=bool)  # in id order
+    start = 0
+    for chunk in chunks:
+        outcome = validate_rows(chunk, schema, source, source_columns)
+        parts.append(outcome.rejects)
+        valid = outcome.valid
+        assert isinstance(valid, pd.DataFrame)  # validate_rows keeps the frame's rows as a frame
+        at = start + chunk.index.get_indexer(valid.index)  # positions among all rows
+        valid = valid[~repeated[at]]
+        valid, missing = missing_feature_rejects(valid, features, max_missing_share, source)
+        parts.append(missing)
+        at = start + chunk.index.get_indexer(valid.index)
+        place = rank[at]
+        out.customer_ids[place] = ids[at]
+        out.features[place] = valid[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, d)
+        out.row_numbers[place] = row_numbers[at]
+        kept[place] = True
+        start += len(chunk)
+    del rank
+    m = _pack(kept, out.customer_ids, out.features, out.row_numbers)
+    rows = CustomerRows(out.customer_ids[:m], out.features[:m], list(features), out.row_numbers[:m])
+    found = [part for part in parts if len(part)]
+    if not found:
+        return rows, empty_rejects()
+    rejects = pd.concat(found, ignore_index=True).sort_values(
+        ["row_number", "column_name"], kind="stable", ignore_index=True
+    )
+    return rows, rejects
+
+
+def _pack(kept: np.ndarray, *arrays: np.ndarray) -> int:
+    """Move the rows where ``kept`` is True to the front of every array, in order, in place;
+    return how many there are. A block at a time: a row only ever moves forward, and each
+    block is copied out before it is written, so no whole-size temporary is made."""
+    to = 0
+    for lo in range(0, kept.size, _PACK_ROWS):
+        rows = lo + np.flatnonzero(kept[lo : lo + _PACK_ROWS])
+        for array in arrays:
+            array[to : to + rows.size] = array[rows]
+        to += rows.size
+    return to

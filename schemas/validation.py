@@ -5,10 +5,19 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+
+if TYPE_CHECKING:
+    from schemas.customers import CustomerRows
+
+#: Text held compactly: numpy's variable-width strings keep up to 15 bytes of text inline in 16
+#: bytes a value, where a Python str object takes about 60 (10^7 customer ids: 153 MiB instead of
+#: about 700, issue 12). A missing value is NaN, which sorts last and equals nothing.
+TEXT_DTYPE = np.dtypes.StringDType(na_object=np.nan)
 
 #: Columns of a reject record, as stored in the ``rejected_rows`` table (plus ``run_id`` there).
 REJECT_COLUMNS = ["source", "row_number", "column_name", "rule", "value"]
@@ -26,8 +35,9 @@ class ValidationOutcome:
 
     Attributes
     ----------
-    valid : DataFrame
-        The rows that pass, coerced to the schema's types (index: source row numbers).
+    valid : DataFrame or CustomerRows
+        The rows that pass, coerced to the schema's types (index: source row numbers); a customer
+        table's as :class:`schemas.customers.CustomerRows`.
     rejects : DataFrame
         One record per failed (row, column, rule): columns :data:`REJECT_COLUMNS`.
     n_rows : int
@@ -36,7 +46,7 @@ class ValidationOutcome:
         How ambiguous text was read, for the run's record (e.g. ``{"date_order": "day_first"}``).
     """
 
-    valid: pd.DataFrame
+    valid: pd.DataFrame | CustomerRows
     rejects: pd.DataFrame
     n_rows: int
     read_as: dict = field(default_factory=dict)
@@ -44,6 +54,8 @@ class ValidationOutcome:
     def without_rows(self) -> ValidationOutcome:
         """The same outcome with ``valid`` emptied (its columns and types kept): what a run keeps
         once the features are computed (counts, rejects and ``read_as`` are unchanged)."""
+        if not isinstance(self.valid, pd.DataFrame):
+            return replace(self, valid=self.valid.without_rows())
         # head(0) alone would be a view that keeps the full columns alive.
         return replace(self, valid=self.valid.head(0).copy())
 
@@ -133,7 +145,7 @@ def validate_rows(
             break
         except pa.errors.SchemaErrors as exc:
             cases = exc.failure_cases
-        rejects = _row_rejects(cases, source, source_columns, after_rejects=attempt > 0)
+        rejects = _row_rejects(cases, source, source_columns, after_rejects=attempt > 0, given=frame)
         if rejects.empty:
             raise SchemaFailure(f"{source}: validation failed without naming a row or column")
         parts.append(rejects)
@@ -153,9 +165,17 @@ _MAX_PASSES = 4
 
 
 def _row_rejects(
-    cases: pd.DataFrame, source: str, source_columns: Mapping[str, str], after_rejects: bool
+    cases: pd.DataFrame,
+    source: str,
+    source_columns: Mapping[str, str],
+    after_rejects: bool,
+    given: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Reject records from Pandera's failure_cases; SchemaFailure for a whole-column failure."""
+    """Reject records from Pandera's failure_cases; SchemaFailure for a whole-column failure.
+
+    The value is the cell as ``given`` holds it (the text of a CSV file, not the number Pandera
+    coerced it to): Pandera reports a cell coerced or not depending on whether another cell of the
+    column failed coercion in the same pass, which would make the record depend on its neighbours."""
     row_cases = cases[cases["index"].notna()]
     frame_cases = cases[cases["index"].isna()]
     # A failed coercion is also reported as a dtype failure of the same cell; keep only the first.
@@ -177,16 +197,20 @@ def _row_rejects(
         dtype=bool,
     )
     row_cases = row_cases[~is_dtype_echo]
+    # object dtype keeps None for a missing value (a str column would turn it into NaN)
+    values = pd.Series([_as_text(v) for v in row_cases["failure_case"]], dtype=object, index=row_cases.index)
+    if given is not None:
+        for column, cells in row_cases.groupby("column", sort=False):
+            if column in given.columns:
+                found = given[column].reindex(cells["index"].to_numpy())
+                values.loc[cells.index] = [_as_text(v) for v in found]
     return pd.DataFrame(
         {
             "source": source,
             "row_number": row_cases["index"].astype("int64").to_numpy(),
             "column_name": [source_columns.get(c, c) for c in row_cases["column"]],
             "rule": row_cases["check"].astype(str).to_numpy(),
-            # object dtype keeps None for a missing value (a str column would turn it into NaN)
-            "value": pd.Series(
-                [_as_text(v) for v in row_cases["failure_case"]], dtype=object, index=row_cases.index
-            ),
+            "value": values,
         },
         columns=REJECT_COLUMNS,
     )

@@ -768,7 +768,7 @@ def test_cli_shows_a_traceback_only_with_debug(store, tmp_path, debug):
         "so it cannot separate segments; drop it from features.columns"
     ]
     assert ("Traceback (most recent call last)" in done.stderr) is debug
-    assert ("in build_feature_matrix" in done.stderr) is debug  # the error's own frames
+    assert ("in feature_matrix" in done.stderr) is debug  # the error's own frames
     if debug:  # Prefect's log lines keep theirs too, not only the final error
         assert done.stderr.count("Traceback (most recent call last)") >= 2
     else:  # the error is said once: Prefect's own lines about the failure stay off the terminal

@@ -108,12 +108,13 @@ def test_bad_configuration_fails_with_one_line_naming_the_key(tmp_path, text, me
 )
 def test_every_input_format_loads_with_mapped_columns(log_files, name, extra):
     loaded = load_input(settings_for(log_files / name, **extra).input, [])
+    frame = loaded.to_frame()
     expected_rows = 7 if "query" in extra else 8
-    assert list(loaded.frame.columns) == list(COLUMNS)
-    assert len(loaded.frame) == expected_rows and loaded.frame.index[0] == 1
+    assert list(frame.columns) == list(COLUMNS)
+    assert len(frame) == expected_rows and frame.index[0] == 1
     # Spreadsheet-style float ids become text ids; empty ids become missing.
-    assert loaded.frame["customer_id"].iloc[0] == "17850"
-    assert pd.isna(loaded.frame["customer_id"].iloc[3])
+    assert frame["customer_id"].iloc[0] == "17850"
+    assert pd.isna(frame["customer_id"].iloc[3])
     assert loaded.source_columns["customer_id"] == "Cust No"
 
 
@@ -265,11 +266,48 @@ def test_customer_table_features_and_reject_budget(tmp_path):
     features = compute_features(outcome.valid, s)
     assert features.customer_ids.tolist() == ["a", "b", "d"]
     assert features.units == ["EUR", ""] and features.transforms == ["log1p", "none"]
-    matrix = build_feature_matrix(outcome.valid.reset_index(drop=True), ["spend"], ["EUR"], ["log1p"])
+    matrix = build_feature_matrix(
+        outcome.valid.to_frame().reset_index(drop=True), ["spend"], ["EUR"], ["log1p"]
+    )
     np.testing.assert_allclose(matrix.X_model[:, 0], features.X_model[:, 0])
     strict = load_settings(overrides=dict(over, rules={"max_reject_share": 0.2}))
     with pytest.raises(TooManyRejectsError, match=r"1 of 4 rows \(25.0%\).*row 3, column 'spend'"):
         validate_input(load_input(strict.input, strict.features.columns), strict)
+
+
+def test_a_customer_table_read_in_blocks_gives_the_same_rows_rejects_and_features(tmp_path, monkeypatch):
+    """Blocks of 2,048 rows (three here) against one block: the same valid customers, the same
+    reject records (a repeated id across blocks, bad numbers) and the same feature matrix."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    ids = [f"c{i:05d}" for i in rng.permutation(n)]
+    ids[4500] = ids[10]  # a repeat in another block
+    spend = [f"{v:.2f}" for v in rng.gamma(2.0, 50.0, n)]
+    spend[100], spend[3000] = "abc", "-4"
+    visits = [str(v) for v in rng.integers(1, 9, n)]
+    visits[2100] = ""
+    path = tmp_path / "customers.csv"
+    pd.DataFrame({"id": ids, "spend": spend, "visits": visits}).to_csv(path, index=False)
+    over = {
+        "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
+        "features": {"columns": ["spend", "visits"], "transforms": {"spend": "log1p"}},
+    }
+    s = load_settings(overrides=over)
+
+    def run():
+        loaded = load_input(s.input, s.features.columns)
+        outcome = validate_input(loaded, s)
+        return len(loaded.blocks), outcome, compute_features(outcome.valid, s)
+
+    one_block, whole, whole_features = run()
+    monkeypatch.setattr("flows.load.FETCH_ROWS", 2048)
+    blocks, chunked, chunked_features = run()
+    assert (one_block, blocks) == (1, 3)
+    pd.testing.assert_frame_equal(chunked.rejects, whole.rejects)
+    assert set(whole.rejects["row_number"]) == {11, 101, 3001, 4501}  # a blank visit is modelled
+    pd.testing.assert_frame_equal(chunked.valid.to_frame(), whole.valid.to_frame())
+    assert chunked_features.customer_ids.tolist() == sorted(whole_features.customer_ids.tolist())
+    np.testing.assert_array_equal(chunked_features.X_model, whole_features.X_model)
 
 
 def test_a_run_releases_the_input_rows_but_keeps_their_counts(tmp_path):
@@ -287,13 +325,16 @@ def test_a_run_releases_the_input_rows_but_keeps_their_counts(tmp_path):
     loaded = load_input(s.input, s.features.columns)
     outcome = validate_input(loaded, s)
     released = loaded.without_rows()
-    assert len(released.frame) == 0 and list(released.frame.columns) == list(loaded.frame.columns)
+    assert len(released.to_frame()) == 0 and list(released.to_frame().columns) == list(
+        loaded.to_frame().columns
+    )
     assert (loaded.n_rows, released.n_rows) == (5, 5)
     assert released.rejects.equals(loaded.rejects) and released.source == loaded.source
     assert released.without_rows().n_rows == 5  # releasing twice changes nothing
 
     kept = outcome.without_rows()
-    assert len(kept.valid) == 0 and dict(kept.valid.dtypes) == dict(outcome.valid.dtypes)
+    assert len(kept.valid) == 0
+    assert dict(kept.valid.to_frame().dtypes) == dict(outcome.valid.to_frame().dtypes)
     assert (kept.n_rows, kept.n_rejected_rows, kept.reject_reasons) == (5, 2, outcome.reject_reasons)
     assert len(outcome.valid) == 3  # the original is untouched
 
@@ -317,7 +358,7 @@ def test_an_input_query_can_read_its_input_and_nothing_else(tmp_path, fmt):
         query=f"SELECT * FROM {source} WHERE customer_id = 'b'",
         columns={"customer_id": "customer_id"},
     )
-    assert len(load_input(ok, ["x"]).frame) == 1
+    assert load_input(ok, ["x"]).n_read == 1
     evil = tmp_path / "evil.csv"
     bad = InputSettings(
         path=str(path),
@@ -420,10 +461,12 @@ def test_a_cell_of_spaces_is_blank_not_a_bad_number(tmp_path):
     ]:
         s = load_settings(overrides=dict(over, features=dict(over["features"], missing=rule)))
         outcome = validate_input(load_input(s.input, s.features.columns), s)
-        assert outcome.valid["customer_id"].tolist() == kept, rule
+        assert outcome.valid.to_frame()["customer_id"].tolist() == kept, rule
         got = sorted(map(tuple, outcome.rejects[["row_number", "column_name", "rule"]].values.tolist()))
         assert got == rejected, rule
-    valid = validate_input(load_input(s.input, s.features.columns), load_settings(overrides=over)).valid
+    valid = validate_input(
+        load_input(s.input, s.features.columns), load_settings(overrides=over)
+    ).valid.to_frame()
     assert valid.set_index("customer_id")["x"].isna().to_dict() == {
         "a": False,
         "b": True,
