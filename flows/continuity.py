@@ -93,6 +93,9 @@ def relabel(segments: SegmentResult, ids: np.ndarray) -> SegmentResult:
     array, and each customer's list of probabilities, follows the ids)."""
     ids = np.asarray(ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
+    if np.array_equal(order, np.arange(order.size)):
+        # Already in id order (a first run, or ids kept in order): no copy of every customer's row.
+        return replace(segments, segment_ids=ids)
     position = np.empty_like(order)
     position[order] = np.arange(order.size)
     return replace(

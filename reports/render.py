@@ -133,8 +133,9 @@ def render_report(
 
 def _feature_builder(data: ReportData, j: int) -> Callable[[], Figure]:
     values = data.X_model[:, j]
+    blank = np.isnan(values)
     return lambda: figures.feature_density_figure(
-        values[~np.isnan(values)],
+        values[~blank] if blank.any() else values,
         weights=data.weights,
         component_means=data.means[:, j],
         component_variances=data.covariances[:, j, j],

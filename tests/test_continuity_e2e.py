@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
+from flows.continuity import relabel
 from flows.pipeline import segment_customers
+from flows.segments import SegmentResult
 
 pytestmark = pytest.mark.slow
 
@@ -250,3 +252,35 @@ def test_customers_change_segment_only_when_the_model_clearly_places_them_elsewh
         f"{held['held_customers']:,} customers kept their segment"
         in query(db, "SELECT what_changed FROM latest_run").what_changed[0]
     )
+
+
+def _segments(k: int, n: int = 6) -> SegmentResult:
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(k), size=n)
+    return SegmentResult(
+        covariance_type="diag",
+        segment_ids=np.arange(1, k + 1),
+        labels=probabilities.argmax(axis=1),
+        probabilities=probabilities,
+        log_density=rng.normal(size=n),
+        weights=np.full(k, 1.0 / k),
+        means=np.arange(k * 2, dtype=float).reshape(k, 2),
+        covariances=np.stack([np.eye(2) * (j + 1) for j in range(k)]),
+        lower_bounds=[-1.0],
+        converged=True,
+        n_iter=1,
+    )
+
+
+def test_relabel_puts_segments_in_id_order_and_copies_nothing_when_they_are():
+    segments = _segments(3)
+    moved = relabel(segments, np.array([7, 2, 5]))
+    assert moved.segment_ids.tolist() == [2, 5, 7]
+    np.testing.assert_array_equal(moved.probabilities, segments.probabilities[:, [1, 2, 0]])
+    np.testing.assert_array_equal(moved.means, segments.means[[1, 2, 0]])
+    # Each customer keeps the segment id it had: component c had id [7, 2, 5][c].
+    np.testing.assert_array_equal(moved.segment_ids[moved.labels], np.array([7, 2, 5])[segments.labels])
+
+    kept = relabel(segments, np.array([4, 6, 9]))
+    assert kept.segment_ids.tolist() == [4, 6, 9]
+    assert kept.probabilities is segments.probabilities and kept.labels is segments.labels

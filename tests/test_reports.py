@@ -453,6 +453,20 @@ def test_histogram_edges_give_each_discrete_value_its_own_bin():
     np.testing.assert_allclose(edges, np.linspace(-2.0, 2.0, 41))
 
 
+def test_histogram_edges_of_many_customers_depend_only_on_their_distinct_values():
+    """Past the sample size the continuous case is told from a sample; the edges are still those
+    of the distinct values, whether 40 of them or some 10^5."""
+    rng = np.random.default_rng(1)
+    counts = rng.integers(1, 41, size=300_000).astype(np.float64)  # 40 distinct values
+    edges = figures.histogram_edges(counts, 1.0, 40.0, bins=60)
+    np.testing.assert_array_equal(edges, figures.histogram_edges(np.unique(counts), 1.0, 40.0, bins=60))
+    assert edges.size == 41  # one bin per value, not 60 equal ones
+    spend = rng.gamma(2.0, 30.0, size=300_000)
+    np.testing.assert_array_equal(
+        figures.histogram_edges(spend, 1.0, 200.0, bins=60), np.linspace(1.0, 200.0, 61)
+    )
+
+
 def test_membership_figure_annotates_the_share_below_the_threshold():
     p = np.array([0.45, 0.6, 0.85, 0.95, 0.99, 1.0, 1.0, 0.5])
     labels = np.array([0, 0, 1, 1, 1, 0, 1, 1])

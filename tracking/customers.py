@@ -21,8 +21,10 @@ class CustomerOverlap:
 
     Attributes
     ----------
-    customer_ids : ndarray of shape (m,), object (str)
-        In the current run's order.
+    current_customers : ndarray of shape (n_current,)
+        Every customer of the current run (the run's own array, not a copy).
+    positions : ndarray of shape (m,), int
+        Where the customers in both runs are in ``current_customers``, in its order.
     previous_segments, current_segments : ndarray of shape (m,), int64
     entered : int
         Customers only in the current run.
@@ -30,19 +32,33 @@ class CustomerOverlap:
         Customers only in the previous run.
     """
 
-    customer_ids: np.ndarray
+    current_customers: np.ndarray
+    positions: np.ndarray
     previous_segments: np.ndarray
     current_segments: np.ndarray
     entered: int
     left: int
 
+    @property
+    def customer_ids(self) -> np.ndarray:
+        """The customers in both runs, in the current run's order (a copy made on each access:
+        at 10^7 customers the overlap does not hold one of its own)."""
+        return self.current_customers[self.positions]
+
+    @property
+    def n_customers(self) -> int:
+        """How many customers are in both runs."""
+        return int(self.positions.size)
+
 
 def as_text(ids: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """Customer ids as an object array of Python strings (ids are compared as text).
+    """Customer ids as text (ids are compared as text): an array of numpy's variable-width strings
+    stays as it is, an object array of Python strings too; anything else becomes Python strings.
 
-    Strings stay the objects they are: a fixed-width numpy string copy of 10^7 ids would take
-    gigabytes and sort slowly."""
+    A fixed-width numpy string copy of 10^7 ids would take gigabytes and sort slowly."""
     a = np.asarray(ids)
+    if isinstance(a.dtype, np.dtypes.StringDType):
+        return a
     if a.dtype == object and pd.api.types.infer_dtype(a, skipna=False) == "string":
         return a
     return np.asarray(a.astype(str), dtype=object)
@@ -63,8 +79,9 @@ def align_customers(
     ValueError
         Either run's customer ids are not unique.
     """
-    previous = as_text(previous_customers)
-    current = as_text(current_customers)
+    # Python strings: pandas hashes and indexes those (numpy text would be turned into them anyway).
+    previous = np.asarray(as_text(previous_customers), dtype=object)
+    current = np.asarray(as_text(current_customers), dtype=object)
     if previous.size and current.size:
         joined = _sorted_join(
             pd.util.hash_array(previous, categorize=False), pd.util.hash_array(current, categorize=False)
@@ -166,7 +183,8 @@ def customer_overlap(
         alignment = align_customers(previous_customers, current_customers)
     ip, ic = alignment
     return CustomerOverlap(
-        customer_ids=as_text(current_customers)[ic],
+        current_customers=as_text(current_customers),
+        positions=ic,
         previous_segments=ps[ip],
         current_segments=cs[ic],
         entered=int(n_current - ic.size),

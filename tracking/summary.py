@@ -54,7 +54,7 @@ def what_changed(drift: RunDrift) -> str:
         o = drift.overlap
         moved = "–" if not np.isfinite(drift.moved_share) else f"{drift.moved_share:.1%}"
         lines.append(
-            f"Since {run}: {o.customer_ids.size:,} customers in both runs ({o.entered:,} new, "
+            f"Since {run}: {o.n_customers:,} customers in both runs ({o.entered:,} new, "
             f"{o.left:,} gone); {moved} of them changed segment."
         )
         if drift.held is not None:
