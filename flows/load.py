@@ -297,7 +297,7 @@ def _fetch_blocks(
         for name in names:
             column = chunk[name]
             if name in text:
-                block[name] = np.asarray(column.to_numpy(dtype=object), dtype=TEXT_DTYPE)
+                block[name] = np.asarray(column.to_numpy(dtype=object, na_value=np.nan), dtype=TEXT_DTYPE)
             else:
                 block[name] = column.reset_index(drop=True)
         blocks.append(block)

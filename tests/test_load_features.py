@@ -310,6 +310,26 @@ def test_a_customer_table_read_in_blocks_gives_the_same_rows_rejects_and_feature
     np.testing.assert_array_equal(chunked_features.X_model, whole_features.X_model)
 
 
+def test_a_block_of_rows_without_ids_keeps_them_missing(tmp_path, monkeypatch):
+    """A block in which every id is blank comes from DuckDB as an untyped column of None: the ids
+    stay missing (rejected as such), never the text 'None'."""
+    monkeypatch.setattr("flows.load.FETCH_ROWS", 2048)
+    rows = [("", i) for i in range(2048)] + [(f"k{i}", i) for i in range(60)]
+    path = tmp_path / "customers.csv"
+    path.write_text("id,x\n" + "".join(f"{c},{x}\n" for c, x in rows))
+    over = {
+        "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
+        "features": {"columns": ["x"]},
+        "rules": {"max_reject_share": 1.0},
+    }
+    s = load_settings(overrides=over)
+    loaded = load_input(s.input, s.features.columns)
+    assert len(loaded.blocks) == 2 and np.isnan(loaded.text_column("customer_id")[:2048]).all()
+    outcome = validate_input(loaded, s)
+    assert set(outcome.rejects["rule"]) == {"not_nullable"} and len(outcome.rejects) == 2048
+    assert outcome.valid.customer_ids.tolist() == sorted(f"k{i}" for i in range(60))
+
+
 def test_a_run_releases_the_input_rows_but_keeps_their_counts(tmp_path):
     """After validation the input frame is emptied, after the features the valid rows: the
     counts, rejects and column names a run reports stay as they were."""
