@@ -199,7 +199,7 @@ def _row_rejects(
     row_cases = row_cases[~is_dtype_echo]
     # object dtype keeps None for a missing value (a str column would turn it into NaN)
     values = pd.Series([_as_text(v) for v in row_cases["failure_case"]], dtype=object, index=row_cases.index)
-    if given is not None:
+    if given is not None and given.index.is_unique:
         for column, cells in row_cases.groupby("column", sort=False):
             if column in given.columns:
                 found = given[column].reindex(cells["index"].to_numpy())
