@@ -19,6 +19,7 @@ from flows.customer_keys import customer_keys, key_array
 from flows.features import FeatureMatrix
 from flows.segments import SegmentResult
 from flows.store import Notify, read_latest_run
+from gmm_engine import full_covariances
 from tracking import (
     RunDrift,
     TrackedModel,
@@ -26,7 +27,9 @@ from tracking import (
     align_keys,
     as_text,
     common_model,
+    comparable,
     compare_runs,
+    match_segments,
 )
 
 
@@ -86,6 +89,42 @@ def current_model(segments: SegmentResult, features: FeatureMatrix) -> TrackedMo
         covariance_type=segments.covariance_type,
         feature_units=features.units,
     )
+
+
+def planned_order(
+    model, features: FeatureMatrix, previous: PreviousRun | None, settings: Settings
+) -> np.ndarray | None:
+    """The order of the fitted ``model``'s components by the ids :func:`track` will give them,
+    when the model alone settles them: a first run (new ids in canonical order) or a run with the
+    previous run's features (matched on the Bhattacharyya distance of the Gaussians). None when
+    the features changed: the ids then follow the customers' overlap, known only once they are
+    assigned.
+
+    Assigning the customers with the components in this order lets :func:`relabel` keep every
+    customer's probabilities as they are instead of copying them into id order.
+    """
+    k, d = model.means_.shape
+    current = common_model(
+        np.asarray(model.weights_, dtype=np.float64),
+        np.asarray(model.means_, dtype=np.float64),
+        full_covariances(model.covariances_, model.covariance_type, k, d),
+        features.scaler.mean,
+        features.scaler.scale,
+        feature_names=features.names,
+        transforms=features.transforms,
+        covariance_type=model.covariance_type,
+        feature_units=features.units,
+    )
+    if previous is not None and not comparable(previous.model, current):
+        return None
+    match = match_segments(
+        None if previous is None else previous.model,
+        current,
+        max_id_used=0 if previous is None else previous.max_id_used,
+        max_distance=settings.tracking.max_distance,
+        min_jaccard=settings.tracking.min_jaccard,
+    )
+    return np.argsort(match.segment_ids, kind="stable")
 
 
 def relabel(segments: SegmentResult, ids: np.ndarray) -> SegmentResult:

@@ -27,6 +27,7 @@ from flows.config import PURCHASE_MEANINGS, Settings
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
+from flows.memory import trim_heap
 from flows.parameters import RunParameters, takes_run_parameters
 from flows.runlock import RunJournal, database_lock, killed_runs
 from flows.store import (
@@ -212,8 +213,9 @@ def choose_task(selection, features, previous, settings: Settings, fresh: bool, 
 
 
 @task(name="assign", **_TASK)
-def assign_task(choice, features) -> SegmentResult:
-    return stages.fit_segments(choice.model, features)
+def assign_task(choice, features, previous, settings: Settings) -> SegmentResult:
+    order = continuity.planned_order(choice.model, features, previous, settings)
+    return stages.fit_segments(choice.model, features, order)
 
 
 @task(name="track", **_TASK)
@@ -328,6 +330,7 @@ class _StageClock:
         self.journal.note(stage=name)
         began = time.perf_counter()
         yield
+        trim_heap()  # what the stage freed goes back to the system, not into the next stage
         self.seconds[name] = round(time.perf_counter() - began, 3)
         self.peak_mb[name] = round(peak_rss_mb(), 1)
 
@@ -361,7 +364,7 @@ def _segment(
         with clock.stage("choose"):
             choice = choose_task(selection, features_, previous, settings, fresh, run_id)
         with clock.stage("assign"):
-            segments = assign_task(choice, features_)
+            segments = assign_task(choice, features_, previous, settings)
         with clock.stage("track"):
             segments, drift = track_task(segments, features_, previous, settings, choice)
             previous = None  # its customers' keys are of no use past tracking

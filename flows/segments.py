@@ -63,11 +63,24 @@ class SegmentResult:
         return np.bincount(self.labels, minlength=self.n_segments).astype(np.int64)
 
 
-def assign_segments(model, X_model: np.ndarray) -> SegmentResult:
-    """Apply a fitted gmm_engine.GaussianMixture to the model-space matrix of all customers."""
+def assign_segments(model, X_model: np.ndarray, order: np.ndarray | None = None) -> SegmentResult:
+    """Apply a fitted gmm_engine.GaussianMixture to the model-space matrix of all customers.
+
+    ``order``: the model's components in the order the result lists them (default: as fitted).
+    The tracking stage gives segments their ids and lists them in id order; when the ids are
+    known before the customers are assigned (see :func:`flows.continuity.planned_order`), putting
+    the components in that order here spares it a copy of every customer's probabilities.
+    """
     probabilities = np.asarray(model.predict_proba(X_model), dtype=np.float64)
     log_density = np.asarray(model.score_samples(X_model), dtype=np.float64)
     k, d = model.means_.shape
+    order = np.arange(k) if order is None else np.asarray(order, dtype=np.int64)
+    if sorted(order.tolist()) != list(range(k)):
+        raise ValueError(
+            f"assign_segments: order must list the {k} components once each, got {order.tolist()}"
+        )
+    if not np.array_equal(order, np.arange(k)):
+        _reorder_columns(probabilities, order)  # this stage's own array, before anyone else has it
     labels = probabilities.argmax(axis=1).astype(np.int64)
     return SegmentResult(
         covariance_type=model.covariance_type,
@@ -75,13 +88,24 @@ def assign_segments(model, X_model: np.ndarray) -> SegmentResult:
         labels=labels,
         probabilities=probabilities,
         log_density=log_density,
-        weights=np.asarray(model.weights_, dtype=np.float64),
-        means=np.asarray(model.means_, dtype=np.float64),
-        covariances=full_covariances(model.covariances_, model.covariance_type, k, d),
+        weights=np.asarray(model.weights_, dtype=np.float64)[order],
+        means=np.asarray(model.means_, dtype=np.float64)[order],
+        covariances=full_covariances(model.covariances_, model.covariance_type, k, d)[order],
         lower_bounds=[float(v) for v in getattr(model, "lower_bounds_", [model.lower_bound_])],
         converged=bool(model.converged_),
         n_iter=int(model.n_iter_),
     )
+
+
+#: Rows whose columns are reordered at a time (a block of 65,536 x k, not a copy of every row).
+_BLOCK_ROWS = 1 << 16
+
+
+def _reorder_columns(values: np.ndarray, order: np.ndarray) -> None:
+    """``values[:, order]``, written back into ``values`` a block of rows at a time."""
+    for start in range(0, values.shape[0], _BLOCK_ROWS):
+        block = values[start : start + _BLOCK_ROWS]
+        block[...] = block[:, order]
 
 
 def segment_table(result: SegmentResult) -> pd.DataFrame:

@@ -319,9 +319,10 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger(__name__)
 
 
-def fit_segments(model, features: FeatureMatrix) -> SegmentResult:
-    """Apply the chosen model to every customer (memberships, log-density, expanded covariances)."""
-    return assign_segments(model, features.X_model)
+def fit_segments(model, features: FeatureMatrix, order: np.ndarray | None = None) -> SegmentResult:
+    """Apply the chosen model to every customer (memberships, log-density, expanded covariances),
+    its components listed in ``order`` (see :func:`flows.segments.assign_segments`)."""
+    return assign_segments(model, features.X_model, order)
 
 
 def selected_row(table: list[dict[str, Any]]) -> dict[str, Any]:

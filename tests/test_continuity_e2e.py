@@ -284,3 +284,44 @@ def test_relabel_puts_segments_in_id_order_and_copies_nothing_when_they_are():
     kept = relabel(segments, np.array([4, 6, 9]))
     assert kept.segment_ids.tolist() == [4, 6, 9]
     assert kept.probabilities is segments.probabilities and kept.labels is segments.labels
+
+
+def test_components_assigned_in_planned_order_get_the_same_ids_without_a_copy():
+    """Assigning with the components in the order of their planned ids gives every customer the
+    segment id the plain path gives, and tracking then keeps the probabilities as they are."""
+    from flows.config import load_settings
+    from flows.continuity import PreviousRun, current_model, planned_order, track
+    from flows.customer_keys import customer_keys
+    from flows.features import build_feature_matrix
+    from flows.stages import fit_segments
+    from gmm_engine import GaussianMixture
+
+    rng = np.random.default_rng(4)
+    centres = np.array([[0.0, 0.0], [6.0, 1.0], [1.0, 7.0], [8.0, 8.0]])
+    X = np.concatenate([c + rng.normal(size=(150, 2)) for c in centres])
+    table = pd.DataFrame({"customer_id": [f"c{i:04d}" for i in range(len(X))], "a": X[:, 0], "b": X[:, 1]})
+    features = build_feature_matrix(table, ["a", "b"], ["", ""], ["none", "none"])
+    settings = load_settings()
+    model = GaussianMixture(4, covariance_type="full", random_state=1).fit(features.X_model)
+
+    def ids_per_customer(previous):
+        plain, _ = track(fit_segments(model, features), features, previous, settings)
+        order = planned_order(model, features, previous, settings)
+        assert order is not None and not np.array_equal(order, np.arange(4))  # a real reordering
+        assigned = fit_segments(model, features, order)
+        tracked, _ = track(assigned, features, previous, settings)
+        assert tracked.probabilities is assigned.probabilities  # no copy into id order
+        np.testing.assert_array_equal(tracked.segment_ids, np.sort(tracked.segment_ids))
+        np.testing.assert_array_equal(tracked.segment_ids[tracked.labels], plain.segment_ids[plain.labels])
+        np.testing.assert_allclose(tracked.probabilities, plain.probabilities)
+        return tracked
+
+    first = ids_per_customer(None)
+    previous = PreviousRun(
+        run_id=1,
+        model=current_model(first, features).with_ids(first.segment_ids),
+        customer_keys=customer_keys(features.customer_ids),
+        segment_ids=first.segment_ids[first.labels],
+        max_id_used=int(first.segment_ids.max()),
+    )
+    ids_per_customer(previous)
