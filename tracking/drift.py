@@ -360,12 +360,13 @@ def _held_components(
             f"got {p.shape}"
         )
     ip, ic = alignment
-    # Component carrying each previous id in this run (-1: retired, so there is nothing to keep).
+    # Component carrying each previous id in this run (-1: retired, so there is nothing to keep),
+    # looked up in a table indexed by id: one temporary per customer, not four (issue 12).
     ids = np.asarray(segment_ids, dtype=np.int64)
-    order = np.argsort(ids)
-    previous_ids = np.asarray(previous_segments, dtype=np.int64)[ip]
-    at = np.minimum(np.searchsorted(ids[order], previous_ids), ids.size - 1)
-    found = ids[order][at] == previous_ids
+    previous_ids = np.asarray(previous_segments, dtype=np.int64)
+    top = int(max(ids.max(initial=0), previous_ids.max(initial=0)))
+    component_of = np.full(top + 1, -1, dtype=np.int64)
+    component_of[ids] = np.arange(ids.size)
     previous_components = np.full(components.size, -1, dtype=np.int64)
-    previous_components[ic] = np.where(found, order[at], -1)
+    previous_components[ic] = component_of[previous_ids[ip]]
     return hold_segments(components, p, previous_components, hold_odds)
