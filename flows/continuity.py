@@ -182,7 +182,9 @@ def track(
         hold_odds=t.hold_odds,
     )
     if drift.held is not None:
-        segments = replace(segments, labels=drift.customer_components.astype(np.int64), held=drift.held)
+        segments = replace(
+            segments, labels=np.asarray(drift.customer_components, dtype=np.int64), held=drift.held
+        )
     if choice is not None and choice.at_limit:
         flag = (
             f"best model at the edge of the grid even at its limit, k = {choice.k_max_tried} (model.k_limit)"

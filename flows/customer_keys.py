@@ -18,7 +18,7 @@ import pandas as pd
 from flows.duck import connect, quote_identifier
 
 #: Ids hashed per DuckDB query.
-_BLOCK = 1_000_000
+_BLOCK = 1 << 18
 
 
 def key_sql(column: str) -> str:

@@ -112,7 +112,7 @@ def align_keys(previous_keys: np.ndarray, current_keys: np.ndarray) -> tuple[np.
         ip, ic = joined
         # First keys unique on both sides: a pair whose second keys differ is two customers.
         same = previous[ip, 1] == current[ic, 1]
-        return ip[same], ic[same]
+        return (ip, ic) if bool(same.all()) else (ip[same], ic[same])
     return _align_exactly(
         pd.MultiIndex.from_arrays([previous[:, 0], previous[:, 1]]),
         pd.MultiIndex.from_arrays([current[:, 0], current[:, 1]]),
@@ -133,13 +133,23 @@ def _sorted_join(previous_hash: np.ndarray, current_hash: np.ndarray) -> tuple[n
     # Both sides sorted: the binary searches walk memory in order (12 s -> 0.5 s at 10^7).
     at = np.searchsorted(previous_sorted, current_sorted)
     np.minimum(at, previous_sorted.size - 1, out=at)
-    found = previous_sorted[at] == current_sorted
+    found = np.empty(at.size, dtype=bool)
+    for lo in range(0, at.size, _JOIN_BLOCK):  # without a gathered copy of every hash
+        hi = lo + _JOIN_BLOCK
+        np.equal(previous_sorted[at[lo:hi]], current_sorted[lo:hi], out=found[lo:hi])
     del previous_sorted, current_sorted
-    positions = np.full(current_hash.size, -1, dtype=np.int64)
-    positions[current_order[found]] = previous_order[at[found]]
-    del previous_order, current_order, at, found
+    np.take(previous_order, at, out=at)  # now each sorted current hash's previous position
+    del previous_order
+    at[~found] = -1
+    positions = np.empty(current_hash.size, dtype=np.int64)
+    positions[current_order] = at
+    del current_order, at, found
     ic = np.flatnonzero(positions >= 0)
     return positions[ic], ic
+
+
+#: Hashes compared at a time in :func:`_sorted_join`.
+_JOIN_BLOCK = 1 << 20
 
 
 def _repeats(sorted_values: np.ndarray) -> bool:
