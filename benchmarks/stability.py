@@ -111,7 +111,8 @@ def moved_split(
 
     def purchases(features) -> pd.DataFrame:
         frame = pd.DataFrame(features.X_original, columns=features.names)[["frequency", "monetary"]]
-        return frame.assign(customer_id=np.asarray(features.customer_ids).astype(str))
+        # Python strings: the ids are numpy text (StringDType), which pandas does not join on.
+        return frame.assign(customer_id=pd.Series(features.customer_ids.astype(object), dtype="str"))
 
     both = segments.merge(purchases(before), on="customer_id", how="left").merge(
         purchases(after), on="customer_id", how="left", suffixes=("_was", "_now")
