@@ -183,15 +183,17 @@ class ReportData:
             "max_probability",
             "probabilities",
         ):
-            if not np.all(np.isfinite(getattr(self, name))):
+            if not _every_block(lambda a: bool(np.isfinite(a).all()), getattr(self, name)):
                 fail(name, "contains NaN or infinite values")
         # NaN in the features is a blank value (customer tables), in the same places in both.
         for name in ("X_original", "X_model"):
-            if np.isinf(getattr(self, name)).any():
+            if not _every_block(lambda a: not np.isinf(a).any(), getattr(self, name)):
                 fail(name, "contains infinite values")
-        if not np.array_equal(np.isnan(self.X_original), np.isnan(self.X_model)):
+        if not _every_block(
+            lambda a, b: np.array_equal(np.isnan(a), np.isnan(b)), self.X_original, self.X_model
+        ):
             fail("X_model", "blank (NaN) values must be where X_original has them")
-        if np.isnan(self.X_model).all(axis=1).any():
+        if not _every_block(lambda a: not np.isnan(a).all(axis=1).any(), self.X_model):
             fail("X_model", "every customer needs at least one feature that is not blank")
         if np.any(self.scaler_scale <= 0):
             fail("scaler_scale", "every scale must be > 0")
@@ -201,7 +203,9 @@ class ReportData:
             fail("labels", f"component indices must lie in 0..{k - 1}")
         if np.any(self.max_probability < 0) or np.any(self.max_probability > 1 + 1e-9):
             fail("max_probability", "probabilities must lie in [0, 1]")
-        if np.any(self.probabilities < 0) or not np.allclose(self.probabilities.sum(axis=1), 1.0, atol=1e-6):
+        if not _every_block(
+            lambda p: not np.any(p < 0) and np.allclose(p.sum(axis=1), 1.0, atol=1e-6), self.probabilities
+        ):
             fail("probabilities", "must be non-negative with rows that sum to 1")
         diagonals = np.diagonal(self.covariances, axis1=1, axis2=2)
         if np.any(diagonals <= 0):
@@ -267,3 +271,14 @@ def _normalise_drift(drift: Any) -> dict[str, Any]:
         "previous_segment_ids": [int(v) for v in previous_ids],
         "transitions": transitions,
     }
+
+
+#: Customers checked at a time by :meth:`ReportData._check`.
+_CHECK_ROWS = 1 << 16
+
+
+def _every_block(check, *arrays: np.ndarray) -> bool:
+    """True when ``check`` holds for every block of rows of ``arrays`` (checked a block at a
+    time: no temporary the size of every customer's values, 0.1-0.4 GiB each at 10^7)."""
+    n = arrays[0].shape[0]
+    return all(check(*(a[lo : lo + _CHECK_ROWS] for a in arrays)) for lo in range(0, max(n, 1), _CHECK_ROWS))

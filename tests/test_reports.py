@@ -232,6 +232,24 @@ def test_report_data_names_the_field_with_a_wrong_shape():
         ReportData(**{**good.__dict__, "feature_transforms": ["none", "log"]})
 
 
+def test_report_data_checks_every_block_of_customers(monkeypatch):
+    """The per-customer checks run a block of rows at a time: a bad row in a later block counts."""
+    import reports.report_data as report_data
+
+    good = make_report_data(2, "full")
+    monkeypatch.setattr(report_data, "_CHECK_ROWS", 7)
+    last = len(good.labels) - 1
+    bad = good.probabilities.copy()
+    bad[last] = bad[last] * 0.5
+    with pytest.raises(ValueError, match=r"ReportData\.probabilities: must be non-negative"):
+        ReportData(**{**good.__dict__, "probabilities": bad})
+    blank = good.X_model.copy()
+    blank[last] = np.nan
+    with pytest.raises(ValueError, match=r"ReportData\.X_model: blank \(NaN\) values must be where"):
+        ReportData(**{**good.__dict__, "X_model": blank})
+    ReportData(**good.__dict__)  # the good data still pass
+
+
 def test_report_data_accepts_every_transform_the_pipeline_applies():
     from flows.config import TRANSFORMS
 
