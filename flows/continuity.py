@@ -78,15 +78,27 @@ def load_previous(database: str | Path, notify: Notify | None = None) -> Previou
 
 def current_model(segments: SegmentResult, features: FeatureMatrix) -> TrackedModel:
     """This run's model in the common space (ids are placeholders until matched)."""
+    return _in_common_space(
+        segments.weights, segments.means, segments.covariances, segments.covariance_type, features
+    )
+
+
+def _in_common_space(
+    weights: np.ndarray,
+    means: np.ndarray,
+    covariances: np.ndarray,
+    covariance_type: str,
+    features: FeatureMatrix,
+) -> TrackedModel:
     return common_model(
-        segments.weights,
-        segments.means,
-        segments.covariances,
+        weights,
+        means,
+        covariances,
         features.scaler.mean,
         features.scaler.scale,
         feature_names=features.names,
         transforms=features.transforms,
-        covariance_type=segments.covariance_type,
+        covariance_type=covariance_type,
         feature_units=features.units,
     )
 
@@ -104,16 +116,12 @@ def planned_order(
     customer's probabilities as they are instead of copying them into id order.
     """
     k, d = model.means_.shape
-    current = common_model(
+    current = _in_common_space(
         np.asarray(model.weights_, dtype=np.float64),
         np.asarray(model.means_, dtype=np.float64),
         full_covariances(model.covariances_, model.covariance_type, k, d),
-        features.scaler.mean,
-        features.scaler.scale,
-        feature_names=features.names,
-        transforms=features.transforms,
-        covariance_type=model.covariance_type,
-        feature_units=features.units,
+        model.covariance_type,
+        features,
     )
     if previous is not None and not comparable(previous.model, current):
         return None

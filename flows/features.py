@@ -13,6 +13,7 @@ import pandas as pd
 from flows.config import TRANSFORMS
 from flows.duck import connect, sql_text
 from reports.profiles import to_original_units
+from schemas.customers import CustomerRows
 from schemas.validation import TEXT_DTYPE
 
 #: What each count of :func:`rfm_table` means, in words for logs and reports.
@@ -296,9 +297,10 @@ def build_feature_matrix(
 ) -> FeatureMatrix:
     """Turn a per-customer table (``customer_id`` + feature columns) into the engine's inputs:
     :func:`feature_matrix` of its ids and feature columns."""
+    rows = CustomerRows.from_frame(table, list(names))
     return feature_matrix(
-        np.asarray(table["customer_id"].astype(str).to_numpy(dtype=object), dtype=TEXT_DTYPE),
-        table[list(names)].to_numpy(dtype=np.float64, na_value=np.nan).reshape(len(table), len(names)),
+        rows.customer_ids,
+        rows.features,
         names,
         units,
         transforms,
