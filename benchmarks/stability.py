@@ -78,7 +78,7 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fixed.fit(features.X_model)  # max_iter=0: the given parameters, unchanged
-    result = assign_segments(fixed, features.X_model)
+    result = assign_segments(fixed, features)
     ip, ic = align_keys(previous.customer_keys, customer_keys(features.customer_ids))
     was = previous.segment_ids[ip]  # segment ids of the customers in both runs, current order
     order = np.argsort(model.segment_ids)
@@ -86,7 +86,7 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
     at = np.minimum(np.searchsorted(ids, was), ids.size - 1)
     previous_components = np.full(features.n_customers, -1, dtype=np.int64)
     previous_components[ic] = np.where(ids[at] == was, order[at], -1)  # its component, by segment id
-    labels, _ = hold_segments(result.labels, result.probabilities, previous_components, hold_odds)
+    labels, _ = hold_segments(result.labels, result.memberships.rows, previous_components, hold_odds)
     return float(np.mean(model.segment_ids[labels[ic]] != was))
 
 

@@ -19,7 +19,6 @@ from flows.customer_keys import customer_keys, key_array
 from flows.features import FeatureMatrix
 from flows.segments import SegmentResult
 from flows.store import Notify, read_latest_run
-from gmm_engine import full_covariances
 from tracking import (
     RunDrift,
     TrackedModel,
@@ -27,9 +26,7 @@ from tracking import (
     align_keys,
     as_text,
     common_model,
-    comparable,
     compare_runs,
-    match_segments,
 )
 
 
@@ -78,61 +75,17 @@ def load_previous(database: str | Path, notify: Notify | None = None) -> Previou
 
 def current_model(segments: SegmentResult, features: FeatureMatrix) -> TrackedModel:
     """This run's model in the common space (ids are placeholders until matched)."""
-    return _in_common_space(
-        segments.weights, segments.means, segments.covariances, segments.covariance_type, features
-    )
-
-
-def _in_common_space(
-    weights: np.ndarray,
-    means: np.ndarray,
-    covariances: np.ndarray,
-    covariance_type: str,
-    features: FeatureMatrix,
-) -> TrackedModel:
     return common_model(
-        weights,
-        means,
-        covariances,
+        segments.weights,
+        segments.means,
+        segments.covariances,
         features.scaler.mean,
         features.scaler.scale,
         feature_names=features.names,
         transforms=features.transforms,
-        covariance_type=covariance_type,
+        covariance_type=segments.covariance_type,
         feature_units=features.units,
     )
-
-
-def planned_order(
-    model, features: FeatureMatrix, previous: PreviousRun | None, settings: Settings
-) -> np.ndarray | None:
-    """The order of the fitted ``model``'s components by the ids :func:`track` will give them,
-    when the model alone settles them: a first run (new ids in canonical order) or a run with the
-    previous run's features (matched on the Bhattacharyya distance of the Gaussians). None when
-    the features changed: the ids then follow the customers' overlap, known only once they are
-    assigned.
-
-    Assigning the customers with the components in this order lets :func:`relabel` keep every
-    customer's probabilities as they are instead of copying them into id order.
-    """
-    k, d = model.means_.shape
-    current = _in_common_space(
-        np.asarray(model.weights_, dtype=np.float64),
-        np.asarray(model.means_, dtype=np.float64),
-        full_covariances(model.covariances_, model.covariance_type, k, d),
-        model.covariance_type,
-        features,
-    )
-    if previous is not None and not comparable(previous.model, current):
-        return None
-    match = match_segments(
-        None if previous is None else previous.model,
-        current,
-        max_id_used=0 if previous is None else previous.max_id_used,
-        max_distance=settings.tracking.max_distance,
-        min_jaccard=settings.tracking.min_jaccard,
-    )
-    return np.argsort(match.segment_ids, kind="stable")
 
 
 def relabel(segments: SegmentResult, ids: np.ndarray) -> SegmentResult:
@@ -140,20 +93,7 @@ def relabel(segments: SegmentResult, ids: np.ndarray) -> SegmentResult:
     array, and each customer's list of probabilities, follows the ids)."""
     ids = np.asarray(ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
-    if np.array_equal(order, np.arange(order.size)):
-        # Already in id order (a first run, or ids kept in order): no copy of every customer's row.
-        return replace(segments, segment_ids=ids)
-    position = np.empty_like(order)
-    position[order] = np.arange(order.size)
-    return replace(
-        segments,
-        segment_ids=ids[order],
-        labels=position[segments.labels],
-        probabilities=segments.probabilities[:, order],
-        weights=segments.weights[order],
-        means=segments.means[order],
-        covariances=segments.covariances[order],
-    )
+    return replace(segments.reordered(order), segment_ids=ids[order])
 
 
 def track(
@@ -186,12 +126,16 @@ def track(
         min_jaccard=t.min_jaccard,
         thresholds=TransitionThresholds(tau_match=t.tau_match, tau_split=t.tau_split),
         moved_threshold=t.moved_threshold,
-        probabilities=segments.probabilities,
+        probabilities=segments.memberships.rows,
         hold_odds=t.hold_odds,
     )
     if drift.held is not None:
+        labels = np.asarray(drift.customer_components, dtype=np.int64)
         segments = replace(
-            segments, labels=np.asarray(drift.customer_components, dtype=np.int64), held=drift.held
+            segments,
+            labels=labels,
+            probability=_probability_given(segments, labels, drift.held),
+            held=drift.held,
         )
     if choice is not None and choice.at_limit:
         flag = (
@@ -199,6 +143,16 @@ def track(
         )
         drift = replace(drift, flags=[*drift.flags, flag])
     return relabel(segments, drift.match.segment_ids), drift
+
+
+def _probability_given(segments: SegmentResult, labels: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """Each customer's probability of the segment in ``labels``: the held customers' is read again."""
+    probability = segments.probability.copy()
+    rows = np.flatnonzero(held)
+    for lo in range(0, rows.size, 1 << 16):
+        part = rows[lo : lo + (1 << 16)]
+        probability[part] = segments.memberships.rows(part)[np.arange(part.size), labels[part]]
+    return probability
 
 
 @dataclass

@@ -4,17 +4,55 @@ original units."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from flows.features import FeatureMatrix
 from gmm_engine import full_covariances
-from reports.profiles import segment_profiles
+from reports.profiles import MembershipTotals, segment_profiles
+
+#: Customers whose memberships are computed at a time (a block of 262,144 x k floats).
+_BLOCK_ROWS = 1 << 18
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
+class Memberships:
+    """Every customer's membership probabilities, computed from the model when they are read, a
+    block of customers at a time, instead of held: n x k floats are 0.4 GiB at 10^7 customers and
+    5 segments (issue 12), and the E-step that gives them back costs about 0.1 s a million.
+
+    Attributes
+    ----------
+    model : gmm_engine.GaussianMixture
+        The fitted model.
+    X_model : ndarray of shape (n, d)
+        The customers in model space.
+    order : ndarray of shape (k,)
+        The model's component shown in each column.
+    """
+
+    model: Any
+    X_model: np.ndarray
+    order: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.X_model.shape[0]), int(self.order.size)
+
+    def rows(self, index: slice | np.ndarray) -> np.ndarray:
+        """The probabilities of the customers ``index`` (a slice or positions), shape (m, k)."""
+        P = np.asarray(self.model.predict_proba(self.X_model[index]), dtype=np.float64)
+        return P if np.array_equal(self.order, np.arange(self.order.size)) else P[:, self.order]
+
+    def reordered(self, order: np.ndarray) -> Memberships:
+        """The same memberships with the columns listed in ``order``."""
+        return replace(self, order=self.order[np.asarray(order, dtype=np.int64)])
+
+
+@dataclass(frozen=True, eq=False)
 class SegmentResult:
     """The chosen model applied to every customer.
 
@@ -24,8 +62,12 @@ class SegmentResult:
         Displayed id of each component (component index + 1).
     labels : ndarray of shape (n,)
         Component index of each customer's segment (the most probable unless ``held``).
-    probabilities : ndarray of shape (n, k)
-        Membership probabilities.
+    probability : ndarray of shape (n,)
+        Each customer's membership probability of the segment in ``labels``.
+    memberships : Memberships
+        Every customer's membership probabilities, columns in component order (computed when read).
+    totals : reports.profiles.MembershipTotals
+        Membership-weighted feature totals per component (the profiles' means and spreads).
     log_density : ndarray of shape (n,)
         Log-density of each customer under the model (low = unusual customer).
     weights, means, covariances : ndarrays (k,), (k, d), (k, d, d)
@@ -40,7 +82,9 @@ class SegmentResult:
     covariance_type: str
     segment_ids: np.ndarray
     labels: np.ndarray
-    probabilities: np.ndarray
+    probability: np.ndarray
+    memberships: Memberships
+    totals: MembershipTotals
     log_density: np.ndarray
     weights: np.ndarray
     means: np.ndarray
@@ -55,64 +99,71 @@ class SegmentResult:
         return int(self.weights.shape[0])
 
     @property
-    def max_probability(self) -> np.ndarray:
-        return self.probabilities[np.arange(self.labels.shape[0]), self.labels]
-
-    @property
     def customer_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.n_segments).astype(np.int64)
 
-
-def assign_segments(model, X_model: np.ndarray, order: np.ndarray | None = None) -> SegmentResult:
-    """Apply a fitted gmm_engine.GaussianMixture to the model-space matrix of all customers.
-
-    ``order``: the model's components in the order the result lists them (default: as fitted).
-    The tracking stage gives segments their ids and lists them in id order; when the ids are
-    known before the customers are assigned (see :func:`flows.continuity.planned_order`), putting
-    the components in that order here spares it a copy of every customer's probabilities.
-    """
-    probabilities = np.asarray(model.predict_proba(X_model), dtype=np.float64)
-    log_density = np.asarray(model.score_samples(X_model), dtype=np.float64)
-    k, d = model.means_.shape
-    order = np.arange(k) if order is None else np.asarray(order, dtype=np.int64)
-    if sorted(order.tolist()) != list(range(k)):
-        raise ValueError(
-            f"assign_segments: order must list the {k} components once each, got {order.tolist()}"
+    def reordered(self, order: np.ndarray) -> SegmentResult:
+        """The same result with the components listed in ``order`` (each customer keeps their segment)."""
+        order = np.asarray(order, dtype=np.int64)
+        position = np.empty_like(order)
+        position[order] = np.arange(order.size)
+        return replace(
+            self,
+            segment_ids=self.segment_ids[order],
+            labels=position[self.labels],
+            memberships=self.memberships.reordered(order),
+            totals=self.totals.reordered(order),
+            weights=self.weights[order],
+            means=self.means[order],
+            covariances=self.covariances[order],
         )
-    if not np.array_equal(order, np.arange(k)):
-        _reorder_columns(probabilities, order)  # this stage's own array, before anyone else has it
-    labels = probabilities.argmax(axis=1).astype(np.int64)
+
+
+def assign_segments(model, features: FeatureMatrix) -> SegmentResult:
+    """Apply a fitted gmm_engine.GaussianMixture to every customer of ``features``.
+
+    One pass over the customers, a block at a time: each customer's most probable segment, its
+    probability and the log-density are kept, and the memberships are added up into the profiles'
+    totals; the memberships themselves are computed again when read (:class:`Memberships`).
+    """
+    X_model = features.X_model
+    n = X_model.shape[0]
+    k, d = model.means_.shape
+    memberships = Memberships(model, X_model, np.arange(k, dtype=np.int64))
+    labels = np.empty(n, dtype=np.int64)
+    probability = np.empty(n, dtype=np.float64)
+    log_density = np.empty(n, dtype=np.float64)
+    totals = MembershipTotals.zeros(k, d)
+    for start in range(0, n, _BLOCK_ROWS):
+        rows = slice(start, start + _BLOCK_ROWS)
+        P = memberships.rows(rows)
+        block_labels = P.argmax(axis=1)
+        labels[rows] = block_labels
+        probability[rows] = P[np.arange(P.shape[0]), block_labels]
+        log_density[rows] = model.score_samples(X_model[rows])
+        totals.add(features.original_rows(rows), P)
     return SegmentResult(
         covariance_type=model.covariance_type,
         segment_ids=np.arange(1, k + 1, dtype=np.int64),
         labels=labels,
-        probabilities=probabilities,
+        probability=probability,
+        memberships=memberships,
+        totals=totals,
         log_density=log_density,
-        weights=np.asarray(model.weights_, dtype=np.float64)[order],
-        means=np.asarray(model.means_, dtype=np.float64)[order],
-        covariances=full_covariances(model.covariances_, model.covariance_type, k, d)[order],
+        weights=np.asarray(model.weights_, dtype=np.float64),
+        means=np.asarray(model.means_, dtype=np.float64),
+        covariances=full_covariances(model.covariances_, model.covariance_type, k, d),
         lower_bounds=[float(v) for v in getattr(model, "lower_bounds_", [model.lower_bound_])],
         converged=bool(model.converged_),
         n_iter=int(model.n_iter_),
     )
 
 
-#: Rows whose columns are reordered at a time (a block of 65,536 x k, not a copy of every row).
-_BLOCK_ROWS = 1 << 16
-
-
-def _reorder_columns(values: np.ndarray, order: np.ndarray) -> None:
-    """``values[:, order]``, written back into ``values`` a block of rows at a time."""
-    for start in range(0, values.shape[0], _BLOCK_ROWS):
-        block = values[start : start + _BLOCK_ROWS]
-        block[...] = block[:, order]
-
-
 def segment_table(result: SegmentResult) -> pd.DataFrame:
     """One row per segment: ``segment_id``, ``weight``, ``customer_count``, ``mean_probability``,
     and the model-space ``mean`` vector and flattened ``covariance`` (for reproducing assignments)."""
     counts = result.customer_counts
-    sums = np.bincount(result.labels, weights=result.max_probability, minlength=result.n_segments)
+    sums = np.bincount(result.labels, weights=result.probability, minlength=result.n_segments)
     mean_probability = np.divide(sums, counts, out=np.full(result.n_segments, np.nan), where=counts > 0)
     return pd.DataFrame(
         {
@@ -132,8 +183,8 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
     ``std``, the segment ``centre`` and a one-standard-deviation band (``spread_low``/``spread_high``;
     asymmetric for log1p features; clipped to the feature's observed range)."""
     profiles = segment_profiles(
-        features.X_original,
-        result.probabilities,
+        features.value_range,
+        result.totals,
         result.labels,
         result.means,
         result.covariances,
@@ -169,7 +220,7 @@ def assignment_table(
     not given), then one column ``p_1 .. p_k`` per segment (stored as a list column by the store)."""
     labels = result.labels[rows]
     n = labels.shape[0]
-    probabilities = result.probabilities[rows]
+    probabilities = result.memberships.rows(rows)
     frame = pd.DataFrame(
         {
             "customer_id": pd.Series(customer_ids[rows], dtype=object).astype(str),

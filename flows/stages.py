@@ -319,10 +319,10 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger(__name__)
 
 
-def fit_segments(model, features: FeatureMatrix, order: np.ndarray | None = None) -> SegmentResult:
-    """Apply the chosen model to every customer (memberships, log-density, expanded covariances),
-    its components listed in ``order`` (see :func:`flows.segments.assign_segments`)."""
-    return assign_segments(model, features.X_model, order)
+def fit_segments(model, features: FeatureMatrix) -> SegmentResult:
+    """Apply the chosen model to every customer (segments, log-density, expanded covariances;
+    see :func:`flows.segments.assign_segments`)."""
+    return assign_segments(model, features)
 
 
 def selected_row(table: list[dict[str, Any]]) -> dict[str, Any]:
@@ -442,7 +442,7 @@ def report_data(
         feature_transforms=list(features.transforms),
         scaler_mean=features.scaler.mean,
         scaler_scale=features.scaler.scale,
-        X_original=features.X_original,
+        value_range=features.value_range,
         X_model=features.X_model,
         covariance_type=segments.covariance_type,
         weights=segments.weights,
@@ -450,8 +450,8 @@ def report_data(
         covariances=segments.covariances,
         segment_ids=[int(s) for s in segments.segment_ids],
         labels=segments.labels,
-        max_probability=segments.max_probability,
-        probabilities=segments.probabilities,
+        max_probability=segments.probability,
+        totals=segments.totals,
         lower_bounds=list(segments.lower_bounds),
         selection=[clean_row(r) for r in choice.table],
         criterion=choice.criterion,
@@ -469,7 +469,7 @@ def missing_features_note(features: FeatureMatrix) -> str:
     with_gaps = int(np.count_nonzero(missing))
     if not with_gaps:
         return ""
-    blank = np.isnan(features.X_original).sum(axis=0)
+    blank = np.isnan(features.X_model).sum(axis=0)
     per_feature = ", ".join(f"{name} {int(n):,}" for name, n in zip(features.names, blank, strict=True) if n)
     return (
         f"{with_gaps:,} of {features.n_customers:,} customers ({with_gaps / features.n_customers:.1%}) were "

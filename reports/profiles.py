@@ -59,12 +59,73 @@ def to_original_units(
 
 
 #: Rows per block where a per-customer temporary would otherwise span every customer.
-_BLOCK = 1_000_000
+_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True, eq=False)
+class MembershipTotals:
+    """Membership-weighted totals of every feature, per segment: what the profiles' means and
+    standard deviations are made of.
+
+    They add up over blocks of customers, so whoever computes the memberships a block at a time
+    can keep these k x d numbers instead of every customer's probabilities (issue 12). A blank
+    value (NaN) counts towards no total.
+
+    Attributes
+    ----------
+    mass : ndarray of shape (n_segments, n_features)
+        Total membership of the customers who have the feature.
+    first, second : ndarray of shape (n_segments, n_features)
+        Membership-weighted sums of the values and of their squares.
+    """
+
+    mass: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+
+    @classmethod
+    def zeros(cls, n_segments: int, n_features: int) -> MembershipTotals:
+        return cls(*(np.zeros((n_segments, n_features)) for _ in range(3)))
+
+    @classmethod
+    def of(cls, X_original: np.ndarray, probabilities: np.ndarray) -> MembershipTotals:
+        """The totals of customers ``X_original`` (n, d) with memberships ``probabilities`` (n, k)."""
+        X = np.asarray(X_original, dtype=np.float64)
+        R = np.asarray(probabilities, dtype=np.float64)
+        totals = cls.zeros(R.shape[1], X.shape[1])
+        for start in range(0, X.shape[0], _BLOCK):
+            totals.add(X[start : start + _BLOCK], R[start : start + _BLOCK])
+        return totals
+
+    def add(self, X_original: np.ndarray, probabilities: np.ndarray) -> None:
+        """Add a block of customers (their values, shape (m, d), and memberships, (m, k)) in place."""
+        X = np.asarray(X_original, dtype=np.float64)
+        R = np.asarray(probabilities, dtype=np.float64)
+        observed = ~np.isnan(X)
+        if observed.all():
+            self.mass[...] += R.sum(axis=0)[:, None]
+        else:
+            self.mass[...] += R.T @ observed
+            X = np.where(observed, X, 0.0)
+        self.first[...] += R.T @ X
+        self.second[...] += R.T @ np.square(X)
+
+    def reordered(self, order: np.ndarray) -> MembershipTotals:
+        """The totals with the segments listed in ``order``."""
+        return MembershipTotals(self.mass[order], self.first[order], self.second[order])
+
+
+def value_range(X_original: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's smallest and largest value, blanks (NaN) left out, a feature at a time
+    (nanmin/nanmax of the whole matrix would copy it)."""
+    X = np.asarray(X_original, dtype=np.float64)
+    columns = range(X.shape[1])
+    return np.array([np.nanmin(X[:, j]) for j in columns]), np.array([np.nanmax(X[:, j]) for j in columns])
 
 
 def segment_profiles(
-    X_original: np.ndarray,
-    probabilities: np.ndarray,
+    value_range: tuple[np.ndarray, np.ndarray],
+    totals: MembershipTotals,
     labels: np.ndarray,
     means: np.ndarray,
     covariances: np.ndarray,
@@ -77,9 +138,10 @@ def segment_profiles(
 
     Parameters
     ----------
-    X_original : ndarray of shape (n_customers, n_features)
-    probabilities : ndarray of shape (n_customers, n_segments)
-        Membership probabilities.
+    value_range : (lowest, highest), ndarrays of shape (n_features,)
+        Each feature's smallest and largest value in original units (:func:`value_range`).
+    totals : MembershipTotals
+        The customers' membership-weighted totals (:meth:`MembershipTotals.of`).
     labels : ndarray of shape (n_customers,)
         Component index ``0..n_segments-1`` of the segment each customer is given.
     means : ndarray of shape (n_segments, n_features)
@@ -89,36 +151,21 @@ def segment_profiles(
     transforms : sequence of str, ``"none"`` or ``"log1p"`` per feature
     segment_ids : sequence of int, length n_segments
     """
-    X = np.asarray(X_original, dtype=np.float64)
-    R = np.asarray(probabilities, dtype=np.float64)
     k = len(segment_ids)
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k).astype(np.int64)
     total = counts.sum()
-    observed = ~np.isnan(X)
-    if observed.all():
-        mass = R.sum(axis=0)[:, None]
-    else:
-        # Blank values (customer tables) are left out: each feature's mean is over the customers
-        # who have it, weighted by membership.
-        mass = R.T @ observed
-        X = np.where(observed, X, 0.0)
+    mass = totals.mass
     safe = np.where(mass > 0, mass, 1.0)
-    mean = np.where(mass > 0, (R.T @ X) / safe, np.nan)
-    # Squares a block of rows at a time: at 10^7 customers a whole X * X is 320 MiB more.
-    squares = sum(
-        (R[i : i + _BLOCK].T @ np.square(X[i : i + _BLOCK]) for i in range(0, X.shape[0], _BLOCK)),
-        start=np.zeros((k, X.shape[1])),
-    )
-    second = np.where(mass > 0, squares / safe, np.nan)
+    mean = np.where(mass > 0, totals.first / safe, np.nan)
+    second = np.where(mass > 0, totals.second / safe, np.nan)
     std = np.sqrt(np.clip(second - mean * mean, 0.0, None))
     means = np.asarray(means, dtype=np.float64)
     sd = np.sqrt(np.clip(np.diagonal(np.asarray(covariances, dtype=np.float64), axis1=1, axis2=2), 0.0, None))
-    if observed.all():
-        lowest, highest, overall = X.min(axis=0), X.max(axis=0), X.mean(axis=0)
-    else:
-        X_observed = np.where(observed, X, np.nan)
-        lowest, highest = np.nanmin(X_observed, axis=0), np.nanmax(X_observed, axis=0)
-        overall = np.nanmean(X_observed, axis=0)
+    lowest, highest = (np.asarray(v, dtype=np.float64) for v in value_range)
+    all_mass = mass.sum(axis=0)
+    overall = np.divide(
+        totals.first.sum(axis=0), all_mass, out=np.full(all_mass.shape, np.nan), where=all_mass > 0
+    )
 
     def back(values: np.ndarray) -> np.ndarray:
         return to_original_units(values, scaler_mean, scaler_scale, transforms)

@@ -83,8 +83,8 @@ def render_report(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     profiles = segment_profiles(
-        data.X_original,
-        data.probabilities,
+        data.value_range,
+        data.totals,
         data.labels,
         data.means,
         data.covariances,

@@ -12,6 +12,8 @@ import numpy as np
 from constants import TRANSFORMS
 from gmm_engine import ALL_COVARIANCE_TYPES, CRITERIA
 
+from .profiles import MembershipTotals
+
 
 @dataclass(frozen=True, eq=False)
 class ReportData:
@@ -29,10 +31,11 @@ class ReportData:
         ``feature_transforms[j]`` is ``"log1p"`` or ``"none"`` (applied before standardisation).
     scaler_mean, scaler_scale : ndarray of shape (n_features,)
         ``X_model = (transform(X_original) - scaler_mean) / scaler_scale``.
-    X_original : ndarray of shape (n_customers, n_features)
-        Features in original units.
+    value_range : (lowest, highest), ndarrays of shape (n_features,)
+        Each feature's smallest and largest value in original units
+        (:func:`reports.profiles.value_range` of the customers' values).
     X_model : ndarray of shape (n_customers, n_features)
-        The matrix the model was fitted on.
+        The matrix the model was fitted on (NaN where a value is blank).
     covariance_type : str
         ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"`` (the chosen model's type).
     weights : ndarray of shape (n_segments,)
@@ -46,9 +49,10 @@ class ReportData:
         Component index ``0..n_segments-1`` of each customer.
     max_probability : ndarray of shape (n_customers,)
         Membership probability of the assigned segment.
-    probabilities : ndarray of shape (n_customers, n_segments)
-        Membership probabilities (rows sum to 1): the segments' weighted means
-        (:mod:`reports.profiles`).
+    totals : reports.profiles.MembershipTotals
+        The customers' membership-weighted feature totals per segment
+        (:meth:`~reports.profiles.MembershipTotals.of` their membership probabilities): the
+        segments' weighted means.
     lower_bounds : list of float
         Mean log-likelihood after every EM iteration of the chosen model.
     selection : list of dict
@@ -77,7 +81,7 @@ class ReportData:
     feature_transforms: list[str]
     scaler_mean: np.ndarray
     scaler_scale: np.ndarray
-    X_original: np.ndarray
+    value_range: tuple[np.ndarray, np.ndarray]
     X_model: np.ndarray
     covariance_type: str
     weights: np.ndarray
@@ -86,7 +90,7 @@ class ReportData:
     segment_ids: list[int]
     labels: np.ndarray
     max_probability: np.ndarray
-    probabilities: np.ndarray
+    totals: MembershipTotals
     lower_bounds: list[float]
     selection: list[dict[str, Any]] = field(default_factory=list)
     criterion: str = "bic"
@@ -111,15 +115,17 @@ class ReportData:
         for name in (
             "scaler_mean",
             "scaler_scale",
-            "X_original",
             "X_model",
             "weights",
             "means",
             "covariances",
             "max_probability",
-            "probabilities",
         ):
             put(name, np.asarray(getattr(self, name), dtype=np.float64))
+        lowest, highest = self.value_range
+        put("value_range", (np.asarray(lowest, dtype=np.float64), np.asarray(highest, dtype=np.float64)))
+        if not isinstance(self.totals, MembershipTotals):
+            raise TypeError(f"ReportData.totals: expected MembershipTotals, got {type(self.totals).__name__}")
         labels = np.asarray(self.labels)
         if (
             labels.size
@@ -133,7 +139,7 @@ class ReportData:
     def _check(self) -> None:
         d = len(self.feature_names)
         k = len(self.segment_ids)
-        n = self.X_original.shape[0] if self.X_original.ndim == 2 else -1
+        n = self.X_model.shape[0] if self.X_model.ndim == 2 else -1
 
         def fail(what: str, rule: str) -> None:
             raise ValueError(f"ReportData.{what}: {rule}")
@@ -158,20 +164,23 @@ class ReportData:
         shapes = {
             "scaler_mean": (d,),
             "scaler_scale": (d,),
-            "X_model": (n, d),
+            "value_range[0]": (d,),
+            "value_range[1]": (d,),
             "weights": (k,),
             "means": (k, d),
             "covariances": (k, d, d),
             "labels": (n,),
             "max_probability": (n,),
-            "probabilities": (n, k),
+            "totals.mass": (k, d),
+            "totals.first": (k, d),
+            "totals.second": (k, d),
         }
-        if self.X_original.ndim != 2 or self.X_original.shape[1] != d:
-            fail("X_original", f"expected shape (n_customers, {d}), got {self.X_original.shape}")
+        if self.X_model.ndim != 2 or self.X_model.shape[1] != d:
+            fail("X_model", f"expected shape (n_customers, {d}), got {self.X_model.shape}")
         if n < 1:
-            fail("X_original", "at least one customer is required")
+            fail("X_model", "at least one customer is required")
         for name, shape in shapes.items():
-            got = getattr(self, name).shape
+            got = np.shape(_attribute(self, name))
             if got != shape:
                 fail(name, f"expected shape {shape}, got {got}")
         for name in (
@@ -181,18 +190,21 @@ class ReportData:
             "means",
             "covariances",
             "max_probability",
-            "probabilities",
+            "totals.mass",
+            "totals.first",
+            "totals.second",
         ):
-            if not _every_block(lambda a: bool(np.isfinite(a).all()), getattr(self, name)):
+            if not _every_block(lambda a: bool(np.isfinite(a).all()), _attribute(self, name)):
                 fail(name, "contains NaN or infinite values")
-        # NaN in the features is a blank value (customer tables), in the same places in both.
-        for name in ("X_original", "X_model"):
-            if not _every_block(lambda a: not np.isinf(a).any(), getattr(self, name)):
-                fail(name, "contains infinite values")
-        if not _every_block(
-            lambda a, b: np.array_equal(np.isnan(a), np.isnan(b)), self.X_original, self.X_model
-        ):
-            fail("X_model", "blank (NaN) values must be where X_original has them")
+        # NaN in the features is a blank value (customer tables).
+        if not _every_block(lambda a: not np.isinf(a).any(), self.X_model):
+            fail("X_model", "contains infinite values")
+        for name in ("value_range[0]", "value_range[1]"):
+            if not np.isfinite(_attribute(self, name)).all():
+                fail(name, "contains NaN or infinite values")
+        above = np.flatnonzero(self.value_range[0] > self.value_range[1])
+        if above.size:
+            fail("value_range", f"lowest above highest for feature {self.feature_names[above[0]]!r}")
         if not _every_block(lambda a: not np.isnan(a).all(axis=1).any(), self.X_model):
             fail("X_model", "every customer needs at least one feature that is not blank")
         if np.any(self.scaler_scale <= 0):
@@ -203,10 +215,12 @@ class ReportData:
             fail("labels", f"component indices must lie in 0..{k - 1}")
         if np.any(self.max_probability < 0) or np.any(self.max_probability > 1 + 1e-9):
             fail("max_probability", "probabilities must lie in [0, 1]")
-        if not _every_block(
-            lambda p: not np.any(p < 0) and np.allclose(p.sum(axis=1), 1.0, atol=1e-6), self.probabilities
-        ):
-            fail("probabilities", "must be non-negative with rows that sum to 1")
+        # Every customer's memberships sum to 1, so a feature's total membership is the number of
+        # customers who have it.
+        have = [np.count_nonzero(~np.isnan(self.X_model[:, j])) for j in range(d)]
+        mass = self.totals.mass
+        if np.any(mass < 0) or not np.allclose(mass.sum(axis=0), have, rtol=1e-6, atol=1e-6):
+            fail("totals", "memberships must be non-negative and sum to 1 for every customer")
         diagonals = np.diagonal(self.covariances, axis1=1, axis2=2)
         if np.any(diagonals <= 0):
             fail("covariances", "every variance (diagonal entry) must be > 0")
@@ -220,6 +234,16 @@ class ReportData:
     def n_segments(self) -> int:
         """Number of segments (mixture components)."""
         return len(self.segment_ids)
+
+
+def _attribute(data: ReportData, name: str) -> Any:
+    """``data``'s attribute ``name``: dotted names followed (``"totals.mass"``), and a trailing
+    ``[i]`` taken (``"value_range[0]"``)."""
+    name, _, index = name.partition("[")
+    value: Any = data
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value[int(index[:-1])] if index else value
 
 
 _DRIFT_KEYS = ("previous_run_id", "migration", "what_changed", "flags")

@@ -254,46 +254,10 @@ def test_customers_change_segment_only_when_the_model_clearly_places_them_elsewh
     )
 
 
-def _segments(k: int, n: int = 6) -> SegmentResult:
-    rng = np.random.default_rng(0)
-    probabilities = rng.dirichlet(np.ones(k), size=n)
-    return SegmentResult(
-        covariance_type="diag",
-        segment_ids=np.arange(1, k + 1),
-        labels=probabilities.argmax(axis=1),
-        probabilities=probabilities,
-        log_density=rng.normal(size=n),
-        weights=np.full(k, 1.0 / k),
-        means=np.arange(k * 2, dtype=float).reshape(k, 2),
-        covariances=np.stack([np.eye(2) * (j + 1) for j in range(k)]),
-        lower_bounds=[-1.0],
-        converged=True,
-        n_iter=1,
-    )
-
-
-def test_relabel_puts_segments_in_id_order_and_copies_nothing_when_they_are():
-    segments = _segments(3)
-    moved = relabel(segments, np.array([7, 2, 5]))
-    assert moved.segment_ids.tolist() == [2, 5, 7]
-    np.testing.assert_array_equal(moved.probabilities, segments.probabilities[:, [1, 2, 0]])
-    np.testing.assert_array_equal(moved.means, segments.means[[1, 2, 0]])
-    # Each customer keeps the segment id it had: component c had id [7, 2, 5][c].
-    np.testing.assert_array_equal(moved.segment_ids[moved.labels], np.array([7, 2, 5])[segments.labels])
-
-    kept = relabel(segments, np.array([4, 6, 9]))
-    assert kept.segment_ids.tolist() == [4, 6, 9]
-    assert kept.probabilities is segments.probabilities and kept.labels is segments.labels
-
-
-def test_components_assigned_in_planned_order_get_the_same_ids_without_a_copy():
-    """Assigning with the components in the order of their planned ids gives every customer the
-    segment id the plain path gives, and tracking then keeps the probabilities as they are."""
-    from flows.config import load_settings
-    from flows.continuity import PreviousRun, current_model, planned_order, track
-    from flows.customer_keys import customer_keys
+def _segments(k: int = 3) -> tuple[SegmentResult, object]:
+    """A fitted model's segments for 4 x 150 generated customers, and their features."""
     from flows.features import build_feature_matrix
-    from flows.stages import fit_segments
+    from flows.segments import assign_segments
     from gmm_engine import GaussianMixture
 
     rng = np.random.default_rng(4)
@@ -301,27 +265,74 @@ def test_components_assigned_in_planned_order_get_the_same_ids_without_a_copy():
     X = np.concatenate([c + rng.normal(size=(150, 2)) for c in centres])
     table = pd.DataFrame({"customer_id": [f"c{i:04d}" for i in range(len(X))], "a": X[:, 0], "b": X[:, 1]})
     features = build_feature_matrix(table, ["a", "b"], ["", ""], ["none", "none"])
+    model = GaussianMixture(k, covariance_type="full", random_state=1).fit(features.X_model)
+    return assign_segments(model, features), features
+
+
+def test_assigned_segments_are_the_models_memberships_read_a_block_at_a_time(monkeypatch):
+    """assign_segments keeps each customer's most probable segment, its probability and the
+    log-density, and sums the profiles' totals, whatever the block size; the memberships are the
+    model's, computed again when read."""
+    import flows.segments as segments_module
+    from reports.profiles import MembershipTotals
+
+    whole, features = _segments(4)
+    P = whole.memberships.model.predict_proba(features.X_model)
+    np.testing.assert_array_equal(whole.memberships.rows(slice(None)), P)
+    np.testing.assert_array_equal(whole.labels, P.argmax(axis=1))
+    np.testing.assert_allclose(whole.probability, P.max(axis=1), rtol=1e-15)
+    np.testing.assert_allclose(whole.log_density, whole.memberships.model.score_samples(features.X_model))
+    expected = MembershipTotals.of(features.X_original, P)
+    monkeypatch.setattr(segments_module, "_BLOCK_ROWS", 7)
+    blocks, _ = _segments(4)
+    np.testing.assert_array_equal(blocks.labels, whole.labels)
+    for name in ("mass", "first", "second"):
+        np.testing.assert_allclose(getattr(blocks.totals, name), getattr(expected, name), rtol=1e-12)
+        np.testing.assert_allclose(getattr(whole.totals, name), getattr(expected, name), rtol=1e-12)
+
+
+def test_relabel_puts_segments_in_id_order_without_a_copy_of_any_customers_probabilities():
+    segments, _ = _segments(3)
+    moved = relabel(segments, np.array([7, 2, 5]))
+    assert moved.segment_ids.tolist() == [2, 5, 7]
+    every = segments.memberships.rows(slice(None))
+    np.testing.assert_array_equal(moved.memberships.rows(slice(None)), every[:, [1, 2, 0]])
+    np.testing.assert_array_equal(moved.memberships.rows(np.array([5, 0])), every[[5, 0]][:, [1, 2, 0]])
+    assert moved.memberships.X_model is segments.memberships.X_model  # read again, not copied
+    np.testing.assert_array_equal(moved.means, segments.means[[1, 2, 0]])
+    np.testing.assert_array_equal(moved.totals.first, segments.totals.first[[1, 2, 0]])
+    # Each customer keeps the segment id it had: component c had id [7, 2, 5][c].
+    np.testing.assert_array_equal(moved.segment_ids[moved.labels], np.array([7, 2, 5])[segments.labels])
+    np.testing.assert_array_equal(moved.probability, segments.probability)
+
+    kept = relabel(segments, np.array([4, 6, 9]))
+    assert kept.segment_ids.tolist() == [4, 6, 9]
+    np.testing.assert_array_equal(kept.labels, segments.labels)
+
+
+def test_held_customers_get_the_probability_of_the_segment_they_keep():
+    """track with hold_odds: a held customer's ``probability`` is that of the segment kept, read
+    from the model again (the run holds no one's full list of probabilities)."""
+    from flows.config import load_settings
+    from flows.continuity import PreviousRun, current_model, track
+    from flows.customer_keys import customer_keys
+
+    segments, features = _segments(4)
     settings = load_settings()
-    model = GaussianMixture(4, covariance_type="full", random_state=1).fit(features.X_model)
-
-    def ids_per_customer(previous):
-        plain, _ = track(fit_segments(model, features), features, previous, settings)
-        order = planned_order(model, features, previous, settings)
-        assert order is not None and not np.array_equal(order, np.arange(4))  # a real reordering
-        assigned = fit_segments(model, features, order)
-        tracked, _ = track(assigned, features, previous, settings)
-        assert tracked.probabilities is assigned.probabilities  # no copy into id order
-        np.testing.assert_array_equal(tracked.segment_ids, np.sort(tracked.segment_ids))
-        np.testing.assert_array_equal(tracked.segment_ids[tracked.labels], plain.segment_ids[plain.labels])
-        np.testing.assert_allclose(tracked.probabilities, plain.probabilities)
-        return tracked
-
-    first = ids_per_customer(None)
+    first, _ = track(segments, features, None, settings)
+    # The previous run put every customer of component 0 in component 1's segment: those near
+    # the border stay there with hold_odds.
+    before = first.segment_ids[np.where(first.labels == 0, 1, first.labels)]
     previous = PreviousRun(
         run_id=1,
         model=current_model(first, features).with_ids(first.segment_ids),
         customer_keys=customer_keys(features.customer_ids),
-        segment_ids=first.segment_ids[first.labels],
+        segment_ids=before,
         max_id_used=int(first.segment_ids.max()),
     )
-    ids_per_customer(previous)
+    odds = settings.tracking.model_copy(update={"hold_odds": 1e6})
+    tracked, drift = track(segments, features, previous, settings.model_copy(update={"tracking": odds}))
+    assert tracked.held is not None and 0 < tracked.held.sum() < (first.labels == 0).sum()
+    every = tracked.memberships.rows(slice(None))
+    np.testing.assert_array_equal(tracked.probability, every[np.arange(len(every)), tracked.labels])
+    assert (tracked.probability[tracked.held] < every[tracked.held].max(axis=1)).all()

@@ -509,3 +509,31 @@ def test_trim_heap_returns_freed_memory_on_linux():
     from flows.memory import trim_heap
 
     assert trim_heap() is sys.platform.startswith("linux")
+
+
+def test_features_without_original_values_read_them_back_from_the_model_matrix():
+    """After the fit a run drops X_original (issue 12): the values in original units come back from
+    X_model a block at a time, equal to rounding, and the features' ranges stay as measured."""
+    from flows.features import build_feature_matrix
+
+    rng = np.random.default_rng(3)
+    n = 500
+    table = pd.DataFrame(
+        {
+            "customer_id": [f"c{i:03d}" for i in range(n)],
+            "recency_days": rng.integers(0, 400, n).astype(float),
+            "monetary": np.round(np.exp(rng.normal(4.0, 1.2, n)), 2),
+        }
+    )
+    table.loc[::9, "monetary"] = np.nan
+    features = build_feature_matrix(table, ["recency_days", "monetary"], ["days", "GBP"], ["none", "log1p"])
+    lean = features.without_original_values()
+    assert lean.X_original is None and lean.X_model is features.X_model
+    np.testing.assert_allclose(lean.original_rows(slice(None)), features.X_original, rtol=1e-12)
+    at = np.array([7, 0, 9, 499])
+    np.testing.assert_allclose(lean.original_rows(at), features.X_original[at], rtol=1e-12)
+    assert np.isnan(lean.original_rows(at)[2, 1])  # a blank stays blank
+    np.testing.assert_array_equal(lean.value_range[0], np.nanmin(features.X_original, axis=0))
+    np.testing.assert_array_equal(lean.value_range[1], np.nanmax(features.X_original, axis=0))
+    np.testing.assert_array_equal(lean.missing_counts, np.isnan(features.X_original).sum(axis=1))
+    assert lean.n_customers == n and lean.has_missing

@@ -18,7 +18,7 @@ from matplotlib.patches import Ellipse, Rectangle
 
 from reports import ReportData, figure_files, figures, render_report
 from reports import drift as figures_drift
-from reports.profiles import segment_profiles
+from reports.profiles import MembershipTotals, segment_profiles, to_original_units, value_range
 from reports.style import segment_colors
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -66,6 +66,31 @@ def _selection_rows(k_true: int, covariance_type: str) -> list[dict]:
     return rows
 
 
+def true_posterior(X_model, weights, means, covariances) -> np.ndarray:
+    """Posterior probabilities from the true parameters, as the engine would report them."""
+    n, d = X_model.shape
+    chol = np.linalg.cholesky(covariances)
+    log_density = np.empty((n, len(weights)))
+    for c in range(len(weights)):
+        diff = np.linalg.solve(chol[c], (X_model - means[c]).T)
+        log_det = 2.0 * np.log(np.diag(chol[c])).sum()
+        log_density[:, c] = (
+            np.log(weights[c]) - 0.5 * (diff**2).sum(axis=0) - 0.5 * log_det - 0.5 * d * np.log(2 * np.pi)
+        )
+    posterior = np.exp(log_density - log_density.max(axis=1, keepdims=True))
+    return posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def original_of(data: ReportData) -> np.ndarray:
+    """The customers' values in original units, from ``data.X_model``."""
+    return to_original_units(data.X_model, data.scaler_mean, data.scaler_scale, data.feature_transforms)
+
+
+def posterior_of(data: ReportData) -> np.ndarray:
+    """The memberships make_report_data summed into ``data.totals``."""
+    return true_posterior(data.X_model, data.weights, data.means, data.covariances)
+
+
 def make_report_data(
     d: int,
     covariance_type: str = "full",
@@ -87,16 +112,7 @@ def make_report_data(
     chol = np.linalg.cholesky(covariances)
     X_model = means[labels] + np.einsum("nij,nj->ni", chol[labels], rng.normal(size=(n, d)))
 
-    # Posterior probabilities from the true parameters, as the engine would report them.
-    log_density = np.empty((n, k))
-    for c in range(k):
-        diff = np.linalg.solve(chol[c], (X_model - means[c]).T)
-        log_det = 2.0 * np.log(np.diag(chol[c])).sum()
-        log_density[:, c] = (
-            np.log(weights[c]) - 0.5 * (diff**2).sum(axis=0) - 0.5 * log_det - 0.5 * d * np.log(2 * np.pi)
-        )
-    posterior = np.exp(log_density - log_density.max(axis=1, keepdims=True))
-    posterior /= posterior.sum(axis=1, keepdims=True)
+    posterior = true_posterior(X_model, weights, means, covariances)
 
     transforms = ["none" if j % 2 == 0 else "log1p" for j in range(d)]
     scaler_mean = np.array([30.0 if t == "none" else 5.0 for t in transforms])
@@ -111,7 +127,7 @@ def make_report_data(
         feature_transforms=transforms,
         scaler_mean=scaler_mean,
         scaler_scale=scaler_scale,
-        X_original=X_original,
+        value_range=value_range(X_original),
         X_model=X_model,
         covariance_type=covariance_type,
         weights=weights,
@@ -120,7 +136,7 @@ def make_report_data(
         segment_ids=segment_ids or list(range(1, k + 1)),
         labels=posterior.argmax(axis=1),
         max_probability=posterior.max(axis=1),
-        probabilities=posterior,
+        totals=MembershipTotals.of(X_original, posterior),
         lower_bounds=list(-3.0 + 0.5 * (1 - np.exp(-np.arange(1, 13) / 3.0))),
         selection=_selection_rows(k, covariance_type),
         criterion="bic",
@@ -130,8 +146,8 @@ def make_report_data(
 
 def profiles_of(data: ReportData):
     return segment_profiles(
-        data.X_original,
-        data.probabilities,
+        data.value_range,
+        data.totals,
         data.labels,
         data.means,
         data.covariances,
@@ -239,13 +255,14 @@ def test_report_data_checks_every_block_of_customers(monkeypatch):
     good = make_report_data(2, "full")
     monkeypatch.setattr(report_data, "_CHECK_ROWS", 7)
     last = len(good.labels) - 1
-    bad = good.probabilities.copy()
-    bad[last] = bad[last] * 0.5
-    with pytest.raises(ValueError, match=r"ReportData\.probabilities: must be non-negative"):
-        ReportData(**{**good.__dict__, "probabilities": bad})
+    short = posterior_of(good)
+    short[last] *= 0.5
+    bad = MembershipTotals.of(original_of(good), short)
+    with pytest.raises(ValueError, match=r"ReportData\.totals: memberships must be non-negative and sum"):
+        ReportData(**{**good.__dict__, "totals": bad})
     blank = good.X_model.copy()
     blank[last] = np.nan
-    with pytest.raises(ValueError, match=r"ReportData\.X_model: blank \(NaN\) values must be where"):
+    with pytest.raises(ValueError, match=r"ReportData\.X_model: every customer needs at least one feature"):
         ReportData(**{**good.__dict__, "X_model": blank})
     ReportData(**good.__dict__)  # the good data still pass
 
@@ -558,7 +575,8 @@ def test_sizes_and_profiles_figures_show_the_grouped_data():
             centre = np.expm1(centre)
         np.testing.assert_allclose(heights, [centre[data.segment_ids.index(s)] for s in (1, 2, 3)])
         # Diamonds are the membership-weighted means.
-        weighted = (data.probabilities.T @ data.X_original[:, j]) / data.probabilities.sum(axis=0)
+        R = posterior_of(data)
+        weighted = (R.T @ original_of(data)[:, j]) / R.sum(axis=0)
         diamonds = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets()) == 3])
         np.testing.assert_allclose(diamonds[:, 1], [weighted[data.segment_ids.index(s)] for s in (1, 2, 3)])
 
@@ -783,7 +801,7 @@ def test_segment_spreads_stay_inside_the_observed_range():
         model.means_ - np.sqrt(np.diagonal(model.covariances_, axis1=1, axis2=2))
     )
     assert unclipped[0, 0] < 0.0  # the case the clip is for
-    profiles = feature_profiles(assign_segments(model, features.X_model), features).set_index("feature")
+    profiles = feature_profiles(assign_segments(model, features), features).set_index("feature")
     assert profiles.loc["recency_days", "spread_low"] == 0.0
     for feature in ("recency_days", "monetary"):
         assert table[feature].min() <= profiles.loc[feature, "spread_low"] <= profiles.loc[feature, "centre"]
@@ -795,19 +813,20 @@ def test_blank_features_are_left_out_of_profiles_and_drawings(tmp_path):
     only where they have it; the segments figure draws the customers with every feature."""
     data = make_report_data(3, "full", n=300, seed=11)
     full = profiles_of(data)
-    holed_original, holed_model = data.X_original.copy(), data.X_model.copy()
+    X_original = original_of(data)
+    holed_original, holed_model = X_original.copy(), data.X_model.copy()
     blank = np.zeros_like(holed_model, dtype=bool)
     blank[::7, 0] = True
     blank[3::11, 2] = True
     holed_original[blank], holed_model[blank] = np.nan, np.nan
-    holed = dataclasses.replace(data, X_original=holed_original, X_model=holed_model)
+    R = posterior_of(data)
+    holed = dataclasses.replace(data, X_model=holed_model, totals=MembershipTotals.of(holed_original, R))
     got = profiles_of(holed)
     np.testing.assert_array_equal(got.counts, full.counts)
     np.testing.assert_allclose(got.centre, full.centre)  # the model's, not the data's
-    R = data.probabilities
     for j in range(3):
         have = ~blank[:, j]
-        expected = (R[have].T @ data.X_original[have, j]) / R[have].sum(axis=0)
+        expected = (R[have].T @ X_original[have, j]) / R[have].sum(axis=0)
         np.testing.assert_allclose(got.mean[:, j], expected, rtol=1e-12)
     assert (
         np.isfinite(got.mean).all()
@@ -822,5 +841,5 @@ def test_blank_features_are_left_out_of_profiles_and_drawings(tmp_path):
     assert f"{int(blank.any(axis=1).sum()):,} with a blank feature not drawn" in fig.axes[0].get_title()
     index = render_report(holed, tmp_path / "r", dpi=40)
     assert index.exists()
-    with pytest.raises(ValueError, match="X_model"):
-        dataclasses.replace(data, X_model=holed_model)  # blanks must be where X_original has them
+    with pytest.raises(ValueError, match=r"ReportData\.totals"):
+        dataclasses.replace(data, X_model=holed_model)  # totals of customers who have every feature

@@ -177,25 +177,17 @@ def test_a_large_run_is_written_in_parts_and_read_whole(tmp_path, monkeypatch):
 
 
 def test_assignment_rows_are_built_and_validated_a_chunk_at_a_time():
-    from flows.segments import AssignmentRows, SegmentResult, assignment_table
+    from flows.features import build_feature_matrix
+    from flows.segments import AssignmentRows, assign_segments, assignment_table
+    from gmm_engine import GaussianMixture
 
     rng = np.random.default_rng(0)
-    probabilities = rng.dirichlet(np.ones(3), size=7)
-    labels = probabilities.argmax(axis=1)
-    result = SegmentResult(
-        covariance_type="diag",
-        segment_ids=np.arange(1, 4),
-        labels=labels,
-        probabilities=probabilities,
-        log_density=rng.normal(size=7),
-        weights=np.full(3, 1 / 3),
-        means=np.zeros((3, 2)),
-        covariances=np.stack([np.eye(2)] * 3),
-        lower_bounds=[-1.0],
-        converged=True,
-        n_iter=1,
-        held=labels == 0,
-    )
+    X = np.concatenate([rng.normal(size=(3, 2)), 5.0 + rng.normal(size=(4, 2))])
+    table = pd.DataFrame({"customer_id": [f"c{i}" for i in range(7)], "a": X[:, 0], "b": X[:, 1]})
+    features = build_feature_matrix(table, ["a", "b"], ["", ""], ["none", "none"])
+    model = GaussianMixture(2, covariance_type="spherical", random_state=0).fit(features.X_model)
+    assigned = assign_segments(model, features)
+    result = replace(assigned, held=assigned.labels == 0)
     ids = np.array([f"c{i}" for i in range(7)], dtype=object)
     rows = AssignmentRows(result, ids, np.arange(7) % 2)
     chunks = list(rows.chunks(3))

@@ -14,6 +14,7 @@ from scipy.integrate import quad
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
+import tracking.customers as tracking_customers
 from gmm_engine import GaussianMixture
 from tracking import (
     DEFAULT_MAX_DISTANCE,
@@ -769,6 +770,22 @@ def test_hold_segments_moves_a_customer_only_on_odds_above_hold_odds(n, k, odds,
     # Larger odds never move more customers.
     given_more, _ = hold_segments(components, p, previous, hold_odds=odds * 2)
     assert np.sum(had & (given_more != previous)) <= np.sum(moved)
+    # Read a block of customers at a time through a function, the same customers are held.
+    block = tracking_customers._HOLD_BLOCK  # hypothesis runs many examples per monkeypatch fixture
+    try:
+        tracking_customers._HOLD_BLOCK = 3
+        read: list[int] = []
+
+        def rows_of(at: np.ndarray) -> np.ndarray:
+            read.append(at.size)
+            return p[at]
+
+        given_read, held_read = hold_segments(components, rows_of, previous, hold_odds=odds)
+    finally:
+        tracking_customers._HOLD_BLOCK = block
+    np.testing.assert_array_equal(given_read, given)
+    np.testing.assert_array_equal(held_read, held)
+    assert max(read, default=0) <= 3 and sum(read) == np.sum(had & (components != previous))
 
 
 def test_compare_runs_with_hold_odds_moves_only_customers_the_model_clearly_places_elsewhere(base):
@@ -854,7 +871,7 @@ def test_customers_are_aligned_by_id_as_text_in_the_current_order():
         align_customers(["a"], ["b", "b"])
 
 
-@pytest.mark.parametrize("hashes", ["real", "all equal", "unique but wrong"])
+@pytest.mark.parametrize("hashes", ["real", "all equal", "unique but wrong", "joined in blocks"])
 def test_customer_alignment_is_exact_whatever_the_hashes_do(monkeypatch, hashes):
     """The hash join answers as a join of the ids themselves; when hashes repeat (a repeated id or
     a collision) or pair different ids, the exact path takes over and gives the same answer."""
@@ -865,6 +882,8 @@ def test_customer_alignment_is_exact_whatever_the_hashes_do(monkeypatch, hashes)
     current = rng.permutation(np.array([f"C{i}" for i in range(1_000, 5_000)], dtype=object))
     if hashes == "all equal":
         monkeypatch.setattr(customers.pd.util, "hash_array", lambda a, **kw: np.zeros(len(a), np.uint64))
+    elif hashes == "joined in blocks":
+        monkeypatch.setattr(customers, "_JOIN_BLOCK", 7)
     elif hashes == "unique but wrong":
         monkeypatch.setattr(
             customers.pd.util, "hash_array", lambda a, **kw: np.arange(len(a), dtype=np.uint64)

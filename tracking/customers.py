@@ -7,7 +7,7 @@ last run's segment unless the model now clearly favours another.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,29 +121,28 @@ def align_keys(previous_keys: np.ndarray, current_keys: np.ndarray) -> tuple[np.
 
 def _sorted_join(previous_hash: np.ndarray, current_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``(ip, ic)`` of equal hashes, in current order; None when either side repeats a hash."""
-    # Temporaries are dropped as soon as they are used: at 10^7 customers each is 80 MB.
+    # Temporaries are dropped as soon as they are used, and the sorted current hashes' buffer is
+    # reused for their matches: at 10^7 customers each array is 80 MB.
     previous_order = np.argsort(previous_hash, kind="stable")
     previous_sorted = previous_hash[previous_order]
     if _repeats(previous_sorted):
         return None
     current_order = np.argsort(current_hash, kind="stable")
-    current_sorted = current_hash[current_order]
-    if _repeats(current_sorted):
+    matched = current_hash[current_order]
+    if _repeats(matched):
         return None
-    # Both sides sorted: the binary searches walk memory in order (12 s -> 0.5 s at 10^7).
-    at = np.searchsorted(previous_sorted, current_sorted)
-    np.minimum(at, previous_sorted.size - 1, out=at)
-    found = np.empty(at.size, dtype=bool)
-    for lo in range(0, at.size, _JOIN_BLOCK):  # without a gathered copy of every hash
-        hi = lo + _JOIN_BLOCK
-        np.equal(previous_sorted[at[lo:hi]], current_sorted[lo:hi], out=found[lo:hi])
-    del previous_sorted, current_sorted
-    np.take(previous_order, at, out=at)  # now each sorted current hash's previous position
-    del previous_order
-    at[~found] = -1
+    last = previous_sorted.size - 1
+    for lo in range(0, matched.size, _JOIN_BLOCK):
+        # Both sides sorted: the binary searches walk memory in order (12 s -> 0.5 s at 10^7).
+        wanted = matched[lo : lo + _JOIN_BLOCK]
+        at = np.minimum(np.searchsorted(previous_sorted, wanted), last)
+        found = previous_sorted[at] == wanted
+        # The block's hashes are read: their slots now hold each one's previous position, or -1.
+        wanted.view(np.int64)[...] = np.where(found, previous_order[at], -1)
+    del previous_sorted, previous_order
     positions = np.empty(current_hash.size, dtype=np.int64)
-    positions[current_order] = at
-    del current_order, at, found
+    positions[current_order] = matched.view(np.int64)
+    del current_order, matched
     ic = np.flatnonzero(positions >= 0)
     return positions[ic], ic
 
@@ -254,8 +253,15 @@ def moved_share(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[
     return float(np.mean(p != c)) if p.size else float("nan")
 
 
+#: Customers whose probabilities :func:`hold_segments` reads at a time.
+_HOLD_BLOCK = 1 << 16
+
+
 def hold_segments(
-    components: np.ndarray, probabilities: np.ndarray, previous_components: np.ndarray, hold_odds: float
+    components: np.ndarray,
+    probabilities: np.ndarray | Callable[[np.ndarray], np.ndarray],
+    previous_components: np.ndarray,
+    hold_odds: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep each customer in last run's segment unless the model now favours another by more than
     ``hold_odds`` to 1.
@@ -269,8 +275,9 @@ def hold_segments(
     ----------
     components : ndarray of shape (n,), int
         Each customer's most probable component (0..k-1).
-    probabilities : ndarray of shape (n, k)
-        Membership probabilities.
+    probabilities : ndarray of shape (n, k), or callable
+        Membership probabilities; or a function that gives those of the customers at the
+        positions it is passed (an int array), shape (m, k), for callers that do not hold them.
     previous_components : ndarray of shape (n,), int
         The component that carries the customer's previous segment id, or -1 (new customer, or
         their segment was retired).
@@ -289,9 +296,21 @@ def hold_segments(
     if not hold_odds >= 1.0:
         raise ValueError(f"hold_odds must be at least 1, got {hold_odds!r}")
     rows = np.flatnonzero((previous_components >= 0) & (previous_components != components))
-    p = np.asarray(probabilities, dtype=np.float64)
-    # Compared as products, not ratios: a previous segment's probability may underflow to 0.
-    keep = p[rows, previous_components[rows]] * hold_odds >= p[rows, components[rows]]
+    if callable(probabilities):
+        rows_of = probabilities
+    else:
+        every = np.asarray(probabilities, dtype=np.float64)
+
+        def rows_of(rows: np.ndarray) -> np.ndarray:
+            return every[rows]
+
+    keep = np.empty(rows.size, dtype=bool)
+    for lo in range(0, rows.size, _HOLD_BLOCK):  # the probabilities of a block of customers at a time
+        part = rows[lo : lo + _HOLD_BLOCK]
+        p = rows_of(part)
+        at = np.arange(part.size)
+        # Compared as products, not ratios: a previous segment's probability may underflow to 0.
+        keep[lo : lo + part.size] = p[at, previous_components[part]] * hold_odds >= p[at, components[part]]
     held = np.zeros(components.shape, dtype=bool)
     held[rows[keep]] = True
     return np.where(held, previous_components, components), held

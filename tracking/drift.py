@@ -7,7 +7,7 @@ measures how far each segment moved (:func:`mean_shift`); the result is a :class
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -234,7 +234,7 @@ def compare_runs(
     min_jaccard: float = DEFAULT_MIN_JACCARD,
     thresholds: TransitionThresholds = TransitionThresholds(),  # noqa: B008 (a frozen dataclass)
     moved_threshold: float = DEFAULT_MOVED_THRESHOLD,
-    probabilities: np.ndarray | None = None,
+    probabilities: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
     hold_odds: float = 1.0,
     alignment: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RunDrift:
@@ -255,8 +255,9 @@ def compare_runs(
         moved share are empty / NaN.
     max_distance, min_jaccard, thresholds, moved_threshold
         See :func:`match_segments`, :func:`classify_transitions`, :func:`drift_flags`.
-    probabilities : ndarray of shape (n, k), optional
-        This run's membership probabilities, needed for ``hold_odds``.
+    probabilities : ndarray of shape (n, k), or callable, optional
+        This run's membership probabilities, needed for ``hold_odds`` (a callable gives those of
+        the customers at the positions it is passed, :func:`hold_segments`).
     hold_odds : float, default 1
         Customers in both runs keep their previous segment (when it survived with its id) unless
         their most probable segment is more than this many times as probable
@@ -345,7 +346,7 @@ def compare_runs(
 
 def _held_components(
     components: np.ndarray,
-    probabilities: np.ndarray,
+    probabilities: np.ndarray | Callable[[np.ndarray], np.ndarray],
     hold_odds: float,
     segment_ids: np.ndarray,
     previous_segments,
@@ -353,12 +354,12 @@ def _held_components(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`hold_segments` for this run's customers, given the previous run's segments and
     :func:`align_customers` of the two runs' customers."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    if p.shape != (components.size, segment_ids.size):
-        raise ValueError(
-            f"compare_runs: probabilities must have shape ({components.size}, {segment_ids.size}), "
-            f"got {p.shape}"
-        )
+    if not callable(probabilities):
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        shape = (components.size, segment_ids.size)
+        if probabilities.shape != shape:
+            got = probabilities.shape
+            raise ValueError(f"compare_runs: probabilities must have shape {shape}, got {got}")
     ip, ic = alignment
     # Component carrying each previous id in this run (-1: retired, so there is nothing to keep),
     # looked up in a table indexed by id: one temporary per customer, not four (issue 12).
@@ -369,4 +370,4 @@ def _held_components(
     component_of[ids] = np.arange(ids.size)
     previous_components = np.full(components.size, -1, dtype=np.int64)
     previous_components[ic] = component_of[previous_ids[ip]]
-    return hold_segments(components, p, previous_components, hold_odds)
+    return hold_segments(components, probabilities, previous_components, hold_odds)
