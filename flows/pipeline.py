@@ -153,13 +153,12 @@ def features_task(valid, settings: Settings) -> FeatureMatrix:
 
 
 @task(name="previous", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
-def previous_task(database: str) -> continuity.PreviousRun | None:
+def previous_task(database: str, features) -> continuity.PreviousRun | None:
     previous = continuity.load_previous(database, get_run_logger().warning)
-    if previous is not None:
-        get_run_logger().info(
-            "comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments
-        )
-    return previous
+    if previous is None:
+        return None
+    get_run_logger().info("comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments)
+    return previous.aligned_with(features)
 
 
 @task(name="select", **_TASK)
@@ -359,7 +358,7 @@ def _segment(
             # Values in original units are read back from the model matrix a block at a time.
             features_ = features_.without_original_values()
         with clock.stage("previous"):
-            previous = previous_task(settings.output.database)
+            previous = previous_task(settings.output.database, features_)
         with clock.stage("select"):
             selection = select_task(features_, settings, run_id, previous)
         with clock.stage("choose"):
