@@ -38,10 +38,6 @@ class Memberships:
     X_model: np.ndarray
     order: np.ndarray
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.X_model.shape[0]), int(self.order.size)
-
     def rows(self, index: slice | np.ndarray) -> np.ndarray:
         """The probabilities of the customers ``index`` (a slice or positions), shape (m, k)."""
         P = np.asarray(self.model.predict_proba(self.X_model[index]), dtype=np.float64)

@@ -331,7 +331,16 @@ def test_held_customers_get_the_probability_of_the_segment_they_keep():
         max_id_used=int(first.segment_ids.max()),
     )
     odds = settings.tracking.model_copy(update={"hold_odds": 1e6})
-    tracked, drift = track(segments, features, previous, settings.model_copy(update={"tracking": odds}))
+    holding = settings.model_copy(update={"tracking": odds})
+    tracked, drift = track(segments, features, previous, holding)
+    # The pipeline joins the two runs' customers before the model is chosen and keeps only the
+    # alignment: tracking gives the same segments from it.
+    aligned = previous.aligned_with(features)
+    assert aligned.customer_keys is None and aligned.alignment is not None
+    assert aligned.aligned_with(features) is aligned
+    again, _ = track(segments, features, aligned, holding)
+    np.testing.assert_array_equal(again.labels, tracked.labels)
+    np.testing.assert_array_equal(again.held, tracked.held)
     assert tracked.held is not None and 0 < tracked.held.sum() < (first.labels == 0).sum()
     every = tracked.memberships.rows(slice(None))
     np.testing.assert_array_equal(tracked.probability, every[np.arange(len(every)), tracked.labels])
