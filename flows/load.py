@@ -85,13 +85,24 @@ class LoadedInput:
         parts = [np.asarray(block[name]) for block in self.blocks]
         return np.concatenate(parts) if parts else np.empty(0, dtype=TEXT_DTYPE)
 
-    def chunks(self) -> Iterator[pd.DataFrame]:
+    def chunks(self, release: bool = False) -> Iterator[pd.DataFrame]:
         """The rows a block at a time, as DataFrames indexed by source row number (``row``); text
-        columns become pandas text columns (Python strings, one block's worth at a time)."""
-        start = 0
-        for block in self.blocks:
+        columns become pandas text columns (Python strings, one block's worth at a time).
+
+        ``release``: each block is dropped from this input as it is yielded, so that a caller
+        building something of its own from the rows never holds them twice (issue 12); the input
+        is left without its rows (its row numbers and columns kept, as :meth:`without_rows`)."""
+        start = at = 0
+        while at < len(self.blocks):
+            block = self.blocks[at]
+            if release:
+                del self.blocks[at]
+            else:
+                at += 1
             size = len(next(iter(block.values())))
-            yield self._frame(block, self.row_numbers[start : start + size])
+            frame = self._frame(block, self.row_numbers[start : start + size])
+            del block
+            yield frame
             start += size
 
     def to_frame(self) -> pd.DataFrame:
@@ -103,7 +114,7 @@ class LoadedInput:
                 else pd.Series([], dtype=dtype)
                 for name, dtype in self.dtypes.items()
             }
-            return self._frame(empty, self.row_numbers)
+            return self._frame(empty, self.row_numbers[:0])  # no rows, or rows released
         return pd.concat(list(self.chunks())) if len(self.blocks) > 1 else next(self.chunks())
 
     def _frame(self, block: dict[str, np.ndarray | pd.Series], rows: np.ndarray) -> pd.DataFrame:

@@ -100,7 +100,7 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
         features = settings.features
         may_be_blank = [c for c in features.columns if features.missing_rule(c) == "model"]
         rows, rejects = validate_customer_chunks(
-            (blank_text_as_missing(chunk, features.columns) for chunk in loaded.chunks()),
+            (blank_text_as_missing(chunk, features.columns) for chunk in loaded.chunks(release=True)),
             loaded.text_column("customer_id"),
             loaded.row_numbers,
             customer_table_schema(features.columns, features.transforms, may_be_blank, unique_ids=False),

@@ -171,10 +171,6 @@ def repeated_ids(ids: np.ndarray, order: np.ndarray | None = None) -> np.ndarray
     return repeated
 
 
-#: Rows moved at a time when the valid rows are packed together (see :func:`_pack`).
-_PACK_ROWS = 1 << 16
-
-
 def validate_customer_chunks(
     chunks: Iterable[pd.DataFrame],
     ids: np.ndarray,
@@ -193,8 +189,10 @@ def validate_customer_chunks(
     as Pandera's rule does. A row rejected for its id is still checked for the other rules, so it
     may get more records than validating the whole table gives (whose second pass skips it).
 
-    The valid rows come out in order of customer id, the order the model is fitted in, written
-    straight into place: a run at 10^7 customers does not copy them again to sort them.
+    The valid rows come out in order of customer id, the order the model is fitted in. Their
+    values are written in source order as the chunks come and put in id order at the end a
+    feature at a time, so that a caller that releases each chunk once read (see
+    ``LoadedInput.chunks(release=True)``) never holds the input and its valid rows whole at once.
 
     Parameters
     ----------
@@ -222,9 +220,6 @@ def validate_customer_chunks(
     n, d = ids.size, len(features)
     order = np.argsort(ids, kind="stable")
     repeated = repeated_ids(ids, order)
-    rank = np.empty(n, dtype=np.int64)  # each row's place in id order
-    rank[order] = np.arange(n, dtype=np.int64)
-    del order
     parts = []
     if repeated.any():
         parts.append(
@@ -239,14 +234,12 @@ def validate_customer_chunks(
                 columns=REJECT_COLUMNS,
             )
         )
-    out = CustomerRows(
-        np.empty(n, dtype=TEXT_DTYPE),
-        np.empty((n, d), dtype=np.float64),
-        list(features),
-        np.empty(n, np.int64),
-    )
-    kept = np.zeros(n, dtype=bool)  # in id order
-    start = 0
+    # The valid rows' values are written in source order as the chunks come, so that the pages
+    # they fill are committed as fast as the caller releases the chunks it has read; they are
+    # put in id order at the end, a feature at a time (no whole-size temporary, issue 12).
+    values = np.empty((n, d), dtype=np.float64)
+    kept = np.zeros(n, dtype=bool)  # by position among all rows
+    m = start = 0
     for chunk in chunks:
         outcome = validate_rows(chunk, schema, source, source_columns)
         parts.append(outcome.rejects)
@@ -257,15 +250,22 @@ def validate_customer_chunks(
         valid, missing = missing_feature_rejects(valid, features, max_missing_share, source)
         parts.append(missing)
         at = start + chunk.index.get_indexer(valid.index)
-        place = rank[at]
-        out.customer_ids[place] = ids[at]
-        out.features[place] = valid[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, d)
-        out.row_numbers[place] = row_numbers[at]
-        kept[place] = True
+        block = valid[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, d)
+        ascending = np.argsort(at, kind="stable")  # source order (validation keeps it; made sure)
+        values[m : m + at.size] = block[ascending]
+        kept[at] = True
+        m += at.size
         start += len(chunk)
-    del rank
-    m = _pack(kept, out.customer_ids, out.features, out.row_numbers)
-    rows = CustomerRows(out.customer_ids[:m], out.features[:m], list(features), out.row_numbers[:m])
+    in_id_order = order[kept[order]]  # positions of the valid rows among all rows, in id order
+    del order
+    slot = np.cumsum(kept, dtype=np.int64)
+    slot -= 1  # each valid row's place in ``values``
+    take = slot[in_id_order]
+    del slot, kept
+    for j in range(d):
+        values[:m, j] = values[:m, j][take]
+    del take
+    rows = CustomerRows(ids[in_id_order], values[:m], list(features), np.asarray(row_numbers)[in_id_order])
     found = [part for part in parts if len(part)]
     if not found:
         return rows, empty_rejects()
@@ -273,16 +273,3 @@ def validate_customer_chunks(
         ["row_number", "column_name"], kind="stable", ignore_index=True
     )
     return rows, rejects
-
-
-def _pack(kept: np.ndarray, *arrays: np.ndarray) -> int:
-    """Move the rows where ``kept`` is True to the front of every array, in order, in place;
-    return how many there are. A block at a time: a row only ever moves forward, and each
-    block is copied out before it is written, so no whole-size temporary is made."""
-    to = 0
-    for lo in range(0, kept.size, _PACK_ROWS):
-        rows = lo + np.flatnonzero(kept[lo : lo + _PACK_ROWS])
-        for array in arrays:
-            array[to : to + rows.size] = array[rows]
-        to += rows.size
-    return to
