@@ -58,6 +58,9 @@ class LoadedInput:
         (``source``, ``row_number``, ``column_name``, ``rule``, ``value``); they are not in ``blocks``.
     rows_read : int or None
         Rows read once the rows are released (:meth:`without_rows`); None while they are held.
+    partitions : list of (str, int)
+        A partitioned Parquet input's files and their row counts, in the order their rows are
+        numbered (:mod:`flows.partitions`); empty for one file or a query.
     """
 
     blocks: list[dict[str, np.ndarray | pd.Series]]
@@ -67,6 +70,17 @@ class LoadedInput:
     source_columns: dict[str, str] = field(default_factory=dict)
     rejects: pd.DataFrame = field(default_factory=lambda: empty_rejects())
     rows_read: int | None = None
+    partitions: list[tuple[str, int]] = field(default_factory=list)
+
+    def rows_by_file(self, rejects: pd.DataFrame) -> pd.DataFrame:
+        """Reject records with each one's partition as ``source`` and its row there as
+        ``row_number`` (unchanged for an input that is not partitioned)."""
+        if not self.partitions:
+            return rejects
+        from flows.partitions import rows_by_file
+
+        files, counts = zip(*self.partitions, strict=True)
+        return rows_by_file(rejects, list(files), list(counts))
 
     @property
     def n_rows(self) -> int:
@@ -191,9 +205,17 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
         Missing, empty or header-only file, unknown format, missing column, or a table/query DuckDB
         cannot run.
     """
+    from flows import partitions as parts
+
     path = settings.path
-    fmt = source_format(path)
-    check_file(path, fmt)
+    files = parts.partition_files(path) if parts.is_partitioned(path) else None
+    known = path.lower().endswith(_CSV_SUFFIXES + _PARQUET_SUFFIXES + _DUCKDB_SUFFIXES)
+    if files is None and not known and not Path(path).exists():
+        raise InputError(f"{path}: input file not found (nor a folder or glob of Parquet partitions)")
+    fmt = "parquet" if files is not None else source_format(path)
+    if files is None:
+        check_file(path, fmt)
+    counts: list[int] = []
     columns = wanted_columns(settings, features)
     source = path
     reader_rejects = empty_rejects()
@@ -218,6 +240,9 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
                 if delimiter is not None:
                     options += f", delim = {_literal(delimiter)}"
                 reader = f"read_csv({_literal(path)}, {options})"
+            elif files is not None:
+                counts = parts.check_partitions(con, files)
+                reader = parts.reader_sql(files)
             else:
                 reader = f"read_parquet({_literal(path)})"
             # With a query, read the file now: the query then runs with file access switched off.
@@ -243,7 +268,8 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
         if not settings.query:
             # DuckDB renames a repeated CSV/Parquet column (CustomerID, CustomerID_1): use the names
             # the file itself holds, so a repeated one is refused rather than silently the first.
-            names = _file_column_names(con, fmt, path, delimiter if fmt == "csv" else None)
+            first_file = path if files is None else files[0]
+            names = _file_column_names(con, fmt, first_file, delimiter if fmt == "csv" else None)
             available = names if names is not None else available
         _refuse_repeated_columns(source, available, columns)
         missing = [f"{src!r} (for {canon})" for canon, src in columns.items() if src not in available]
@@ -284,6 +310,8 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
         source=source,
         source_columns=columns,
         rejects=reader_rejects,
+        # A query's rows are not the files' rows: only a plain read is numbered by file.
+        partitions=[] if files is None or settings.query else list(zip(files, counts, strict=True)),
     )
 
 

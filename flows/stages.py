@@ -114,15 +114,17 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
         rejects = pd.concat([loaded.rejects, outcome.rejects, *extra], ignore_index=True)
         rejects = rejects.sort_values(["row_number", "column_name"], kind="stable", ignore_index=True)
         outcome = ValidationOutcome(valid=outcome.valid, rejects=rejects, n_rows=loaded.n_rows)
-    outcome = replace(outcome, read_as=read_as)
+    # A partitioned input's rejects name their partition and their row in it.
+    outcome = replace(outcome, rejects=loaded.rows_by_file(outcome.rejects), read_as=read_as)
     limit = settings.rules.max_reject_share
     if outcome.reject_share > limit:
         first = outcome.rejects.iloc[0]
         where = "the whole row" if first["column_name"] == WHOLE_ROW else f"column {first['column_name']!r}"
+        of_file = "" if first["source"] == loaded.source else f" of {first['source']}"
         raise TooManyRejectsError(
             f"{loaded.source}: {outcome.n_rejected_rows} of {outcome.n_rows} rows "
             f"({outcome.reject_share:.1%}) fail validation, more than the allowed {limit:.1%} "
-            f"(rules.max_reject_share); first: row {first['row_number']}, {where}, "
+            f"(rules.max_reject_share); first: row {first['row_number']}{of_file}, {where}, "
             f"rule {first['rule']}, value {first['value']!r}{_reject_hint(outcome.rejects)}; "
             "all are in rejected_rows",
             outcome,

@@ -23,6 +23,7 @@ from flows.customer_keys import key_sql
 from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, sql_text
 from flows.faults import fault_point
 from flows.runlock import killed_runs
+from schemas.validation import rejected_row_count
 
 TABLES = (
     "runs",
@@ -654,7 +655,7 @@ def fail_run(
         n_rejected = 0
         if rejects is not None and len(rejects):
             _write_rejects(con, run_files.root_for(results_path(database)), start.run_id, rejects)
-            n_rejected = int(rejects["row_number"].nunique())
+            n_rejected = rejected_row_count(rejects)
         _insert_run_row(
             con,
             start,

@@ -251,7 +251,7 @@ def validate_customer_chunks(
         parts.append(missing)
         at = start + chunk.index.get_indexer(valid.index)
         block = valid[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, d)
-        ascending = np.argsort(at, kind="stable")  # source order (validation keeps it; made sure)
+        ascending = np.argsort(at, kind="stable")  # source order, as validation keeps it (made sure)
         values[m : m + at.size] = block[ascending]
         kept[at] = True
         m += at.size

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,7 +63,7 @@ class ValidationOutcome:
     @property
     def n_rejected_rows(self) -> int:
         """Distinct rows with at least one failure."""
-        return int(self.rejects["row_number"].nunique())
+        return rejected_row_count(self.rejects)
 
     @property
     def reject_share(self) -> float:
@@ -75,6 +76,14 @@ class ValidationOutcome:
         return reject_reasons(self.rejects)
 
 
+def rejected_row_count(rejects: pd.DataFrame) -> int:
+    """Distinct rows among reject records: ``(source, row_number)`` pairs, since a partitioned
+    input numbers its rows within each file."""
+    if not len(rejects):
+        return 0
+    return len(rejects[["source", "row_number"]].drop_duplicates())
+
+
 def reject_reasons(rejects: pd.DataFrame, top: int = 3) -> list[str]:
     """Why rows were rejected, most common rule first: one line per (rule, column) with its count and
     the first example, e.g. ``not_in_future on 'InvoiceDate': 12 rows (e.g. row 5, '2031-01-01')``.
@@ -83,9 +92,16 @@ def reject_reasons(rejects: pd.DataFrame, top: int = 3) -> list[str]:
     """
     if rejects is None or len(rejects) == 0:
         return []
-    frame = rejects.sort_values("row_number", kind="stable")
+    frame = rejects.sort_values(["source", "row_number"], kind="stable")
+    several = frame["source"].nunique() > 1  # a partitioned input: say which file
     groups = frame.groupby(["rule", "column_name"], sort=False)
-    counts = groups["row_number"].nunique().sort_values(ascending=False, kind="stable")
+    # Rows are told apart by source too: a partitioned input numbers rows within each file.
+    counts = (
+        frame.drop_duplicates(["rule", "column_name", "source", "row_number"])
+        .groupby(["rule", "column_name"], sort=False)
+        .size()
+        .sort_values(ascending=False, kind="stable")
+    )
     first = groups.first()
     lines = []
     for rule, column in counts.index[:top]:
@@ -93,9 +109,10 @@ def reject_reasons(rejects: pd.DataFrame, top: int = 3) -> list[str]:
         where = "whole row" if column == WHOLE_ROW else f"{column!r}"
         value = "" if pd.isna(example["value"]) else f", {str(example['value'])[:40]!r}"
         n = int(counts.loc[(rule, column)])
+        of_file = f" of {Path(str(example['source'])).name}" if several else ""
         lines.append(
             f"{rule} on {where}: {n:,} row{'s' if n != 1 else ''} "
-            f"(e.g. row {int(example['row_number'])}{value})"
+            f"(e.g. row {int(example['row_number'])}{of_file}{value})"
         )
     if len(counts) > top:
         lines.append(
