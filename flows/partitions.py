@@ -44,7 +44,10 @@ def partition_files(path: str) -> list[str]:
         if not files:
             raise InputError(f"{path}: the folder holds no Parquet file (*.parquet, *.pq)")
         return files
-    matched = sorted(m for m in glob.glob(path, recursive=True) if Path(m).is_file() and not _hidden(Path(m)))
+    # In a glob only the file's own name can hide it: the folders are the ones the glob names.
+    matched = sorted(
+        m for m in glob.glob(path, recursive=True) if Path(m).is_file() and not _hidden(Path(Path(m).name))
+    )
     if not matched:
         raise InputError(f"{path}: no file matches")
     for name in matched:

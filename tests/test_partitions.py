@@ -136,3 +136,16 @@ def test_a_missing_or_empty_folder_or_a_glob_without_matches_stops_the_run(tmp_p
     s = _settings(tmp_path / "*")
     with pytest.raises(InputError, match=r"notes\.csv: not a Parquet file by its name"):
         load_input(s.input, s.features.columns)
+
+
+def test_hidden_names_are_skipped_in_a_folder_but_a_glob_may_name_any_folder(tmp_path):
+    from flows.partitions import partition_files
+
+    frame = _customers(40)
+    _write(tmp_path / "_exports" / "part-0.parquet", frame)
+    _write(tmp_path / "_exports" / "_tmp" / "part-9.parquet", frame)  # a writer's scratch: skipped
+    _write(tmp_path / "_exports" / ".part-1.parquet", frame)
+    assert partition_files(str(tmp_path / "_exports")) == [str(tmp_path / "_exports" / "part-0.parquet")]
+    assert partition_files(str(tmp_path / "_exports" / "*.parquet")) == [
+        str(tmp_path / "_exports" / "part-0.parquet")
+    ]
