@@ -22,8 +22,10 @@ _GLOB_CHARACTERS = ("*", "?", "[")
 
 
 def is_partitioned(path: str) -> bool:
-    """True when ``path`` names a folder or a glob rather than one file."""
-    return Path(path).is_dir() or any(c in path for c in _GLOB_CHARACTERS)
+    """True when ``path`` names a folder or a glob rather than one file (a file whose name holds
+    a glob character is that file)."""
+    p = Path(path)
+    return p.is_dir() or (not p.exists() and any(c in path for c in _GLOB_CHARACTERS))
 
 
 def partition_files(path: str) -> list[str]:

@@ -149,3 +149,13 @@ def test_hidden_names_are_skipped_in_a_folder_but_a_glob_may_name_any_folder(tmp
     assert partition_files(str(tmp_path / "_exports" / "*.parquet")) == [
         str(tmp_path / "_exports" / "part-0.parquet")
     ]
+
+
+def test_a_file_whose_name_looks_like_a_glob_is_that_file(tmp_path):
+    from flows.partitions import is_partitioned
+
+    literal = tmp_path / "customers[2024].parquet"
+    _write(literal, _customers(40))
+    assert not is_partitioned(str(literal)) and is_partitioned(str(tmp_path / "customers[0-9].parquet"))
+    loaded, outcome, features = _run(literal)
+    assert loaded.partitions == [] and features.n_customers == 40 - outcome.n_rejected_rows
