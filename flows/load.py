@@ -181,11 +181,13 @@ def wanted_columns(settings: InputSettings, features: list[str]) -> dict[str, st
 
 
 def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
-    """Read the configured input into a DataFrame with canonical column names.
+    """Read the configured input into blocks of rows with canonical column names.
 
-    CSV columns are read as text so that a malformed value becomes a per-row validation reject
-    instead of failing the whole read; Parquet and DuckDB columns keep their types. Customer ids
-    are text, trimmed, with the ``.0`` that spreadsheet exports append to integer ids removed.
+    The input is a CSV, Parquet or DuckDB file, or a folder or glob of Parquet partitions read as
+    one table (:mod:`flows.partitions`). CSV columns are read as text so that a malformed value
+    becomes a per-row validation reject instead of failing the whole read; Parquet and DuckDB
+    columns keep their types. Customer ids are text, trimmed, with the ``.0`` that spreadsheet
+    exports append to integer ids removed.
 
     Parameters
     ----------
@@ -202,8 +204,8 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
     Raises
     ------
     InputError
-        Missing, empty or header-only file, unknown format, missing column, or a table/query DuckDB
-        cannot run.
+        Missing, empty or header-only file, unknown format, missing column, a table/query DuckDB
+        cannot run, or a partition that is empty or has other columns than the first.
     """
     from flows import partitions as parts
 
