@@ -21,7 +21,6 @@ from flows.features import (
     RULE_LABELS,
     FeatureError,
     FeatureMatrix,
-    build_feature_matrix,
     default_as_of,
     feature_matrix,
     rfm_table,
@@ -155,10 +154,10 @@ def compute_features(valid: pd.DataFrame | CustomerRows, settings: Settings) -> 
     names = list(settings.features.columns)
     units = [settings.unit_of(n) for n in names]
     transforms = [settings.transform_of(n) for n in names]
-    resolution = settings.features.resolution == "auto"
+    as_of, counts = settings.rules.as_of, None
     if settings.input.kind == "transactions":
         assert isinstance(valid, pd.DataFrame)  # lines are validated whole
-        as_of = settings.rules.as_of or default_as_of(valid)
+        as_of = as_of or default_as_of(valid)
         purchase = settings.rules.purchase
         assert purchase is not None  # Settings sets it for a transaction log
         table, counts = rfm_table(valid, as_of, settings.rules.cancellation_prefix, purchase)
@@ -168,17 +167,7 @@ def compute_features(valid: pd.DataFrame | CustomerRows, settings: Settings) -> 
                 f"no purchase falls before the as-of date {as_of} (the valid lines run from "
                 f"{first:%Y-%m-%d} to {last:%Y-%m-%d}): choose a later --as-of (rules.as_of)"
             )
-        table = RFMFeatures.validate(table)
-        return build_feature_matrix(
-            table,
-            names,
-            units,
-            transforms,
-            settings.features.standardize,
-            as_of,
-            counts,
-            resolution=resolution,
-        )
+        valid = RFMFeatures.validate(table)  # one row per customer, as a customer table's
     rows = valid if isinstance(valid, CustomerRows) else CustomerRows.from_frame(valid, names)
     return feature_matrix(
         rows.customer_ids,
@@ -187,8 +176,9 @@ def compute_features(valid: pd.DataFrame | CustomerRows, settings: Settings) -> 
         units,
         transforms,
         settings.features.standardize,
-        as_of=settings.rules.as_of,
-        resolution=resolution,
+        as_of=as_of,
+        counts=counts,
+        resolution=settings.features.resolution == "auto",
     )
 
 
