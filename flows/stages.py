@@ -145,12 +145,16 @@ def _reject_hint(rejects: pd.DataFrame) -> str:
     return ""
 
 
-def compute_features(valid: pd.DataFrame | CustomerRows, settings: Settings) -> FeatureMatrix:
+def compute_features(
+    valid: pd.DataFrame | CustomerRows, settings: Settings, keep_original: bool = True
+) -> FeatureMatrix:
     """Per-customer features in original units plus the standardised model matrix.
 
     ``valid``: the valid rows (:attr:`ValidationOutcome.valid`): a transaction log's lines, or a
     customer table's rows (as a DataFrame with ``customer_id`` and the feature columns, or as
-    :class:`CustomerRows`)."""
+    :class:`CustomerRows`). ``keep_original=False``: the matrix holds no values in original units
+    and a :class:`CustomerRows`' feature array is handed over, transformed in place
+    (:func:`flows.features.feature_matrix`)."""
     names = list(settings.features.columns)
     units = [settings.unit_of(n) for n in names]
     transforms = [settings.transform_of(n) for n in names]
@@ -179,6 +183,7 @@ def compute_features(valid: pd.DataFrame | CustomerRows, settings: Settings) -> 
         as_of=as_of,
         counts=counts,
         resolution=settings.features.resolution == "auto",
+        keep_original=keep_original,
     )
 
 

@@ -18,7 +18,14 @@ from schemas.checks import (
     is_not_blank,
     is_within_magnitude,
 )
-from schemas.validation import REJECT_COLUMNS, TEXT_DTYPE, WHOLE_ROW, empty_rejects, validate_rows
+from schemas.validation import (
+    REJECT_COLUMNS,
+    TEXT_DTYPE,
+    WHOLE_ROW,
+    as_text_array,
+    empty_rejects,
+    validate_rows,
+)
 
 
 class CustomerTable(pa.DataFrameModel):
@@ -216,7 +223,7 @@ def validate_customer_chunks(
         One record per failure, sorted by row number and column.
     """
     source_columns = dict(source_columns or {})
-    ids = np.asarray(ids, dtype=TEXT_DTYPE)
+    ids = as_text_array(ids)
     n, d = ids.size, len(features)
     order = np.argsort(ids, kind="stable")
     repeated = repeated_ids(ids, order)

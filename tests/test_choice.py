@@ -68,6 +68,25 @@ def test_continuous_features_and_small_spikes_have_no_resolution():
     assert value[0] == 3.0 and share[0] == 0.02 and resolution[0] == pytest.approx(others / scaler.scale[0])
 
 
+def test_spike_screening_on_a_sample_keeps_every_spike_of_a_large_table():
+    """Past 2^17 customers a feature is screened on a sample before every value is counted; a
+    spike just over 1% is still found exactly, one just under is not, continuous stays 0."""
+    rng = np.random.default_rng(7)
+    n = 400_000
+    X = rng.standard_normal((n, 3))
+    X[rng.permutation(n)[: n // 100 + 1], 0] = 2.0  # 1% + 1 customer: a spike
+    X[rng.permutation(n)[: n // 100 - 1], 1] = -1.0  # 1% - 1: none
+    scaler = fit_scaler(X, ["none", "none", "none"])
+    resolution, value, share = feature_resolution(X, scaler)
+    others = np.sort(np.abs(X[X[:, 0] != 2.0, 0] - 2.0))[0]
+    assert value[0] == 2.0 and share[0] == (n // 100 + 1) / n
+    assert resolution[0] == pytest.approx(others / scaler.scale[0])
+    assert resolution[1:].tolist() == [0.0, 0.0] and share[1:].tolist() == [0.0, 0.0]
+    # With the threshold lowered to its count, the second feature has a spike too.
+    resolution, value, share = feature_resolution(X, scaler, min_customers=n // 100 - 1)
+    assert value[1] == -1.0 and share[1] == (n // 100 - 1) / n
+
+
 def test_resolution_off_treats_every_feature_as_continuous():
     features = matrix(counts_table(), resolution=False)
     assert features.resolution.tolist() == [0.0, 0.0]

@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 
 from flows.config import ConfigError, load_settings
-from flows.features import apply_transforms, build_feature_matrix, default_as_of, fit_scaler, rfm_table
+from flows.features import (
+    apply_transforms,
+    build_feature_matrix,
+    default_as_of,
+    feature_matrix,
+    fit_scaler,
+    rfm_table,
+)
 from flows.load import InputError, load_input
 from flows.stages import TooManyRejectsError, compute_features, validate_input
 
@@ -539,3 +546,29 @@ def test_features_without_original_values_read_them_back_from_the_model_matrix()
     np.testing.assert_array_equal(lean.value_range[1], np.nanmax(features.X_original, axis=0))
     np.testing.assert_array_equal(lean.missing_counts, np.isnan(features.X_original).sum(axis=1))
     assert lean.n_customers == n and lean.has_missing
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_matrix_without_original_values_is_the_same_matrix(in_order):
+    """keep_original=False (what a run uses): the same model matrix, scaler, spikes and value
+    range as keeping the values; ids in order hand their array over, transformed in place."""
+    rng = np.random.default_rng(3)
+    n = 300
+    ids = np.array([f"c{i:04d}" for i in range(n)])
+    X = np.column_stack([rng.poisson(2.0, n).astype(np.float64), rng.lognormal(3.0, 1.0, n)])
+    X[5, 1] = np.nan
+    if not in_order:
+        order = rng.permutation(n)
+        ids, X = ids[order], X[order]
+    args = (["visits", "spend"], ["", "GBP"], ["log1p", "log1p"])
+    kept = feature_matrix(ids, X.copy(), *args)
+    given = X.copy()
+    lean = feature_matrix(ids, given, *args, keep_original=False)
+    assert lean.X_original is None and kept.X_original is not None
+    np.testing.assert_array_equal(lean.X_model, kept.X_model)
+    np.testing.assert_array_equal(lean.customer_ids, kept.customer_ids)
+    for name in ("resolution", "spike_value", "spike_share", "lowest", "highest"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(kept, name))
+    np.testing.assert_array_equal(lean.scaler.mean, kept.scaler.mean)
+    assert (lean.X_model is given) == in_order
+    np.testing.assert_allclose(lean.original_rows(slice(None)), kept.X_original, rtol=1e-12)

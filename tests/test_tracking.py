@@ -936,3 +936,31 @@ def test_keys_align_as_the_ids_do_and_a_shared_first_key_is_not_the_same_custome
 def test_migration_table_keeps_negative_and_sparse_ids_apart():
     table = migration_table([5, -1, 5, 40, -1], [3, 3, 3, 100, 7])
     assert table.values.tolist() == [[-1, 3, 1], [-1, 7, 1], [5, 3, 2], [40, 100, 1]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=200),
+    far=st.booleans(),
+)
+def test_pair_counts_count_every_pair_a_block_at_a_time(pairs, far):
+    """Counted in blocks (3 customers here) and, with ids far apart, by the sparse branch: the
+    same table as counting the pairs one by one, and the moved share that follows from it."""
+    p = np.array([a for a, _ in pairs], dtype=np.int64) * (10**9 if far else 1)
+    c = np.array([b for _, b in pairs], dtype=np.int64) + 5
+    block = tracking_customers._PAIR_BLOCK
+    tracking_customers._PAIR_BLOCK = 3  # hypothesis runs many examples per monkeypatch fixture
+    try:
+        from_ids, to_ids, counts = tracking_customers.pair_counts(p, c)
+        moved = tracking_customers.moved_share(p, c)
+    finally:
+        tracking_customers._PAIR_BLOCK = block
+    expected: dict[tuple[int, int], int] = {}
+    for a, b in zip(p.tolist(), c.tolist(), strict=True):
+        expected[(a, b)] = expected.get((a, b), 0) + 1
+    assert list(zip(from_ids.tolist(), to_ids.tolist(), strict=True)) == sorted(expected)
+    assert counts.tolist() == [expected[k] for k in sorted(expected)]
+    if pairs:
+        assert moved == pytest.approx(sum(n for (a, b), n in expected.items() if a != b) / len(pairs))
+    else:
+        assert math.isnan(moved)

@@ -111,7 +111,11 @@ def align_keys(previous_keys: np.ndarray, current_keys: np.ndarray) -> tuple[np.
     if joined is not None:
         ip, ic = joined
         # First keys unique on both sides: a pair whose second keys differ is two customers.
-        same = previous[ip, 1] == current[ic, 1]
+        # Compared a block at a time: two gathered copies of 10^7 keys are 0.15 GiB (issue 12).
+        same = np.empty(ip.size, dtype=bool)
+        for lo in range(0, ip.size, _JOIN_BLOCK):
+            block = slice(lo, lo + _JOIN_BLOCK)
+            np.equal(previous[ip[block], 1], current[ic[block], 1], out=same[block])
         return (ip, ic) if bool(same.all()) else (ip[same], ic[same])
     return _align_exactly(
         pd.MultiIndex.from_arrays([previous[:, 0], previous[:, 1]]),
@@ -230,18 +234,42 @@ def migration_table(
                 "customers": np.zeros(0, np.int64),
             }
         )
-    # One integer per (from, to) pair, counted: np.unique of the pairs' rows sorts them all
-    # (11 s at 10^7 customers, against a fraction of a second).
+    from_ids, to_ids, counts = pair_counts(p, c)
+    return pd.DataFrame({"from_segment": from_ids, "to_segment": to_ids, "customers": counts})
+
+
+#: Customers counted at a time by :func:`pair_counts`.
+_PAIR_BLOCK = 1 << 20
+
+
+def pair_counts(
+    previous_ids: np.ndarray, current_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How many customers go from each previous id to each current id: the pairs that occur, in
+    order of (previous, current), and their counts (int64 arrays).
+
+    One integer per pair, counted a block of customers at a time: no temporary the size of the
+    input (issue 12), and no sort of every customer's pair (11 s at 10^7 customers)."""
+    p = np.asarray(previous_ids, dtype=np.int64).reshape(-1)
+    c = np.asarray(current_ids, dtype=np.int64).reshape(-1)
+    if p.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     p_low, c_low = int(p.min()), int(c.min())
     width = int(c.max()) - c_low + 1
-    keys, counts = np.unique((p - p_low) * width + (c - c_low), return_counts=True)
-    return pd.DataFrame(
-        {
-            "from_segment": (keys // width + p_low).astype(np.int64),
-            "to_segment": (keys % width + c_low).astype(np.int64),
-            "customers": counts.astype(np.int64),
-        }
-    )
+    cells = (int(p.max()) - p_low + 1) * width
+    if cells > 1 << 24:  # ids far apart: count the pairs that occur instead of every cell
+        keys, counts = np.unique((p - p_low) * width + (c - c_low), return_counts=True)
+    else:
+        total = np.zeros(cells, dtype=np.int64)
+        for lo in range(0, p.size, _PAIR_BLOCK):
+            code = p[lo : lo + _PAIR_BLOCK] - p_low
+            code *= width
+            code += c[lo : lo + _PAIR_BLOCK]
+            code -= c_low
+            total += np.bincount(code, minlength=cells)
+        keys = np.flatnonzero(total)
+        counts = total[keys]
+    return keys // width + p_low, keys % width + c_low, counts.astype(np.int64)
 
 
 def moved_share(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[int] | np.ndarray) -> float:
@@ -250,7 +278,15 @@ def moved_share(previous_ids: Sequence[int] | np.ndarray, current_ids: Sequence[
     c = np.asarray(current_ids, dtype=np.int64)
     if p.shape != c.shape:
         raise ValueError("moved_share: previous_ids and current_ids differ in length")
-    return float(np.mean(p != c)) if p.size else float("nan")
+    if not p.size:
+        return float("nan")
+    return float(
+        sum(
+            np.count_nonzero(p[lo : lo + _PAIR_BLOCK] != c[lo : lo + _PAIR_BLOCK])
+            for lo in range(0, p.size, _PAIR_BLOCK)
+        )
+        / p.size
+    )
 
 
 #: Customers whose probabilities :func:`hold_segments` reads at a time.

@@ -8,7 +8,7 @@ measures how far each segment moved (:func:`mean_shift`); the result is a :class
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -158,7 +158,7 @@ class RunDrift:
     customer_ids : ndarray of shape (n_customers,), str
         This run's customers, in the order given to :func:`compare_runs`.
     customer_segments : ndarray of shape (n_customers,)
-        Segment id of each of them.
+        Segment id of each of them (a property: made when read, from the components).
     customer_components : ndarray of shape (n_customers,)
         The same segments as component indices of the current model (``match.segment_ids`` of it
         is ``customer_segments``): the most probable component unless held.
@@ -181,7 +181,6 @@ class RunDrift:
     match: SegmentMatch
     model: TrackedModel
     customer_ids: np.ndarray
-    customer_segments: np.ndarray
     customer_components: np.ndarray
     previous: TrackedModel | None
     overlap: CustomerOverlap | None
@@ -194,6 +193,11 @@ class RunDrift:
     max_distance: float = DEFAULT_MAX_DISTANCE
     held: np.ndarray | None = None
     hold_odds: float = 1.0
+
+    @property
+    def customer_segments(self) -> np.ndarray:
+        # Made when read: a run keeps one array per customer for it, not two (issue 12).
+        return self.match.segment_ids[self.customer_components]
 
     @property
     def held_count(self) -> int:
@@ -297,6 +301,7 @@ def compare_runs(
     if overlap is not None and probabilities is not None and hold_odds > 1.0:
         # An overlap exists only with the previous run's customers and segments.
         assert previous_segments is not None and alignment is not None
+        overlap = None  # the first overlap goes before the second is made (2 ints per customer)
         components, held = _held_components(
             components, probabilities, hold_odds, match.segment_ids, previous_segments, alignment
         )
@@ -305,7 +310,9 @@ def compare_runs(
         )
     if overlap is not None:
         assert previous is not None  # an overlap exists only with a previous run
-        overlap = replace(overlap, current_segments=match.segment_ids[overlap.current_segments])
+        # Components to ids in place ("clip" is not buffered as "raise" is; every index is valid).
+        ids = np.asarray(match.segment_ids, dtype=np.int64)
+        np.take(ids, overlap.current_segments, out=overlap.current_segments, mode="clip")
         migration = migration_table(overlap.previous_segments, overlap.current_segments)
         prev_all = np.asarray(previous_segments, dtype=np.int64)
         transitions = classify_transitions(
@@ -328,7 +335,6 @@ def compare_runs(
         match=match,
         model=model,
         customer_ids=as_text(current_customers),
-        customer_segments=match.segment_ids[components],
         customer_components=components,
         previous=previous,
         overlap=overlap,

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from constants import DEFAULT_TAU_MATCH, DEFAULT_TAU_SPLIT
+from tracking.customers import pair_counts
 
 #: The kinds of :class:`Transition`.
 TRANSITION_KINDS = ("survived", "split", "merged", "disappeared", "emerged")
@@ -116,10 +117,12 @@ def classify_transitions(
     c = np.asarray(current_ids, dtype=np.int64).reshape(-1)
     if p.shape != c.shape:
         raise ValueError("classify_transitions: previous_ids and current_ids differ in length")
-    prev = np.unique(np.concatenate([p, np.fromiter((previous_counts or {}).keys(), np.int64)]))
-    cur = np.unique(np.concatenate([c, np.fromiter((current_counts or {}).keys(), np.int64)]))
+    # Counted as pairs first: the customers' ids are read once, a block at a time (issue 12).
+    from_ids, to_ids, counts = pair_counts(p, c)
+    prev = np.unique(np.concatenate([from_ids, np.fromiter((previous_counts or {}).keys(), np.int64)]))
+    cur = np.unique(np.concatenate([to_ids, np.fromiter((current_counts or {}).keys(), np.int64)]))
     C = np.zeros((prev.size, cur.size), dtype=np.float64)
-    np.add.at(C, (np.searchsorted(prev, p), np.searchsorted(cur, c)), 1.0)
+    np.add.at(C, (np.searchsorted(prev, from_ids), np.searchsorted(cur, to_ids)), counts.astype(np.float64))
 
     def totals(
         shared: np.ndarray, ids: np.ndarray, counts: Mapping[int, int] | None, side: str
