@@ -133,7 +133,7 @@ class ReportData:
             and not np.all(np.equal(np.mod(labels, 1), 0))
         ):
             raise ValueError("ReportData.labels: component indices must be whole numbers")
-        put("labels", labels.astype(np.int64))
+        put("labels", labels.astype(np.int64, copy=False))
         self._check()
 
     def _check(self) -> None:
