@@ -21,11 +21,15 @@ def connect(
     path: str | Path | None = None, *, read_only: bool = False, config: dict | None = None
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection (in memory without ``path``) with extension autoloading switched off."""
-    return duckdb.connect(
+    con = duckdb.connect(
         ":memory:" if path is None else str(path),
         read_only=read_only,
         config={**SAFE_CONFIG, **(config or {})},
     )
+    # A query that runs for seconds (the RFM of a large log) would draw DuckDB's progress bar on
+    # the terminal, and into a scheduled run's log (a session setting, not a connect option).
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def file_kind(path: str | Path) -> str:
