@@ -12,6 +12,7 @@ import pandas as pd
 
 from flows.config import TRANSFORMS
 from flows.duck import connect, sql_text
+from flows.lines import TransactionLines
 from reports.profiles import to_original_units, value_range
 from schemas.customers import CustomerRows
 from schemas.validation import as_text_array
@@ -168,24 +169,34 @@ class FeatureMatrix:
         return replace(self, X_original=None)
 
 
-def default_as_of(transactions: pd.DataFrame) -> date:
+def default_as_of(transactions: pd.DataFrame | TransactionLines) -> date:
     """The day after the last transaction: recency is then reproducible for a given file."""
+    if isinstance(transactions, TransactionLines):
+        as_of = transactions.default_as_of()
+        if as_of is None:
+            raise FeatureError("the transaction log has no valid rows")
+        return as_of
     if transactions.empty:
         raise FeatureError("the transaction log has no valid rows")
     return (pd.Timestamp(transactions["timestamp"].max()).normalize() + timedelta(days=1)).date()
 
 
 def rfm_table(
-    transactions: pd.DataFrame, as_of: date, cancellation_prefix: str = "C", purchase: str = "invoice"
+    transactions: pd.DataFrame | TransactionLines,
+    as_of: date,
+    cancellation_prefix: str = "C",
+    purchase: str = "invoice",
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """RFM features per customer, computed in DuckDB SQL (``flows/sql/rfm_lines.sql`` and ``rfm.sql``,
     rules documented there).
 
     Parameters
     ----------
-    transactions : DataFrame
+    transactions : DataFrame or TransactionLines
         Validated lines with ``customer_id``, ``timestamp``, either ``amount`` or ``quantity`` and
-        ``unit_price``, and (needed when ``purchase`` is "invoice") ``invoice_id``.
+        ``unit_price``, and (needed when ``purchase`` is "invoice") ``invoice_id``; or the lines a
+        run validated a chunk at a time into DuckDB (:class:`flows.lines.TransactionLines`), read
+        there out of core.
     as_of : date
         Recency is counted in days from the last purchase to this date; later lines are left out.
     cancellation_prefix : str
@@ -201,6 +212,8 @@ def rfm_table(
         ``lines_without_customer``, ``lines_after_as_of``, ``cancellation_lines``,
         ``customers_without_purchase``.
     """
+    if isinstance(transactions, TransactionLines):
+        return _rfm_in_duckdb(transactions, as_of, cancellation_prefix, purchase)
     lines = transactions[["customer_id", "timestamp"]].copy()
     has_invoice = "invoice_id" in transactions.columns
     if purchase == "invoice" and not has_invoice:
@@ -225,13 +238,42 @@ def rfm_table(
     con = connect()
     try:
         con.register("transactions", lines)
-        con.execute(sql_text("rfm_lines"))
-        params = {"as_of": as_of, "cancellation_prefix": cancellation_prefix}
-        features = con.execute(sql_text("rfm"), params).df()
-        row = con.execute(sql_text("rfm_exclusions"), params).fetchone()
-        names = [d[0] for d in con.description]
+        return _rfm_sql(con, as_of, cancellation_prefix)
     finally:
         con.close()
+
+
+#: What frequency counts distinct values of, per ``rules.purchase``, over the lines' table.
+_PURCHASE_SQL = {
+    "invoice": "invoice_id",
+    "day": "date_trunc('day', \"timestamp\")",
+    "line": "row_number",
+}
+
+
+def _rfm_in_duckdb(
+    lines: TransactionLines, as_of: date, cancellation_prefix: str, purchase: str
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """:func:`rfm_table` of lines held in DuckDB: the same SQL over a view of them."""
+    if purchase not in _PURCHASE_SQL:
+        raise ValueError(f"rfm_table: purchase must be 'invoice', 'day' or 'line', got {purchase!r}")
+    if purchase == "invoice" and len(lines) and not lines.has_invoice:
+        raise ValueError("rfm_table: purchase='invoice' needs an invoice_id column")
+    con = lines.connection()
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW transactions AS SELECT customer_id, invoice_id, "
+        f'{_PURCHASE_SQL[purchase]} AS purchase, "timestamp", amount FROM lines'
+    )
+    return _rfm_sql(con, as_of, cancellation_prefix)
+
+
+def _rfm_sql(con, as_of: date, cancellation_prefix: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The RFM SQL over relation ``transactions`` of ``con``: the features and the rules' counts."""
+    con.execute(sql_text("rfm_lines"))
+    params = {"as_of": as_of, "cancellation_prefix": cancellation_prefix}
+    features = con.execute(sql_text("rfm"), params).df()
+    row = con.execute(sql_text("rfm_exclusions"), params).fetchone()
+    names = [d[0] for d in con.description]
     assert row is not None  # an aggregate without GROUP BY returns one row
     counts = {name: int(value or 0) for name, value in zip(names, row, strict=True)}
     features["recency_days"] = features["recency_days"].astype(np.float64)

@@ -119,6 +119,21 @@ class LoadedInput:
             yield frame
             start += size
 
+    def column_chunks(self, name: str) -> Iterator[pd.Series]:
+        """One column a block at a time, as a Series indexed by source row number (``row``), its
+        text as pandas text (see :meth:`chunks`); the blocks are kept."""
+        start = 0
+        for block in self.blocks:
+            values = block[name]
+            size = len(values)
+            if isinstance(values, np.ndarray):
+                series = pd.Series(values.astype(object), dtype=self.dtypes[name])
+            else:
+                series = values.reset_index(drop=True)
+            series.index = pd.Index(self.row_numbers[start : start + size], name="row")
+            yield series
+            start += size
+
     def to_frame(self) -> pd.DataFrame:
         """All rows as one DataFrame (see :meth:`chunks`): for small inputs, a transaction log, tests."""
         if not self.blocks:

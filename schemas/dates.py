@@ -65,29 +65,62 @@ def date_parsing(values: pd.Series, column: str, source: str, date_format: str |
     """
     if date_format:
         return DateParsing("format", {"format": date_format})
-    text = values.dropna().astype(str)
-    parts = text.str.extract(_FIELDS)
-    slashed = parts[0].notna() & (parts[0].str.len() <= 2)
-    if not slashed.any():
-        return DateParsing("year_first", {})
-    first = parts.loc[slashed, 0].astype(np.int64)
-    second = parts.loc[slashed, 1].astype(np.int64)
-    day_first = first > 12
-    month_first = second > 12
-    hint = "set input.date_format, e.g. '%d/%m/%Y %H:%M' (day first) or '%m/%d/%Y %H:%M' (month first)"
-    if day_first.any() and month_first.any():
-        a = first.index[day_first.to_numpy()][0]
-        b = second.index[month_first.to_numpy()][0]
-        raise DateOrderError(
-            f"{source}: column {column!r} mixes day-first and month-first dates (row {a}: {text[a]!r} "
-            f"has a day first, row {b}: {text[b]!r} a month first); {hint}"
+    return DateEvidence.of(values).parsing(column, source)
+
+
+@dataclass(frozen=True)
+class DateEvidence:
+    """What a text date column's values say about their order, gathered a chunk at a time: the
+    first date (by row) with two leading fields, the first that can only be day first and the
+    first that can only be month first, each as (row number, text). Chunks in source order are
+    combined with ``+``; :meth:`parsing` decides as :func:`date_parsing` does on the whole column."""
+
+    slashed: tuple[int, str] | None = None
+    day_first: tuple[int, str] | None = None
+    month_first: tuple[int, str] | None = None
+
+    @classmethod
+    def of(cls, values: pd.Series) -> DateEvidence:
+        text = values.dropna().astype(str)
+        parts = text.str.extract(_FIELDS)
+        slashed = parts[0].notna() & (parts[0].str.len() <= 2)
+        if not slashed.any():
+            return cls()
+        first = parts.loc[slashed, 0].astype(np.int64)
+        second = parts.loc[slashed, 1].astype(np.int64)
+
+        def first_of(mask: pd.Series) -> tuple[int, str] | None:
+            if not mask.any():
+                return None
+            row = mask.index[mask.to_numpy()][0]
+            return int(row), str(text[row])
+
+        return cls(first_of(slashed[slashed]), first_of(first > 12), first_of(second > 12))
+
+    def __add__(self, later: DateEvidence) -> DateEvidence:
+        return DateEvidence(
+            self.slashed or later.slashed,
+            self.day_first or later.day_first,
+            self.month_first or later.month_first,
         )
-    if day_first.any():
-        return DateParsing("day_first", {"dayfirst": True})
-    if month_first.any():
-        return DateParsing("month_first", {"dayfirst": False})
-    example = text[first.index[0]]
-    raise DateOrderError(
-        f"{source}: column {column!r} has dates such as {example!r} that read as day first or month "
-        f"first, and no date in it (a day above 12) settles which; {hint}"
-    )
+
+    def parsing(self, column: str, source: str) -> DateParsing:
+        """How to read the column (see :func:`date_parsing`)."""
+        if self.slashed is None:
+            return DateParsing("year_first", {})
+        hint = "set input.date_format, e.g. '%d/%m/%Y %H:%M' (day first) or '%m/%d/%Y %H:%M' (month first)"
+        if self.day_first and self.month_first:
+            (a, a_text), (b, b_text) = self.day_first, self.month_first
+            raise DateOrderError(
+                f"{source}: column {column!r} mixes day-first and month-first dates (row {a}: {a_text!r} "
+                f"has a day first, row {b}: {b_text!r} a month first); {hint}"
+            )
+        if self.day_first:
+            return DateParsing("day_first", {"dayfirst": True})
+        if self.month_first:
+            return DateParsing("month_first", {"dayfirst": False})
+        example = self.slashed[1]
+        raise DateOrderError(
+            f"{source}: column {column!r} has dates such as {example!r} that read as day first or month "
+            f"first, and no date in it (a day above 12) settles which; {hint}"
+        )

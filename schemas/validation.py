@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -41,15 +41,25 @@ class SchemaFailure(ValueError):
     """The data fails its schema as a whole (not row by row), e.g. a column of the wrong kind."""
 
 
+class HeldRows(Protocol):
+    """Valid rows held outside a DataFrame by a layer above this one (a run's transaction lines
+    in DuckDB): they can be counted and released."""
+
+    def __len__(self) -> int: ...
+
+    def without_rows(self) -> HeldRows: ...
+
+
 @dataclass(frozen=True)
 class ValidationOutcome:
     """Result of :func:`validate_rows`.
 
     Attributes
     ----------
-    valid : DataFrame or CustomerRows
+    valid : DataFrame, CustomerRows or HeldRows
         The rows that pass, coerced to the schema's types (index: source row numbers); a customer
-        table's as :class:`schemas.customers.CustomerRows`.
+        table's as :class:`schemas.customers.CustomerRows`, a run's transaction lines as
+        ``flows.lines.TransactionLines`` (held in DuckDB).
     rejects : DataFrame
         One record per failed (row, column, rule): columns :data:`REJECT_COLUMNS`.
     n_rows : int
@@ -58,7 +68,7 @@ class ValidationOutcome:
         How ambiguous text was read, for the run's record (e.g. ``{"date_order": "day_first"}``).
     """
 
-    valid: pd.DataFrame | CustomerRows
+    valid: pd.DataFrame | CustomerRows | HeldRows
     rejects: pd.DataFrame
     n_rows: int
     read_as: dict = field(default_factory=dict)

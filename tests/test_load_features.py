@@ -18,6 +18,7 @@ from flows.features import (
     fit_scaler,
     rfm_table,
 )
+from flows.lines import TransactionLines
 from flows.load import InputError, load_input
 from flows.stages import TooManyRejectsError, compute_features, validate_input
 
@@ -572,3 +573,43 @@ def test_a_matrix_without_original_values_is_the_same_matrix(in_order):
     np.testing.assert_array_equal(lean.scaler.mean, kept.scaler.mean)
     assert (lean.X_model is given) == in_order
     np.testing.assert_allclose(lean.original_rows(slice(None)), kept.X_original, rtol=1e-12)
+
+
+@pytest.mark.parametrize("purchase", ["invoice", "day", "line"])
+def test_a_log_validated_into_duckdb_gives_the_rfm_of_its_lines_as_a_frame(tmp_path, purchase):
+    """A run validates a log a chunk at a time into DuckDB (TransactionLines) and computes RFM
+    there: the same table and counts as the same lines as a DataFrame, for every purchase rule;
+    releasing the lines removes their files and keeps their count."""
+    rng = np.random.default_rng(5)
+    n = 3_000
+    log = pd.DataFrame(
+        {
+            "Inv": [("C" if rng.random() < 0.05 else "") + f"{i // 3}" for i in range(n)],
+            "Cust No": np.where(rng.random(n) < 0.03, "", rng.integers(1, 400, n).astype(str)),
+            "At": pd.Timestamp("2011-01-01") + pd.to_timedelta(rng.integers(0, 300 * 24 * 60, n), unit="min"),
+            "Qty": rng.integers(-3, 20, n),
+            "Price": rng.choice([0.5, 1.25, 2.1, 10.0], n),
+        }
+    )
+    csv = tmp_path / "log.csv"
+    log.to_csv(csv, index=False)
+    s = settings_for(csv)
+    loaded = load_input(s.input, [])
+    loaded.blocks[:] = [  # several blocks: validated and appended one at a time
+        {name: values[lo : lo + 700] for name, values in loaded.blocks[0].items()} for lo in range(0, n, 700)
+    ]
+    outcome = validate_input(loaded, s)
+    lines = outcome.valid
+    assert isinstance(lines, TransactionLines) and len(lines) == n - outcome.n_rejected_rows
+    frame = lines.to_frame()
+    assert frame.index.is_monotonic_increasing and len(frame) == len(lines)
+    as_of = date(2011, 9, 1)
+    in_duckdb = rfm_table(lines, as_of, "C", purchase)
+    as_frame = rfm_table(frame, as_of, "C", purchase)
+    pd.testing.assert_frame_equal(in_duckdb[0], as_frame[0])
+    assert in_duckdb[1] == as_frame[1] and in_duckdb[0].shape[0] > 300
+    assert default_as_of(lines) == default_as_of(frame)
+    folder = lines.path.parent
+    assert folder.exists()
+    released = outcome.without_rows()
+    assert not folder.exists() and len(released.valid) == len(frame)

@@ -5,7 +5,7 @@
 --     prefix matches nothing; a log without invoice ids has '' here), or whose amount is negative;
 --   * `purchase` is what frequency counts distinct values of (rules.purchase: the invoice id, the
 --     day, or the line itself).
-CREATE TEMP MACRO classified_lines(as_of, cancellation_prefix) AS TABLE
+CREATE OR REPLACE TEMP MACRO classified_lines(as_of, cancellation_prefix) AS TABLE
 SELECT
     customer_id,
     invoice_id,
