@@ -3,14 +3,11 @@
 Validation appends each chunk's valid lines as it goes (:meth:`TransactionLines.append`) and the
 RFM SQL (:func:`flows.features.rfm_table`) reads them from there, so a run holds one chunk of the
 log at a time, not the log: at 10^7 lines a log validated whole took 3.2 GiB (issue 12). DuckDB
-keeps its buffer within :data:`MEMORY_LIMIT` and spills beyond it to a folder beside the file.
+keeps its buffer within :data:`flows.scratch.MEMORY_LIMIT` and spills beyond it beside the file.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import weakref
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -18,10 +15,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from flows.duck import connect
-
-#: DuckDB's buffer for the lines (it spills to disk beyond it): what the RFM aggregation may use.
-MEMORY_LIMIT = "1GB"
+from flows.scratch import ScratchDatabase
 
 #: The lines' columns as the RFM SQL reads them (``flows/sql/rfm_lines.sql``), plus the row number.
 _COLUMNS = (
@@ -34,23 +28,14 @@ _COLUMNS = (
 
 
 class TransactionLines:
-    """Valid transaction lines in a DuckDB file of a temporary folder (removed by :meth:`close`,
-    or when the object is garbage-collected).
+    """Valid transaction lines in a DuckDB file of a temporary folder
+    (:class:`flows.scratch.ScratchDatabase`), removed by :meth:`close` or when the object is
+    garbage-collected."""
 
-    Parameters
-    ----------
-    directory : str or Path, optional
-        Where the temporary folder is made (default: the system's temporary folder, ``TMPDIR``).
-    """
-
-    def __init__(self, directory: str | Path | None = None):
-        self._folder = Path(tempfile.mkdtemp(prefix="segment-lines-", dir=directory))
-        self.path = self._folder / "lines.duckdb"
-        self._remove = weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
-        self._con: duckdb.DuckDBPyConnection | None = connect(
-            self.path,
-            config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(self._folder / "spill")},
-        )
+    def __init__(self) -> None:
+        self._scratch = ScratchDatabase("lines")
+        self.path: Path = self._scratch.path
+        self._con: duckdb.DuckDBPyConnection | None = self._scratch.connect()
         columns = ", ".join(f'"{name}" {kind}' for name, kind in _COLUMNS)
         self._con.execute(f"CREATE TABLE lines ({columns})")
         self.has_invoice = False
@@ -117,7 +102,7 @@ class TransactionLines:
         if self._con is not None:
             self._con.close()
             self._con = None
-        self._remove()
+        self._scratch.remove()
 
     def without_rows(self) -> TransactionLines:
         """Release the lines (see :meth:`schemas.ValidationOutcome.without_rows`): this object,

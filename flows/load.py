@@ -16,6 +16,7 @@ import pandas as pd
 
 from flows.config import InputSettings
 from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, quote_qualified
+from flows.scratch import ScratchDatabase
 from schemas.validation import TEXT_DTYPE, WHOLE_ROW, empty_rejects
 
 
@@ -29,6 +30,55 @@ FETCH_ROWS = 100 * 2048
 
 #: The pandas type of a text column in :meth:`LoadedInput.to_frame` (``str``, NaN where missing).
 _TEXT = pd.StringDtype(na_value=np.nan)
+
+
+class InputRows:
+    """A file input's rows, read once by DuckDB into a table of a temporary database
+    (:class:`flows.scratch.ScratchDatabase`) and read back a block at a time: a run holds one
+    block of the input, not the input (at 10^7 lines, 0.7 GiB in the load stage; issue 12)."""
+
+    def __init__(self, scratch: ScratchDatabase, names: list[str], n_rows: int, block_rows: int):
+        self._scratch = scratch
+        self.names = list(names)
+        self.n_rows = n_rows
+        self.block_rows = block_rows
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks of at most ``block_rows`` rows (0 once released)."""
+        return 0 if self.released else -(-self.n_rows // self.block_rows)
+
+    @property
+    def released(self) -> bool:
+        return self._scratch.removed
+
+    @property
+    def folder(self):
+        """The temporary folder of the rows' database."""
+        return self._scratch.folder
+
+    def blocks(self, names: list[str] | None = None) -> Iterator[dict[str, np.ndarray | pd.Series]]:
+        """The rows' blocks in source order (``names``: only these columns), as
+        :attr:`LoadedInput.blocks` holds them; nothing when released."""
+        if self.released:
+            return
+        names = self.names if names is None else names
+        # A scan in order needs little buffer: what it caches of the table would only add up.
+        con = self._scratch.connect(read_only=True, memory_limit="64MB")
+        try:
+            result = con.execute(f"SELECT {', '.join(map(quote_identifier, names))} FROM rows")
+            text = _text_columns(result, names)
+            while True:
+                chunk = result.fetch_df_chunk(self.block_rows // 2048)
+                if len(chunk) == 0:
+                    break
+                yield _block_of(chunk, names, text)
+        finally:
+            con.close()
+
+    def release(self) -> None:
+        """Remove the rows' database."""
+        self._scratch.remove()
 
 
 @dataclass(frozen=True)
@@ -58,6 +108,9 @@ class LoadedInput:
         (``source``, ``row_number``, ``column_name``, ``rule``, ``value``); they are not in ``blocks``.
     rows_read : int or None
         Rows read once the rows are released (:meth:`without_rows`); None while they are held.
+    spilled : InputRows or None
+        Where a file input's rows are (``blocks`` is then empty): on disk, read back a block at a
+        time by :meth:`chunks` and the other readers. None for a query's rows, held in ``blocks``.
     partitions : list of (str, int)
         A partitioned Parquet input's files and their row counts, in the order their rows are
         numbered (:mod:`flows.partitions`); empty for one file or a query.
@@ -71,6 +124,7 @@ class LoadedInput:
     rejects: pd.DataFrame = field(default_factory=lambda: empty_rejects())
     rows_read: int | None = None
     partitions: list[tuple[str, int]] = field(default_factory=list)
+    spilled: InputRows | None = None
 
     def rows_by_file(self, rejects: pd.DataFrame) -> pd.DataFrame:
         """Reject records with each one's partition as ``source`` and its row there as
@@ -96,8 +150,19 @@ class LoadedInput:
         """A text column's values for every row, in source order (numpy text, NaN where missing)."""
         if not isinstance(self.dtypes[name], pd.StringDtype):
             raise TypeError(f"column {name!r} is not text (it is {self.dtypes[name]})")
-        parts = [np.asarray(block[name]) for block in self.blocks]
+        parts = [np.asarray(block[name]) for block in self._blocks([name])]
         return np.concatenate(parts) if parts else np.empty(0, dtype=TEXT_DTYPE)
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks of rows still held (in memory, or on disk when spilled)."""
+        return self.spilled.n_blocks if self.spilled is not None else len(self.blocks)
+
+    def _blocks(self, names: list[str] | None = None) -> Iterator[dict[str, np.ndarray | pd.Series]]:
+        if self.spilled is not None:
+            yield from self.spilled.blocks(names)
+        else:
+            yield from self.blocks
 
     def chunks(self, release: bool = False) -> Iterator[pd.DataFrame]:
         """The rows a block at a time, as DataFrames indexed by source row number (``row``); text
@@ -106,6 +171,17 @@ class LoadedInput:
         ``release``: each block is dropped from this input as it is yielded, so that a caller
         building something of its own from the rows never holds them twice (issue 12); the input
         is left without its rows (its row numbers and columns kept, as :meth:`without_rows`)."""
+        if self.spilled is not None:
+            start = 0
+            for block in self.spilled.blocks():
+                size = len(next(iter(block.values())))
+                frame = self._frame(block, self.row_numbers[start : start + size])
+                del block
+                yield frame
+                start += size
+            if release:
+                self.spilled.release()
+            return
         start = at = 0
         while at < len(self.blocks):
             block = self.blocks[at]
@@ -123,7 +199,7 @@ class LoadedInput:
         """One column a block at a time, as a Series indexed by source row number (``row``), its
         text as pandas text (see :meth:`chunks`); the blocks are kept."""
         start = 0
-        for block in self.blocks:
+        for block in self._blocks([name]):
             values = block[name]
             size = len(values)
             if isinstance(values, np.ndarray):
@@ -136,7 +212,7 @@ class LoadedInput:
 
     def to_frame(self) -> pd.DataFrame:
         """All rows as one DataFrame (see :meth:`chunks`): for small inputs, a transaction log, tests."""
-        if not self.blocks:
+        if not self.n_blocks:
             empty = {
                 name: np.empty(0, dtype=TEXT_DTYPE)
                 if isinstance(dtype, pd.StringDtype)
@@ -144,7 +220,8 @@ class LoadedInput:
                 for name, dtype in self.dtypes.items()
             }
             return self._frame(empty, self.row_numbers[:0])  # no rows, or rows released
-        return pd.concat(list(self.chunks())) if len(self.blocks) > 1 else next(self.chunks())
+        frames = list(self.chunks())
+        return pd.concat(frames) if len(frames) > 1 else frames[0]
 
     def _frame(self, block: dict[str, np.ndarray | pd.Series], rows: np.ndarray) -> pd.DataFrame:
         data = {}
@@ -161,7 +238,11 @@ class LoadedInput:
         """The same description of the input with its rows released (its columns and their types
         kept), so that a run does not hold a second copy of every input row once validation has
         its own."""
-        return replace(self, blocks=[], row_numbers=self.row_numbers[:0].copy(), rows_read=self.n_read)
+        if self.spilled is not None:
+            self.spilled.release()
+        return replace(
+            self, blocks=[], row_numbers=self.row_numbers[:0].copy(), rows_read=self.n_read, spilled=None
+        )
 
 
 #: Separators tried on the header line of a CSV file (then any other punctuation in it).
@@ -236,6 +317,7 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
     columns = wanted_columns(settings, features)
     source = path
     reader_rejects = empty_rejects()
+    spilled: InputRows | None = None
     con = connect()
     try:
         if fmt == "duckdb":
@@ -307,16 +389,22 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
             if canon == "customer_id":
                 expr = _customer_id_sql(expr)
             select_list.append(f"{expr} AS {quote_identifier(canon)}")
+        select = f"SELECT {', '.join(select_list)} FROM {relation_sql} AS r"
         try:
-            result = con.execute(f"SELECT {', '.join(select_list)} FROM {relation_sql} AS r")
-            blocks, dtypes = _fetch_blocks(result, list(columns))
+            if settings.query:
+                # A query runs without file access: its rows are fetched into memory.
+                result = con.execute(select)
+                blocks, dtypes = _fetch_blocks(result, list(columns))
+                n_read = sum(len(next(iter(block.values()))) for block in blocks)
+            else:
+                blocks, (spilled, dtypes) = [], _spill(con, select, list(columns))
+                n_read = spilled.n_rows
             if fmt == "csv":
                 reader_rejects = _reader_rejects(con, source)
         except duckdb.Error as exc:
             raise InputError(f"{source}: cannot read input ({_first_line(exc)})") from None
     finally:
         con.close()
-    n_read = sum(len(next(iter(block.values()))) for block in blocks)
     if n_read == 0 and len(reader_rejects) == 0:
         what = "only a header line" if fmt == "csv" else "no rows"
         raise InputError(f"{source}: no data rows (the input has {what}, columns {available})")
@@ -329,6 +417,7 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
         rejects=reader_rejects,
         # A query's rows are not the files' rows: only a plain read is numbered by file.
         partitions=[] if files is None or settings.query else list(zip(files, counts, strict=True)),
+        spilled=spilled,
     )
 
 
@@ -338,10 +427,7 @@ def _fetch_blocks(
     """All rows of ``result`` in blocks of :data:`FETCH_ROWS` rows (see :class:`LoadedInput`):
     no column is ever held whole as Python objects, and no block is copied again."""
     blocks: list[dict[str, np.ndarray | pd.Series]] = []
-    # Text by DuckDB's type, not by pandas': a VARCHAR column that is all NULL (or has no rows)
-    # comes back as object.
-    types = {d[0]: str(d[1]) for d in result.description}
-    text = {name for name in names if types.get(name) == "VARCHAR"}
+    text = _text_columns(result, names)
     dtypes: dict[str, Any] = {}
     while True:
         chunk = result.fetch_df_chunk(FETCH_ROWS // 2048)
@@ -349,15 +435,47 @@ def _fetch_blocks(
             dtypes = {name: _TEXT if name in text else chunk[name].dtype for name in names}
         if len(chunk) == 0:
             break
-        block: dict[str, np.ndarray | pd.Series] = {}
-        for name in names:
-            column = chunk[name]
-            if name in text:
-                block[name] = np.asarray(column.to_numpy(dtype=object, na_value=np.nan), dtype=TEXT_DTYPE)
-            else:
-                block[name] = column.reset_index(drop=True)
-        blocks.append(block)
+        blocks.append(_block_of(chunk, names, text))
     return blocks, dtypes
+
+
+def _spill(con: duckdb.DuckDBPyConnection, select: str, names: list[str]) -> tuple[InputRows, dict[str, Any]]:
+    """Run ``select`` into a table of a temporary DuckDB file: the rows and their columns' types."""
+    scratch = ScratchDatabase("input")
+    try:
+        con.execute(f"ATTACH {_literal(str(scratch.path))} AS spill")
+        try:
+            con.execute(f"CREATE TABLE spill.rows AS {select}")
+            row = con.execute("SELECT count(*) FROM spill.rows").fetchone()
+            # The column types as the blocks will have them: from the first rows.
+            first = con.execute(f"SELECT * FROM spill.rows LIMIT {FETCH_ROWS}")
+            _, dtypes = _fetch_blocks(first, names)
+        finally:
+            con.execute("DETACH spill")
+    except BaseException:
+        scratch.remove()
+        raise
+    assert row is not None  # count(*) returns one row
+    return InputRows(scratch, names, int(row[0]), FETCH_ROWS), dtypes
+
+
+def _text_columns(result: duckdb.DuckDBPyConnection, names: list[str]) -> set[str]:
+    # Text by DuckDB's type, not by pandas': a VARCHAR column that is all NULL (or has no rows)
+    # comes back as object.
+    types = {d[0]: str(d[1]) for d in result.description}
+    return {name for name in names if types.get(name) == "VARCHAR"}
+
+
+def _block_of(chunk: pd.DataFrame, names: list[str], text: set[str]) -> dict[str, np.ndarray | pd.Series]:
+    """A fetched chunk as a block: text as compact numpy text, anything else as DuckDB gave it."""
+    block: dict[str, np.ndarray | pd.Series] = {}
+    for name in names:
+        column = chunk[name]
+        if name in text:
+            block[name] = np.asarray(column.to_numpy(dtype=object, na_value=np.nan), dtype=TEXT_DTYPE)
+        else:
+            block[name] = column.reset_index(drop=True)
+    return block
 
 
 #: What :func:`flows.duck.file_kind` may find in a file of each input format.

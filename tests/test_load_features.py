@@ -304,9 +304,12 @@ def test_a_customer_table_read_in_blocks_gives_the_same_rows_rejects_and_feature
 
     def run():
         loaded = load_input(s.input, s.features.columns)
-        blocks = len(loaded.blocks)
+        blocks = sum(1 for _ in loaded.chunks())
+        assert loaded.n_blocks == blocks and loaded.spilled is not None  # a file's rows are on disk
+        folder = loaded.spilled.folder
         outcome = validate_input(loaded, s)
-        assert loaded.blocks == [] and loaded.n_read == n  # released as validated; still counted
+        assert loaded.n_blocks == 0 and loaded.n_read == n  # released as validated; still counted
+        assert not folder.exists()
         return blocks, outcome, compute_features(outcome.valid, s)
 
     one_block, whole, whole_features = run()
@@ -334,7 +337,7 @@ def test_a_block_of_rows_without_ids_keeps_them_missing(tmp_path, monkeypatch):
     }
     s = load_settings(overrides=over)
     loaded = load_input(s.input, s.features.columns)
-    assert len(loaded.blocks) == 2 and np.isnan(loaded.text_column("customer_id")[:2048]).all()
+    assert loaded.n_blocks == 2 and np.isnan(loaded.text_column("customer_id")[:2048]).all()
     outcome = validate_input(loaded, s)
     assert set(outcome.rejects["rule"]) == {"not_nullable"} and len(outcome.rejects) == 2048
     assert outcome.valid.customer_ids.tolist() == sorted(f"k{i}" for i in range(60))
@@ -576,7 +579,7 @@ def test_a_matrix_without_original_values_is_the_same_matrix(in_order):
 
 
 @pytest.mark.parametrize("purchase", ["invoice", "day", "line"])
-def test_a_log_validated_into_duckdb_gives_the_rfm_of_its_lines_as_a_frame(tmp_path, purchase):
+def test_a_log_validated_into_duckdb_gives_the_rfm_of_its_lines_as_a_frame(tmp_path, monkeypatch, purchase):
     """A run validates a log a chunk at a time into DuckDB (TransactionLines) and computes RFM
     there: the same table and counts as the same lines as a DataFrame, for every purchase rule;
     releasing the lines removes their files and keeps their count."""
@@ -594,10 +597,9 @@ def test_a_log_validated_into_duckdb_gives_the_rfm_of_its_lines_as_a_frame(tmp_p
     csv = tmp_path / "log.csv"
     log.to_csv(csv, index=False)
     s = settings_for(csv)
+    monkeypatch.setattr("flows.load.FETCH_ROWS", 2048)  # two blocks: validated and appended one at a time
     loaded = load_input(s.input, [])
-    loaded.blocks[:] = [  # several blocks: validated and appended one at a time
-        {name: values[lo : lo + 700] for name, values in loaded.blocks[0].items()} for lo in range(0, n, 700)
-    ]
+    assert sum(1 for _ in loaded.chunks()) == 2
     outcome = validate_input(loaded, s)
     lines = outcome.valid
     assert isinstance(lines, TransactionLines) and len(lines) == n - outcome.n_rejected_rows
