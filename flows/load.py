@@ -60,9 +60,14 @@ class InputRows:
     def blocks(self, names: list[str] | None = None) -> Iterator[dict[str, np.ndarray | pd.Series]]:
         """The rows' blocks in source order (``names``: only these columns), as
         :attr:`LoadedInput.blocks` holds them; nothing when released."""
+        names = self.names if names is None else names
+        for chunk, text in self.fetched(names):
+            yield _block_of(chunk, names, text)
+
+    def fetched(self, names: list[str]) -> Iterator[tuple[pd.DataFrame, set[str]]]:
+        """The rows as DuckDB fetches them, a block at a time, with the names of the text columns."""
         if self.released:
             return
-        names = self.names if names is None else names
         # A scan in order needs little buffer: what it caches of the table would only add up.
         con = self._scratch.connect(read_only=True, memory_limit="64MB")
         try:
@@ -72,7 +77,7 @@ class InputRows:
                 chunk = result.fetch_df_chunk(self.block_rows // 2048)
                 if len(chunk) == 0:
                     break
-                yield _block_of(chunk, names, text)
+                yield chunk, text
         finally:
             con.close()
 
@@ -173,12 +178,18 @@ class LoadedInput:
         is left without its rows (its row numbers and columns kept, as :meth:`without_rows`)."""
         if self.spilled is not None:
             start = 0
-            for block in self.spilled.blocks():
-                size = len(next(iter(block.values())))
-                frame = self._frame(block, self.row_numbers[start : start + size])
-                del block
+            names = list(self.dtypes)
+            for chunk, text in self.spilled.fetched(names):
+                # Straight from DuckDB's chunk to pandas text: the same frame as going through
+                # a compact block, without two conversions of every text value.
+                frame = pd.DataFrame(
+                    {name: chunk[name].astype(_TEXT) if name in text else chunk[name] for name in names},
+                    columns=names,
+                )
+                frame.index = pd.Index(self.row_numbers[start : start + len(frame)], name="row")
+                del chunk
                 yield frame
-                start += size
+                start += len(frame)
             if release:
                 self.spilled.release()
             return

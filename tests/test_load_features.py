@@ -615,3 +615,37 @@ def test_a_log_validated_into_duckdb_gives_the_rfm_of_its_lines_as_a_frame(tmp_p
     assert folder.exists()
     released = outcome.without_rows()
     assert not folder.exists() and len(released.valid) == len(frame)
+
+
+def test_a_spilled_input_gives_the_frames_of_its_compact_blocks(tmp_path, monkeypatch):
+    """A file's rows come back from the temporary DuckDB table straight into frames; those equal
+    the frames of the compact blocks (numpy text) an in-memory input holds, blanks included."""
+    monkeypatch.setattr("flows.load.FETCH_ROWS", 2048)
+    n = 5000
+    frame = pd.DataFrame(
+        {
+            "id": [f" c{i} " if i % 7 else "" for i in range(n)],
+            "x": [str(i / 3) if i % 11 else "" for i in range(n)],
+            "note": ['é, "quoted"' if i % 5 == 0 else "plain" for i in range(n)],
+        }
+    )
+    path = tmp_path / "c.csv"
+    frame.to_csv(path, index=False)
+    s = load_settings(
+        overrides={
+            "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
+            "features": {"columns": ["x", "note"]},
+        }
+    )
+    loaded = load_input(s.input, s.features.columns)
+    assert loaded.spilled is not None
+    direct = list(loaded.chunks())
+    start, via_blocks = 0, []
+    for block in loaded.spilled.blocks():
+        size = len(next(iter(block.values())))
+        via_blocks.append(loaded._frame(block, loaded.row_numbers[start : start + size]))
+        start += size
+    assert len(direct) == len(via_blocks) == 3
+    for a, b in zip(direct, via_blocks, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    assert direct[0]["customer_id"].isna().sum() > 0 and direct[0]["x"].isna().sum() > 0
