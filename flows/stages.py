@@ -171,13 +171,14 @@ def _reject_hint(rejects: pd.DataFrame) -> str:
 
 
 def compute_features(
-    valid: pd.DataFrame | CustomerRows, settings: Settings, keep_original: bool = True
+    valid: pd.DataFrame | CustomerRows | TransactionLines, settings: Settings, keep_original: bool = True
 ) -> FeatureMatrix:
     """Per-customer features in original units plus the standardised model matrix.
 
-    ``valid``: the valid rows (:attr:`ValidationOutcome.valid`): a transaction log's lines, or a
-    customer table's rows (as a DataFrame with ``customer_id`` and the feature columns, or as
-    :class:`CustomerRows`). ``keep_original=False``: the matrix holds no values in original units
+    ``valid``: the valid rows (:attr:`ValidationOutcome.valid`): a transaction log's lines (as
+    :class:`flows.lines.TransactionLines`, or a DataFrame), or a customer table's rows (as a
+    DataFrame with ``customer_id`` and the feature columns, or as :class:`CustomerRows`).
+    ``keep_original=False``: the matrix holds no values in original units
     and a :class:`CustomerRows`' feature array is handed over, transformed in place
     (:func:`flows.features.feature_matrix`)."""
     names = list(settings.features.columns)
@@ -202,6 +203,7 @@ def compute_features(
                 f"{first:%Y-%m-%d} to {last:%Y-%m-%d}): choose a later --as-of (rules.as_of)"
             )
         valid = RFMFeatures.validate(table)  # one row per customer, as a customer table's
+    assert not isinstance(valid, TransactionLines)  # by now a customer table's rows (or the RFM table)
     rows = valid if isinstance(valid, CustomerRows) else CustomerRows.from_frame(valid, names)
     return feature_matrix(
         rows.customer_ids,
