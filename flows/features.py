@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from flows.config import TRANSFORMS
-from flows.duck import connect, sql_text
+from flows.duck import sql_text
 from flows.lines import TransactionLines
 from reports.profiles import to_original_units, value_range
 from schemas.customers import CustomerRows
@@ -214,33 +214,15 @@ def rfm_table(
     """
     if isinstance(transactions, TransactionLines):
         return _rfm_in_duckdb(transactions, as_of, cancellation_prefix, purchase)
-    lines = transactions[["customer_id", "timestamp"]].copy()
-    has_invoice = "invoice_id" in transactions.columns
-    if purchase == "invoice" and not has_invoice:
+    if purchase == "invoice" and "invoice_id" not in transactions.columns:
         raise ValueError("rfm_table: purchase='invoice' needs an invoice_id column")
-    lines["invoice_id"] = transactions["invoice_id"] if has_invoice else ""
-    if purchase == "invoice":
-        lines["purchase"] = lines["invoice_id"]
-    elif purchase == "day":
-        lines["purchase"] = lines["timestamp"].dt.floor("D")
-    elif purchase == "line":
-        lines["purchase"] = np.arange(len(lines), dtype=np.int64)
-    else:
-        raise ValueError(f"rfm_table: purchase must be 'invoice', 'day' or 'line', got {purchase!r}")
-    if "amount" in transactions.columns:
-        lines["amount"] = transactions["amount"].to_numpy(dtype=np.float64)
-    else:
-        lines["amount"] = transactions["quantity"].to_numpy(np.float64) * transactions["unit_price"].to_numpy(
-            np.float64
-        )
-    # Net spend is summed as DECIMAL in rfm.sql: floating-point partial sums combined in a varying
-    # order (threads, or lines in another order) would differ in their last bits from run to run.
-    con = connect()
+    # A frame's lines take the same way: into DuckDB, numbered in their order.
+    lines = TransactionLines()
     try:
-        con.register("transactions", lines)
-        return _rfm_sql(con, as_of, cancellation_prefix)
+        lines.append(transactions.reset_index(drop=True))
+        return _rfm_in_duckdb(lines, as_of, cancellation_prefix, purchase)
     finally:
-        con.close()
+        lines.close()
 
 
 #: What frequency counts distinct values of, per ``rules.purchase``, over the lines' table.
@@ -254,7 +236,7 @@ _PURCHASE_SQL = {
 def _rfm_in_duckdb(
     lines: TransactionLines, as_of: date, cancellation_prefix: str, purchase: str
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """:func:`rfm_table` of lines held in DuckDB: the same SQL over a view of them."""
+    """:func:`rfm_table` of lines held in DuckDB, through a view of them."""
     if purchase not in _PURCHASE_SQL:
         raise ValueError(f"rfm_table: purchase must be 'invoice', 'day' or 'line', got {purchase!r}")
     if purchase == "invoice" and len(lines) and not lines.has_invoice:
@@ -264,11 +246,8 @@ def _rfm_in_duckdb(
         "CREATE OR REPLACE TEMP VIEW transactions AS SELECT customer_id, invoice_id, "
         f'{_PURCHASE_SQL[purchase]} AS purchase, "timestamp", amount FROM lines'
     )
-    return _rfm_sql(con, as_of, cancellation_prefix)
-
-
-def _rfm_sql(con, as_of: date, cancellation_prefix: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The RFM SQL over relation ``transactions`` of ``con``: the features and the rules' counts."""
+    # Net spend is summed as DECIMAL in rfm.sql: floating-point partial sums combined in a varying
+    # order (threads, or lines in another order) would differ in their last bits from run to run.
     con.execute(sql_text("rfm_lines"))
     params = {"as_of": as_of, "cancellation_prefix": cancellation_prefix}
     features = con.execute(sql_text("rfm"), params).df()

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from flows.scratch import ScratchDatabase
+from schemas.transactions import line_amounts
 
 #: The lines' columns as the RFM SQL reads them (``flows/sql/rfm_lines.sql``), plus the row number.
 _COLUMNS = (
@@ -46,10 +47,6 @@ class TransactionLines:
         ``timestamp``, and ``amount`` or ``quantity`` and ``unit_price``, optionally ``invoice_id``)."""
         if not len(valid):
             return
-        if "amount" in valid.columns:
-            amount = valid["amount"].to_numpy(np.float64)
-        else:
-            amount = valid["quantity"].to_numpy(np.float64) * valid["unit_price"].to_numpy(np.float64)
         self.has_invoice = self.has_invoice or "invoice_id" in valid.columns
         chunk = pd.DataFrame(
             {
@@ -57,7 +54,7 @@ class TransactionLines:
                 "customer_id": valid["customer_id"],
                 "invoice_id": valid["invoice_id"] if "invoice_id" in valid.columns else "",
                 "timestamp": valid["timestamp"],  # naive: the schema coerces offsets to UTC
-                "amount": amount,
+                "amount": line_amounts(valid),
             }
         )
         con = self._connection()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
@@ -61,6 +62,13 @@ class Transactions(pa.DataFrameModel):
         strict = "filter"
 
 
+def line_amounts(lines: pd.DataFrame) -> np.ndarray:
+    """Each line's amount: ``amount``, or ``quantity`` x ``unit_price`` (float64)."""
+    if "amount" in lines.columns:
+        return lines["amount"].to_numpy(dtype=np.float64)
+    return lines["quantity"].to_numpy(dtype=np.float64) * lines["unit_price"].to_numpy(dtype=np.float64)
+
+
 def line_amount_rejects(
     valid: pd.DataFrame, source: str, source_columns: dict[str, str]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -72,7 +80,7 @@ def line_amount_rejects(
     """
     if "amount" in valid.columns or not {"quantity", "unit_price"} <= set(valid.columns):
         return valid, empty_rejects()
-    amount = valid["quantity"].to_numpy(dtype="float64") * valid["unit_price"].to_numpy(dtype="float64")
+    amount = line_amounts(valid)
     bad = ~(abs(amount) <= MAX_MAGNITUDE)
     name = f"{source_columns.get('quantity', 'quantity')} x {source_columns.get('unit_price', 'unit_price')}"
     rejects = pd.DataFrame(
