@@ -15,7 +15,7 @@ from .covariance import (
     full_covariances,
     n_parameters,
 )
-from .external import DataMoments, partition_moments, partition_statistics
+from .external import DataMoments, ScoreTotals, partition_moments, partition_scores, partition_statistics
 from .mixture import GaussianMixture
 from .selection import (
     CRITERIA,
@@ -23,6 +23,7 @@ from .selection import (
     NoAcceptableModelError,
     SelectionResult,
     criteria,
+    criteria_from_totals,
     default_degeneracy,
     degeneracy_reason,
     observed_std,
@@ -40,15 +41,18 @@ __all__ = [
     "GaussianMixture",
     "NoAcceptableModelError",
     "NotFittedError",
+    "ScoreTotals",
     "SelectionResult",
     "covariance_layout",
     "criteria",
+    "criteria_from_totals",
     "default_degeneracy",
     "degeneracy_reason",
     "full_covariances",
     "n_parameters",
     "observed_std",
     "partition_moments",
+    "partition_scores",
     "partition_statistics",
     "select_model",
 ]

@@ -15,13 +15,15 @@ import numpy as np
 
 from . import statistics as st
 from .covariance import COVARIANCE_MODELS
-from .statistics import DataMoments, MixtureParameters, SufficientStatistics
+from .statistics import DataMoments, MixtureParameters, ScoreTotals, SufficientStatistics
 
 __all__ = [
     "DataMoments",
     "MixtureParameters",
+    "ScoreTotals",
     "SufficientStatistics",
     "partition_moments",
+    "partition_scores",
     "partition_statistics",
 ]
 
@@ -81,3 +83,13 @@ def partition_moments(X, shift, sample_weight=None) -> DataMoments:
     total = float(X.shape[0] if w is None else w.sum())
     first = XcT.sum(axis=1) if w is None else XcT @ w
     return DataMoments(total, first, st.data_second_moment(XcT, w))
+
+
+def partition_scores(model, X, sample_weight=None) -> ScoreTotals:
+    """A fitted :class:`~gmm_engine.GaussianMixture`'s log-likelihood and hard-assignment entropy
+    on one partition ``X`` of complete rows; summed over partitions,
+    :func:`gmm_engine.selection.criteria_from_totals` turns them into BIC, AIC and ICL."""
+    X, _, w = _checked(X, np.zeros(np.shape(X)[-1] if np.ndim(X) == 2 else 0), sample_weight)
+    if X.shape[0] == 0:
+        return ScoreTotals(0.0, 0.0, 0.0)
+    return model._score_totals(model._check_X_predict(X), w)

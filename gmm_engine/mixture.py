@@ -799,8 +799,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ``-2 * sum_i w_i * log max_k tau_ik``, as mclust's ``icl`` (which uses the opposite sign).
         """
         X = self._check_X_predict(X)
+        totals = self._score_totals(X, sample_weight)
+        return float(
+            -2.0 * totals.log_likelihood
+            + self.n_parameters() * np.log(totals.total_weight)
+            + 2.0 * totals.entropy
+        )
+
+    def _score_totals(self, X: np.ndarray, sample_weight) -> st.ScoreTotals:
+        """Log-likelihood and hard-assignment entropy of checked ``X`` in one pass over it."""
         w = check_sample_weight(sample_weight, X.shape[0])
-        n = float(X.shape[0] if w is None else w.sum())
         ll = np.empty(X.shape[0])
         log_tau_max = np.empty(X.shape[0])
 
@@ -811,10 +819,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         self._map_log_prob(X, reduce)
         if w is None:
-            loglik, entropy = ll.sum(), -log_tau_max.sum()
-        else:
-            loglik, entropy = ll @ w, -(log_tau_max @ w)
-        return float(-2.0 * loglik + self.n_parameters() * np.log(n) + 2.0 * entropy)
+            return st.ScoreTotals(float(ll.sum()), float(-log_tau_max.sum()), float(X.shape[0]))
+        return st.ScoreTotals(float(ll @ w), float(-(log_tau_max @ w)), float(w.sum()))
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Draw samples from the fitted mixture.

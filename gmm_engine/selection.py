@@ -47,7 +47,7 @@ from ._validation import (
 )
 from .covariance import COVARIANCE_MODELS, covariance_layout, n_parameters
 from .mixture import GaussianMixture
-from .statistics import default_threads
+from .statistics import ScoreTotals, default_threads
 from .threads import single_threaded_blas
 
 CRITERIA = ("bic", "aic", "icl")
@@ -165,17 +165,21 @@ def degeneracy_reason(
 
 def criteria(model: GaussianMixture, X, w=None) -> dict:
     """A fitted model's table entries on ``X``: ``log_likelihood``, ``mean_log_likelihood``,
-    ``bic``, ``aic`` and ``icl`` (the objective the model was fitted on)."""
-    ll = model.score_samples(X)
-    total = float(ll.sum() if w is None else ll @ w)
-    n = float(X.shape[0] if w is None else w.sum())
-    p = model.n_parameters()
+    ``bic``, ``aic`` and ``icl`` (the objective the model was fitted on). One pass over ``X``."""
+    X = model._check_X_predict(X)
+    return criteria_from_totals(model.n_parameters(), model._score_totals(X, w))
+
+
+def criteria_from_totals(n_params: int, totals: ScoreTotals) -> dict:
+    """The table entries of a model with ``n_params`` free parameters from its score totals over
+    the data (summed over partitions: :func:`gmm_engine.external.partition_scores`)."""
+    total, n = totals.log_likelihood, totals.total_weight
     return {
         "log_likelihood": total,
         "mean_log_likelihood": total / n,
-        "bic": -2.0 * total + p * np.log(n),
-        "aic": -2.0 * total + 2.0 * p,
-        "icl": model.icl(X, sample_weight=w),
+        "bic": -2.0 * total + n_params * np.log(n),
+        "aic": -2.0 * total + 2.0 * n_params,
+        "icl": -2.0 * total + n_params * np.log(n) + 2.0 * totals.entropy,
     }
 
 

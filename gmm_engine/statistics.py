@@ -99,6 +99,32 @@ class DataMoments:
         return self.second - np.outer(self.first, self.first) / self.total_weight
 
 
+@dataclass
+class ScoreTotals:
+    """Additive totals a fitted model's criteria are made of, over one or more partitions.
+
+    Attributes
+    ----------
+    log_likelihood : float
+        Weighted sum of the per-sample mixture log-density.
+    entropy : float
+        ``-sum_i w_i log max_k tau_ik``: the entropy of the hard assignment that ICL adds.
+    total_weight : float
+        Sum of the sample weights.
+    """
+
+    log_likelihood: float
+    entropy: float
+    total_weight: float
+
+    def __add__(self, other: ScoreTotals) -> ScoreTotals:
+        return ScoreTotals(
+            self.log_likelihood + other.log_likelihood,
+            self.entropy + other.entropy,
+            self.total_weight + other.total_weight,
+        )
+
+
 def design_matrix(model: CovarianceModel, XcT: np.ndarray) -> np.ndarray:
     """``Phi.T``: rows ``[1, x, q(x)]`` stacked as (p, n) for the centred samples ``XcT`` (d, n)."""
     d, n = XcT.shape

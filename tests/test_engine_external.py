@@ -142,3 +142,29 @@ def test_statistics_of_the_wrong_shape_are_refused():
         pytest.raises(ValueError, match=r"expected finite \(3, 10\) for covariance_type='full'"),
     ):
         start.refit_from_statistics(statistics)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "VEV"])
+def test_summed_partition_scores_give_the_criteria_on_all_the_data(covariance_type):
+    from gmm_engine import criteria, criteria_from_totals, partition_scores
+
+    Z = standardised(raw_data())
+    w = np.random.default_rng(5).random(Z.shape[0])
+    model = start_model(Z, covariance_type)
+    totals = functools.reduce(
+        operator.add,
+        (
+            partition_scores(model, P, W)
+            for P, W in zip(split(Z), np.split(w, np.cumsum(SIZES)[:-1]), strict=True)
+        ),
+    )
+    whole = criteria(model, Z, w)
+    summed = criteria_from_totals(model.n_parameters(), totals)
+    assert summed.keys() == whole.keys()
+    for name, value in whole.items():
+        assert summed[name] == pytest.approx(value, rel=1e-12), name
+    # ICL is BIC plus twice the entropy of the hard assignment: never below BIC.
+    assert whole["icl"] >= whole["bic"]
+    assert whole["icl"] == pytest.approx(model.icl(Z, sample_weight=w), rel=1e-12)
+    assert whole["bic"] == pytest.approx(model.bic(Z, sample_weight=w), rel=1e-12)
+    assert partition_scores(model, Z[:0]).total_weight == 0.0
