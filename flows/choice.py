@@ -25,10 +25,12 @@ import numpy as np
 from flows.features import FeatureMatrix
 from gmm_engine import (
     ConvergenceWarning,
+    FullData,
     GaussianMixture,
+    InMemoryData,
     SelectionResult,
-    criteria,
-    default_degeneracy,
+    criteria_on,
+    degeneracy_on,
     n_parameters,
 )
 from tracking import TrackedModel, same_features, warm_start_init
@@ -115,7 +117,7 @@ def _grid_table(selection: SelectionResult) -> list[dict[str, Any]]:
     ]
 
 
-def _polished(model: GaussianMixture, X: np.ndarray, tol: float, max_iter: int) -> GaussianMixture:
+def _polished(model: GaussianMixture, data: FullData, tol: float, max_iter: int) -> GaussianMixture:
     """More EM iterations of a fitted model, from its own parameters, down to ``tol``."""
     gm = GaussianMixture(
         model.n_components,
@@ -132,7 +134,7 @@ def _polished(model: GaussianMixture, X: np.ndarray, tol: float, max_iter: int) 
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return gm.fit(X)
+        return data.refit(gm)
 
 
 def decision_tol(tol: float, n_samples: int) -> float:
@@ -154,14 +156,16 @@ def refit_previous(
     reg_covar: float,
     max_iter: int,
     covariance_prior: str | None = None,
+    data: FullData | None = None,
 ) -> tuple[GaussianMixture | None, str]:
-    """EM for the previous structure, started from the previous parameters in this run's space.
+    """EM for the previous structure, started from the previous parameters in this run's space,
+    on ``data`` (default: ``features.X_model`` in memory).
 
     Returns the fitted model (None when it failed) and why it cannot be used (``""`` when it can:
     the rule ``select_model`` applies to every candidate).
     """
-    X = features.X_model
-    n, d = X.shape
+    data = InMemoryData(features.X_model) if data is None else data
+    n, d = data.n_samples, len(features.names)
     k, ctype = previous.n_components, previous.covariance_type
     if k * (d + 1) > n:
         return None, f"{k} segments need at least {k * (d + 1):,} customers, this run has {n:,}"
@@ -187,16 +191,11 @@ def refit_previous(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            gm.fit(X)
+            gm = data.refit(gm)
     except ValueError as exc:
         return None, f"the refit failed: {exc}"
-    reason = _degenerate(gm, X)
+    reason = degeneracy_on(gm, data)
     return gm, (f"the refit is degenerate: {reason}" if reason else "")
-
-
-def _degenerate(model: GaussianMixture, X: np.ndarray) -> str:
-    """The reason ``select_model`` would set this fit aside (its default rule), or ``""``."""
-    return default_degeneracy(model, X)
 
 
 def choose_model(
@@ -210,6 +209,7 @@ def choose_model(
     reg_covar: float = 1e-6,
     max_iter: int = 200,
     allowed: tuple[int, int, tuple[str, ...]] | None = None,
+    data: FullData | None = None,
 ) -> ModelChoice:
     """Keep the previous run's structure or switch to the best fresh candidate (module docstring).
 
@@ -229,6 +229,9 @@ def choose_model(
         EM settings of the refit, as for the grid.
     allowed : (k_min, k_limit, covariance types), optional
         What this run's settings allow; a previous structure outside them is not kept.
+    data : FullData, optional
+        Where this run's customers are for the refits and criteria (``gmm_cluster.ClusterData``
+        on a cluster); default ``features.X_model`` in memory.
     """
     criterion = selection.criterion
     table = _grid_table(selection)
@@ -279,8 +282,8 @@ def choose_model(
             selection.best,
         )
     start = time.perf_counter()
-    X = features.X_model
-    tight = decision_tol(tol, X.shape[0])
+    data = InMemoryData(features.X_model) if data is None else data
+    tight = decision_tol(tol, data.n_samples)
     gm, problem = refit_previous(
         previous,
         features,
@@ -288,12 +291,13 @@ def choose_model(
         reg_covar=reg_covar,
         max_iter=max_iter,
         covariance_prior=selection.best.covariance_prior,
+        data=data,
     )
     previous_label = _structure(k, ctype)
     row: dict[str, Any] = {
         "n_components": k,
         "covariance_type": ctype,
-        "n_parameters": n_parameters(ctype, k, X.shape[1]),
+        "n_parameters": n_parameters(ctype, k, len(features.names)),
         "log_likelihood": np.nan,
         "mean_log_likelihood": np.nan,
         "bic": np.nan,
@@ -308,7 +312,7 @@ def choose_model(
     }
     if gm is not None:
         row.update(
-            criteria(gm, X),
+            criteria_on(gm, data),
             converged=bool(gm.converged_),
             n_iter=int(gm.n_iter_),
             status="degenerate" if problem else "ok",
@@ -328,7 +332,7 @@ def choose_model(
     # Both sides of the comparison converged alike (decision_tol), so the margin is not spent on
     # one of them having stopped earlier. (Should the longer run collapse a component, the grid's
     # own fit stands.)
-    polished = _polished_row(selection.best, best_fresh, X, tight, max_iter)
+    polished = _polished_row(selection.best, best_fresh, data, tight, max_iter)
     fresh_model = selection.best if polished is None else polished
     fresh_value = float(best_fresh[criterion])
     previous_value = float(row[criterion])
@@ -339,7 +343,7 @@ def choose_model(
     # poor optimum would hand the switch to another structure on evidence about EM, not the data.
     kept_model, kept_value, refreshed_gain = gm, previous_value, 0.0
     if not same_structure:
-        grid_same = _grid_fit(selection, table, k, ctype, X, tight, max_iter, criterion)
+        grid_same = _grid_fit(selection, table, k, ctype, data, tight, max_iter, criterion)
         if grid_same is not None and grid_same[1] < previous_value:
             refreshed_gain = previous_value - grid_same[1]
             if refreshed_gain > switch_margin:
@@ -402,7 +406,7 @@ def _grid_fit(
     table: list[dict[str, Any]],
     k: int,
     ctype: str,
-    X: np.ndarray,
+    data: FullData,
     tol: float,
     max_iter: int,
     criterion: str,
@@ -423,20 +427,20 @@ def _grid_fit(
     model = selection.models.get((k, ctype))
     if row is None or model is None:
         return None
-    polished = _polished_row(model, row, X, tol, max_iter)
+    polished = _polished_row(model, row, data, tol, max_iter)
     return None if polished is None else (polished, float(row[criterion]))
 
 
 def _polished_row(
-    model: GaussianMixture, row: dict[str, Any], X: np.ndarray, tol: float, max_iter: int
+    model: GaussianMixture, row: dict[str, Any], data: FullData, tol: float, max_iter: int
 ) -> GaussianMixture | None:
     """:func:`_polished` with the candidate's table row updated to the longer fit; None (the row
     unchanged) when the longer run collapses a component."""
-    polished = _polished(model, X, tol, max_iter)
-    if _degenerate(polished, X):
+    polished = _polished(model, data, tol, max_iter)
+    if degeneracy_on(polished, data):
         return None
     row.update(
-        criteria(polished, X),
+        criteria_on(polished, data),
         n_iter=row["n_iter"] + int(polished.n_iter_),
         converged=bool(polished.converged_),
     )

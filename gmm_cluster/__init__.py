@@ -5,6 +5,14 @@ M-step totals; the client sums them and runs the M-step (:mod:`gmm_cluster.em`).
 numpy, duckdb and :mod:`gmm_engine`; nothing large is gathered to the client.
 """
 
+from .data import ClusterData, rows_per_partition
 from .em import ClusterFitError, ParquetPartition, PartitionError, refit_on_partitions
 
-__all__ = ["ClusterFitError", "ParquetPartition", "PartitionError", "refit_on_partitions"]
+__all__ = [
+    "ClusterData",
+    "ClusterFitError",
+    "ParquetPartition",
+    "PartitionError",
+    "refit_on_partitions",
+    "rows_per_partition",
+]

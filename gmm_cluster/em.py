@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
-from distributed import Client, KilledWorker, wait
+from distributed import Client, Future, KilledWorker, wait
 
 from gmm_engine import DataMoments, GaussianMixture, partition_moments, partition_statistics
 from gmm_engine.statistics import MixtureParameters, SufficientStatistics
@@ -112,37 +112,52 @@ class ParquetPartition:
         return X
 
 
-def _load(partition: Partition) -> np.ndarray:
-    X = partition()
+def _load(partition: Partition | np.ndarray, label: str) -> np.ndarray:
+    """A partition's rows: the array itself (a scattered block, resolved by dask on the worker)
+    or what its reader returns."""
+    X = partition if isinstance(partition, np.ndarray) else partition()
     if not isinstance(X, np.ndarray):
-        raise PartitionError(f"partition {partition}: returned {type(X).__name__}, not a numpy array")
+        raise PartitionError(f"partition {label}: returned {type(X).__name__}, not a numpy array")
     return X
 
 
 def _statistics_task(
-    partition: Partition, covariance_type: str, params: MixtureParameters, shift: np.ndarray
+    partition: Partition, label: str, covariance_type: str, params: MixtureParameters, shift: np.ndarray
 ) -> SufficientStatistics:
     """On a worker: one partition's share of the EM totals (small: k x (1 + d + q) numbers)."""
-    X = _load(partition)
+    X = _load(partition, label)
     try:
         return partition_statistics(X, covariance_type, params, shift)
     except ValueError as exc:
-        raise PartitionError(f"partition {partition}: {_first_line(exc)}") from None
+        raise PartitionError(f"partition {label}: {_first_line(exc)}") from None
 
 
-def _moments_task(partition: Partition, shift: np.ndarray) -> DataMoments:
+def _moments_task(partition: Partition, label: str, shift: np.ndarray) -> DataMoments:
     """On a worker: one partition's total weight and centred second moment (d x d numbers)."""
-    X = _load(partition)
+    X = _load(partition, label)
     try:
         return partition_moments(X, shift)
     except ValueError as exc:
-        raise PartitionError(f"partition {partition}: {_first_line(exc)}") from None
+        raise PartitionError(f"partition {label}: {_first_line(exc)}") from None
+
+
+def labels(parts: Sequence) -> list[str]:
+    """How errors name each partition: its reader's name (a Parquet file), or a scattered
+    block's place among the partitions."""
+    return [
+        f"block {i + 1} of {len(parts)}" if isinstance(part, Future) else str(part)
+        for i, part in enumerate(parts)
+    ]
 
 
 def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
-    """Run ``task(partition, *args)`` for every partition on the cluster; the results' sum, added
-    in partition order. Any failure cancels the other tasks and raises; no partial sum escapes."""
-    futures = [client.submit(task, part, *args, pure=False) for part in parts]
+    """Run ``task(partition, label, *args)`` for every partition on the cluster; the results'
+    sum, added in partition order. Any failure cancels the other tasks and raises; no partial
+    sum escapes."""
+    names = labels(parts)
+    futures = [
+        client.submit(task, part, name, *args, pure=False) for part, name in zip(parts, names, strict=True)
+    ]
     try:
         results = client.gather(futures)
     except KilledWorker as exc:
@@ -151,8 +166,8 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
         # name every partition whose task failed so (the first to fail may be the bystander).
         with suppress(TimeoutError):
             wait(futures, timeout=_SETTLE_SECONDS)
-        by_key = {f.key: part for f, part in zip(futures, parts, strict=True)}
-        failed = [str(part) for f, part in zip(futures, parts, strict=True) if f.status == "error"]
+        by_key = {f.key: name for f, name in zip(futures, names, strict=True)}
+        failed = [name for f, name in zip(futures, names, strict=True) if f.status == "error"]
         named = failed or [str(by_key.get(exc.task, exc.task))]
         raise ClusterFitError(
             f"partition {' or '.join(named)}: the workers running it died {exc.allowed_failures + 1} "

@@ -15,6 +15,7 @@ from .covariance import (
     full_covariances,
     n_parameters,
 )
+from .data import FullData, InMemoryData
 from .external import DataMoments, ScoreTotals, partition_moments, partition_scores, partition_statistics
 from .mixture import GaussianMixture
 from .selection import (
@@ -24,7 +25,9 @@ from .selection import (
     SelectionResult,
     criteria,
     criteria_from_totals,
+    criteria_on,
     default_degeneracy,
+    degeneracy_on,
     degeneracy_reason,
     observed_std,
     select_model,
@@ -38,7 +41,9 @@ __all__ = [
     "VARIANCE_FLOOR",
     "ConvergenceWarning",
     "DataMoments",
+    "FullData",
     "GaussianMixture",
+    "InMemoryData",
     "NoAcceptableModelError",
     "NotFittedError",
     "ScoreTotals",
@@ -46,7 +51,9 @@ __all__ = [
     "covariance_layout",
     "criteria",
     "criteria_from_totals",
+    "criteria_on",
     "default_degeneracy",
+    "degeneracy_on",
     "degeneracy_reason",
     "full_covariances",
     "n_parameters",

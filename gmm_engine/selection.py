@@ -46,6 +46,7 @@ from ._validation import (
     check_sample_weight,
 )
 from .covariance import COVARIANCE_MODELS, covariance_layout, n_parameters
+from .data import FullData, InMemoryData
 from .mixture import GaussianMixture
 from .statistics import ScoreTotals, default_threads
 from .threads import single_threaded_blas
@@ -170,6 +171,11 @@ def criteria(model: GaussianMixture, X, w=None) -> dict:
     return criteria_from_totals(model.n_parameters(), model._score_totals(X, w))
 
 
+def criteria_on(model: GaussianMixture, data: FullData) -> dict:
+    """:func:`criteria` of a fitted model on all the data ``data`` (in memory or partitioned)."""
+    return criteria_from_totals(model.n_parameters(), data.scores(model))
+
+
 def criteria_from_totals(n_params: int, totals: ScoreTotals) -> dict:
     """The table entries of a model with ``n_params`` free parameters from its score totals over
     the data (summed over partitions: :func:`gmm_engine.external.partition_scores`)."""
@@ -227,6 +233,7 @@ _ESTIMATOR_ARGUMENTS = (
         "max_samples": [Interval(Integral, 1, None, closed="left"), None],
         "k_limit": [Interval(Integral, 1, None, closed="left"), None],
         "progress": [callable, None],
+        "data": [FullData, None],
     },
     # The candidates' fits need no second check of what was checked here.
     prefer_skip_nested_validation=True,
@@ -253,6 +260,7 @@ def select_model(
     k_limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     missing: str = "error",
+    data: FullData | None = None,
 ) -> SelectionResult:
     """Fit every (n_components, covariance_type) candidate and choose one by a criterion.
 
@@ -295,6 +303,11 @@ def select_model(
     missing : {"error", "marginalize"}, default="error"
         As in :class:`GaussianMixture`: with ``"marginalize"`` NaN marks a value missing at
         random, every candidate is fitted and scored on the observed values.
+    data : FullData, optional
+        Where all the data is, when not in ``X``: the candidates are fitted on ``X`` (or its
+        ``max_samples`` subsample), scored on ``data``, and the chosen one is refitted on
+        ``data`` when it holds more samples than the fit (``gmm_cluster.ClusterData`` keeps the
+        data on a cluster's workers). Default: ``X`` and ``sample_weight`` themselves.
 
     Returns
     -------
@@ -329,6 +342,10 @@ def select_model(
         random_state = int(cast(int, np.random.SeedSequence().entropy) % (2**63))
     seed = int(random_state)
 
+    if data is None:
+        data = InMemoryData(X, w)
+    elif sample_weight is not None:
+        raise ValueError("with data, the weights are data's own: sample_weight must be None")
     X_fit, w_fit = X, w
     if max_samples is not None and n > max_samples:
         rows = np.sort(
@@ -389,7 +406,7 @@ def select_model(
             _run_jobs(jobs, fit_one, results, n_jobs, report)
         for k in grid_ks:
             for ti, ctype in enumerate(types):
-                row, gm = _candidate_row(k, ctype, d, [results[(k, ti, r)] for r in range(n_init)], X, w)
+                row, gm = _candidate_row(k, ctype, d, [results[(k, ti, r)] for r in range(n_init)], data)
                 table.append(row)
                 if gm is not None:
                     models[(k, ctype)] = gm
@@ -418,7 +435,7 @@ def select_model(
     chosen = table[best_i]
     best = models[(chosen["n_components"], chosen["covariance_type"])]
 
-    if n_fit < n:
+    if n_fit < data.n_samples:
         start = time.perf_counter()
         refit = estimator(
             best.n_components,
@@ -430,16 +447,15 @@ def select_model(
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            refit.fit(X, sample_weight=w)
-        total = float(n if w is None else w.sum())
-        collapsed = degeneracy_reason(refit, observed_std(X, w), total, variance_floor, min_size)
+            refit = data.refit(refit)
+        collapsed = degeneracy_reason(refit, data.observed_std(), data.total_weight, variance_floor, min_size)
         if collapsed:
             # Keep the subsample fit (already scored on all samples) rather than a collapsed one.
             chosen["reason"] = f"refit on all samples set aside: {collapsed}"
         else:
             best = refit
             models[(chosen["n_components"], chosen["covariance_type"])] = refit
-            chosen.update(criteria(refit, X, w))
+            chosen.update(criteria_on(refit, data))
             chosen.update(converged=bool(refit.converged_), n_iter=chosen["n_iter"] + int(refit.n_iter_))
         chosen["seconds"] += time.perf_counter() - start
     chosen["selected"] = True
@@ -460,6 +476,13 @@ def default_degeneracy(model: GaussianMixture, X: np.ndarray, sample_weight: np.
     n, d = X.shape
     total = float(n if sample_weight is None else np.sum(sample_weight))
     return degeneracy_reason(model, observed_std(X, sample_weight), total, VARIANCE_FLOOR, float(d + 1))
+
+
+def degeneracy_on(model: GaussianMixture, data: FullData) -> str:
+    """:func:`default_degeneracy` of a model fitted to all the data ``data`` (in memory or
+    partitioned), or ``""``."""
+    d = model.means_.shape[1]
+    return degeneracy_reason(model, data.observed_std(), data.total_weight, VARIANCE_FLOOR, float(d + 1))
 
 
 def observed_std(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -483,7 +506,7 @@ def observed_std(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 
 
 def _candidate_row(
-    k: int, ctype: str, d: int, restarts: list[tuple], X, w
+    k: int, ctype: str, d: int, restarts: list[tuple], data: FullData
 ) -> tuple[dict, GaussianMixture | None]:
     """The table row of one candidate from its restarts ``(model or None, reason, seconds)``,
     and the restart it keeps: the best non-degenerate one, else the best degenerate one."""
@@ -510,7 +533,7 @@ def _candidate_row(
         return row, None
     clean = [f for f in fitted if not f[1]]
     gm, reason, _ = max(clean or fitted, key=lambda f: f[0].lower_bound_)
-    row.update(criteria(gm, X, w))
+    row.update(criteria_on(gm, data))
     dropped = [f[1] for f in fitted if f[1]]
     if not clean:
         note = f"all {n_init} restarts degenerate: {reason}"

@@ -26,7 +26,14 @@ from test_engine_external import (
     start_model,
 )
 
-from gmm_cluster import ClusterFitError, ParquetPartition, PartitionError, refit_on_partitions
+from gmm_cluster import (
+    ClusterData,
+    ClusterFitError,
+    ParquetPartition,
+    PartitionError,
+    refit_on_partitions,
+    rows_per_partition,
+)
 
 COLUMNS = ("spend", "visits", "tenure")
 
@@ -135,3 +142,55 @@ def test_a_missing_file_or_column_is_a_one_line_error_naming_the_file(client, pa
     message = str(caught.value)
     assert message.startswith(f"partition {parquet_partitions[1].path}: no column 'age'")
     assert "\n" not in message
+
+
+def test_model_selection_on_cluster_data_matches_the_single_machine_selection(client):
+    """Candidates fitted on the same seeded sample in the client; their criteria and the chosen
+    one's refit on all the data summed on the workers: the single machine's table and model."""
+    from gmm_engine import observed_std, select_model
+
+    client.wait_for_workers(2)
+    Z = standardised(raw_data())
+    grid = dict(
+        n_components=range(1, 5),
+        covariance_types=("full", "diag", "tied"),
+        n_init=2,
+        random_state=7,
+        max_samples=700,
+        tol=1e-6,
+        max_iter=300,
+    )
+    local = select_model(Z, **grid)
+    data = ClusterData.scatter(client, Z, rows_per_partition(Z.shape[0], 2, 400))
+    assert data.n_partitions == 4 and data.n_samples == Z.shape[0]
+    np.testing.assert_allclose(data.observed_std(), observed_std(Z), rtol=1e-12)
+    on_cluster = select_model(Z, **grid, data=data)
+    data.release()
+
+    assert len(on_cluster.table) == len(local.table)
+    for mine, theirs in zip(on_cluster.table, local.table, strict=True):
+        assert (mine["n_components"], mine["covariance_type"], mine["status"], mine["selected"]) == (
+            theirs["n_components"],
+            theirs["covariance_type"],
+            theirs["status"],
+            theirs["selected"],
+        )
+        for name in ("log_likelihood", "bic", "aic", "icl"):
+            assert mine[name] == pytest.approx(theirs[name], rel=1e-10, nan_ok=True), name
+    chosen = next(row for row in local.table if row["selected"])
+    assert chosen["reason"] == ""  # the refit on all the data was kept on both sides
+    assert max_difference(on_cluster.best, local.best) < 1e-8
+
+
+def test_scattered_blocks_are_named_in_errors_and_must_be_complete(client):
+    client.wait_for_workers(2)
+    Z = standardised(raw_data())
+    with pytest.raises(ValueError, match="complete rows"):
+        ClusterData.scatter(client, np.where(np.arange(Z.shape[0])[:, None] == 3, np.nan, Z), 500)
+    data = ClusterData.scatter(client, Z, 500)
+    start = start_model(Z, "diag")
+    wrong = start_model(Z[:, :2], "diag")  # two features, the blocks have three
+    with pytest.raises(PartitionError, match=r"^partition block 1 of 4: "):
+        data.scores(wrong)
+    assert data.scores(start).total_weight == Z.shape[0]
+    data.release()
