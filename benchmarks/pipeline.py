@@ -5,6 +5,7 @@
     python benchmarks/pipeline.py --only million   # 1,000,000 generated customers x 4 features
     python benchmarks/pipeline.py --only million --second-run   # and a second run that tracks the first
     python benchmarks/pipeline.py --only log --lines 10000000     # a generated transaction log
+    python benchmarks/pipeline.py --only million --cluster 2      # model passes on 2 dask workers
 
 Each workload runs in a fresh Python process exactly as ``segment run`` does (Prefect's temporary
 local server included), so "total" is what a user waits for, start-up and imports included. Peak
@@ -14,6 +15,13 @@ within 30 s; 1,000,000 customers (k = 1..10, all four covariance types) within 3
 The generated log (``--only log``, not part of the default) has ``--lines`` invoice lines of about
 ``lines / 13`` customers (a few buy often, most rarely) over 2011, as Parquet; its target is the
 customer table's of issue 12 (2 GiB), since a log of 10^7 customers has 10^8 lines or more.
+
+``--cluster N`` runs the generated customers with ``compute.cluster`` set to a dask LocalCluster of
+N worker processes (one thread, ``memory_limit`` 2 GiB each) that this script starts beforehand and
+hands to the flow by its tcp:// address (so the flow uses the path of a running scheduler; starting
+the cluster is not counted). After each run it prints every worker's peak resident memory
+(``VmHWM``, over the runs so far); a worker above its limit, or one replaced (a new pid), fails the
+script.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = (
+    "cluster",
     "load",
     "validate",
     "features",
+    "distribute",
     "previous",
     "select",
     "choose",
@@ -123,7 +133,7 @@ def print_table(title: str, summary: dict, target_seconds: float, target_mb: flo
         f"{summary['customers']:,} customers from {summary['rows_loaded']:,} rows"
     )
     print(f"  {'stage':<10}{'seconds':>10}{'peak MiB':>12}")
-    for stage in STAGES:
+    for stage in (s for s in STAGES if s in summary["stage_seconds"]):
         print(
             f"  {stage:<10}{summary['stage_seconds'].get(stage, float('nan')):>10.2f}"
             f"{summary['stage_peak_mb'].get(stage, float('nan')):>12.0f}"
@@ -147,6 +157,65 @@ def print_table(title: str, summary: dict, target_seconds: float, target_mb: flo
     return met
 
 
+class Workers:
+    """A LocalCluster of ``n`` worker processes for ``--cluster`` (nothing when ``n`` is None)."""
+
+    LIMIT = 2 * 1024**3
+
+    def __init__(self, n: int | None):
+        self.n, self.address, self._cluster, self._client, self._pids = n, None, None, None, {}
+
+    def __enter__(self) -> Workers:
+        if self.n:
+            from distributed import Client, LocalCluster
+
+            self._cluster = LocalCluster(
+                n_workers=self.n,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=self.LIMIT,
+                dashboard_address=":0",
+            )
+            self._client = Client(self._cluster)
+            self._client.wait_for_workers(self.n)
+            self.address = self._cluster.scheduler_address
+            self._pids = self._client.run(os.getpid)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._cluster.close()
+
+    @property
+    def peak_mib(self) -> list[float]:
+        """Every worker's peak resident memory so far, in MiB."""
+        return [v / 2**20 for v in self._client.run(_peak_bytes).values()]
+
+    def report(self) -> bool:
+        """Print each worker's peak memory; False when one went over its limit or was replaced."""
+        peaks = self._client.run(_peak_bytes)
+        pids = self._client.run(os.getpid)
+        replaced = sorted(set(self._pids.values()) - set(pids.values()))
+        top = max(peaks.values())
+        print(
+            "  workers' peak MiB: "
+            + ", ".join(f"{v / 2**20:,.0f}" for v in peaks.values())
+            + f" (limit {self.LIMIT / 2**20:,.0f})"
+            + (f"; REPLACED: pids {replaced}" if replaced else "")
+        )
+        return top <= self.LIMIT and not replaced
+
+
+def _peak_bytes() -> int:
+    """This process's peak resident set size (Linux ``VmHWM``), run on a worker."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["retail", "million", "log"])
@@ -158,10 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         help="run the generated workload twice into one database (the second compares with the first, as "
         "every nightly run after the first does)",
     )
+    parser.add_argument(
+        "--cluster",
+        type=int,
+        metavar="N",
+        help="with the generated customers: run the model's passes on a LocalCluster of N workers",
+    )
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     met = []
-    with tempfile.TemporaryDirectory(prefix="segment-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="segment-bench-") as tmp, Workers(args.cluster) as workers:
         tmp_path = Path(tmp)
         if args.only in (None, "retail"):
             summary = run_flow(
@@ -195,18 +270,23 @@ def main(argv: list[str] | None = None) -> int:
                 "database": str(tmp_path / "million.duckdb"),
                 "reports_dir": str(tmp_path / "reports"),
             }
+            if workers.address:
+                params["cluster"] = workers.address
             for run in range(1, 3 if args.second_run else 2):
                 summary = run_flow(params)
                 met.append(
                     print_table(
                         f"{args.customers:,} customers x 4 features (k = 1..10, 4 covariance types, "
                         "n_init = 3, max_samples = 200,000)"
-                        + (f", run {run} on the same database" if args.second_run else ""),
+                        + (f", run {run} on the same database" if args.second_run else "")
+                        + (f", on {args.cluster} dask workers" if workers.address else ""),
                         summary,
                         180,
                         4096,
                     )
                 )
+                if workers.address:
+                    met.append(workers.report())
         if args.only == "log":
             data = tmp_path / "log.parquet"
             t = time.perf_counter()

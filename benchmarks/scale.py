@@ -17,7 +17,7 @@ What it measures (and what it does not):
   partitions read into one array (one DuckDB ``read_parquet`` over the files, standardised), then
   ``fit`` with ``warm_start=True``, ``max_iter`` iterations, ``tol=0``. Prints load seconds,
   seconds per EM iteration and the process's peak RSS (``VmHWM``).
-- Cluster (engine-level, there is no ``segment run --cluster`` yet), a fresh process per size, P
+- Cluster (engine level: ``refit_on_partitions`` reading Parquet files), a fresh process per size, P
   and covariance type: ``LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="2GiB")``,
   then ``gmm_cluster.refit_on_partitions`` with the same start model, ``max_iter`` iterations,
   ``tol=0``; every iteration re-reads every partition on a worker. Prints cluster start-up,
@@ -28,9 +28,13 @@ What it measures (and what it does not):
 - From the cluster rows, a least-squares fit of seconds per iteration = a + b x (rows on the
   busiest worker) + c x (partitions), per covariance type, and its projection to 10^8 and 10^9
   customers on 2, 8 and 32 workers (assumptions printed with it).
-- The end-to-end single-machine flow (``pipeline.py``'s ``run_flow``: model selection over
-  k = 1..10 and four covariance types on the 200,000 sample, refit, assignments, store, report)
-  at the sizes in ``--flow-sizes``; its figures are ``pipeline.py``'s.
+- The end-to-end flow (``pipeline.py``'s ``run_flow``: model selection over k = 1..10 and four
+  covariance types on the 200,000 sample, refit, assignments, store, report) at the sizes in
+  ``--flow-sizes``, on one machine and then with ``compute.cluster`` set to the address of a
+  LocalCluster of 2 workers (``memory_limit`` 2 GiB) started beforehand (not counted): total and
+  stage seconds, the flow process's peak and every worker's peak (a worker over its limit fails
+  the script). The cluster runs the passes over all customers (scoring, refits); the flow
+  process still reads the input and computes features and assignments.
 """
 
 from __future__ import annotations
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         flows = {}
         if flow_sizes:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from pipeline import run_flow
+            from pipeline import Workers, run_flow
 
             for n in flow_sizes:
                 data = tmp_path / f"flow-{n}.parquet"
@@ -314,27 +318,38 @@ def main(argv: list[str] | None = None) -> int:
                     f"(not counted); this process's ru_maxrss, which flows before cdd01aa inherited: "
                     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
                 )
-                summary = run_flow(
-                    {
-                        "input_path": str(data),
-                        "input_kind": "customers",
-                        "columns": {"customer_id": "customer_id"},
-                        "features": list(FEATURES),
-                        "k_min": 1,
-                        "k_max": 10,
-                        "database": str(tmp_path / f"flow-{n}.duckdb"),
-                        "reports_dir": str(tmp_path / f"reports-{n}"),
-                    }
-                )
-                flows[n] = summary
+                params = {
+                    "input_path": str(data),
+                    "input_kind": "customers",
+                    "columns": {"customer_id": "customer_id"},
+                    "features": list(FEATURES),
+                    "k_min": 1,
+                    "k_max": 10,
+                    "database": str(tmp_path / f"flow-{n}.duckdb"),
+                    "reports_dir": str(tmp_path / f"reports-{n}"),
+                }
+                for path in ("single", "cluster"):
+                    with Workers(N_WORKERS if path == "cluster" else None) as workers:
+                        if path == "cluster":
+                            params = {**params, "database": str(tmp_path / f"flow-{n}-cluster.duckdb")}
+                            params["cluster"] = workers.address
+                        summary = run_flow(params)
+                        st = summary["stage_seconds"]
+                        print(
+                            f"  {path}: total {summary['wall_seconds']:.1f} s "
+                            f"(select {st.get('select', float('nan')):.1f} s), "
+                            f"flow process peak {summary['flow_peak_mb']:,.0f} MiB; chosen "
+                            f"{summary['n_components']} {summary['covariance_type']}"
+                        )
+                        if path == "cluster":
+                            summary["workers_ok"] = workers.report()
+                            summary["worker_peak_mb"] = workers.peak_mib
+                            if not summary["workers_ok"]:
+                                failures.append(
+                                    f"flow on the cluster, {n:,} customers: a worker over its limit"
+                                )
+                    flows[(n, path)] = summary
                 data.unlink()
-                st = summary["stage_seconds"]
-                print(
-                    f"  total {summary['wall_seconds']:.1f} s "
-                    f"(select {st.get('select', float('nan')):.1f} s), "
-                    f"flow process peak {summary['flow_peak_mb']:,.0f} MiB; chosen "
-                    f"{summary['n_components']} {summary['covariance_type']}"
-                )
         for n in sizes:
             folder = tmp_path / f"n{n}"
             t = time.perf_counter()
@@ -453,19 +468,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if flows:
         print(
-            "\nEnd-to-end flow on one machine (pipeline.py's run_flow: selection on 200,000, "
-            "refit, assign, store)"
+            "\nEnd-to-end flow (pipeline.py's run_flow: selection on 200,000, refit, assign, store, report); "
+            f"cluster: --cluster to a running LocalCluster of {N_WORKERS} workers, {MEMORY_LIMIT} each"
         )
         print(
-            f"  {'customers':>12}{'total s':>9}{'select s':>10}{'assign s':>10}{'write s':>9}"
-            f"{'peak MiB':>10}  chosen"
+            f"  {'customers':>12} {'path':<8}{'total s':>9}{'select s':>10}{'choose s':>10}{'assign s':>10}"
+            f"{'peak MiB':>10}{'workers MiB':>13}  chosen"
         )
-        for n, s in flows.items():
+        for (n, path), s in flows.items():
             st = s["stage_seconds"]
+            workers = "/".join(f"{v:,.0f}" for v in s.get("worker_peak_mb", [])) or "-"
             print(
-                f"  {n:>12,}{s['wall_seconds']:9.1f}{st.get('select', float('nan')):10.1f}"
-                f"{st.get('assign', float('nan')):10.1f}{st.get('write', float('nan')):9.1f}"
-                f"{s['flow_peak_mb']:10,.0f}  {s['n_components']} {s['covariance_type']}"
+                f"  {n:>12,} {path:<8}{s['wall_seconds']:9.1f}{st.get('select', float('nan')):10.1f}"
+                f"{st.get('choose', float('nan')):10.1f}{st.get('assign', float('nan')):10.1f}"
+                f"{s['flow_peak_mb']:10,.0f}{workers:>13}  {s['n_components']} {s['covariance_type']}"
             )
 
     print(

@@ -268,7 +268,9 @@ def _unreachable(exc: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionRefusedError)):
             return True
-        seen = seen.__cause__ or seen.__context__
+        # ``raise ... from None`` says the context is not the story (a dask scheduler that
+        # refused the connection is not the Prefect API).
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
     return False
 
 

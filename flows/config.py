@@ -253,6 +253,41 @@ class ScheduleSettings(_Section):
         return value
 
 
+class ComputeSettings(_Section):
+    """Where the passes over all customers run: this process (default) or a dask cluster."""
+
+    #: None: this process. "local" or "local:N": a dask LocalCluster of N worker processes (default
+    #: one per core) started for the run; "tcp://host:8786": a running dask scheduler.
+    cluster: str | None = None
+    #: Memory limit of each worker of a local cluster (dask's memory_limit: "2GiB", "512MB").
+    worker_memory: str = "2GiB"
+    #: At most this many customers per partition sent to the workers.
+    partition_rows: int = Field(1_000_000, ge=1)
+    #: How long to wait for a scheduler's answer, and for a local cluster's workers to start.
+    connect_timeout_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        from flows.cluster import ClusterSpec
+
+        if value is None or not value.strip():
+            return None
+        return str(ClusterSpec.parse(value))
+
+    @field_validator("worker_memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        from dask.utils import parse_bytes
+
+        try:
+            if parse_bytes(value) <= 0:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise ValueError(f"not an amount of memory: {value!r} (e.g. 2GiB, 512MB)") from None
+        return value
+
+
 class Settings(_Section):
     """Everything a run needs; defaults segment the embedded Online Retail sample."""
 
@@ -263,6 +298,7 @@ class Settings(_Section):
     output: OutputSettings = Field(default_factory=OutputSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

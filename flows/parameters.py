@@ -147,6 +147,13 @@ class RunParameters(BaseModel):
         description="choose the number of segments and covariance type afresh, instead of keeping the "
         "previous run's unless a fresh choice is better by model.switch_margin (a manual re-segmentation)",
     )
+    cluster: Annotated[
+        str | None, Param("compute.cluster", metavar="local[:N]|tcp://HOST:PORT", example="local:2")
+    ] = Field(
+        None,
+        description="run the model's passes over all customers on a dask.distributed cluster: local (a "
+        "cluster of N worker processes on this machine) or the address of a running scheduler",
+    )
     database: Annotated[str | None, Param("output.database", path=True)] = Field(
         None, description="results DuckDB file"
     )

@@ -6,7 +6,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -43,9 +43,12 @@ from flows.store import (
 from tracking import drift_markdown
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from flows.choice import ModelChoice
     from flows.features import FeatureMatrix
     from flows.segments import SegmentResult
+    from gmm_cluster import ClusterData
     from gmm_engine import SelectionResult
     from schemas import ValidationOutcome
     from tracking import RunDrift
@@ -154,6 +157,31 @@ def features_task(valid, settings: Settings) -> FeatureMatrix:
     return features
 
 
+def open_cluster(settings: Settings, logger):
+    """The run's dask client on ``compute.cluster`` (a context manager: see :mod:`flows.cluster`)."""
+    from flows.cluster import ClusterSpec, cluster_client
+
+    compute = settings.compute
+    assert compute.cluster is not None
+    return cluster_client(
+        ClusterSpec.parse(compute.cluster),
+        worker_memory=compute.worker_memory,
+        timeout=compute.connect_timeout_seconds,
+        log=logger.info,
+    )
+
+
+@task(name="distribute", **_TASK)
+def distribute_task(features, client: Client, settings: Settings) -> ClusterData:
+    data = stages.distribute(features, client, settings)
+    get_run_logger().info(
+        "%s customers sent to the cluster's workers in %d partitions",
+        f"{data.n_samples:,}",
+        data.n_partitions,
+    )
+    return data
+
+
 @task(name="previous", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
 def previous_task(database: str, features) -> continuity.PreviousRun | None:
     previous = continuity.load_previous(database, get_run_logger().warning)
@@ -164,7 +192,7 @@ def previous_task(database: str, features) -> continuity.PreviousRun | None:
 
 
 @task(name="select", **_TASK)
-def select_task(features, settings: Settings, run_id: int, previous) -> SelectionResult:
+def select_task(features, settings: Settings, run_id: int, previous, data=None) -> SelectionResult:
     logger = get_run_logger()
     artifact_id = _ui(
         create_progress_artifact,
@@ -185,7 +213,7 @@ def select_task(features, settings: Settings, run_id: int, previous) -> Selectio
                 _ui(update_progress_artifact, artifact_id, pct)
 
     selection = stages.select_segments(
-        features, settings, progress, previous_k=stages.previous_k(previous, features)
+        features, settings, progress, previous_k=stages.previous_k(previous, features), data=data
     )
     chosen = stages.selected_row(selection.table)
     logger.info(
@@ -201,8 +229,10 @@ def select_task(features, settings: Settings, run_id: int, previous) -> Selectio
 
 
 @task(name="choose", **_TASK)
-def choose_task(selection, features, previous, settings: Settings, fresh: bool, run_id: int) -> ModelChoice:
-    choice = stages.choose(selection, features, previous, settings, fresh=fresh)
+def choose_task(
+    selection, features, previous, settings: Settings, fresh: bool, run_id: int, data=None
+) -> ModelChoice:
+    choice = stages.choose(selection, features, previous, settings, fresh=fresh, data=data)
     get_run_logger().info("%s", choice.note)
     _ui(
         create_table_artifact,
@@ -346,7 +376,12 @@ def _segment(
     loaded: LoadedInput | None = None
     outcome: ValidationOutcome | None = None
     report_dir = Path(settings.output.reports) / str(run_id)
+    cluster = ExitStack()  # the dask cluster of compute.cluster, held from the start to the model choice
     try:
+        client = None
+        if settings.compute.cluster is not None:
+            with clock.stage("cluster"):
+                client = cluster.enter_context(open_cluster(settings, logger))
         with clock.stage("load"):
             loaded = load_task(settings)
         with clock.stage("validate"):
@@ -357,12 +392,18 @@ def _segment(
         with clock.stage("features"):
             features_ = features_task(outcome.valid, settings)
             outcome = outcome.without_rows()
+        data = None
+        if client is not None:
+            with clock.stage("distribute"):
+                data = distribute_task(features_, client, settings)
         with clock.stage("previous"):
             previous = previous_task(settings.output.database, features_)
         with clock.stage("select"):
-            selection = select_task(features_, settings, run_id, previous)
+            selection = select_task(features_, settings, run_id, previous, data)
         with clock.stage("choose"):
-            choice = choose_task(selection, features_, previous, settings, fresh, run_id)
+            choice = choose_task(selection, features_, previous, settings, fresh, run_id, data)
+            data = client = None
+            cluster.close()
         with clock.stage("assign"):
             segments = assign_task(choice, features_)
         with clock.stage("track"):
@@ -399,6 +440,7 @@ def _segment(
             )
             report_index = str(Path(report_task(data, str(report_dir))).resolve())
     except Exception as exc:
+        cluster.close()
         _record_failure(exc, settings, start, journal, clock.current, loaded, outcome, logger)
         raise
 

@@ -43,8 +43,11 @@ from schemas.validation import WHOLE_ROW, blank_text_as_missing, empty_rejects
 from tracking import same_features
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from flows.continuity import TrackingRecord
-    from gmm_engine import SelectionResult
+    from gmm_cluster import ClusterData
+    from gmm_engine import FullData, SelectionResult
 
 
 class TooManyRejectsError(ValueError):
@@ -224,6 +227,7 @@ def select_segments(
     settings: Settings,
     progress: Callable[[int, int], None] | None = None,
     previous_k: int | None = None,
+    data: FullData | None = None,
 ) -> SelectionResult:
     """Run gmm_engine.select_model over the configured grid; returns its SelectionResult.
 
@@ -236,6 +240,8 @@ def select_segments(
     keeping the previous structure is never a choice at the grid's edge; when the best candidate
     sits at the edge the engine extends the grid up to ``model.k_limit`` (default 2 x k_max).
     Every feature's resolution (``features.resolution``) floors the segments' variances.
+    ``data``: where the candidates are scored and the chosen one refitted (the customers on a
+    cluster's workers, :func:`distribute`); default ``features.X_model`` in memory.
 
     Raises
     ------
@@ -287,6 +293,7 @@ def select_segments(
             progress=progress,
             # Blank features (customer tables, features.missing = "model") are missing at random.
             missing="marginalize" if features.has_missing else "error",
+            data=data,
         )
     except NoAcceptableModelError as exc:
         # The engine lists every candidate's reason; the first one is enough for a one-line error.
@@ -320,9 +327,15 @@ def covariance_prior(settings: Settings, features: FeatureMatrix) -> str | None:
 
 
 def choose(
-    selection, features: FeatureMatrix, previous, settings: Settings, fresh: bool = False
+    selection,
+    features: FeatureMatrix,
+    previous,
+    settings: Settings,
+    fresh: bool = False,
+    data: FullData | None = None,
 ) -> ModelChoice:
-    """Keep the previous run's structure or switch to the best fresh candidate (:mod:`flows.choice`)."""
+    """Keep the previous run's structure or switch to the best fresh candidate (:mod:`flows.choice`);
+    ``data`` as for :func:`select_segments`."""
     m = settings.model
     structure = None if previous is None else PreviousStructure(run_id=previous.run_id, model=previous.model)
     return choose_model(
@@ -335,7 +348,31 @@ def choose(
         reg_covar=m.reg_covar,
         max_iter=m.max_iter,
         allowed=(m.k_min, settings.k_limit, tuple(m.covariance_types)),
+        data=data,
     )
+
+
+def distribute(features: FeatureMatrix, client: Client, settings: Settings) -> ClusterData:
+    """Send the customers' model matrix to the cluster's workers, in partitions of at most
+    ``compute.partition_rows`` customers (at least two per worker), for the passes over all
+    customers of :func:`select_segments` and :func:`choose`.
+
+    Raises
+    ------
+    ValueError
+        Some customers have blank features: EM on partitions takes complete rows only.
+    """
+    from gmm_cluster import ClusterData, rows_per_partition
+
+    if features.has_missing:
+        gaps = int(np.isnan(features.X_model).any(axis=1).sum())
+        raise ValueError(
+            f"compute.cluster: {gaps:,} customers have blank features, and the cluster takes complete rows "
+            "only; reject them (features.missing = 'reject') or run without a cluster"
+        )
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    rows = rows_per_partition(features.n_customers, n_workers, settings.compute.partition_rows)
+    return ClusterData.scatter(client, features.X_model, rows)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -172,6 +173,16 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
         raise ClusterFitError(
             f"partition {' or '.join(named)}: the workers running it died {exc.allowed_failures + 1} "
             f"times (last {exc.last_worker.address}); the fit was abandoned, nothing was fitted"
+        ) from exc
+    except CancelledError as exc:
+        # A partition held in a worker's memory (scattered) dies with its worker: dask cannot
+        # compute it again, and cancels every task that needs it.
+        lost = [
+            name for part, name in zip(parts, names, strict=True) if getattr(part, "status", "") != "finished"
+        ]
+        raise ClusterFitError(
+            f"partition {' and '.join(lost) or '?'}: lost with the worker that held it in memory "
+            f"({_first_line(exc)}); the fit was abandoned, nothing was fitted"
         ) from exc
     finally:
         client.cancel([f for f in futures if not f.done()])

@@ -117,3 +117,62 @@ def test_spend_has_no_currency_on_a_users_own_data(tmp_path):
     assert load_settings(overrides={"input": {"path": str(log)}}).unit_of("monetary") == ""
     given = load_settings(overrides={"input": {"path": str(log)}, "features": {"units": {"monetary": "USD"}}})
     assert given.unit_of("monetary") == "USD"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("local", "local"),
+        (" local:3 ", "local:3"),
+        ("tcp://10.0.0.5:8786", "tcp://10.0.0.5:8786"),
+        ("", None),
+    ],
+)
+def test_a_cluster_is_local_or_a_scheduler_address(given, kept):
+    from flows.cluster import ClusterSpec
+
+    settings = load_settings(overrides={"compute": {"cluster": given}})
+    assert settings.compute.cluster == kept
+    if kept is not None:
+        spec = ClusterSpec.parse(kept)
+        assert spec.is_local == kept.startswith("local")
+        assert spec.workers == (3 if kept == "local:3" else None)
+
+
+@pytest.mark.parametrize(
+    ("compute", "message"),
+    [
+        ({"cluster": "yarn"}, r"compute.cluster: not a cluster: 'yarn'; use local, local:N"),
+        ({"cluster": "local:0"}, r"compute.cluster: local:N needs at least one worker"),
+        ({"worker_memory": "lots"}, r"compute.worker_memory: not an amount of memory: 'lots'"),
+        ({"partition_rows": 0}, r"compute.partition_rows: "),
+    ],
+)
+def test_a_bad_compute_setting_is_one_line_naming_the_key(compute, message):
+    with pytest.raises(ConfigError, match=r"^options: " + message) as caught:
+        load_settings(overrides={"compute": compute})
+    assert "\n" not in str(caught.value)
+
+
+def test_an_error_raised_from_none_is_not_blamed_on_the_prefect_server():
+    """A dask scheduler refusing the connection is not the Prefect API being unreachable."""
+    from flows.cli import _one_line
+    from flows.cluster import ClusterError
+
+    def connect():
+        raise ConnectionRefusedError("refused")
+
+    try:
+        try:
+            connect()
+        except OSError:
+            raise ClusterError("compute.cluster tcp://h:1: no dask scheduler answered") from None
+    except ClusterError as exc:
+        assert _one_line(exc) == "compute.cluster tcp://h:1: no dask scheduler answered"
+    try:
+        try:
+            connect()
+        except OSError as exc:
+            raise RuntimeError("the flow run could not be reported") from exc
+    except RuntimeError as exc:
+        assert _one_line(exc).startswith("the Prefect server (")

@@ -1,0 +1,150 @@
+"""The dask cluster a run uses (``compute.cluster``, ``segment run --cluster``).
+
+``local`` or ``local:N`` starts a ``dask.distributed`` LocalCluster of N worker processes (one
+thread each, ``compute.worker_memory`` each) for the run and stops it afterwards;
+``tcp://host:port`` connects to a running scheduler, whose workers must have this project
+installed (they import ``gmm_engine`` and ``gmm_cluster``). What runs there is described in
+:mod:`gmm_cluster`; the rest of the run stays in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+_LOCAL = re.compile(r"local(?::(\d+))?")
+_ADDRESS = re.compile(r"(tcp|tls|ucx|inproc)://\S+")
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started or reached; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A parsed ``compute.cluster``: a local cluster of ``workers`` processes (None: one per
+    core), or the ``address`` of a running scheduler."""
+
+    workers: int | None = None
+    address: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ClusterSpec:
+        value = text.strip()
+        local = _LOCAL.fullmatch(value)
+        if local:
+            workers = None if local.group(1) is None else int(local.group(1))
+            if workers == 0:
+                raise ValueError("local:N needs at least one worker (local:1)")
+            return cls(workers=workers)
+        if _ADDRESS.fullmatch(value):
+            return cls(address=value)
+        raise ValueError(
+            f"not a cluster: {text!r}; use local, local:N (N worker processes on this machine) or a "
+            "scheduler's address such as tcp://scheduler:8786"
+        )
+
+    @property
+    def is_local(self) -> bool:
+        return self.address is None
+
+    def __str__(self) -> str:
+        if self.address is not None:
+            return self.address
+        return "local" if self.workers is None else f"local:{self.workers}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def cluster_client(
+    spec: ClusterSpec,
+    worker_memory: str = "2GiB",
+    timeout: float = 30.0,
+    log=None,
+) -> Iterator[Client]:
+    """A ``distributed.Client`` on the cluster ``spec`` describes, closed (and a local cluster
+    stopped) on exit.
+
+    ``log`` (default: this module's logger) is told what the run got.
+
+    Raises
+    ------
+    ClusterError
+        The local cluster's workers did not start, or no scheduler answered at the address,
+        within ``timeout`` seconds.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    log = log or logging.getLogger(__name__).info
+
+    # Quiet: the run's own log says what the cluster does; dask's start-up chatter (and its
+    # warnings about a busy event loop while the client waits for EM sums) is noise there.
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if spec.is_local:
+        workers = spec.workers or max(1, os.cpu_count() or 1)
+        cluster = client = None
+        try:
+            with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s"}):
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    memory_limit=worker_memory,
+                    dashboard_address=":0",  # a free port: never a clash with a running cluster
+                )
+                client = Client(cluster, timeout=f"{timeout}s")
+                client.wait_for_workers(workers, timeout=timeout)
+        except (TimeoutError, OSError) as exc:
+            _close(client, cluster)
+            raise ClusterError(
+                f"compute.cluster {spec}: the local cluster did not start ({_first_line(exc)})"
+            ) from None
+        address = cluster.scheduler_address
+        log(f"dask LocalCluster: {workers} worker processes, {worker_memory} each, at {address}")
+        try:
+            yield client
+        finally:
+            _close(client, cluster)
+        return
+    try:
+        client = Client(spec.address, timeout=f"{timeout}s")
+    except (TimeoutError, OSError, ValueError) as exc:
+        raise ClusterError(
+            f"compute.cluster {spec}: no dask scheduler answered within {timeout:g} s ({_first_line(exc)})"
+        ) from None
+    try:
+        n = len(client.scheduler_info().get("workers", {}))
+        if n == 0:
+            with suppress(TimeoutError):
+                client.wait_for_workers(1, timeout=timeout)
+            n = len(client.scheduler_info().get("workers", {}))
+            if n == 0:
+                raise ClusterError(
+                    f"compute.cluster {spec}: the scheduler has no workers (waited {timeout:g} s)"
+                )
+        log(f"dask scheduler {spec}: {n} workers")
+        yield client
+    finally:
+        client.close()
+
+
+def _close(*things) -> None:
+    """Close a client and its local cluster; a cluster that is already gone is not an error."""
+    for thing in things:
+        if thing is not None:
+            with suppress(Exception):
+                thing.close()

@@ -1,0 +1,159 @@
+"""The flow with ``compute.cluster``: the real Prefect flow, a real dask LocalCluster (started by
+the run, or running beforehand and reached at its tcp:// address) and a real DuckDB file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask
+import distributed
+import duckdb
+import numpy as np
+import pytest
+from conftest import make_customer_table
+
+from flows.pipeline import segment_customers
+
+pytestmark = pytest.mark.slow
+
+#: Model selection on a sample (max_samples) below the customers, so that the chosen model is
+#: refitted on all of them: the pass that runs on the cluster.
+GRID = dict(k_max=4, n_init=1, max_samples=500)
+
+
+@pytest.fixture(scope="module")
+def customers(tmp_path_factory) -> Path:
+    table, _ = make_customer_table(n_per_segment=400, seed=11)
+    path = tmp_path_factory.mktemp("cluster-input") / "customers.parquet"
+    with duckdb.connect() as con:
+        con.register("t", table)
+        con.execute(f"COPY t TO '{path}' (FORMAT parquet)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def running_cluster():
+    """A cluster running before the runs, as a team's scheduler would be (two worker processes)."""
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield cluster, client
+
+
+def run(customers: Path, db: Path, **given):
+    return segment_customers(
+        input_path=str(customers),
+        input_kind="customers",
+        columns={"customer_id": "Customer Ref"},
+        features=["spend score", "visit score"],
+        database=str(db),
+        reports_dir=str(db.parent / "reports"),
+        trigger="test",
+        **GRID,
+        **given,
+    )
+
+
+def published(db: Path, run_id: int):
+    with duckdb.connect(str(db), read_only=True) as con:
+        runs = con.execute(
+            "SELECT status, n_components, covariance_type, bic, decision FROM runs WHERE run_id = ?", [run_id]
+        ).fetchone()
+        candidates = con.execute(
+            "SELECT n_components, covariance_type, origin, bic FROM model_candidates WHERE run_id = ? "
+            "ORDER BY n_components, covariance_type, origin",
+            [run_id],
+        ).fetchall()
+        assignments = con.execute(
+            "SELECT customer_id, segment_id, probability FROM assignments WHERE run_id = ? "
+            "ORDER BY customer_id",
+            [run_id],
+        ).fetchall()
+    return runs, candidates, assignments
+
+
+def assert_same_result(mine, theirs) -> None:
+    (runs, candidates, assignments), (runs_, candidates_, assignments_) = mine, theirs
+    assert runs[:3] == runs_[:3] and runs[4] == runs_[4]
+    assert runs[3] == pytest.approx(runs_[3], rel=1e-10)
+    assert [c[:3] for c in candidates] == [c[:3] for c in candidates_]
+    np.testing.assert_allclose(
+        np.array([c[3] for c in candidates], dtype=float),
+        np.array([c[3] for c in candidates_], dtype=float),
+        rtol=1e-10,
+    )
+    assert [a[:2] for a in assignments] == [a[:2] for a in assignments_]
+    np.testing.assert_allclose([a[2] for a in assignments], [a[2] for a in assignments_], atol=1e-8)
+
+
+def test_runs_on_a_local_cluster_give_the_single_machine_results(prefect_harness, customers, tmp_path):
+    """A first run and a second one (which refits the first run's model) on a cluster the run
+    starts itself: the same candidates, criteria, choice and assignments as in one process."""
+    alone, clustered = tmp_path / "alone" / "s.duckdb", tmp_path / "cluster" / "s.duckdb"
+    for seed in (0, 4):
+        one = run(customers, alone, seed=seed)
+        other = run(customers, clustered, seed=seed, cluster="local:2")
+        assert one["run_id"] == other["run_id"]
+        assert "distribute" in other["stage_seconds"] and "distribute" not in one["stage_seconds"]
+        assert_same_result(published(clustered, other["run_id"]), published(alone, one["run_id"]))
+    assert other["decision"] in ("kept", "refreshed", "switched")  # the second run chose with a previous
+    with duckdb.connect(str(clustered), read_only=True) as con:
+        recorded = con.execute(
+            "SELECT parameters->>'$.compute.cluster' FROM runs WHERE run_id = 2"
+        ).fetchone()
+    assert recorded == ("local:2",)
+
+
+def test_a_worker_killed_during_the_run_fails_it_cleanly(
+    prefect_harness, customers, running_cluster, tmp_path, monkeypatch
+):
+    """A run on a running scheduler; the next one loses a worker (and the customers it held in
+    memory) during model selection: it fails in one line, and the first run stays published."""
+    cluster, client = running_cluster
+    client.wait_for_workers(2)
+    db = tmp_path / "s.duckdb"
+    first = run(customers, db, cluster=cluster.scheduler_address)
+    assert published(db, first["run_id"])[0][0] == "success"
+
+    victim = next(iter(client.run(os.getpid).values()))
+    monkeypatch.setenv("SEGMENT_FAULT", "fit")  # flows.faults: the first fit kills SEGMENT_FAULT_KILL
+    monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
+    with pytest.raises(Exception, match=r"lost with the worker that held it in memory") as caught:
+        run(customers, db, cluster=cluster.scheduler_address, seed=9)
+    assert "\n" not in str(caught.value)
+    with duckdb.connect(str(db), read_only=True) as con:
+        runs = con.execute("SELECT run_id, status, failed_stage FROM runs ORDER BY run_id").fetchall()
+        current = con.execute("SELECT DISTINCT run_id FROM current_assignments").fetchall()
+        rows = con.execute("SELECT count(*) FROM assignments WHERE run_id = 2").fetchone()
+    assert runs == [(1, "success", None), (2, "failed", "select")]
+    assert current == [(1,)] and rows == (0,)
+    client.wait_for_workers(2)  # the nanny restarts the killed worker
+
+
+def test_a_scheduler_that_does_not_answer_fails_the_run_in_one_line(prefect_harness, customers, tmp_path):
+    config = tmp_path / "segment.toml"
+    config.write_text("[compute]\nconnect_timeout_seconds = 2\n")
+    db = tmp_path / "s.duckdb"
+    with pytest.raises(
+        Exception, match=r"^compute.cluster tcp://127.0.0.1:9: no dask scheduler answered within 2 s"
+    ):
+        run(customers, db, config_path=str(config), cluster="tcp://127.0.0.1:9")
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT status, failed_stage FROM runs").fetchall() == [("failed", "cluster")]
+
+
+def test_customers_with_blank_features_are_refused_on_a_cluster(prefect_harness, tmp_path):
+    table, _ = make_customer_table(n_per_segment=100, seed=2)
+    table.loc[[3, 50], "visit score"] = np.nan
+    path = tmp_path / "gaps.csv"
+    table.to_csv(path, index=False)
+    db = tmp_path / "s.duckdb"
+    with pytest.raises(ValueError, match=r"^compute.cluster: 2 customers have blank features"):
+        run(path, db, cluster="local:1")
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT status, failed_stage FROM runs").fetchall() == [("failed", "distribute")]
