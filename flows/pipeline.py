@@ -194,6 +194,8 @@ def previous_task(database: str, features) -> continuity.PreviousRun | None:
 @task(name="select", **_TASK)
 def select_task(features, settings: Settings, run_id: int, previous, data=None) -> SelectionResult:
     logger = get_run_logger()
+    if data is not None:
+        data.on_retry = logger.warning  # a worker's death, survived, is said in this stage's log
     artifact_id = _ui(
         create_progress_artifact,
         0.0,
@@ -232,6 +234,8 @@ def select_task(features, settings: Settings, run_id: int, previous, data=None) 
 def choose_task(
     selection, features, previous, settings: Settings, fresh: bool, run_id: int, data=None
 ) -> ModelChoice:
+    if data is not None:
+        data.on_retry = get_run_logger().warning
     choice = stages.choose(selection, features, previous, settings, fresh=fresh, data=data)
     get_run_logger().info("%s", choice.note)
     _ui(

@@ -355,7 +355,8 @@ def choose(
 def distribute(features: FeatureMatrix, client: Client, settings: Settings) -> ClusterData:
     """Send the customers' model matrix to the cluster's workers, in partitions of at most
     ``compute.partition_rows`` customers (at least two per worker), for the passes over all
-    customers of :func:`select_segments` and :func:`choose`.
+    customers of :func:`select_segments` and :func:`choose`. A partition lost with its worker is
+    sent again from ``features.X_model`` and the pass repeated, twice per pass at most.
 
     Raises
     ------

@@ -6,13 +6,14 @@ numpy, duckdb and :mod:`gmm_engine`; nothing large is gathered to the client.
 """
 
 from .data import ClusterData, rows_per_partition
-from .em import ClusterFitError, ParquetPartition, PartitionError, refit_on_partitions
+from .em import ClusterFitError, ParquetPartition, PartitionError, PartitionsLostError, refit_on_partitions
 
 __all__ = [
     "ClusterData",
     "ClusterFitError",
     "ParquetPartition",
     "PartitionError",
+    "PartitionsLostError",
     "refit_on_partitions",
     "rows_per_partition",
 ]

@@ -8,8 +8,9 @@ the workers, so the rows never travel back. The partitions are arrays already on
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from distributed import Client, Future
@@ -18,12 +19,13 @@ from gmm_engine import DataMoments, GaussianMixture, ScoreTotals, partition_scor
 
 from .em import (
     PartitionError,
+    PartitionsLostError,
     _first_line,
     _load,
     _moments_task,
+    _statistics_task,
     _sum_on_cluster,
     labels,
-    refit_on_partitions,
 )
 
 
@@ -53,6 +55,11 @@ class ClusterData:
         rows only, unweighted.
     shape : (int, int), optional
         Rows in all and features; read on the workers when not given.
+
+    A partition held in a worker's memory is lost with its worker. Made by :meth:`scatter`, the
+    data can send such partitions again from the client's array and repeat the pass (``retries``
+    times per pass; ``on_retry(message)`` is told), so a run survives a worker's death with the
+    result it would have had; otherwise :class:`~gmm_cluster.em.PartitionsLostError` ends the pass.
     """
 
     def __init__(self, client: Client, partitions: Sequence, shape: tuple[int, int] | None = None):
@@ -72,12 +79,26 @@ class ClusterData:
             shape = (sum(n for n, _ in shapes), widths.pop())
         self._n, self._d = int(shape[0]), int(shape[1])
         self._std: np.ndarray | None = None
+        self._source: np.ndarray | None = None
+        self._bounds: list[tuple[int, int]] = []
+        self.retries = 0
+        self.on_retry: Callable[[str], None] | None = None
+        self.resent = 0  # partitions sent again after a worker's death
 
     @classmethod
-    def scatter(cls, client: Client, X: np.ndarray, rows_per_partition: int) -> ClusterData:
+    def scatter(
+        cls,
+        client: Client,
+        X: np.ndarray,
+        rows_per_partition: int,
+        *,
+        retries: int = 2,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> ClusterData:
         """Send ``X`` to the workers in blocks of ``rows_per_partition`` rows, spread over them.
 
         Blocks go one at a time, so the client never holds a second copy of more than one block.
+        ``X`` is kept (not copied) to send a block again when its worker dies: it must not change.
         """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] == 0:
@@ -86,11 +107,11 @@ class ClusterData:
             raise ValueError("X has missing or infinite values; partitions take complete rows only")
         n = X.shape[0]
         size = max(1, int(rows_per_partition))
-        futures: list[Future] = []
-        for start in range(0, n, size):
-            # hash=False: equal blocks (a constant feature) must still be two partitions.
-            futures.append(client.scatter(X[start : start + size], hash=False))
-        return cls(client, futures, shape=X.shape)
+        bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
+        data = cls(client, [_send(client, X, a, b) for a, b in bounds], shape=X.shape)
+        data._source, data._bounds = X, bounds
+        data.retries, data.on_retry = int(retries), on_retry
+        return data
 
     @property
     def n_samples(self) -> int:
@@ -104,17 +125,43 @@ class ClusterData:
     def n_partitions(self) -> int:
         return len(self.partitions)
 
+    def _sum(self, task, *args):
+        """``_sum_on_cluster`` over the partitions, sending lost ones again (see the class)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return _sum_on_cluster(self.client, self.partitions, task, *args)
+            except PartitionsLostError as exc:
+                if self._source is None or attempt == self.retries:
+                    raise
+                for i in exc.lost:
+                    a, b = self._bounds[i]
+                    self.partitions[i] = _send(self.client, self._source, a, b)
+                self.resent += len(exc.lost)
+                if self.on_retry is not None:
+                    names = labels(self.partitions)
+                    self.on_retry(
+                        f"partition {' and '.join(names[i] for i in exc.lost)} lost with its worker: sent "
+                        f"again from the client, the pass repeated (retry {attempt + 1} of {self.retries})"
+                    )
+        raise AssertionError("unreachable")  # the loop returns or raises
+
     def scores(self, model: GaussianMixture) -> ScoreTotals:
-        return _sum_on_cluster(self.client, self.partitions, _scores_task, model)
+        return self._sum(_scores_task, model)
 
     def refit(self, model: GaussianMixture) -> GaussianMixture:
-        return refit_on_partitions(self.client, self.partitions, model)
+        """EM on all the partitions from ``model``'s start (see :func:`refit_on_partitions`);
+        an E-step that loses a partition is repeated once it is sent again, so the iterations
+        are those of an undisturbed fit."""
+        fitted = copy.deepcopy(model)
+        covariance_type = fitted.covariance_type
+        return fitted.refit_from_statistics(
+            lambda params, shift: self._sum(_statistics_task, covariance_type, params, shift),
+            moments=self.moments,
+        )
 
     def moments(self, shift: np.ndarray) -> DataMoments:
         """Total weight, first and second moments of all the rows centred at ``shift``."""
-        return _sum_on_cluster(
-            self.client, self.partitions, _moments_task, np.asarray(shift, dtype=np.float64)
-        )
+        return self._sum(_moments_task, np.asarray(shift, dtype=np.float64))
 
     def observed_std(self) -> np.ndarray:
         if self._std is None:
@@ -128,13 +175,19 @@ class ClusterData:
         return self._std
 
     def release(self) -> None:
-        """Drop the scattered partitions from the workers' memory."""
+        """Drop the scattered partitions from the workers' memory (and the client's array)."""
         futures = [p for p in self.partitions if isinstance(p, Future)]
         if futures:
             self.client.cancel(futures)
+        self._source = None
 
     def __repr__(self) -> str:
         return f"ClusterData({self._n:,} rows in {len(self.partitions)} partitions)"
+
+
+def _send(client: Client, X: np.ndarray, start: int, stop: int) -> Future:
+    # hash=False: equal blocks (a constant feature) must still be two partitions.
+    return client.scatter(X[start:stop], hash=False)
 
 
 def rows_per_partition(n_samples: int, n_workers: int, max_rows: int) -> int:

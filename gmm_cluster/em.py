@@ -45,6 +45,15 @@ class ClusterFitError(RuntimeError):
     """The fit could not be completed on the cluster (workers lost); nothing was fitted."""
 
 
+class PartitionsLostError(ClusterFitError):
+    """Partitions held in workers' memory were lost with their worker; ``lost`` are their
+    indices among the partitions (all of them when dask did not say which)."""
+
+    def __init__(self, message: str, lost: list[int]):
+        super().__init__(message)
+        self.lost = lost
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -177,12 +186,12 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
     except CancelledError as exc:
         # A partition held in a worker's memory (scattered) dies with its worker: dask cannot
         # compute it again, and cancels every task that needs it.
-        lost = [
-            name for part, name in zip(parts, names, strict=True) if getattr(part, "status", "") != "finished"
-        ]
-        raise ClusterFitError(
-            f"partition {' and '.join(lost) or '?'}: lost with the worker that held it in memory "
-            f"({_first_line(exc)}); the fit was abandoned, nothing was fitted"
+        lost = [i for i, part in enumerate(parts) if getattr(part, "status", "") != "finished"]
+        lost = lost or list(range(len(parts)))
+        raise PartitionsLostError(
+            f"partition {' and '.join(names[i] for i in lost)}: lost with the worker that held it in memory "
+            f"({_first_line(exc)}); the fit was abandoned, nothing was fitted",
+            lost,
         ) from exc
     finally:
         client.cancel([f for f in futures if not f.done()])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from gmm_cluster import (
     ClusterFitError,
     ParquetPartition,
     PartitionError,
+    PartitionsLostError,
     refit_on_partitions,
     rows_per_partition,
 )
@@ -193,4 +195,48 @@ def test_scattered_blocks_are_named_in_errors_and_must_be_complete(client):
     with pytest.raises(PartitionError, match=r"^partition block 1 of 4: "):
         data.scores(wrong)
     assert data.scores(start).total_weight == Z.shape[0]
+    data.release()
+
+
+def _kill_worker_holding(client, future) -> int:
+    """SIGKILL the worker process that holds ``future``'s data; its pid."""
+    (address,) = client.who_has([future])[future.key]
+    pid = client.run(os.getpid, workers=[address])[address]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_a_block_lost_with_its_worker_is_sent_again_and_the_pass_repeated(client):
+    from gmm_engine import InMemoryData
+
+    client.wait_for_workers(2)
+    Z = standardised(raw_data())
+    start = start_model(Z, "full")
+    start.set_params(**FIT)
+    said: list[str] = []
+    data = ClusterData.scatter(client, Z, 400, retries=1, on_retry=said.append)
+    _kill_worker_holding(client, data.partitions[0])
+    scores, expected = data.scores(start), InMemoryData(Z).scores(start)
+    assert scores.total_weight == expected.total_weight == Z.shape[0]
+    assert scores.log_likelihood == pytest.approx(expected.log_likelihood, rel=1e-12)
+    assert scores.entropy == pytest.approx(expected.entropy, rel=1e-12)
+    assert data.resent >= 1 and len(said) == 1
+    assert said[0].startswith("partition block 1 of 4") and "(retry 1 of 1)" in said[0]
+    # A loss during the refit: the E-step is repeated, the iterations are an undisturbed fit's.
+    client.wait_for_workers(2)
+    _kill_worker_holding(client, data.partitions[1])
+    assert max_difference(data.refit(copy.deepcopy(start)), refit_in_process(start, split(Z))) < 1e-8
+    assert len(said) == 2
+    data.release()
+
+
+def test_without_retries_a_lost_block_ends_the_pass_naming_it(client):
+    client.wait_for_workers(2)
+    Z = standardised(raw_data())
+    data = ClusterData.scatter(client, Z, 400, retries=0)
+    _kill_worker_holding(client, data.partitions[2])
+    with pytest.raises(
+        PartitionsLostError, match=r"block 3 of 4.*lost with the worker that held it in memory"
+    ):
+        data.scores(start_model(Z, "diag"))
     data.release()

@@ -109,19 +109,47 @@ def test_runs_on_a_local_cluster_give_the_single_machine_results(prefect_harness
     assert recorded == ("local:2",)
 
 
-def test_a_worker_killed_during_the_run_fails_it_cleanly(
-    prefect_harness, customers, running_cluster, tmp_path, monkeypatch
+def test_a_worker_killed_during_the_run_is_survived_with_the_same_result(
+    prefect_harness, customers, running_cluster, tmp_path, monkeypatch, caplog
 ):
-    """A run on a running scheduler; the next one loses a worker (and the customers it held in
-    memory) during model selection: it fails in one line, and the first run stays published."""
+    """Runs on a running scheduler; the second loses a worker (and the customers it held in
+    memory) during model selection: the lost partitions are sent again and the passes repeated,
+    and the run publishes what it would have published undisturbed."""
     cluster, client = running_cluster
     client.wait_for_workers(2)
-    db = tmp_path / "s.duckdb"
-    first = run(customers, db, cluster=cluster.scheduler_address)
-    assert published(db, first["run_id"])[0][0] == "success"
+    db, alone = tmp_path / "cluster" / "s.duckdb", tmp_path / "alone" / "s.duckdb"
+    run(customers, db, cluster=cluster.scheduler_address)
+    run(customers, alone)
 
     victim = next(iter(client.run(os.getpid).values()))
     monkeypatch.setenv("SEGMENT_FAULT", "fit")  # flows.faults: the first fit kills SEGMENT_FAULT_KILL
+    monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
+    second = run(customers, db, cluster=cluster.scheduler_address, seed=9)
+    assert victim not in client.run(os.getpid).values()  # the worker did die (the nanny restarts it)
+    assert any("lost with its worker: sent again from the client" in r.getMessage() for r in caplog.records)
+    assert second["run_id"] == 2
+    assert_same_result(published(db, 2), published(alone, run(customers, alone, seed=9)["run_id"]))
+    client.wait_for_workers(2)
+
+
+def test_a_lost_partition_that_cannot_be_sent_again_fails_the_run_cleanly(
+    prefect_harness, customers, running_cluster, tmp_path, monkeypatch
+):
+    """With no retries left, the run stops in one line and the previous run stays published."""
+    import gmm_cluster
+
+    cluster, client = running_cluster
+    client.wait_for_workers(2)
+    db = tmp_path / "s.duckdb"
+    run(customers, db, cluster=cluster.scheduler_address)
+    scatter = gmm_cluster.ClusterData.scatter.__func__
+    monkeypatch.setattr(
+        gmm_cluster.ClusterData,
+        "scatter",
+        classmethod(lambda cls, *a, **k: scatter(cls, *a, **{**k, "retries": 0})),
+    )
+    victim = next(iter(client.run(os.getpid).values()))
+    monkeypatch.setenv("SEGMENT_FAULT", "fit")
     monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
     with pytest.raises(Exception, match=r"lost with the worker that held it in memory") as caught:
         run(customers, db, cluster=cluster.scheduler_address, seed=9)
@@ -132,7 +160,7 @@ def test_a_worker_killed_during_the_run_fails_it_cleanly(
         rows = con.execute("SELECT count(*) FROM assignments WHERE run_id = 2").fetchone()
     assert runs == [(1, "success", None), (2, "failed", "select")]
     assert current == [(1,)] and rows == (0,)
-    client.wait_for_workers(2)  # the nanny restarts the killed worker
+    client.wait_for_workers(2)
 
 
 def test_a_scheduler_that_does_not_answer_fails_the_run_in_one_line(prefect_harness, customers, tmp_path):

@@ -28,7 +28,7 @@ import pytest
 from sklearn.datasets import load_iris
 from threadpoolctl import threadpool_limits
 
-from gmm_engine import GaussianMixture, SelectionResult, select_model
+from gmm_engine import GaussianMixture, SelectionResult, criteria, select_model
 
 DATA = Path(__file__).parent / "data"
 COV_TYPES = ("full", "tied", "diag", "spherical")
@@ -425,3 +425,29 @@ def test_observed_std_is_the_weighted_std_of_each_features_observed_values(weigh
     expected = np.array(expected)
     expected[2] = 1.0  # a constant feature gives no scale: 1
     np.testing.assert_allclose(observed_std(X, w), expected, rtol=1e-12)
+
+
+def test_all_the_data_can_be_given_apart_from_the_fitting_sample():
+    """``data`` is where the candidates are scored and the chosen one refitted: given as the same
+    array it changes nothing; given as more rows than X, X is only the fitting sample."""
+    from gmm_engine import InMemoryData
+
+    rng = np.random.default_rng(4)
+    X = np.vstack([rng.normal(-2, 1, (600, 2)), rng.normal(3, 0.5, (400, 2))])
+    grid = dict(n_components=range(1, 4), covariance_types=("full", "diag"), random_state=1, n_init=1)
+    default = select_model(X, **grid, max_samples=300)
+    same = select_model(X, **grid, max_samples=300, data=InMemoryData(X))
+    assert [r["bic"] for r in same.table] == [r["bic"] for r in default.table]
+    np.testing.assert_array_equal(same.best.means_, default.best.means_)
+
+    sample = X[np.sort(rng.choice(X.shape[0], 300, replace=False))]
+    apart = select_model(sample, **grid, data=InMemoryData(X))
+    n_total = X.shape[0]
+    for row in apart.table:
+        if row["status"] == "ok":
+            assert row["mean_log_likelihood"] == pytest.approx(row["log_likelihood"] / n_total)
+    chosen = next(r for r in apart.table if r["selected"])
+    assert chosen["reason"] == ""  # refitted on all 1,000 rows, and kept
+    assert chosen["log_likelihood"] == pytest.approx(criteria(apart.best, X)["log_likelihood"], rel=1e-12)
+    with pytest.raises(ValueError, match="sample_weight must be None"):
+        select_model(sample, **grid, data=InMemoryData(X), sample_weight=np.ones(300))
