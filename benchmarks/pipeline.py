@@ -167,15 +167,19 @@ class Workers:
 
     def __enter__(self) -> Workers:
         if self.n:
+            import dask
             from distributed import Client, LocalCluster
 
-            self._cluster = LocalCluster(
-                n_workers=self.n,
-                threads_per_worker=1,
-                processes=True,
-                memory_limit=self.LIMIT,
-                dashboard_address=":0",
-            )
+            from gmm_cluster import WORKER_CONFIG
+
+            with dask.config.set(WORKER_CONFIG):  # as a team would start its workers (docs/operations.md)
+                self._cluster = LocalCluster(
+                    n_workers=self.n,
+                    threads_per_worker=1,
+                    processes=True,
+                    memory_limit=self.LIMIT,
+                    dashboard_address=":0",
+                )
             self._client = Client(self._cluster)
             self._client.wait_for_workers(self.n)
             self.address = self._cluster.scheduler_address

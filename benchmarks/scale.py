@@ -114,9 +114,10 @@ def _child_cluster(spec: dict) -> dict:
     import importlib
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
-    from gmm_cluster import ClusterFitError, ParquetPartition, refit_on_partitions
+    from gmm_cluster import WORKER_CONFIG, ClusterFitError, ParquetPartition, refit_on_partitions
 
     out = {"baseline_peak_mib": _peak_mib()}
     mean, scale = np.array(spec["mean"]), np.array(spec["scale"])
@@ -125,6 +126,7 @@ def _child_cluster(spec: dict) -> dict:
         model = pickle.load(fh)
     t = time.perf_counter()
     with (
+        dask.config.set(WORKER_CONFIG),
         LocalCluster(
             n_workers=N_WORKERS,
             threads_per_worker=1,

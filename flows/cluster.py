@@ -88,6 +88,8 @@ def cluster_client(
     import dask
     from distributed import Client, LocalCluster
 
+    from gmm_cluster import WORKER_CONFIG
+
     log = log or logging.getLogger(__name__).info
 
     # Quiet: the run's own log says what the cluster does; dask's start-up chatter (and its
@@ -98,7 +100,7 @@ def cluster_client(
         workers = spec.workers or max(1, os.cpu_count() or 1)
         cluster = client = None
         try:
-            with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s"}):
+            with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s", **WORKER_CONFIG}):
                 cluster = LocalCluster(
                     n_workers=workers,
                     threads_per_worker=1,

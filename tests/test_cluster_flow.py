@@ -185,3 +185,13 @@ def test_customers_with_blank_features_are_refused_on_a_cluster(prefect_harness,
         run(path, db, cluster="local:1")
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT status, failed_stage FROM runs").fetchall() == [("failed", "distribute")]
+
+
+def test_a_local_cluster_s_workers_run_without_dask_s_malloc_trim_threshold():
+    """dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers, which makes the engine's E-steps
+    several times slower (gmm_cluster.WORKER_CONFIG); the run's own cluster unsets it."""
+    from flows.cluster import ClusterSpec, cluster_client
+
+    with cluster_client(ClusterSpec.parse("local:1")) as client:
+        assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
+        assert set(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == {"1"}  # dask's others stay
