@@ -10,6 +10,7 @@ per-partition totals (:func:`gmm_engine.external.partition_scores`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -34,6 +35,9 @@ class FullData(Protocol):
 
     def scores(self, model: GaussianMixture) -> ScoreTotals:
         """A fitted model's log-likelihood and hard-assignment entropy over all the data."""
+
+    def scores_many(self, models: Sequence[GaussianMixture]) -> list[ScoreTotals]:
+        """:meth:`scores` of several fitted models (one pass over partitioned data for all)."""
 
     def refit(self, model: GaussianMixture) -> GaussianMixture:
         """EM on all the data from ``model``'s ``weights_init``, ``means_init`` and
@@ -70,6 +74,9 @@ class InMemoryData:
 
     def scores(self, model: GaussianMixture) -> ScoreTotals:
         return model._score_totals(model._check_X_predict(self.X), self.sample_weight)
+
+    def scores_many(self, models: Sequence[GaussianMixture]) -> list[ScoreTotals]:
+        return [self.scores(model) for model in models]
 
     def refit(self, model: GaussianMixture) -> GaussianMixture:
         return model.fit(self.X, sample_weight=self.sample_weight)

@@ -404,12 +404,18 @@ def select_model(
         with single_threaded_blas(), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             _run_jobs(jobs, fit_one, results, n_jobs, report)
+        batch = []
         for k in grid_ks:
             for ti, ctype in enumerate(types):
-                row, gm = _candidate_row(k, ctype, d, [results[(k, ti, r)] for r in range(n_init)], data)
+                row, gm = _candidate_row(k, ctype, d, [results[(k, ti, r)] for r in range(n_init)])
                 table.append(row)
                 if gm is not None:
                     models[(k, ctype)] = gm
+                    batch.append((row, gm))
+        # Every candidate of the batch scored in one pass over all the data (on a cluster: one
+        # task per partition for the batch, not one per candidate).
+        for (row, gm), totals in zip(batch, data.scores_many([gm for _, gm in batch]), strict=True):
+            row.update(criteria_from_totals(gm.n_parameters(), totals))
 
     def best_index() -> int | None:
         ok = [i for i, row in enumerate(table) if row["status"] == "ok"]
@@ -505,11 +511,10 @@ def observed_std(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     return np.where(std > 0, std, 1.0)
 
 
-def _candidate_row(
-    k: int, ctype: str, d: int, restarts: list[tuple], data: FullData
-) -> tuple[dict, GaussianMixture | None]:
+def _candidate_row(k: int, ctype: str, d: int, restarts: list[tuple]) -> tuple[dict, GaussianMixture | None]:
     """The table row of one candidate from its restarts ``(model or None, reason, seconds)``,
-    and the restart it keeps: the best non-degenerate one, else the best degenerate one."""
+    and the restart it keeps: the best non-degenerate one, else the best degenerate one. The
+    criteria on all the data are the caller's to add (NaN until then)."""
     n_init = len(restarts)
     fitted = [(gm, reason, s) for gm, reason, s in restarts if gm is not None]
     row = {
@@ -533,7 +538,6 @@ def _candidate_row(
         return row, None
     clean = [f for f in fitted if not f[1]]
     gm, reason, _ = max(clean or fitted, key=lambda f: f[0].lower_bound_)
-    row.update(criteria_on(gm, data))
     dropped = [f[1] for f in fitted if f[1]]
     if not clean:
         note = f"all {n_init} restarts degenerate: {reason}"
