@@ -85,43 +85,71 @@ def cluster_client(
         The local cluster's workers did not start, or no scheduler answered at the address,
         within ``timeout`` seconds.
     """
+    log = log or logging.getLogger(__name__).info
+    with _quiet_dask():
+        if spec.is_local:
+            with _local_cluster(spec, worker_memory, timeout, log) as client:
+                yield client
+        else:
+            with _scheduler(spec, timeout, log) as client:
+                yield client
+
+
+@contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """dask's loggers at ERROR while the run holds its cluster (restored after): the run's own
+    log says what the cluster does, and dask's start-up chatter and its warnings about a busy
+    event loop while the client waits for EM sums are noise there."""
+    loggers = [
+        logging.getLogger(name) for name in ("distributed", "distributed.nanny", "distributed.scheduler")
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextmanager
+def _local_cluster(spec: ClusterSpec, worker_memory: str, timeout: float, log) -> Iterator[Client]:
     import dask
     from distributed import Client, LocalCluster
 
     from gmm_cluster import WORKER_CONFIG
 
-    log = log or logging.getLogger(__name__).info
+    workers = spec.workers or max(1, os.cpu_count() or 1)
+    cluster = client = None
+    try:
+        with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s", **WORKER_CONFIG}):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=worker_memory,
+                dashboard_address=":0",  # a free port: never a clash with a running cluster
+            )
+            client = Client(cluster, timeout=f"{timeout}s")
+            client.wait_for_workers(workers, timeout=timeout)
+    except (TimeoutError, OSError) as exc:
+        _close(client, cluster)
+        raise ClusterError(
+            f"compute.cluster {spec}: the local cluster did not start ({_first_line(exc)})"
+        ) from None
+    address = cluster.scheduler_address
+    log(f"dask LocalCluster: {workers} worker processes, {worker_memory} each, at {address}")
+    try:
+        yield client
+    finally:
+        _close(client, cluster)
 
-    # Quiet: the run's own log says what the cluster does; dask's start-up chatter (and its
-    # warnings about a busy event loop while the client waits for EM sums) is noise there.
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if spec.is_local:
-        workers = spec.workers or max(1, os.cpu_count() or 1)
-        cluster = client = None
-        try:
-            with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s", **WORKER_CONFIG}):
-                cluster = LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    memory_limit=worker_memory,
-                    dashboard_address=":0",  # a free port: never a clash with a running cluster
-                )
-                client = Client(cluster, timeout=f"{timeout}s")
-                client.wait_for_workers(workers, timeout=timeout)
-        except (TimeoutError, OSError) as exc:
-            _close(client, cluster)
-            raise ClusterError(
-                f"compute.cluster {spec}: the local cluster did not start ({_first_line(exc)})"
-            ) from None
-        address = cluster.scheduler_address
-        log(f"dask LocalCluster: {workers} worker processes, {worker_memory} each, at {address}")
-        try:
-            yield client
-        finally:
-            _close(client, cluster)
-        return
+
+@contextmanager
+def _scheduler(spec: ClusterSpec, timeout: float, log) -> Iterator[Client]:
+    from distributed import Client
+
     try:
         client = Client(spec.address, timeout=f"{timeout}s")
     except (TimeoutError, OSError, ValueError) as exc:

@@ -89,7 +89,8 @@ def partition_scores(model, X, sample_weight=None) -> ScoreTotals:
     """A fitted :class:`~gmm_engine.GaussianMixture`'s log-likelihood and hard-assignment entropy
     on one partition ``X`` of complete rows; summed over partitions,
     :func:`gmm_engine.selection.criteria_from_totals` turns them into BIC, AIC and ICL."""
-    X, _, w = _checked(X, np.zeros(np.shape(X)[-1] if np.ndim(X) == 2 else 0), sample_weight)
+    X = np.asarray(X, dtype=np.float64)
+    X, _, w = _checked(X, np.zeros(X.shape[-1] if X.ndim else 0), sample_weight)
     if X.shape[0] == 0:
         return ScoreTotals(0.0, 0.0, 0.0)
     return model._score_totals(model._check_X_predict(X), w)
