@@ -377,7 +377,8 @@ def choose_model(
             for r in table
             if r["origin"] != "previous" and r["n_components"] == k and r["covariance_type"] == ctype
         )["selected"] = True
-    if gain > 0:
+    # A gain that shows as 0.0 is rounding (the same fit reached twice), not a better model.
+    if round(gain, 1) > 0:
         why = (
             f"the best fresh model, {fresh_label} ({name} {fresh_value:,.1f}), is better by only {gain:,.1f}"
         )

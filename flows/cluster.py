@@ -115,12 +115,27 @@ def _quiet_dask() -> Iterator[None]:
 
 @contextmanager
 def _local_cluster(spec: ClusterSpec, worker_memory: str, timeout: float, log) -> Iterator[Client]:
+    workers = spec.workers or max(1, os.cpu_count() or 1)
+    # A worker inherits this process's environment, where an earlier dask nanny in the same
+    # process may have left MALLOC_TRIM_THRESHOLD_ ("poisoning the process running the Nanny",
+    # dask's docs): it stays out of the environment while the cluster lives, so that a worker
+    # the nanny restarts is started without it too.
+    inherited = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    try:
+        with _started(spec, workers, worker_memory, timeout, log) as client:
+            yield client
+    finally:
+        if inherited is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
+
+
+@contextmanager
+def _started(spec: ClusterSpec, workers: int, worker_memory: str, timeout: float, log) -> Iterator[Client]:
     import dask
     from distributed import Client, LocalCluster
 
     from gmm_cluster import WORKER_CONFIG
 
-    workers = spec.workers or max(1, os.cpu_count() or 1)
     cluster = client = None
     try:
         with dask.config.set({"distributed.comm.timeouts.connect": f"{timeout}s", **WORKER_CONFIG}):

@@ -187,11 +187,15 @@ def test_customers_with_blank_features_are_refused_on_a_cluster(prefect_harness,
         assert con.execute("SELECT status, failed_stage FROM runs").fetchall() == [("failed", "distribute")]
 
 
-def test_a_local_cluster_s_workers_run_without_dask_s_malloc_trim_threshold():
+def test_a_local_cluster_s_workers_run_without_dask_s_malloc_trim_threshold(monkeypatch):
     """dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers, which makes the engine's E-steps
-    several times slower (gmm_cluster.WORKER_CONFIG); the run's own cluster unsets it."""
+    several times slower (gmm_cluster.WORKER_CONFIG), and leaves it in the environment of the
+    process that started them, which the next cluster's workers would inherit: the run's own
+    cluster starts its workers without it, and gives the process its environment back."""
     from flows.cluster import ClusterSpec, cluster_client
 
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # as an earlier dask cluster leaves it
     with cluster_client(ClusterSpec.parse("local:1")) as client:
         assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
         assert set(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == {"1"}  # dask's others stay
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
