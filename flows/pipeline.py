@@ -172,8 +172,8 @@ def open_cluster(settings: Settings, logger):
 
 
 @task(name="distribute", **_TASK)
-def distribute_task(features, client: Client, settings: Settings) -> ClusterData:
-    data = stages.distribute(features, client, settings)
+def distribute_task(features, client: Client, settings: Settings, on_retry) -> ClusterData:
+    data = stages.distribute(features, client, settings, on_retry)
     get_run_logger().info(
         "%s customers sent to the cluster's workers in %d partitions",
         f"{data.n_samples:,}",
@@ -194,8 +194,6 @@ def previous_task(database: str, features) -> continuity.PreviousRun | None:
 @task(name="select", **_TASK)
 def select_task(features, settings: Settings, run_id: int, previous, data=None) -> SelectionResult:
     logger = get_run_logger()
-    if data is not None:
-        data.on_retry = logger.warning  # a worker's death, survived, is said in this stage's log
     artifact_id = _ui(
         create_progress_artifact,
         0.0,
@@ -234,8 +232,6 @@ def select_task(features, settings: Settings, run_id: int, previous, data=None) 
 def choose_task(
     selection, features, previous, settings: Settings, fresh: bool, run_id: int, data=None
 ) -> ModelChoice:
-    if data is not None:
-        data.on_retry = get_run_logger().warning
     choice = stages.choose(selection, features, previous, settings, fresh=fresh, data=data)
     get_run_logger().info("%s", choice.note)
     _ui(
@@ -399,7 +395,8 @@ def _segment(
         data = None
         if client is not None:
             with clock.stage("distribute"):
-                data = distribute_task(features_, client, settings)
+                # A worker's death, survived in a later stage, is said in the run's log.
+                data = distribute_task(features_, client, settings, logger.warning)
         with clock.stage("previous"):
             previous = previous_task(settings.output.database, features_)
         with clock.stage("select"):

@@ -352,11 +352,14 @@ def choose(
     )
 
 
-def distribute(features: FeatureMatrix, client: Client, settings: Settings) -> ClusterData:
+def distribute(
+    features: FeatureMatrix, client: Client, settings: Settings, on_retry: Callable[[str], None] | None = None
+) -> ClusterData:
     """Send the customers' model matrix to the cluster's workers, in partitions of at most
     ``compute.partition_rows`` customers (at least two per worker), for the passes over all
     customers of :func:`select_segments` and :func:`choose`. A partition lost with its worker is
-    sent again from ``features.X_model`` and the pass repeated, twice per pass at most.
+    sent again from ``features.X_model`` and the pass repeated, twice per pass at most, and
+    ``on_retry`` is told.
 
     Raises
     ------
@@ -373,7 +376,7 @@ def distribute(features: FeatureMatrix, client: Client, settings: Settings) -> C
         )
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     rows = rows_per_partition(features.n_customers, n_workers, settings.compute.partition_rows)
-    return ClusterData.scatter(client, features.X_model, rows)
+    return ClusterData.scatter(client, features.X_model, rows, on_retry=on_retry)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

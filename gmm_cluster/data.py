@@ -25,19 +25,10 @@ from .em import (
     _first_line,
     _load,
     _moments_task,
-    _statistics_task,
     _sum_on_cluster,
     labels,
+    refit_with,
 )
-
-
-def _scores_task(partition, label: str, model: GaussianMixture) -> ScoreTotals:
-    """On a worker: one partition's log-likelihood and hard-assignment entropy under ``model``."""
-    X = _load(partition, label)
-    try:
-        return partition_scores(model, X)
-    except ValueError as exc:
-        raise PartitionError(f"partition {label}: {_first_line(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -170,7 +161,7 @@ class ClusterData:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def scores(self, model: GaussianMixture) -> ScoreTotals:
-        return self._sum(_scores_task, model)
+        return self.scores_many([model])[0]
 
     def scores_many(self, models: Sequence[GaussianMixture]) -> list[ScoreTotals]:
         """Every model's scores in one pass: one task per partition for all the models (the
@@ -183,12 +174,7 @@ class ClusterData:
         """EM on all the partitions from ``model``'s start (see :func:`refit_on_partitions`);
         an E-step that loses a partition is repeated once it is sent again, so the iterations
         are those of an undisturbed fit."""
-        fitted = copy.deepcopy(model)
-        covariance_type = fitted.covariance_type
-        return fitted.refit_from_statistics(
-            lambda params, shift: self._sum(_statistics_task, covariance_type, params, shift),
-            moments=self.moments,
-        )
+        return refit_with(copy.deepcopy(model), self._sum)
 
     def moments(self, shift: np.ndarray) -> DataMoments:
         """Total weight, first and second moments of all the rows centred at ``shift``."""

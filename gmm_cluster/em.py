@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -230,12 +231,18 @@ def refit_on_partitions(
     changes = {name: value for name, value in (("max_iter", max_iter), ("tol", tol)) if value is not None}
     if changes:
         fitted.set_params(**changes)
-    covariance_type = fitted.covariance_type
+    return refit_with(fitted, lambda task, *args: _sum_on_cluster(client, parts, task, *args))
+
+
+def refit_with(model: GaussianMixture, summed: Callable[..., Any]) -> GaussianMixture:
+    """EM from ``model`` (changed in place and returned) with every E-step and moment pass
+    ``summed(task, *args)``: the per-partition ``task`` results added over all partitions."""
+    covariance_type = model.covariance_type
 
     def statistics(params: MixtureParameters, shift: np.ndarray) -> SufficientStatistics:
-        return _sum_on_cluster(client, parts, _statistics_task, covariance_type, params, shift)
+        return summed(_statistics_task, covariance_type, params, shift)
 
     def moments(shift: np.ndarray) -> DataMoments:
-        return _sum_on_cluster(client, parts, _moments_task, shift)
+        return summed(_moments_task, shift)
 
-    return fitted.refit_from_statistics(statistics, moments=moments)
+    return model.refit_from_statistics(statistics, moments=moments)
