@@ -27,7 +27,6 @@ from gmm_engine import (
     ConvergenceWarning,
     FullData,
     GaussianMixture,
-    InMemoryData,
     SelectionResult,
     criteria_on,
     degeneracy_on,
@@ -159,12 +158,12 @@ def refit_previous(
     data: FullData | None = None,
 ) -> tuple[GaussianMixture | None, str]:
     """EM for the previous structure, started from the previous parameters in this run's space,
-    on ``data`` (default: ``features.X_model`` in memory).
+    on ``data`` (default: all customers, :meth:`FeatureMatrix.full_data`).
 
     Returns the fitted model (None when it failed) and why it cannot be used (``""`` when it can:
     the rule ``select_model`` applies to every candidate).
     """
-    data = InMemoryData(features.X_model) if data is None else data
+    data = features.full_data() if data is None else data
     n, d = data.n_samples, len(features.names)
     k, ctype = previous.n_components, previous.covariance_type
     if k * (d + 1) > n:
@@ -231,7 +230,7 @@ def choose_model(
         What this run's settings allow; a previous structure outside them is not kept.
     data : FullData, optional
         Where this run's customers are for the refits and criteria (``gmm_cluster.ClusterData``
-        on a cluster); default ``features.X_model`` in memory.
+        on a cluster); default all customers (:meth:`FeatureMatrix.full_data`).
     """
     criterion = selection.criterion
     table = _grid_table(selection)
@@ -282,7 +281,7 @@ def choose_model(
             selection.best,
         )
     start = time.perf_counter()
-    data = InMemoryData(features.X_model) if data is None else data
+    data = features.full_data() if data is None else data
     tight = decision_tol(tol, data.n_samples)
     gm, problem = refit_previous(
         previous,

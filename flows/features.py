@@ -13,6 +13,7 @@ import pandas as pd
 from flows.config import TRANSFORMS
 from flows.duck import sql_text
 from flows.lines import TransactionLines
+from flows.matrix_file import MatrixFile
 from reports.profiles import to_original_units, value_range
 from schemas.customers import CustomerRows
 from schemas.validation import as_text_array
@@ -92,8 +93,9 @@ class FeatureMatrix:
         Features in original units; NaN where a customer table left a value blank
         (``features.missing = "model"``). None once a run no longer holds them
         (:meth:`without_original_values`): :meth:`original_rows` maps ``X_model`` back.
-    X_model : ndarray of shape (n_customers, d)
-        What the model is fitted on (``scaler.transform(X_original)``, NaN where blank).
+    X_model : ndarray or MatrixFile of shape (n_customers, d)
+        What the model is fitted on (``scaler.transform(X_original)``, NaN where blank); in a
+        file read a block at a time once a run no longer needs it whole (:meth:`in_file`).
     scaler : Scaler
     as_of : date or None
         Reference date of recency (transaction logs only).
@@ -114,7 +116,7 @@ class FeatureMatrix:
     units: list[str]
     transforms: list[str]
     X_original: np.ndarray | None
-    X_model: np.ndarray
+    X_model: np.ndarray | MatrixFile
     scaler: Scaler
     as_of: date | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -143,11 +145,37 @@ class FeatureMatrix:
     @property
     def missing_counts(self) -> np.ndarray:
         """How many features each customer has blank, shape (n_customers,)."""
+        if isinstance(self.X_model, MatrixFile):
+            return np.zeros(self.n_customers, dtype=np.int64)  # a file holds complete rows only
         return np.isnan(self.X_model).sum(axis=1)
 
     @property
     def has_missing(self) -> bool:
-        return bool(np.isnan(self.X_model).any())
+        return not isinstance(self.X_model, MatrixFile) and bool(np.isnan(self.X_model).any())
+
+    def in_file(self) -> FeatureMatrix:
+        """The same features with ``X_model`` moved to a :class:`~flows.matrix_file.MatrixFile`
+        (and ``X_original`` dropped): from model selection on, a run reads the matrix a block of
+        customers at a time, so it does not hold n x d floats (0.3 GiB at 10^7 x 4; issue 12).
+        Customers with blank features stay in memory (EM with blanks needs them together): the
+        same object is returned then."""
+        if isinstance(self.X_model, MatrixFile) or self.has_missing:
+            return self
+        return replace(self, X_original=None, X_model=MatrixFile.write(self.X_model))
+
+    def full_data(self):
+        """All customers as model selection asks for them (:class:`gmm_engine.FullData`): the
+        matrix itself when held, else read from its file a block at a time."""
+        from gmm_engine import BlockData, InMemoryData
+
+        if isinstance(self.X_model, MatrixFile):
+            return BlockData(self.X_model)
+        return InMemoryData(self.X_model)
+
+    def release(self) -> None:
+        """Remove the matrix's file, if it has one (the matrix cannot be read afterwards)."""
+        if isinstance(self.X_model, MatrixFile):
+            self.X_model.remove()
 
     @property
     def value_range(self) -> tuple[np.ndarray, np.ndarray]:

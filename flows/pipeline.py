@@ -142,8 +142,9 @@ def validate_task(loaded: LoadedInput, settings: Settings) -> ValidationOutcome:
 @task(name="features", **_TASK)
 def features_task(valid, settings: Settings) -> FeatureMatrix:
     # Values in original units are read back from the model matrix a block at a time
-    # (FeatureMatrix.original_rows): the run never holds both (0.3 GiB at 10^7 x 4; issue 12).
-    features = stages.compute_features(valid, settings, keep_original=False)
+    # (FeatureMatrix.original_rows), and from here on the matrix itself is read from a file a
+    # block at a time (FeatureMatrix.in_file): the run holds neither (0.3 GiB at 10^7 x 4; issue 12).
+    features = stages.compute_features(valid, settings, keep_original=False).in_file()
     logger = get_run_logger()
     logger.info(
         "%s customers x %d features %s", f"{features.n_customers:,}", len(features.names), features.names
@@ -344,9 +345,10 @@ def infer_trigger() -> str:
 
 
 class _StageClock:
-    """Bookkeeping of a run's stages: wall time and the process's peak memory after each (for
-    benchmarks and the logs), the stage under way (for the failure record), and the run lock's
-    journal kept at that stage (so that a killed run is recorded with it)."""
+    """Bookkeeping of a run's stages: wall time and the process's peak memory during each (for
+    benchmarks and the logs; where the peak cannot be reset, the peak so far), the stage under
+    way (for the failure record), and the run lock's journal kept at that stage (so that a killed
+    run is recorded with it)."""
 
     def __init__(self, journal: RunJournal):
         self.journal = journal
@@ -358,6 +360,7 @@ class _StageClock:
     def stage(self, name: str) -> Iterator[None]:
         self.current = name
         self.journal.note(stage=name)
+        reset_peak_rss()
         began = time.perf_counter()
         yield
         trim_heap()  # what the stage freed goes back to the system, not into the next stage
@@ -377,6 +380,7 @@ def _segment(
     outcome: ValidationOutcome | None = None
     report_dir = Path(settings.output.reports) / str(run_id)
     cluster = ExitStack()  # the dask cluster of compute.cluster, held from the start to the model choice
+    features_: FeatureMatrix | None = None
     try:
         client = None
         if settings.compute.cluster is not None:
@@ -444,6 +448,9 @@ def _segment(
         cluster.close()
         _record_failure(exc, settings, start, journal, clock.current, loaded, outcome, logger)
         raise
+    finally:
+        if features_ is not None:
+            features_.release()  # the model matrix's file, if it has one
 
     summary = _run_summary(record, outcome, segments, choice, clock, settings, report_index, run_id)
     markdown = markdown_summary(summary)
@@ -553,6 +560,17 @@ def _run_summary(
         "k_max_tried": choice.k_max_tried,
         "customers_with_gaps": record.customers_with_gaps,
     }
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident memory (``VmHWM``) again from what it holds now, so
+    that the next :func:`peak_rss_mb` is a stage's own peak (Linux: ``clear_refs`` 5); False
+    where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def peak_rss_mb() -> float:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from flows.features import FeatureMatrix
+from flows.matrix_file import MatrixFile
 from gmm_engine import full_covariances
 from reports.profiles import MembershipTotals, segment_profiles
 
@@ -28,14 +29,14 @@ class Memberships:
     ----------
     model : gmm_engine.GaussianMixture
         The fitted model.
-    X_model : ndarray of shape (n, d)
+    X_model : ndarray or MatrixFile of shape (n, d)
         The customers in model space.
     order : ndarray of shape (k,)
         The model's component shown in each column.
     """
 
     model: Any
-    X_model: np.ndarray
+    X_model: np.ndarray | MatrixFile
     order: np.ndarray
 
     def rows(self, index: slice | np.ndarray) -> np.ndarray:

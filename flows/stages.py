@@ -27,6 +27,7 @@ from flows.features import (
 )
 from flows.lines import TransactionLines
 from flows.load import LoadedInput
+from flows.matrix_file import MatrixFile
 from flows.segments import AssignmentRows, SegmentResult, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
 from schemas import (
@@ -48,6 +49,11 @@ if TYPE_CHECKING:
     from flows.continuity import TrackingRecord
     from gmm_cluster import ClusterData
     from gmm_engine import FullData, SelectionResult
+
+
+#: Customers the report's figures of customers' values draw when the run does not hold them all
+#: (the density curves' histograms and the scatter's points; sizes and profiles count everyone).
+REPORT_SAMPLE = 200_000
 
 
 class TooManyRejectsError(ValueError):
@@ -241,18 +247,19 @@ def select_segments(
     sits at the edge the engine extends the grid up to ``model.k_limit`` (default 2 x k_max).
     Every feature's resolution (``features.resolution``) floors the segments' variances.
     ``data``: where the candidates are scored and the chosen one refitted (the customers on a
-    cluster's workers, :func:`distribute`); default ``features.X_model`` in memory.
+    cluster's workers, :func:`distribute`); default all customers
+    (:meth:`~flows.features.FeatureMatrix.full_data`: in memory, or read from the matrix's file a
+    block at a time, the candidates then fitted on the sample the engine would have drawn).
 
     Raises
     ------
     ValueError
         Too few customers for ``model.k_min`` segments, or no candidate of the grid could be fitted.
     """
-    from gmm_engine import NoAcceptableModelError, select_model
+    from gmm_engine import NoAcceptableModelError, sample_rows, select_model
 
     m = settings.model
-    X_model = features.X_model
-    n, d = X_model.shape
+    n, d = features.X_model.shape
     per_segment = d + 1
     supported = n // per_segment
     if supported < m.k_min:
@@ -275,6 +282,14 @@ def select_segments(
             m.k_max,
             per_segment,
         )
+    X_model = features.X_model
+    if isinstance(X_model, MatrixFile):
+        # Only the engine's sample is read into memory; every pass over all customers reads the
+        # file a block at a time (or runs on the cluster's copy).
+        rows = sample_rows(n, m.max_samples, m.seed)
+        X_model = X_model[rows if rows is not None else slice(None)]
+        if rows is not None:
+            data = data if data is not None else features.full_data()
     try:
         return select_model(
             X_model,
@@ -369,6 +384,7 @@ def distribute(
     from gmm_cluster import ClusterData, rows_per_partition
 
     if features.has_missing:
+        assert isinstance(features.X_model, np.ndarray)  # blanks stay in memory (FeatureMatrix.in_file)
         gaps = int(np.isnan(features.X_model).any(axis=1).sum())
         raise ValueError(
             f"compute.cluster: {gaps:,} customers have blank features, and the cluster takes complete rows "
@@ -414,7 +430,8 @@ def build_record(
     changed since the previous run, :func:`flows.continuity.tracking_record`)."""
     chosen = choice.chosen
     # Built and validated chunk by chunk as the store writes them.
-    assignments = AssignmentRows(segments, features.customer_ids, features.missing_counts)
+    missing = features.missing_counts if features.has_missing else None
+    assignments = AssignmentRows(segments, features.customer_ids, missing)
     return RunRecord(
         as_of=features.as_of,
         rows_loaded=outcome.n_rows,
@@ -437,7 +454,7 @@ def build_record(
         previous_value=choice.previous_value,
         k_max_tried=choice.k_max_tried,
         grid_note=choice.grid_note,
-        customers_with_gaps=int(np.count_nonzero(features.missing_counts)),
+        customers_with_gaps=0 if missing is None else int(np.count_nonzero(missing)),
         segments=segment_table(segments),
         segment_features=feature_profiles(segments, features),
         feature_scalers=feature_scaler_table(
@@ -495,6 +512,7 @@ def report_data(
         summary["Why rows were rejected"] = "; ".join(reasons)
     if choice.grid_note:
         summary["Model grid"] = choice.grid_note
+    X_model, sample = report_sample(features, settings.model.seed)
     spikes = discrete_features_note(features)
     if spikes:
         summary["Discrete features"] = spikes
@@ -513,7 +531,8 @@ def report_data(
         scaler_mean=features.scaler.mean,
         scaler_scale=features.scaler.scale,
         value_range=features.value_range,
-        X_model=features.X_model,
+        X_model=X_model,
+        sample_rows=sample,
         covariance_type=segments.covariance_type,
         weights=segments.weights,
         means=segments.means,
@@ -533,12 +552,26 @@ def report_data(
     )
 
 
+def report_sample(features: FeatureMatrix, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model matrix the report draws: all of it when held in memory, else (in a file) a
+    seeded sample of at most :data:`REPORT_SAMPLE` customers and their positions."""
+    X_model = features.X_model
+    if not isinstance(X_model, MatrixFile):
+        return X_model, None
+    n = features.n_customers
+    if n <= REPORT_SAMPLE:
+        return X_model[:], None
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=REPORT_SAMPLE, replace=False))
+    return X_model[rows], rows
+
+
 def missing_features_note(features: FeatureMatrix) -> str:
     """How many customers were segmented with blank features, and which (``""`` when none)."""
+    if not features.has_missing:
+        return ""
     missing = features.missing_counts
     with_gaps = int(np.count_nonzero(missing))
-    if not with_gaps:
-        return ""
+    assert isinstance(features.X_model, np.ndarray)  # blanks stay in memory (FeatureMatrix.in_file)
     blank = np.isnan(features.X_model).sum(axis=0)
     per_feature = ", ".join(f"{name} {int(n):,}" for name, n in zip(features.names, blank, strict=True) if n)
     return (

@@ -17,6 +17,7 @@ import numpy as np
 from distributed import Client, Future
 
 from gmm_engine import DataMoments, GaussianMixture, ScoreTotals, partition_scores
+from gmm_engine.data import RowBlocks, std_from_moments
 from gmm_engine.threads import single_threaded_blas
 
 from .em import (
@@ -94,7 +95,7 @@ class ClusterData:
             shape = (sum(n for n, _ in shapes), widths.pop())
         self._n, self._d = int(shape[0]), int(shape[1])
         self._std: np.ndarray | None = None
-        self._source: np.ndarray | None = None
+        self._source: RowBlocks | None = None
         self._bounds: list[tuple[int, int]] = []
         self.retries = 0
         self.on_retry: Callable[[str], None] | None = None
@@ -104,7 +105,7 @@ class ClusterData:
     def scatter(
         cls,
         client: Client,
-        X: np.ndarray,
+        X: RowBlocks,
         rows_per_partition: int,
         *,
         retries: int = 2,
@@ -114,16 +115,18 @@ class ClusterData:
 
         Blocks go one at a time, so the client never holds a second copy of more than one block.
         ``X`` is kept (not copied) to send a block again when its worker dies: it must not change.
+        It is an (n, d) float array, or anything whose row slices are (a matrix in a file,
+        :class:`gmm_engine.data.RowBlocks`), read a block at a time.
         """
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[0] == 0:
-            raise ValueError(f"X must be a non-empty 2-D array, got shape {X.shape}")
-        if not np.isfinite(X).all():
-            raise ValueError("X has missing or infinite values; partitions take complete rows only")
-        n = X.shape[0]
+        if isinstance(X, np.ndarray):
+            X = np.asarray(X, dtype=np.float64)
+        shape = tuple(int(s) for s in X.shape)
+        if len(shape) != 2 or shape[0] == 0:
+            raise ValueError(f"X must be a non-empty 2-D array, got shape {shape}")
+        n = shape[0]
         size = max(1, int(rows_per_partition))
         bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
-        data = cls(client, [_send(client, X, a, b) for a, b in bounds], shape=X.shape)
+        data = cls(client, [_send(client, X, a, b) for a, b in bounds], shape=(shape[0], shape[1]))
         data._source, data._bounds = X, bounds
         data.retries, data.on_retry = int(retries), on_retry
         return data
@@ -182,13 +185,7 @@ class ClusterData:
 
     def observed_std(self) -> np.ndarray:
         if self._std is None:
-            # Two passes: the mean first, then the moments about it (no cancellation).
-            first = self.moments(np.zeros(self._d))
-            mean = first.first / first.total_weight
-            about = self.moments(mean)
-            var = np.diag(about.second) / about.total_weight - (about.first / about.total_weight) ** 2
-            std = np.sqrt(np.maximum(var, 0.0))
-            self._std = np.where(std > 0, std, 1.0)
+            self._std = std_from_moments(self.moments, self._d)
         return self._std
 
     def release(self) -> None:
@@ -202,9 +199,12 @@ class ClusterData:
         return f"ClusterData({self._n:,} rows in {len(self.partitions)} partitions)"
 
 
-def _send(client: Client, X: np.ndarray, start: int, stop: int) -> Future:
+def _send(client: Client, X: RowBlocks, start: int, stop: int) -> Future:
+    block = np.asarray(X[start:stop], dtype=np.float64)
+    if not np.isfinite(block).all():
+        raise ValueError("X has missing or infinite values; partitions take complete rows only")
     # hash=False: equal blocks (a constant feature) must still be two partitions.
-    return client.scatter(X[start:stop], hash=False)
+    return client.scatter(block, hash=False)
 
 
 def rows_per_partition(n_samples: int, n_workers: int, max_rows: int) -> int:

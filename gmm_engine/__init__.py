@@ -15,7 +15,7 @@ from .covariance import (
     full_covariances,
     n_parameters,
 )
-from .data import FullData, InMemoryData
+from .data import BlockData, FullData, InMemoryData
 from .external import DataMoments, ScoreTotals, partition_moments, partition_scores, partition_statistics
 from .mixture import GaussianMixture
 from .selection import (
@@ -30,6 +30,7 @@ from .selection import (
     degeneracy_on,
     degeneracy_reason,
     observed_std,
+    sample_rows,
     select_model,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "CRITERIA",
     "MCLUST_MODELS",
     "VARIANCE_FLOOR",
+    "BlockData",
     "ConvergenceWarning",
     "DataMoments",
     "FullData",
@@ -61,5 +63,6 @@ __all__ = [
     "partition_moments",
     "partition_scores",
     "partition_statistics",
+    "sample_rows",
     "select_model",
 ]

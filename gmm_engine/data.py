@@ -2,23 +2,26 @@
 
 Model selection fits its candidates on a sample held in memory, then scores every candidate on
 all the data and refits the chosen one on it. Those two passes are all it needs of the whole
-data, so they go through :class:`FullData`: :class:`InMemoryData` for one array, and
-``gmm_cluster.ClusterData`` for partitions on a ``dask.distributed`` cluster, which sums
-per-partition totals (:func:`gmm_engine.external.partition_scores`,
-:func:`~gmm_engine.external.partition_statistics`) instead of moving the rows.
+data, so they go through :class:`FullData`: :class:`InMemoryData` for one array,
+:class:`BlockData` for an array read a block of rows at a time (a matrix in a file, so that a
+process never holds all of it), and ``gmm_cluster.ClusterData`` for partitions on a
+``dask.distributed`` cluster. The last two sum per-block totals
+(:func:`gmm_engine.external.partition_scores`,
+:func:`~gmm_engine.external.partition_statistics`) instead of holding the rows together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ._validation import check_sample_weight
+from .external import partition_moments, partition_scores, partition_statistics
 from .mixture import GaussianMixture
-from .statistics import ScoreTotals
+from .statistics import DataMoments, MixtureParameters, ScoreTotals, SufficientStatistics
 
 
 @runtime_checkable
@@ -85,3 +88,103 @@ class InMemoryData:
         from .selection import observed_std
 
         return observed_std(self.X, self.sample_weight)
+
+
+#: Rows :class:`BlockData` reads at a time: 2^18 x 8 features are 16 MiB.
+BLOCK_ROWS = 1 << 18
+
+
+@runtime_checkable
+class RowBlocks(Protocol):
+    """An (n, d) float array read a block of rows at a time (``X[start:stop]`` returns an
+    ndarray), such as a matrix in a file that is never read whole."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, index: Any) -> Any: ...
+
+
+@dataclass(frozen=True, eq=False)
+class BlockData:
+    """All the data as an (n, d) array of complete rows read ``block_rows`` rows at a time:
+    every pass (the grid's scores, each EM iteration of the refit, the scale) reads each block
+    once and adds up its totals, so only one block is held at a time.
+
+    ``X``: anything with ``shape`` whose row slices ``X[a:b]`` are float arrays (a file-backed
+    matrix, an ``np.memmap``, an ndarray). Unweighted. The results are those of
+    :class:`InMemoryData` up to the rounding of the sums' order.
+    """
+
+    X: RowBlocks
+    block_rows: int = BLOCK_ROWS
+    _std: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.X.shape) != 2 or self.X.shape[0] == 0:
+            raise ValueError(f"X must be a non-empty 2-D array (samples, features), got shape {self.X.shape}")
+        if self.block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {self.block_rows}")
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def total_weight(self) -> float:
+        return float(self.X.shape[0])
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The rows, ``block_rows`` at a time, in order."""
+        n = self.n_samples
+        for start in range(0, n, self.block_rows):
+            yield np.asarray(self.X[start : min(start + self.block_rows, n)], dtype=np.float64)
+
+    def summed(self, task: Callable[..., Any], *args) -> Any:
+        """``task(block, *args)`` added over the blocks, in order."""
+        total = None
+        for block in self.blocks():
+            share = task(block, *args)
+            total = share if total is None else total + share
+        return total
+
+    def scores(self, model: GaussianMixture) -> ScoreTotals:
+        return self.scores_many([model])[0]
+
+    def scores_many(self, models: Sequence[GaussianMixture]) -> list[ScoreTotals]:
+        """Every model's scores in one pass: each block is read once for all of them."""
+        models = list(models)
+        totals = [ScoreTotals(0.0, 0.0, 0.0) for _ in models]
+        if not models:
+            return totals
+        for block in self.blocks():
+            totals = [total + partition_scores(m, block) for total, m in zip(totals, models, strict=True)]
+        return totals
+
+    def refit(self, model: GaussianMixture) -> GaussianMixture:
+        covariance_type = model.covariance_type
+
+        def statistics(params: MixtureParameters, shift: np.ndarray) -> SufficientStatistics:
+            return self.summed(partition_statistics, covariance_type, params, shift)
+
+        return model.refit_from_statistics(statistics, moments=self.moments)
+
+    def moments(self, shift: np.ndarray) -> DataMoments:
+        """Total weight, first and second moments of all the rows centred at ``shift``."""
+        return self.summed(partition_moments, np.asarray(shift, dtype=np.float64))
+
+    def observed_std(self) -> np.ndarray:
+        if not self._std:
+            self._std.append(std_from_moments(self.moments, int(self.X.shape[1])))
+        return self._std[0]
+
+
+def std_from_moments(moments: Callable[[np.ndarray], DataMoments], d: int) -> np.ndarray:
+    """Each feature's standard deviation (1 for a constant feature) from data known only through
+    ``moments(shift)``: two passes, the mean first, then the moments about it (no cancellation)."""
+    first = moments(np.zeros(d))
+    mean = first.first / first.total_weight
+    about = moments(mean)
+    var = np.diag(about.second) / about.total_weight - (about.first / about.total_weight) ** 2
+    std = np.sqrt(np.maximum(var, 0.0))
+    return np.where(std > 0, std, 1.0)

@@ -347,10 +347,8 @@ def select_model(
     elif sample_weight is not None:
         raise ValueError("with data, the weights are data's own: sample_weight must be None")
     X_fit, w_fit = X, w
-    if max_samples is not None and n > max_samples:
-        rows = np.sort(
-            as_generator(np.random.SeedSequence([seed, 0x5EED])).choice(n, size=max_samples, replace=False)
-        )
+    rows = sample_rows(n, max_samples, seed)
+    if rows is not None:
         X_fit, w_fit = X[rows], (None if w is None else w[rows])
     n_fit = X_fit.shape[0]
     total_fit = float(n_fit if w_fit is None else w_fit.sum())
@@ -489,6 +487,17 @@ def degeneracy_on(model: GaussianMixture, data: FullData) -> str:
     partitioned), or ``""``."""
     d = model.means_.shape[1]
     return degeneracy_reason(model, data.observed_std(), data.total_weight, VARIANCE_FLOOR, float(d + 1))
+
+
+def sample_rows(n: int, max_samples: int | None, random_state: int) -> np.ndarray | None:
+    """The rows :func:`select_model` fits its candidates on when ``n > max_samples``: a seeded
+    sample without replacement, in increasing order (None: all ``n``). A caller whose data are
+    not in memory (:class:`~gmm_engine.data.BlockData`) gathers these rows and passes them as ``X``
+    with ``data``, and the selection is the one made on the whole array."""
+    if max_samples is None or n <= max_samples:
+        return None
+    generator = as_generator(np.random.SeedSequence([int(random_state), 0x5EED]))
+    return np.sort(generator.choice(n, size=max_samples, replace=False))
 
 
 def observed_std(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:

@@ -290,6 +290,7 @@ def segments_figure(
     *,
     max_points: int = 4000,
     seed: int = 0,
+    of_customers: int | None = None,
 ) -> Figure:
     """Customers and each segment's covariance ellipse in two dimensions.
 
@@ -310,6 +311,8 @@ def segments_figure(
     max_points : int, default 4000
         At most this many customers are drawn (seeded uniform subsample).
     seed : int, default 0
+    of_customers : int, optional
+        How many customers there are when ``X_model`` is a sample of them (for the note).
 
     Returns
     -------
@@ -332,10 +335,11 @@ def segments_figure(
     colors = segment_colors(segment_ids)
     fig = Figure(figsize=(8.5, 7.0) if d > 1 else (9.0, 1.6 + 0.7 * len(segment_ids)), layout="constrained")
     ax = fig.add_subplot()
+    total = n if of_customers is None else int(of_customers)
     sample_note = (
-        f"{len(shown):,} of {n:,} customers shown (random sample)"
-        if len(shown) < n
-        else f"all {n:,} customers shown"
+        f"{len(shown):,} of {total:,} customers shown (random sample)"
+        if len(shown) < total
+        else f"all {total:,} customers shown"
     )
     if gaps:
         sample_note += (

@@ -34,8 +34,9 @@ class ReportData:
     value_range : (lowest, highest), ndarrays of shape (n_features,)
         Each feature's smallest and largest value in original units
         (:func:`reports.profiles.value_range` of the customers' values).
-    X_model : ndarray of shape (n_customers, n_features)
-        The matrix the model was fitted on (NaN where a value is blank).
+    X_model : ndarray of shape (n_customers, n_features), or (n_sampled, n_features)
+        The matrix the model was fitted on (NaN where a value is blank), or the rows
+        ``sample_rows`` of it (complete rows) when a run does not hold it whole.
     covariance_type : str
         ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"`` (the chosen model's type).
     weights : ndarray of shape (n_segments,)
@@ -65,6 +66,10 @@ class ReportData:
         How the run came to its model, in a sentence or two (kept the previous run's structure,
         switched, chosen afresh; what happened at the edge of the grid). Shown under
         "Model selection".
+    sample_rows : ndarray of shape (n_sampled,) or None, default None
+        When given, ``X_model`` holds these customers only (positions among ``labels``, a
+        seeded sample): the figures of customers' values draw them; counts and profiles are
+        every customer's.
     drift : dict or None, default None
         What changed since the previous successful run (``tracking.RunDrift.report_drift()``);
         when given, the report draws the migration heat-map and a "What changed since run N"
@@ -97,6 +102,7 @@ class ReportData:
     summary: dict[str, str] = field(default_factory=dict)
     choice_note: str = ""
     drift: dict[str, Any] | None = None
+    sample_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -134,12 +140,15 @@ class ReportData:
         ):
             raise ValueError("ReportData.labels: component indices must be whole numbers")
         put("labels", labels.astype(np.int64, copy=False))
+        if self.sample_rows is not None:
+            put("sample_rows", np.asarray(self.sample_rows, dtype=np.int64))
         self._check()
 
     def _check(self) -> None:
         d = len(self.feature_names)
         k = len(self.segment_ids)
-        n = self.X_model.shape[0] if self.X_model.ndim == 2 else -1
+        n = int(self.labels.shape[0]) if self.labels.ndim == 1 else -1
+        n_rows = n if self.sample_rows is None else int(self.sample_rows.shape[0])
 
         def fail(what: str, rule: str) -> None:
             raise ValueError(f"ReportData.{what}: {rule}")
@@ -175,8 +184,16 @@ class ReportData:
             "totals.first": (k, d),
             "totals.second": (k, d),
         }
-        if self.X_model.ndim != 2 or self.X_model.shape[1] != d:
-            fail("X_model", f"expected shape (n_customers, {d}), got {self.X_model.shape}")
+        if self.X_model.ndim != 2 or self.X_model.shape != (n_rows, d):
+            rows = "n_customers" if self.sample_rows is None else "n_sampled"
+            fail("X_model", f"expected shape ({rows} = {n_rows}, {d}), got {self.X_model.shape}")
+        if self.sample_rows is not None:
+            if self.sample_rows.ndim != 1 or n_rows < 1:
+                fail("sample_rows", "expected a non-empty list of positions")
+            if self.sample_rows.min() < 0 or self.sample_rows.max() >= n:
+                fail("sample_rows", f"positions must lie in 0..{n - 1}")
+            if np.isnan(self.X_model).any():
+                fail("X_model", "a sample of customers holds complete rows only")
         if n < 1:
             fail("X_model", "at least one customer is required")
         for name, shape in shapes.items():
@@ -217,13 +234,27 @@ class ReportData:
             fail("max_probability", "probabilities must lie in [0, 1]")
         # Every customer's memberships sum to 1, so a feature's total membership is the number of
         # customers who have it.
-        have = [np.count_nonzero(~np.isnan(self.X_model[:, j])) for j in range(d)]
+        have = (
+            [np.count_nonzero(~np.isnan(self.X_model[:, j])) for j in range(d)]
+            if self.sample_rows is None
+            else [n] * d
+        )
         mass = self.totals.mass
         if np.any(mass < 0) or not np.allclose(mass.sum(axis=0), have, rtol=1e-6, atol=1e-6):
             fail("totals", "memberships must be non-negative and sum to 1 for every customer")
         diagonals = np.diagonal(self.covariances, axis1=1, axis2=2)
         if np.any(diagonals <= 0):
             fail("covariances", "every variance (diagonal entry) must be > 0")
+
+    @property
+    def drawn_labels(self) -> np.ndarray:
+        """The component of each row of ``X_model`` (``labels``, or theirs of ``sample_rows``)."""
+        return self.labels if self.sample_rows is None else self.labels[self.sample_rows]
+
+    @property
+    def n_customers(self) -> int:
+        """Number of customers (of ``labels``; ``X_model`` may hold a sample of them)."""
+        return int(self.labels.shape[0])
 
     @property
     def n_features(self) -> int:

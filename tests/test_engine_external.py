@@ -168,3 +168,38 @@ def test_summed_partition_scores_give_the_criteria_on_all_the_data(covariance_ty
     assert whole["icl"] == pytest.approx(model.icl(Z, sample_weight=w), rel=1e-12)
     assert whole["bic"] == pytest.approx(model.bic(Z, sample_weight=w), rel=1e-12)
     assert partition_scores(model, Z[:0]).total_weight == 0.0
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_block_data_gives_the_in_memory_scores_refit_and_scale(covariance_type):
+    """:class:`BlockData` reads a block of rows at a time (5 blocks of 211 and one of 1 here) and
+    adds up their totals: the same numbers as the whole array, up to the sums' rounding."""
+    from gmm_engine import BlockData, InMemoryData
+
+    rng = np.random.default_rng(12)
+    X = np.vstack([rng.normal(-1.5, 1.0, (600, 3)), rng.normal(2.0, 0.6, (456, 3))])
+    start = GaussianMixture(2, covariance_type=covariance_type, random_state=0, max_iter=3).fit(X[::7])
+    blocks, whole = BlockData(X, block_rows=211), InMemoryData(X)
+    for a, b in zip(blocks.scores_many([start, start]), whole.scores_many([start, start]), strict=True):
+        assert a.log_likelihood == pytest.approx(b.log_likelihood, rel=1e-12)
+        assert a.entropy == pytest.approx(b.entropy, rel=1e-10, abs=1e-9)
+        assert a.total_weight == b.total_weight == X.shape[0]
+    np.testing.assert_allclose(blocks.observed_std(), whole.observed_std(), rtol=1e-12)
+
+    def unfitted() -> GaussianMixture:
+        return GaussianMixture(
+            2,
+            covariance_type=covariance_type,
+            weights_init=start.weights_,
+            means_init=start.means_,
+            precisions_init=start.precisions_,
+            max_iter=50,
+        )
+
+    a, b = blocks.refit(unfitted()), whole.refit(unfitted())
+    assert a.n_iter_ == b.n_iter_
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=1e-9, atol=1e-10)
+    assert a.lower_bound_ == pytest.approx(b.lower_bound_, rel=1e-10)
+    with pytest.raises(ValueError, match="non-empty 2-D"):
+        BlockData(np.empty((0, 3)))

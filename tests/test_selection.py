@@ -451,3 +451,28 @@ def test_all_the_data_can_be_given_apart_from_the_fitting_sample():
     assert chosen["log_likelihood"] == pytest.approx(criteria(apart.best, X)["log_likelihood"], rel=1e-12)
     with pytest.raises(ValueError, match="sample_weight must be None"):
         select_model(sample, **grid, data=InMemoryData(X), sample_weight=np.ones(300))
+
+
+def test_sample_rows_are_the_ones_select_model_fits_on():
+    """Gathered by the caller (a matrix read from a file) and given as X with ``data``, the
+    sample :func:`sample_rows` names gives the selection made on the whole array."""
+    from gmm_engine import BlockData, sample_rows
+
+    assert sample_rows(300, 300, 0) is None and sample_rows(300, None, 0) is None
+    rows = sample_rows(1000, 300, 7)
+    assert rows is not None and rows.size == 300 and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(rows, sample_rows(1000, 300, 7))
+    assert not np.array_equal(rows, sample_rows(1000, 300, 8))
+
+    rng = np.random.default_rng(5)
+    X = np.vstack([rng.normal(-2, 1, (600, 2)), rng.normal(3, 0.5, (400, 2))])
+    grid = dict(n_components=range(1, 4), covariance_types=("full", "tied", "diag"), random_state=7, n_init=1)
+    whole = select_model(X, **grid, max_samples=300)
+    gathered = select_model(X[sample_rows(1000, 300, 7)], **grid, data=BlockData(X, block_rows=128))
+    assert [(r["n_components"], r["covariance_type"], r["status"]) for r in gathered.table] == [
+        (r["n_components"], r["covariance_type"], r["status"]) for r in whole.table
+    ]
+    for mine, theirs in zip(gathered.table, whole.table, strict=True):
+        for key in ("bic", "aic", "icl"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-12, nan_ok=True)
+    np.testing.assert_allclose(gathered.best.means_, whole.best.means_, rtol=1e-10, atol=1e-12)

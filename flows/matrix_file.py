@@ -1,0 +1,147 @@
+"""A run's model matrix in a file, read a block of rows at a time (issue 12: flat memory).
+
+From the features stage on, a run needs its customers' model matrix (10^7 customers x 4
+features: 0.3 GiB) only a block of rows at a time: the model selection's sample, each pass over
+all customers, the assignments. :class:`MatrixFile` keeps it in a ``.npy`` file in the system's
+temporary folder instead of in the process. Reads are plain file reads into new arrays, never a
+mapping of the file (a mapping's pages count as the process's memory once touched: a seeded
+sample of 200,000 of 10^7 customers touches nearly every page), and scattered rows are gathered
+a window of the file at a time; the process holds the rows it asked for and one window more.
+The operating system's page cache keeps the file warm while memory allows, outside the process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Rows written or checked at a time (2^18 x 8 features are 16 MiB).
+BLOCK_ROWS = 1 << 18
+
+#: Rows of the file read at a time to gather scattered rows (2^16 x 8 features are 4 MiB).
+WINDOW_ROWS = 1 << 16
+
+
+class MatrixFile:
+    """An (n, d) float64 matrix in a ``.npy`` file of its own temporary ``segment-matrix-*``
+    folder, removed by :meth:`remove` or when the object is garbage-collected (a run that is
+    killed leaves it to the system's temporary-file cleaning).
+
+    Indexing reads: ``m[a:b]``, ``m[positions]``, ``m[rows, columns]`` return new ndarrays, as
+    the same index of the array would. The matrix cannot change once written.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int], folder: Path, offset: int):
+        self.path = path
+        self.shape = shape
+        self._offset = offset  # bytes of the .npy header
+        self._remove = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+
+    @classmethod
+    def write(cls, X: np.ndarray, block_rows: int = BLOCK_ROWS) -> MatrixFile:
+        """A file holding ``X`` (any array whose row slices are float arrays), written a block
+        at a time; ``X`` itself is not changed and may be dropped afterwards."""
+        n, d = (int(s) for s in X.shape)
+        folder = Path(tempfile.mkdtemp(prefix="segment-matrix-"))
+        path = folder / "X_model.npy"
+        try:
+            # Plain writes, not a writable mapping: written pages would count as the process's
+            # until unmapped.
+            with open(path, "wb") as f:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)), "fortran_order": False}
+                np.lib.format.write_array_header_1_0(f, {**header, "shape": (n, d)})
+                offset = f.tell()
+                for start in range(0, n, block_rows):
+                    np.ascontiguousarray(X[start : start + block_rows], dtype=np.float64).tofile(f)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return cls(path, (n, d), folder, offset)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float64)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, tuple) and len(index) != 2:
+            raise IndexError(f"a matrix takes (rows, columns), got {len(index)} indices")
+        rows, columns = index if isinstance(index, tuple) else (index, slice(None))
+        with open(self.path, "rb") as f:
+            out = self._rows(f, rows)
+        return out if isinstance(columns, slice) and columns == slice(None) else out[..., columns]
+
+    def _read(self, f, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` read from the open file ``f`` into a new array."""
+        d = self.shape[1]
+        f.seek(self._offset + start * d * 8)
+        return np.fromfile(f, dtype=np.float64, count=(stop - start) * d).reshape(stop - start, d)
+
+    def _rows(self, f, rows: Any) -> np.ndarray:
+        n = self.shape[0]
+        if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
+            i = int(rows) + (n if rows < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {rows} is out of range for {n} rows")
+            return self._read(f, i, i + 1)[0]
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(n)
+            if step == 1:
+                return self._read(f, start, max(start, stop))
+            positions = np.arange(start, stop, step)
+        else:
+            positions = np.asarray(rows)
+            if positions.dtype == bool:
+                if positions.shape != (n,):
+                    raise IndexError(f"a boolean index must have {n} entries, got {positions.shape}")
+                positions = np.flatnonzero(positions)
+            elif not np.issubdtype(positions.dtype, np.integer):
+                raise IndexError(f"rows must be integers, a slice or a boolean mask, got {positions.dtype}")
+            positions = np.where(positions < 0, positions + n, positions)
+            if positions.size and (positions.min() < 0 or positions.max() >= n):
+                raise IndexError(f"row positions must lie in 0..{n - 1} (or -{n}..-1)")
+        return self._gather(f, positions)
+
+    def _gather(self, f, positions: np.ndarray) -> np.ndarray:
+        """The rows at ``positions`` (any shape, any order), read a window of the file at a time."""
+        flat = positions.reshape(-1).astype(np.int64, copy=False)
+        order = np.argsort(flat, kind="stable")
+        wanted = flat[order]
+        out = np.empty((flat.size, self.shape[1]), dtype=np.float64)
+        i = 0
+        while i < wanted.size:
+            lo = int(wanted[i])
+            j = int(np.searchsorted(wanted, lo + WINDOW_ROWS, side="left"))
+            window = self._read(f, lo, int(wanted[j - 1]) + 1)
+            out[order[i:j]] = window[wanted[i:j] - lo]
+            i = j
+        return out.reshape(*positions.shape, self.shape[1])
+
+    def blocks(self, block_rows: int = BLOCK_ROWS):
+        """``(rows, block)`` for consecutive row slices of ``block_rows`` rows."""
+        n = self.shape[0]
+        for start in range(0, n, block_rows):
+            rows = slice(start, min(start + block_rows, n))
+            yield rows, self[rows]
+
+    def remove(self) -> None:
+        """Remove the file and its folder (the matrix cannot be read afterwards)."""
+        self._remove()
+
+    @property
+    def removed(self) -> bool:
+        return not self._remove.alive
+
+    def __repr__(self) -> str:
+        return f"MatrixFile({self.shape[0]:,} x {self.shape[1]} at {self.path})"
