@@ -145,28 +145,14 @@ def track(
     )
     if drift.held is not None:
         labels = np.asarray(drift.customer_components, dtype=np.int64)
-        segments = replace(
-            segments,
-            labels=labels,
-            probability=_probability_given(segments, labels, drift.held),
-            held=drift.held,
-        )
+        # Each customer's probability is that of the segment given (computed when read).
+        segments = replace(segments, labels=labels, held=drift.held)
     if choice is not None and choice.at_limit:
         flag = (
             f"best model at the edge of the grid even at its limit, k = {choice.k_max_tried} (model.k_limit)"
         )
         drift = replace(drift, flags=[*drift.flags, flag])
     return relabel(segments, drift.match.segment_ids), drift
-
-
-def _probability_given(segments: SegmentResult, labels: np.ndarray, held: np.ndarray) -> np.ndarray:
-    """Each customer's probability of the segment in ``labels``: the held customers' is read again."""
-    probability = segments.probability.copy()
-    rows = np.flatnonzero(held)
-    for lo in range(0, rows.size, 1 << 16):
-        part = rows[lo : lo + (1 << 16)]
-        probability[part] = segments.memberships.rows(part)[np.arange(part.size), labels[part]]
-    return probability
 
 
 @dataclass

@@ -42,6 +42,14 @@ class Memberships:
     def rows(self, index: slice | np.ndarray) -> np.ndarray:
         """The probabilities of the customers ``index`` (a slice or positions), shape (m, k)."""
         P = np.asarray(self.model.predict_proba(self.X_model[index]), dtype=np.float64)
+        return self._ordered(P)
+
+    def rows_with_density(self, index: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`rows` and the customers' log-density under the model, from one E-step."""
+        P, density = self.model.predict_proba_and_density(self.X_model[index])
+        return self._ordered(np.asarray(P, dtype=np.float64)), np.asarray(density, dtype=np.float64)
+
+    def _ordered(self, P: np.ndarray) -> np.ndarray:
         return P if np.array_equal(self.order, np.arange(self.order.size)) else P[:, self.order]
 
     def reordered(self, order: np.ndarray) -> Memberships:
@@ -59,14 +67,10 @@ class SegmentResult:
         Displayed id of each component (component index + 1).
     labels : ndarray of shape (n,)
         Component index of each customer's segment (the most probable unless ``held``).
-    probability : ndarray of shape (n,)
-        Each customer's membership probability of the segment in ``labels``.
     memberships : Memberships
         Every customer's membership probabilities, columns in component order (computed when read).
     totals : reports.profiles.MembershipTotals
         Membership-weighted feature totals per component (the profiles' means and spreads).
-    log_density : ndarray of shape (n,)
-        Log-density of each customer under the model (low = unusual customer).
     weights, means, covariances : ndarrays (k,), (k, d), (k, d, d)
         Model-space parameters, covariances expanded to full matrices.
     lower_bounds : list of float
@@ -79,10 +83,8 @@ class SegmentResult:
     covariance_type: str
     segment_ids: np.ndarray
     labels: np.ndarray
-    probability: np.ndarray
     memberships: Memberships
     totals: MembershipTotals
-    log_density: np.ndarray
     weights: np.ndarray
     means: np.ndarray
     covariances: np.ndarray
@@ -98,6 +100,40 @@ class SegmentResult:
     @property
     def customer_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.n_segments).astype(np.int64)
+
+    # Each customer's probability and log-density are computed from the model when read, a
+    # block at a time, like the memberships: held, they were 0.15 GiB at 10^7 customers from the
+    # assign stage to the write (issue 12), and an E-step gives them back in about 0.1 s a million.
+
+    def probability_of(self, index: slice | np.ndarray) -> np.ndarray:
+        """The membership probability of the segment in ``labels`` of the customers ``index``."""
+        labels = self.labels[index]
+        return self.memberships.rows(index)[np.arange(labels.shape[0]), labels]
+
+    def probability_sums(self) -> np.ndarray:
+        """Per component, the sum of its customers' probabilities of it, shape (k,)."""
+        k = self.n_segments
+        sums = np.zeros(k)
+        for rows in _blocks(self.labels.shape[0]):
+            sums += np.bincount(self.labels[rows], weights=self.probability_of(rows), minlength=k)
+        return sums
+
+    @property
+    def probability(self) -> np.ndarray:
+        """Every customer's :meth:`probability_of`, shape (n,) (computed when read)."""
+        out = np.empty(self.labels.shape[0])
+        for rows in _blocks(out.size):
+            out[rows] = self.probability_of(rows)
+        return out
+
+    @property
+    def log_density(self) -> np.ndarray:
+        """Every customer's log-density under the model (low = unusual customer), shape (n,)
+        (computed when read)."""
+        out = np.empty(self.labels.shape[0])
+        for rows in _blocks(out.size):
+            out[rows] = self.memberships.rows_with_density(rows)[1]
+        return out
 
     def reordered(self, order: np.ndarray) -> SegmentResult:
         """The same result with the components listed in ``order`` (each customer keeps their segment)."""
@@ -119,34 +155,27 @@ class SegmentResult:
 def assign_segments(model, features: FeatureMatrix) -> SegmentResult:
     """Apply a fitted gmm_engine.GaussianMixture to every customer of ``features``.
 
-    One pass over the customers, a block at a time: each customer's most probable segment, its
-    probability and the log-density are kept, and the memberships are added up into the profiles'
-    totals; the memberships themselves are computed again when read (:class:`Memberships`).
+    One pass over the customers, a block at a time: each customer's most probable segment is
+    kept, and the memberships are added up into the profiles' totals; the memberships, and with
+    them each customer's probability and log-density, are computed again when read
+    (:class:`Memberships`, :meth:`SegmentResult.probability_of`).
     """
     X_model = features.X_model
     n = X_model.shape[0]
     k, d = model.means_.shape
     memberships = Memberships(model, X_model, np.arange(k, dtype=np.int64))
     labels = np.empty(n, dtype=np.int64)
-    probability = np.empty(n, dtype=np.float64)
-    log_density = np.empty(n, dtype=np.float64)
     totals = MembershipTotals.zeros(k, d)
-    for start in range(0, n, _BLOCK_ROWS):
-        rows = slice(start, start + _BLOCK_ROWS)
+    for rows in _blocks(n):
         P = memberships.rows(rows)
-        block_labels = P.argmax(axis=1)
-        labels[rows] = block_labels
-        probability[rows] = P[np.arange(P.shape[0]), block_labels]
-        log_density[rows] = model.score_samples(X_model[rows])
+        labels[rows] = P.argmax(axis=1)
         totals.add(features.original_rows(rows), P)
     return SegmentResult(
         covariance_type=model.covariance_type,
         segment_ids=np.arange(1, k + 1, dtype=np.int64),
         labels=labels,
-        probability=probability,
         memberships=memberships,
         totals=totals,
-        log_density=log_density,
         weights=np.asarray(model.weights_, dtype=np.float64),
         means=np.asarray(model.means_, dtype=np.float64),
         covariances=full_covariances(model.covariances_, model.covariance_type, k, d),
@@ -156,11 +185,17 @@ def assign_segments(model, features: FeatureMatrix) -> SegmentResult:
     )
 
 
+def _blocks(n: int):
+    """Consecutive row slices of :data:`_BLOCK_ROWS` customers covering ``n``."""
+    for start in range(0, n, _BLOCK_ROWS):
+        yield slice(start, min(start + _BLOCK_ROWS, n))
+
+
 def segment_table(result: SegmentResult) -> pd.DataFrame:
     """One row per segment: ``segment_id``, ``weight``, ``customer_count``, ``mean_probability``,
     and the model-space ``mean`` vector and flattened ``covariance`` (for reproducing assignments)."""
     counts = result.customer_counts
-    sums = np.bincount(result.labels, weights=result.probability, minlength=result.n_segments)
+    sums = result.probability_sums()
     mean_probability = np.divide(sums, counts, out=np.full(result.n_segments, np.nan), where=counts > 0)
     return pd.DataFrame(
         {
@@ -217,13 +252,13 @@ def assignment_table(
     not given), then one column ``p_1 .. p_k`` per segment (stored as a list column by the store)."""
     labels = result.labels[rows]
     n = labels.shape[0]
-    probabilities = result.memberships.rows(rows)
+    probabilities, log_density = result.memberships.rows_with_density(rows)
     frame = pd.DataFrame(
         {
             "customer_id": pd.Series(customer_ids[rows], dtype=object).astype(str),
             "segment_id": result.segment_ids[labels],
             "probability": probabilities[np.arange(n), labels],
-            "log_density": result.log_density[rows],
+            "log_density": log_density,
             "held": np.zeros(n, dtype=bool) if result.held is None else result.held[rows],
             "missing_features": (
                 np.zeros(n, dtype=np.int32)

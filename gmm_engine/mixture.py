@@ -751,6 +751,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._map_log_prob(X, reduce)
         return out
 
+    def predict_proba_and_density(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_proba` and :meth:`score_samples` of ``X`` from one pass over it: shapes
+        (n_samples, n_components) and (n_samples,)."""
+        X = self._check_X_predict(X)
+        proba = np.empty((X.shape[0], self.n_components))
+        density = np.empty(X.shape[0])
+
+        def reduce(sl, LT):
+            density[sl] = st.log_normalise_(LT)
+            proba[sl] = LT.T
+
+        self._map_log_prob(X, reduce)
+        return proba, density
+
     def predict(self, X) -> np.ndarray:
         """Most probable component of every sample, shape (n_samples,)."""
         X = self._check_X_predict(X)

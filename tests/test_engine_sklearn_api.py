@@ -156,3 +156,15 @@ def test_select_model_refuses_bad_grid_arguments_by_name(X):
         select_model(X, n_components=[1, 2], k_limit=0)
     with pytest.raises(ValueError, match="n_components entries must be integers >= 1"):
         select_model(X, n_components=[1, 2.5])
+
+
+@pytest.mark.parametrize("missing", ["error", "marginalize"])
+def test_probabilities_and_density_from_one_pass_equal_the_two_methods(X, missing):
+    gm = GaussianMixture(3, covariance_type="full", random_state=0, missing=missing).fit(X)
+    Xq = np.asarray(X, dtype=np.float64).copy()
+    if missing == "marginalize":
+        Xq[::5, 1] = np.nan  # blank values take the marginal density's path
+    proba, density = gm.predict_proba_and_density(Xq)
+    np.testing.assert_array_equal(proba, gm.predict_proba(Xq))
+    np.testing.assert_array_equal(density, gm.score_samples(Xq))
+    assert proba.shape == (Xq.shape[0], 3) and density.shape == (Xq.shape[0],)

@@ -104,6 +104,12 @@ def test_features_in_a_file_give_the_in_memory_selection_choice_and_segments():
     np.testing.assert_array_equal(segments.labels, reference.labels)
     np.testing.assert_allclose(segments.probability, reference.probability, rtol=1e-12)
     np.testing.assert_allclose(segments.totals.first, reference.totals.first, rtol=1e-10)
+    # Probabilities and log-densities are computed when read, a block at a time.
+    k = segments.n_segments
+    sums = np.bincount(reference.labels, weights=reference.probability, minlength=k)
+    np.testing.assert_allclose(segments.probability_sums(), sums, rtol=1e-12)
+    np.testing.assert_allclose(segments.log_density, choice.model.score_samples(held.X_model), rtol=1e-12)
+    np.testing.assert_array_equal(segments.probability_of(slice(10, 20)), segments.probability[10:20])
     np.testing.assert_allclose(
         segments.memberships.rows(np.array([4, 2, 1499])), reference.memberships.rows(np.array([4, 2, 1499]))
     )
