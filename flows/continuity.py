@@ -15,15 +15,15 @@ import pandas as pd
 
 from flows.choice import ModelChoice
 from flows.config import Settings
-from flows.customer_keys import customer_keys, key_array
+from flows.duck import sql_literal
 from flows.features import FeatureMatrix
+from flows.scratch import ScratchDatabase
 from flows.segments import SegmentResult
 from flows.store import Notify, read_latest_run
 from tracking import (
     RunDrift,
     TrackedModel,
     TransitionThresholds,
-    align_keys,
     as_text,
     common_model,
     compare_runs,
@@ -36,25 +36,116 @@ class PreviousRun:
 
     run_id: int
     model: TrackedModel
-    #: (n, 2) uint64 keys of its customers (:mod:`flows.customer_keys`), not their ids: 16 bytes
-    #: a customer instead of a Python string (about 0.6 GiB less at 10^7 customers). None once
-    #: they are joined with this run's customers (:func:`aligned_with`).
-    customer_keys: np.ndarray | None
-    segment_ids: np.ndarray
     max_id_used: int
+    #: The ``read_parquet`` pattern of its assignment files (:class:`flows.store.StoredRun`), or
+    #: None when they cannot be read: its customers are compared with this run's in DuckDB
+    #: (:meth:`aligned_with`), never held in Python.
+    assignments: str | None = None
+    #: Its customers' segment ids, in the order :attr:`alignment`'s first positions refer to;
+    #: None until :meth:`aligned_with`, empty when the assignments cannot be read.
+    segment_ids: np.ndarray | None = None
     #: ``(ip, ic)``: positions of the customers in both runs, in the previous run's and this one's
-    #: customers (:func:`tracking.align_keys`); None until :func:`aligned_with` joins them.
+    #: customers (as :func:`tracking.align_customers` gives them), in this run's order.
     alignment: tuple[np.ndarray, np.ndarray] | None = None
 
     def aligned_with(self, features: FeatureMatrix) -> PreviousRun:
-        """This run joined with the current run's customers: the alignment instead of the keys,
-        so that the keys (0.15 GiB at 10^7 customers) and the join's working set are gone before
-        the model is even chosen, rather than held until tracking (issue 12)."""
+        """This run joined with the current run's customers, in DuckDB: its segments and the
+        alignment, without either run's ids in Python besides this run's own. The join runs in
+        a temporary DuckDB file (:class:`flows.scratch.ScratchDatabase`) within its memory limit
+        and spills beyond it, so a run holds the join's result only: two positions a customer in
+        both runs and the previous run's segments (the ids' hashes, the sorts and their
+        temporaries took 0.5 GiB more at 10^7 customers; issue 12).
+
+        Raises
+        ------
+        ValueError
+            A customer id is repeated in the previous run's files.
+        """
         if self.alignment is not None:
             return self
-        assert self.customer_keys is not None  # keys are dropped only once aligned
-        alignment = align_keys(self.customer_keys, customer_keys(features.customer_ids))
-        return replace(self, customer_keys=None, alignment=alignment)
+        if self.assignments is None:
+            empty = np.zeros(0, dtype=np.int64)
+            return replace(self, segment_ids=empty, alignment=(empty, empty.copy()))
+        segments, alignment = join_customers(self.assignments, features.customer_ids)
+        return replace(self, segment_ids=segments, alignment=alignment)
+
+
+#: Ids sent to DuckDB at a time.
+_JOIN_BLOCK = 1 << 18
+
+#: DuckDB vectors (2,048 rows each) fetched at a time.
+_FETCH_VECTORS = 128
+
+
+def join_customers(
+    assignments: str, customer_ids: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The stored run's segment ids (``assignments``: a ``read_parquet`` pattern of files with
+    ``customer_id`` and ``segment_id``) and ``(ip, ic)``: for every customer of ``customer_ids``
+    (text, this run's order) also in the files, its position among the stored segment ids and
+    among ``customer_ids``, in this run's order. Ids are compared as text."""
+    scratch = ScratchDatabase("join")
+    try:
+        con = scratch.connect()
+        try:
+            con.execute("CREATE TABLE current (position BIGINT, customer_id VARCHAR)")
+            for start in range(0, len(customer_ids), _JOIN_BLOCK):
+                part = customer_ids[start : start + _JOIN_BLOCK]
+                block = pd.DataFrame(
+                    {
+                        "position": np.arange(start, start + len(part), dtype=np.int64),
+                        "customer_id": pd.Series(part, dtype=object).astype(str),
+                    },
+                    copy=False,
+                )
+                con.register("block", block)
+                con.execute("INSERT INTO current SELECT position, customer_id FROM block")
+                con.unregister("block")
+                del block
+            con.execute(
+                "CREATE TABLE previous AS SELECT CAST(customer_id AS VARCHAR) AS customer_id, "
+                f"CAST(segment_id AS BIGINT) AS segment_id FROM read_parquet({sql_literal(assignments)})"
+            )
+            # The join lands in a table (on disk, spilling beyond the memory limit) and is read
+            # back in this run's order a chunk at a time into arrays of its final size: a result
+            # DuckDB materialised whole would take 0.2 GiB of its buffer at 10^7 customers.
+            con.execute("SET preserve_insertion_order = false")
+            con.execute(
+                "CREATE TABLE joined AS SELECT p.rowid AS ip, c.position AS ic FROM current c "
+                "JOIN previous p ON c.customer_id = p.customer_id"
+            )
+            # rowid: a row's place in the table, the position the segments are read in.
+            segments = _fetched(con, "SELECT rowid, segment_id FROM previous ORDER BY rowid", "segment_id")
+            ip, ic = _fetched(con, "SELECT ic, ip FROM joined ORDER BY ic", "ip", "ic")
+        finally:
+            con.close()
+    finally:
+        scratch.remove()
+    if ic.size > 1 and not bool((ic[1:] > ic[:-1]).all()):
+        raise ValueError(
+            f"{assignments}: a customer id is repeated in the previous run's assignments, "
+            "so its customers cannot be compared with this run's"
+        )
+    return segments, (ip, ic)
+
+
+def _fetched(con, sql: str, *columns: str):
+    """The int64 ``columns`` of the query ``sql``, read a chunk at a time into arrays of the
+    result's size (one array, or a tuple of them)."""
+    n = con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0][0]
+    out = [np.empty(n, dtype=np.int64) for _ in columns]
+    result = con.execute(sql)
+    at = 0
+    while at < n:
+        chunk = result.fetch_df_chunk(_FETCH_VECTORS)
+        if not len(chunk):
+            break
+        for array, column in zip(out, columns, strict=True):
+            array[at : at + len(chunk)] = chunk[column].to_numpy()
+        at += len(chunk)
+    if at != n:
+        raise RuntimeError(f"DuckDB gave {at} of the {n} rows of {sql!r}")
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def load_previous(database: str | Path, notify: Notify | None = None) -> PreviousRun | None:
@@ -63,7 +154,7 @@ def load_previous(database: str | Path, notify: Notify | None = None) -> Previou
     stored = read_latest_run(database, notify)
     if stored is None:
         return None
-    seg, scalers, assigned = stored.segments, stored.scalers, stored.assignments
+    seg, scalers = stored.segments, stored.scalers
     d = len(scalers)
     model = common_model(
         seg["weight"].to_numpy(np.float64),
@@ -81,9 +172,8 @@ def load_previous(database: str | Path, notify: Notify | None = None) -> Previou
     return PreviousRun(
         run_id=stored.run_id,
         model=model,
-        customer_keys=key_array(assigned),
-        segment_ids=assigned["segment_id"].to_numpy(np.int64),
         max_id_used=stored.max_segment_id,
+        assignments=stored.assignments,
     )
 
 
@@ -127,7 +217,8 @@ def track(
     t = settings.tracking
     alignment = None
     if previous is not None:
-        alignment = previous.aligned_with(features).alignment
+        previous = previous.aligned_with(features)  # the pipeline joins them in its previous stage
+        alignment = previous.alignment
     drift = compare_runs(
         None if previous is None else previous.model,
         current_model(segments, features),

@@ -88,3 +88,10 @@ def quote_qualified(name: str) -> str:
 def sql_text(name: str) -> str:
     """The text of ``flows/sql/<name>.sql`` (SQL lives in files beside the code that runs it)."""
     return (_SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def sql_literal(value: Path | str) -> str:
+    """A DuckDB string literal of a text or path (single quotes doubled; standard strings have no
+    backslash escapes): for table functions such as ``read_parquet``, which take no bound
+    parameters."""
+    return "'" + str(value).replace("'", "''") + "'"

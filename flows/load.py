@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from flows.config import InputSettings
-from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, quote_qualified
+from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, quote_qualified, sql_literal
 from flows.scratch import ScratchDatabase
 from schemas.validation import TEXT_DTYPE, WHOLE_ROW, empty_rejects
 
@@ -348,13 +348,13 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
                 delimiter = detect_delimiter(path, list(columns.values()))
                 options = "header = true, all_varchar = true, store_rejects = true"
                 if delimiter is not None:
-                    options += f", delim = {_literal(delimiter)}"
-                reader = f"read_csv({_literal(path)}, {options})"
+                    options += f", delim = {sql_literal(delimiter)}"
+                reader = f"read_csv({sql_literal(path)}, {options})"
             elif files is not None:
                 counts = parts.check_partitions(con, files)
                 reader = parts.reader_sql(files)
             else:
-                reader = f"read_parquet({_literal(path)})"
+                reader = f"read_parquet({sql_literal(path)})"
             # With a query, read the file now: the query then runs with file access switched off.
             kind = "TABLE" if settings.query else "VIEW"
             try:
@@ -454,7 +454,7 @@ def _spill(con: duckdb.DuckDBPyConnection, select: str, names: list[str]) -> tup
     """Run ``select`` into a table of a temporary DuckDB file: the rows and their columns' types."""
     scratch = ScratchDatabase("input")
     try:
-        con.execute(f"ATTACH {_literal(str(scratch.path))} AS spill")
+        con.execute(f"ATTACH {sql_literal(str(scratch.path))} AS spill")
         try:
             con.execute(f"CREATE TABLE spill.rows AS {select}")
             row = con.execute("SELECT count(*) FROM spill.rows").fetchone()
@@ -656,11 +656,6 @@ def _kept_row_numbers(n_kept: int, rejects: pd.DataFrame, in_source_order: bool)
     total = n_kept + rejected.size
     numbers = np.setdiff1d(np.arange(1, total + 1, dtype=np.int64), rejected, assume_unique=True)
     return numbers[:n_kept]
-
-
-def _literal(text: str) -> str:
-    """A DuckDB string literal (single quotes doubled; standard strings have no backslash escapes)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _customer_id_sql(expr: str) -> str:

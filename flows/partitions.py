@@ -16,7 +16,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from flows.load import _PARQUET_SUFFIXES, InputError, _first_line, _literal, check_file
+from flows.duck import sql_literal
+from flows.load import _PARQUET_SUFFIXES, InputError, _first_line, check_file
 
 _GLOB_CHARACTERS = ("*", "?", "[")
 
@@ -76,7 +77,7 @@ def check_partitions(con: duckdb.DuckDBPyConnection, files: list[str]) -> list[i
     counts = []
     for name in files:
         check_file(name, "parquet")
-        source = f"read_parquet({_literal(name)})"
+        source = f"read_parquet({sql_literal(name)})"
         try:
             columns = [(row[0], row[1]) for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
             rows = con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]
@@ -111,7 +112,7 @@ def _difference(columns: list[tuple[str, str]], first: list[tuple[str, str]]) ->
 
 def reader_sql(files: list[str]) -> str:
     """DuckDB's reader of the partitions as one table, rows in file order."""
-    return f"read_parquet([{', '.join(_literal(name) for name in files)}])"
+    return f"read_parquet([{', '.join(sql_literal(name) for name in files)}])"
 
 
 def rows_by_file(rejects: pd.DataFrame, files: list[str], counts: list[int]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 
-from flows.duck import quote_identifier
+from flows.duck import quote_identifier, sql_literal
 
 #: Column name -> DuckDB type of each bulk table, in the order the views show them.
 COLUMNS: Mapping[str, Mapping[str, str]] = {
@@ -99,17 +99,13 @@ def write_run_file(
     cast = ", ".join(
         f"CAST({quote_identifier(c)} AS {kind}) AS {quote_identifier(c)}" for c, kind in columns.items()
     )
+    target_sql = sql_literal(hidden)
     con.execute(
-        f"COPY (SELECT {cast} FROM ({select_sql})) TO {_literal(hidden)} (FORMAT parquet, COMPRESSION zstd)"
+        f"COPY (SELECT {cast} FROM ({select_sql})) TO {target_sql} (FORMAT parquet, COMPRESSION zstd)"
     )
     fsync(hidden)
     os.replace(hidden, target)
     fsync(target.parent)
-
-
-def _literal(value: Path | str) -> str:
-    """A path as an SQL string literal (DuckDB's table functions take no bound parameters)."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def view_sql(root: Path, table: str, *, temporary: bool = False) -> str:
@@ -122,7 +118,7 @@ def view_sql(root: Path, table: str, *, temporary: bool = False) -> str:
     if not any((root / table).glob(f"run_id=*/{_PARTS}")):
         empty = ", ".join(f"CAST(NULL AS {t}) AS {quote_identifier(c)}" for c, t in columns.items())
         return head + f"SELECT {empty} WHERE false"
-    pattern = _literal(root / table / f"run_id=*/{_PARTS}")
+    pattern = sql_literal(root / table / f"run_id=*/{_PARTS}")
     return head + (
         f"SELECT {names} FROM read_parquet({pattern}, hive_partitioning = true, "
         "hive_types = {'run_id': BIGINT}, union_by_name = true) "

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from flows import run_files
-from flows.customer_keys import key_sql
 from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, sql_text
 from flows.faults import fault_point
 from flows.runlock import killed_runs
@@ -295,16 +294,18 @@ class StoredRun:
 
     ``segments``: ``segment_id``, ``weight``, ``model_mean``, ``model_covariance`` (model units),
     by segment id; ``scalers``: ``feature``, ``unit``, ``transform``, ``scaler_mean``,
-    ``scaler_scale``, in feature order; ``assignments``: ``customer_key_0``, ``customer_key_1``
-    (:mod:`flows.customer_keys`: the ids themselves stay in the files) and ``segment_id`` (empty
-    when retention pruned them); ``max_segment_id``: the largest id any run has given.
+    ``scaler_scale``, in feature order; ``assignments``: the ``read_parquet`` pattern of its
+    assignment files (``customer_id``, ``segment_id``, ...: the customers stay in the files, and
+    a run joins them with its own in DuckDB, :meth:`flows.continuity.PreviousRun.aligned_with`),
+    None when they cannot be read or retention pruned them; ``max_segment_id``: the largest id
+    any run has given.
     """
 
     run_id: int
     covariance_type: str
     segments: pd.DataFrame
     scalers: pd.DataFrame
-    assignments: pd.DataFrame
+    assignments: str | None
     max_segment_id: int
 
 
@@ -332,18 +333,14 @@ def read_latest_run(database: str | Path, notify: Notify | None = None) -> Store
             "WHERE run_id = ? ORDER BY feature_index",
             [run_id],
         ).df()
+        assignments: str | None = None
         try:
-            assignments = con.execute(
-                f"SELECT {key_sql('customer_id')}, segment_id FROM assignments WHERE run_id = ?", [run_id]
-            ).df()
+            # The files are read through the view, as an analyst would (a moved folder included).
+            stored = con.execute("SELECT count(*) FROM assignments WHERE run_id = ?", [run_id]).fetchall()
+            if stored[0][0]:
+                root = run_files.root_for(results_path(path))
+                assignments = str(run_files.run_file(root, "assignments", run_id).parent / "*.parquet")
         except duckdb.IOException as exc:
-            assignments = pd.DataFrame(
-                {
-                    "customer_key_0": np.zeros(0, np.uint64),
-                    "customer_key_1": np.zeros(0, np.uint64),
-                    "segment_id": np.zeros(0, np.int64),
-                }
-            )
             if notify is not None:
                 notify(
                     f"run {run_id}'s assignments cannot be read ({str(exc).strip().splitlines()[0]}); "

@@ -310,25 +310,29 @@ def test_relabel_puts_segments_in_id_order_without_a_copy_of_any_customers_proba
     np.testing.assert_array_equal(kept.labels, segments.labels)
 
 
-def test_held_customers_get_the_probability_of_the_segment_they_keep():
+def test_held_customers_get_the_probability_of_the_segment_they_keep(tmp_path):
     """track with hold_odds: a held customer's ``probability`` is that of the segment kept, read
     from the model again (the run holds no one's full list of probabilities)."""
     from flows.config import load_settings
     from flows.continuity import PreviousRun, current_model, track
-    from flows.customer_keys import customer_keys
 
     segments, features = _segments(4)
     settings = load_settings()
     first, _ = track(segments, features, None, settings)
     # The previous run put every customer of component 0 in component 1's segment: those near
-    # the border stay there with hold_odds.
+    # the border stay there with hold_odds. Its assignments are a Parquet file, in another order.
     before = first.segment_ids[np.where(first.labels == 0, 1, first.labels)]
+    stored = pd.DataFrame({"customer_id": features.customer_ids.astype(object), "segment_id": before})
+    files = tmp_path / "run_id=1"
+    files.mkdir()
+    with duckdb.connect() as con:
+        con.register("stored", stored.iloc[::-1])
+        con.execute(f"COPY stored TO '{files / 'part-00000.parquet'}' (FORMAT parquet)")
     previous = PreviousRun(
         run_id=1,
         model=current_model(first, features).with_ids(first.segment_ids),
-        customer_keys=customer_keys(features.customer_ids),
-        segment_ids=before,
         max_id_used=int(first.segment_ids.max()),
+        assignments=str(files / "*.parquet"),
     )
     odds = settings.tracking.model_copy(update={"hold_odds": 1e6})
     holding = settings.model_copy(update={"tracking": odds})
@@ -336,7 +340,7 @@ def test_held_customers_get_the_probability_of_the_segment_they_keep():
     # The pipeline joins the two runs' customers before the model is chosen and keeps only the
     # alignment: tracking gives the same segments from it.
     aligned = previous.aligned_with(features)
-    assert aligned.customer_keys is None and aligned.alignment is not None
+    assert aligned.segment_ids is not None and aligned.alignment is not None
     assert aligned.aligned_with(features) is aligned
     again, _ = track(segments, features, aligned, holding)
     np.testing.assert_array_equal(again.labels, tracked.labels)

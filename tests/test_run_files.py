@@ -101,7 +101,10 @@ def test_a_moved_results_folder_is_read_by_segment_sql_and_fixed_by_the_next_run
     ):
         # Plain DuckDB reads the folder the file was published in (documented), until ...
         con.execute("SELECT count(*) FROM current_assignments").fetchall()
-    assert read_latest_run(db).assignments.shape == (3, 3), "the next run reads the moved folder"
+    moved = read_latest_run(db).assignments
+    assert moved is not None and str(tmp_path) in moved
+    with duckdb.connect() as con:  # the next run reads the moved folder
+        assert con.execute(f"SELECT count(*) FROM read_parquet('{moved}')").fetchall() == [(3,)]
     finish_run(db, start(db), record())  # ... and publishes it here.
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1").fetchall() == [
@@ -212,8 +215,7 @@ def test_a_deleted_runs_folder_loses_the_customer_comparison_not_the_run(tmp_pat
     said: list[str] = []
     stored = read_latest_run(db, said.append)
     assert stored is not None and stored.run_id == 1 and len(stored.segments) == 2
-    assert stored.assignments.empty
-    assert list(stored.assignments.columns) == ["customer_key_0", "customer_key_1", "segment_id"]
+    assert stored.assignments is None  # its customers' moves are not measured; the model is kept
     assert len(said) == 1 and "run 1's assignments cannot be read" in said[0] and "segments.runs/" in said[0]
 
 
@@ -224,33 +226,41 @@ def test_a_results_path_with_glob_characters_is_refused_before_anything_is_writt
     assert not db.parent.exists()
 
 
-def test_the_stored_runs_customer_keys_are_the_keys_of_the_same_ids_in_python(tmp_path):
-    """The previous run's customers come back as keys computed by DuckDB from the Parquet files;
-    this run's are computed from its ids in Python. The two must agree id for id, whatever the
-    text (accents, spaces, digits, a palindrome), or nobody would be found in both runs."""
-    from flows.customer_keys import customer_keys, key_array
-    from tracking import align_keys
+def test_the_stored_runs_customers_are_joined_with_this_runs_by_their_text(tmp_path, monkeypatch):
+    """The previous run's customers stay in its Parquet files and are joined with this run's ids
+    in DuckDB: id for id, whatever the text (accents, spaces, digits, a palindrome), in this
+    run's order, however many ids are sent to DuckDB at once."""
+    from flows import continuity
 
     ids = ["c0", "Zoë 7", " padded ", "12321", "x" * 40, "北京-1", "0042"]
     frame = record(n_customers=len(ids)).assignments.assign(customer_id=ids)
     db = tmp_path / "segments.duckdb"
     finish_run(db, start(db), record(n_customers=len(ids), assignments=frame))
     stored = read_latest_run(db).assignments
-    assert stored["customer_key_0"].dtype == np.uint64 and stored["customer_key_1"].dtype == np.uint64
+    assert stored is not None
 
-    current = np.array(["0042", "new", "北京-1", "c0", "12321", " padded ", "Zoë 7", "x" * 40], dtype=object)
-    ip, ic = align_keys(key_array(stored), customer_keys(current))
-    assert ic.tolist() == [0, 2, 3, 4, 5, 6, 7]  # everyone but "new"
-    assert len(set(map(tuple, customer_keys(current).tolist()))) == len(current)
+    current = np.array(["0042", "new", "北京-1", "c0", "12321", " padded ", "Zoë 7", "x" * 40, "42", "C0"])
+    segments, (ip, ic) = continuity.join_customers(stored, current)
+    assert ic.tolist() == [0, 2, 3, 4, 5, 6, 7]  # everyone but "new", "42" and "C0"
+    with duckdb.connect() as con:
+        by_id = dict(con.execute(f"SELECT customer_id, segment_id FROM read_parquet('{stored}')").fetchall())
+    assert [int(s) for s in segments[ip]] == [by_id[current[i]] for i in ic]
+    monkeypatch.setattr(continuity, "_JOIN_BLOCK", 3)
+    again, (ip3, ic3) = continuity.join_customers(stored, current)
+    assert np.array_equal(ip3, ip) and np.array_equal(ic3, ic) and np.array_equal(again, segments)
+    nobody = continuity.join_customers(stored, np.array([], dtype=object))
+    assert nobody[1][0].size == 0 and nobody[1][1].size == 0 and nobody[0].size == len(ids)
 
 
-def test_customer_keys_do_not_depend_on_how_many_ids_are_hashed_at_once(monkeypatch):
-    from flows import customer_keys as module
+def test_a_customer_repeated_in_the_stored_run_stops_the_comparison_in_one_line(tmp_path):
+    from flows import continuity
 
-    ids = np.array([f"id-{i}" for i in range(10)] + [7, "7", " 7"], dtype=object)
-    whole = module.customer_keys(ids)
-    monkeypatch.setattr(module, "_BLOCK", 3)
-    assert np.array_equal(module.customer_keys(ids), whole)
-    assert (whole[11] == whole[10]).all(), "7 and '7' are the same id as text"
-    assert len({tuple(k) for k in whole.tolist()}) == 12
-    assert module.customer_keys(np.array([], dtype=object)).shape == (0, 2)
+    files = tmp_path / "assignments"
+    files.mkdir()
+    with duckdb.connect() as con:
+        con.execute(
+            "COPY (SELECT * FROM (VALUES ('a', 1), ('b', 2), ('a', 2)) t(customer_id, segment_id)) "
+            f"TO '{files / 'part-00000.parquet'}' (FORMAT parquet)"
+        )
+    with pytest.raises(ValueError, match="a customer id is repeated in the previous run's assignments"):
+        continuity.join_customers(str(files / "*.parquet"), np.array(["b", "a"], dtype=object))

@@ -21,7 +21,6 @@ from tracking import (
     TrackedModel,
     TransitionThresholds,
     align_customers,
-    align_keys,
     bhattacharyya,
     bhattacharyya_matrix,
     classify_transitions,
@@ -895,42 +894,6 @@ def test_customer_alignment_is_exact_whatever_the_hashes_do(monkeypatch, hashes)
     assert np.array_equal(ic, expected)
     with pytest.raises(ValueError, match="previous customer ids are not unique"):
         align_customers(np.append(previous, previous[:1]), current)
-
-
-def test_keys_align_as_the_ids_do_and_a_shared_first_key_is_not_the_same_customer():
-    rng = np.random.default_rng(12)
-    previous = rng.permutation(np.array([f"C{i}" for i in range(0, 2_000)], dtype=object))
-    current = rng.permutation(np.array([f"C{i}" for i in range(500, 3_000)], dtype=object))
-
-    def keys(ids, salt=0):  # stand-ins for flows.customer_keys: any injective map will do
-        number = np.array([int(s[1:]) for s in ids], dtype=np.uint64)
-        return np.stack([number * np.uint64(7) + np.uint64(salt), number ^ np.uint64(0xABCDEF)], axis=1)
-
-    expected = align_customers(previous, current)
-    got = align_keys(keys(previous), keys(current))
-    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
-
-    # Customer C600 of the current run shares its first key with C600 of the previous run but not
-    # its second: two different customers (a collision of the first hash), so not aligned.
-    current_keys = keys(current)
-    c600 = int(np.flatnonzero(current == "C600")[0])
-    current_keys[c600, 1] += np.uint64(1)
-    ip, ic = align_keys(keys(previous), current_keys)
-    assert c600 not in ic and ic.size == expected[1].size - 1
-
-    # First keys shared by pairs of customers (C0 and C1, C2 and C3 ...), in both runs: the exact
-    # path on both keys gives the same answer as the ids.
-    def colliding(ids):
-        full = keys(ids)
-        full[:, 0] = full[:, 0] // np.uint64(14)
-        return full
-
-    ip2, ic2 = align_keys(colliding(previous), colliding(current))
-    assert np.array_equal(ip2, expected[0]) and np.array_equal(ic2, expected[1])
-    with pytest.raises(ValueError, match="previous customer ids are not unique"):
-        align_keys(np.vstack([keys(previous), keys(previous)[:1]]), keys(current))
-    nobody = align_keys(np.zeros((0, 2), dtype=np.uint64), keys(current))  # pruned previous rows
-    assert nobody[0].size == 0 and nobody[1].size == 0
 
 
 def test_migration_table_keeps_negative_and_sparse_ids_apart():

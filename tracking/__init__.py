@@ -14,7 +14,7 @@ distance
 ids
     :class:`SegmentMatch`, :func:`match_segments`: which segment keeps which id.
 customers
-    Customers of two runs: :func:`customer_overlap` (:func:`align_customers`, :func:`align_keys`,
+    Customers of two runs: :func:`customer_overlap` (:func:`align_customers`,
     :func:`as_text`),
     :func:`migration_table`, :func:`moved_share`, :func:`hold_segments`.
 transitions
@@ -37,7 +37,6 @@ from tracking.common_space import (
 from tracking.customers import (
     CustomerOverlap,
     align_customers,
-    align_keys,
     as_text,
     customer_overlap,
     hold_segments,
@@ -69,7 +68,6 @@ __all__ = [
     "Transition",
     "TransitionThresholds",
     "align_customers",
-    "align_keys",
     "as_text",
     "bhattacharyya",
     "bhattacharyya_matrix",

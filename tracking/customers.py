@@ -91,38 +91,6 @@ def align_customers(
     return _align_exactly(pd.Index(previous), pd.Index(current))
 
 
-def align_keys(previous_keys: np.ndarray, current_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`align_customers` for customers given by keys instead of ids: arrays of shape (n, 2),
-    uint64, equal exactly when the ids are equal (e.g. two independent 64-bit hashes of the id's
-    text, as the pipeline keeps of the previous run's customers: 16 bytes a customer instead of a
-    Python string). Joined on the first column, every pair checked on the second.
-
-    Raises
-    ------
-    ValueError
-        Either run's keys are not unique (not checked when either run has no customers).
-    """
-    previous = np.asarray(previous_keys, dtype=np.uint64).reshape(-1, 2)
-    current = np.asarray(current_keys, dtype=np.uint64).reshape(-1, 2)
-    if not (len(previous) and len(current)):
-        # Nobody can be in both runs (e.g. the previous run's rows were pruned): nothing to join.
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.intp)
-    joined = _sorted_join(previous[:, 0], current[:, 0])
-    if joined is not None:
-        ip, ic = joined
-        # First keys unique on both sides: a pair whose second keys differ is two customers.
-        # Compared a block at a time: two gathered copies of 10^7 keys are 0.15 GiB (issue 12).
-        same = np.empty(ip.size, dtype=bool)
-        for lo in range(0, ip.size, _JOIN_BLOCK):
-            block = slice(lo, lo + _JOIN_BLOCK)
-            np.equal(previous[ip[block], 1], current[ic[block], 1], out=same[block])
-        return (ip, ic) if bool(same.all()) else (ip[same], ic[same])
-    return _align_exactly(
-        pd.MultiIndex.from_arrays([previous[:, 0], previous[:, 1]]),
-        pd.MultiIndex.from_arrays([current[:, 0], current[:, 1]]),
-    )
-
-
 def _sorted_join(previous_hash: np.ndarray, current_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``(ip, ic)`` of equal hashes, in current order; None when either side repeats a hash."""
     # Temporaries are dropped as soon as they are used, and the sorted current hashes' buffer is
@@ -177,9 +145,9 @@ def customer_overlap(
     alignment: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> CustomerOverlap:
     """Align two runs' assignments on the customers present in both (ids compared as text), in
-    the current run's order. ``alignment``: :func:`align_customers` (or :func:`align_keys`) of
-    the two runs' customers, when the caller has it already (at 10^7 customers it takes
-    seconds); ``previous_customers`` may then be None."""
+    the current run's order. ``alignment``: :func:`align_customers` of the two runs' customers
+    (or any join giving the same positions), when the caller has it already (at 10^7 customers
+    it takes seconds); ``previous_customers`` may then be None."""
     ps = np.asarray(previous_segments, dtype=np.int64)
     cs = np.asarray(current_segments, dtype=np.int64)
     if previous_customers is None and alignment is None:

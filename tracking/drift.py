@@ -269,8 +269,9 @@ def compare_runs(
         matched on the most probable segments; migration, transitions and the moved share
         describe the segments given.
     alignment : (ip, ic), optional
-        :func:`align_keys` (or :func:`align_customers`) of the previous run's customers and these,
-        when the caller computed it; ``previous_customers`` may then be None.
+        :func:`align_customers` of the previous run's customers and these (or any join giving
+        the same positions, such as the pipeline's in SQL), when the caller computed it;
+        ``previous_customers`` may then be None.
     """
     components = np.asarray(current_components, dtype=np.int64).reshape(-1)
     if np.asarray(current_customers).shape != components.shape:
