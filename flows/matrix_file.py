@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ BLOCK_ROWS = 1 << 18
 
 #: Rows of the file read at a time to gather scattered rows (2^16 x 8 features are 4 MiB).
 WINDOW_ROWS = 1 << 16
+
+#: The folder a matrix file lives in: ``segment-matrix-<random>`` in the temporary folder.
+FOLDER_PREFIX = "segment-matrix-"
+_FILE_NAME = "X_model.npy"
 
 
 class MatrixFile:
@@ -47,8 +52,8 @@ class MatrixFile:
         """A file holding ``X`` (any array whose row slices are float arrays), written a block
         at a time; ``X`` itself is not changed and may be dropped afterwards."""
         n, d = (int(s) for s in X.shape)
-        folder = Path(tempfile.mkdtemp(prefix="segment-matrix-"))
-        path = folder / "X_model.npy"
+        folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+        path = folder / _FILE_NAME
         try:
             # Plain writes, not a writable mapping: written pages would count as the process's
             # until unmapped.
@@ -145,3 +150,20 @@ class MatrixFile:
 
     def __repr__(self) -> str:
         return f"MatrixFile({self.shape[0]:,} x {self.shape[1]} at {self.path})"
+
+
+def remove_left_behind(folders: Iterable[str]) -> list[str]:
+    """Remove the folders of matrix files that a killed run left behind (their paths, as the run
+    noted them in its journal); returns those removed. Only what :meth:`MatrixFile.write` makes
+    is removed: a ``segment-matrix-*`` folder holding nothing but the matrix file."""
+    removed = []
+    for name in folders:
+        folder = Path(name)
+        try:
+            entries = [entry.name for entry in folder.iterdir()]
+        except OSError:
+            continue  # gone already (the system's temporary-file cleaning), or not a folder
+        if folder.name.startswith(FOLDER_PREFIX) and set(entries) <= {_FILE_NAME}:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    return removed

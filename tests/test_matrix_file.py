@@ -220,3 +220,21 @@ def test_a_stage_s_peak_memory_is_its_own():
     del big
     assert reset_peak_rss()
     assert peak_rss_mb() < with_big - 250
+
+
+def test_only_a_matrix_file_s_own_folder_is_removed_as_left_behind(tmp_path):
+    """A killed run's journal names its matrix's folder; the next run removes that folder, and
+    nothing else a journal might name."""
+    from flows.matrix_file import remove_left_behind
+
+    own = tmp_path / "segment-matrix-abc"
+    own.mkdir()
+    (own / "X_model.npy").write_bytes(b"")
+    other = tmp_path / "segment-matrix-def"
+    other.mkdir()
+    (other / "notes.txt").write_text("not ours")
+    stranger = tmp_path / "data"
+    stranger.mkdir()
+    named = [own, other, stranger, tmp_path / "segment-matrix-gone"]
+    assert remove_left_behind(str(p) for p in named) == [str(own)]
+    assert not own.exists() and other.exists() and stranger.exists()

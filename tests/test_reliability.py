@@ -39,11 +39,16 @@ def run_flow(csv: Path, db: Path, **extra):
     return segment_customers(**{**params, **extra})
 
 
-def killed_cli_run(csv: Path, db: Path, fault: str) -> subprocess.CompletedProcess:
-    """`segment run` in a subprocess that SIGKILLs itself at the named fault point."""
+def killed_cli_run(
+    csv: Path, db: Path, fault: str, tmpdir: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`segment run` in a subprocess that SIGKILLs itself at the named fault point (its temporary
+    files in ``tmpdir`` when given)."""
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "SEGMENT_FAULT": fault, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     cmd = [
         sys.executable,
         "-m",
@@ -89,11 +94,15 @@ def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(
     run_flow(customers_csv, db)
     published = db.read_bytes()
 
-    during_fit = killed_cli_run(customers_csv, db, "fit")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    during_fit = killed_cli_run(customers_csv, db, "fit", scratch)
     assert during_fit.returncode == -signal.SIGKILL, during_fit.stderr[-2000:]
     assert db.read_bytes() == published, "a run killed during the fit changed the results file"
+    left_by_2 = list(scratch.glob("segment-matrix-*/X_model.npy"))
+    assert len(left_by_2) == 1, "a killed run leaves its model matrix behind ..."
 
-    during_write = killed_cli_run(customers_csv, db, "write")
+    during_write = killed_cli_run(customers_csv, db, "write", scratch)
     assert during_write.returncode == -signal.SIGKILL, during_write.stderr[-2000:]
     assert db.read_bytes() == published, "a run killed during the write changed the results file"
     assert list(db.parent.glob(".segments.duckdb.*.tmp")), "the killed write had a private copy in progress"
@@ -103,8 +112,12 @@ def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT DISTINCT run_id FROM assignments").fetchall() == [(1,)]
 
+    left_by_3 = list(scratch.glob("segment-matrix-*/X_model.npy"))
+    assert len(left_by_3) == 1 and left_by_3 != left_by_2, "... which the next run removes"
     summary = run_flow(customers_csv, db)
     assert summary["run_id"] == 4
+    assert not list(scratch.iterdir())
+    assert "the model matrix run 3 left behind" in caplog.text
     assert runs(db) == [
         (1, "success", None),
         (2, "killed", "select"),
