@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -48,13 +49,16 @@ class PreviousRun:
     #: customers (as :func:`tracking.align_customers` gives them), in this run's order.
     alignment: tuple[np.ndarray, np.ndarray] | None = None
 
-    def aligned_with(self, features: FeatureMatrix) -> PreviousRun:
+    def aligned_with(self, features: FeatureMatrix, notify: Notify | None = None) -> PreviousRun:
         """This run joined with the current run's customers, in DuckDB: its segments and the
         alignment, without either run's ids in Python besides this run's own. The join runs in
         a temporary DuckDB file (:class:`flows.scratch.ScratchDatabase`) within its memory limit
         and spills beyond it, so a run holds the join's result only: two positions a customer in
         both runs and the previous run's segments (the ids' hashes, the sorts and their
         temporaries took 0.5 GiB more at 10^7 customers; issue 12).
+
+        Files that cannot be read any more (removed since the run was read) leave nobody in both
+        runs, as when the store could not read them, and ``notify`` is told.
 
         Raises
         ------
@@ -63,10 +67,18 @@ class PreviousRun:
         """
         if self.alignment is not None:
             return self
+        empty = np.zeros(0, dtype=np.int64)
         if self.assignments is None:
-            empty = np.zeros(0, dtype=np.int64)
             return replace(self, segment_ids=empty, alignment=(empty, empty.copy()))
-        segments, alignment = join_customers(self.assignments, features.customer_ids)
+        try:
+            segments, alignment = join_customers(self.assignments, features.customer_ids)
+        except duckdb.IOException as exc:
+            if notify is not None:
+                notify(
+                    f"run {self.run_id}'s assignments cannot be read ({str(exc).strip().splitlines()[0]}); "
+                    "its customers' moves are not measured this run"
+                )
+            return replace(self, segment_ids=empty, alignment=(empty, empty.copy()))
         return replace(self, segment_ids=segments, alignment=alignment)
 
 

@@ -190,7 +190,7 @@ def previous_task(database: str, features) -> continuity.PreviousRun | None:
     if previous is None:
         return None
     get_run_logger().info("comparing with run %d (%d segments)", previous.run_id, previous.model.n_segments)
-    return previous.aligned_with(features)
+    return previous.aligned_with(features, get_run_logger().warning)
 
 
 @task(name="select", **_TASK)

@@ -264,3 +264,24 @@ def test_a_customer_repeated_in_the_stored_run_stops_the_comparison_in_one_line(
         )
     with pytest.raises(ValueError, match="a customer id is repeated in the previous run's assignments"):
         continuity.join_customers(str(files / "*.parquet"), np.array(["b", "a"], dtype=object))
+
+
+def test_previous_files_removed_before_the_join_leave_nobody_in_both_runs(tmp_path):
+    """The store found the previous run's files, then they went (a hand-deleted folder): the
+    run goes on without its customers' moves, and says so."""
+    from flows.continuity import PreviousRun
+    from flows.features import build_feature_matrix
+
+    table = pd.DataFrame({"customer_id": ["a", "b", "c"], "x": [1.0, 2.0, 4.0]})
+    features = build_feature_matrix(table, ["x"], [""], ["none"])
+    previous = PreviousRun(
+        run_id=7,
+        model=None,
+        max_id_used=3,
+        assignments=str(tmp_path / "run_id=7" / "*.parquet"),  # type: ignore[arg-type]
+    )
+    said: list[str] = []
+    aligned = previous.aligned_with(features, said.append)
+    assert aligned.segment_ids is not None and aligned.segment_ids.size == 0
+    assert aligned.alignment is not None and aligned.alignment[1].size == 0
+    assert len(said) == 1 and said[0].startswith("run 7's assignments cannot be read (")
