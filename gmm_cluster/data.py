@@ -11,13 +11,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from distributed import Client, Future
 
 from gmm_engine import DataMoments, GaussianMixture, ScoreTotals, partition_scores
-from gmm_engine.data import RowBlocks, std_from_moments
+from gmm_engine.data import RowBlocks, ScoresOfMany, std_from_moments
 from gmm_engine.threads import single_threaded_blas
 
 from .em import (
@@ -32,24 +31,14 @@ from .em import (
 )
 
 
-@dataclass(frozen=True)
-class _ScoresOfMany:
-    """Several models' score totals on one or more partitions; adds up model by model."""
-
-    totals: tuple[ScoreTotals, ...]
-
-    def __add__(self, other: _ScoresOfMany) -> _ScoresOfMany:
-        return _ScoresOfMany(tuple(a + b for a, b in zip(self.totals, other.totals, strict=True)))
-
-
-def _scores_many_task(partition, label: str, models: list[GaussianMixture]) -> _ScoresOfMany:
+def _scores_many_task(partition, label: str, models: list[GaussianMixture]) -> ScoresOfMany:
     """On a worker: every model's score totals on one partition, read once for all."""
     X = _load(partition, label)
     try:
         # One BLAS limit for the whole task: threadpoolctl takes 3-10 ms to set one, which each
         # model's scoring would otherwise pay (1,600 times for 40 models on 40 partitions).
         with single_threaded_blas():
-            return _ScoresOfMany(tuple(partition_scores(model, X) for model in models))
+            return ScoresOfMany(tuple(partition_scores(model, X) for model in models))
     except ValueError as exc:
         raise PartitionError(f"partition {label}: {_first_line(exc)}") from None
 

@@ -13,6 +13,7 @@ process never holds all of it), and ``gmm_cluster.ClusterData`` for partitions o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,7 +22,8 @@ import numpy as np
 from ._validation import check_sample_weight
 from .external import partition_moments, partition_scores, partition_statistics
 from .mixture import GaussianMixture
-from .statistics import DataMoments, MixtureParameters, ScoreTotals, SufficientStatistics
+from .statistics import DataMoments, MixtureParameters, ScoreTotals, SufficientStatistics, default_threads
+from .threads import single_threaded_blas
 
 
 @runtime_checkable
@@ -112,12 +114,15 @@ class BlockData:
     once and adds up its totals, so only one block is held at a time.
 
     ``X``: anything with ``shape`` whose row slices ``X[a:b]`` are float arrays (a file-backed
-    matrix, an ``np.memmap``, an ndarray). Unweighted. The results are those of
+    matrix, an ``np.memmap``, an ndarray). Unweighted. ``n_jobs`` blocks are read and summed at
+    once, in threads (default: as many as the estimator's E-step uses), and added up in block
+    order, so the result does not depend on which finished first. The results are those of
     :class:`InMemoryData` up to the rounding of the sums' order.
     """
 
     X: RowBlocks
     block_rows: int = BLOCK_ROWS
+    n_jobs: int | None = None
     _std: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -136,16 +141,32 @@ class BlockData:
 
     def blocks(self) -> Iterator[np.ndarray]:
         """The rows, ``block_rows`` at a time, in order."""
-        n = self.n_samples
-        for start in range(0, n, self.block_rows):
-            yield np.asarray(self.X[start : min(start + self.block_rows, n)], dtype=np.float64)
+        for start in range(0, self.n_samples, self.block_rows):
+            yield self._block(start)
 
-    def summed(self, task: Callable[..., Any], *args) -> Any:
-        """``task(block, *args)`` added over the blocks, in order."""
-        total = None
-        for block in self.blocks():
-            share = task(block, *args)
-            total = share if total is None else total + share
+    def _block(self, start: int) -> np.ndarray:
+        return np.asarray(self.X[start : min(start + self.block_rows, self.n_samples)], dtype=np.float64)
+
+    def summed(self, task: Callable[..., Any], *args, parallel: bool = True) -> Any:
+        """``task(block, *args)`` added over the blocks, in block order (``parallel``: blocks in
+        threads; off for a task that runs its own threads over a block's chunks)."""
+        starts = range(0, self.n_samples, self.block_rows)
+        threads = default_threads() if self.n_jobs is None else max(1, int(self.n_jobs))
+        threads = threads if parallel else 1
+
+        def share(start: int) -> Any:
+            return task(self._block(start), *args)  # read in the thread: one block per thread held
+
+        # One BLAS thread per block: the blocks are the parallel work (as the E-step's chunks).
+        with single_threaded_blas():
+            if threads == 1 or len(starts) == 1:
+                shares = [share(start) for start in starts]
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    shares = list(pool.map(share, starts))
+        total = shares[0]
+        for more in shares[1:]:
+            total = total + more
         return total
 
     def scores(self, model: GaussianMixture) -> ScoreTotals:
@@ -154,12 +175,10 @@ class BlockData:
     def scores_many(self, models: Sequence[GaussianMixture]) -> list[ScoreTotals]:
         """Every model's scores in one pass: each block is read once for all of them."""
         models = list(models)
-        totals = [ScoreTotals(0.0, 0.0, 0.0) for _ in models]
         if not models:
-            return totals
-        for block in self.blocks():
-            totals = [total + partition_scores(m, block) for total, m in zip(totals, models, strict=True)]
-        return totals
+            return []
+        # Scoring runs its own threads over each block's chunks (GaussianMixture.n_jobs).
+        return list(self.summed(_scores_of_many, models, parallel=False).totals)
 
     def refit(self, model: GaussianMixture) -> GaussianMixture:
         covariance_type = model.covariance_type
@@ -177,6 +196,20 @@ class BlockData:
         if not self._std:
             self._std.append(std_from_moments(self.moments, int(self.X.shape[1])))
         return self._std[0]
+
+
+@dataclass(frozen=True)
+class ScoresOfMany:
+    """Several models' score totals on one or more blocks; adds up model by model."""
+
+    totals: tuple[ScoreTotals, ...]
+
+    def __add__(self, other: ScoresOfMany) -> ScoresOfMany:
+        return ScoresOfMany(tuple(a + b for a, b in zip(self.totals, other.totals, strict=True)))
+
+
+def _scores_of_many(block: np.ndarray, models: list[GaussianMixture]) -> ScoresOfMany:
+    return ScoresOfMany(tuple(partition_scores(model, block) for model in models))
 
 
 def std_from_moments(moments: Callable[[np.ndarray], DataMoments], d: int) -> np.ndarray:

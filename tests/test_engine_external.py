@@ -197,6 +197,10 @@ def test_block_data_gives_the_in_memory_scores_refit_and_scale(covariance_type):
         )
 
     a, b = blocks.refit(unfitted()), whole.refit(unfitted())
+    # Blocks summed in threads are added in block order: the same bits as one thread.
+    serial = BlockData(X, block_rows=211, n_jobs=1).refit(unfitted())
+    np.testing.assert_array_equal(a.means_, serial.means_)
+    assert a.lower_bound_ == serial.lower_bound_
     assert a.n_iter_ == b.n_iter_
     np.testing.assert_allclose(a.means_, b.means_, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=1e-9, atol=1e-10)
