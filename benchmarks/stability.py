@@ -57,10 +57,9 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
     were applied unchanged to this run's features (no refit), with the same hold rule
     (``tracking.hold_odds``): the customers' own movement."""
     from flows import continuity
-    from flows.customer_keys import customer_keys
     from flows.segments import assign_segments
     from gmm_engine import GaussianMixture
-    from tracking import align_keys, hold_segments, warm_start_init
+    from tracking import hold_segments, warm_start_init
 
     previous = continuity.load_previous(database)
     if previous is None:
@@ -79,8 +78,10 @@ def held_moved_share(database: Path, features, hold_odds: float) -> float:
         warnings.simplefilter("ignore")
         fixed.fit(features.X_model)  # max_iter=0: the given parameters, unchanged
     result = assign_segments(fixed, features)
-    ip, ic = align_keys(previous.customer_keys, customer_keys(features.customer_ids))
-    was = previous.segment_ids[ip]  # segment ids of the customers in both runs, current order
+    aligned = previous.aligned_with(features)  # joined in DuckDB, as the pipeline does
+    assert aligned.alignment is not None and aligned.segment_ids is not None
+    ip, ic = aligned.alignment
+    was = aligned.segment_ids[ip]  # segment ids of the customers in both runs, current order
     order = np.argsort(model.segment_ids)
     ids = model.segment_ids[order]
     at = np.minimum(np.searchsorted(ids, was), ids.size - 1)

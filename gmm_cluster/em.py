@@ -194,6 +194,16 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
             f"({_first_line(exc)}); the fit was abandoned, nothing was fitted",
             lost,
         ) from exc
+    except Exception:
+        # A task raised (a partition that cannot be read or used). Several may fail alike (a
+        # model of the wrong width): the first in partition order is reported, whichever failed
+        # first, so that the same fault gives the same message.
+        with suppress(TimeoutError):
+            wait(futures, timeout=_SETTLE_SECONDS)
+        first = next((f for f in futures if f.status == "error"), None)
+        if first is None:
+            raise
+        raise first.exception() from None
     finally:
         client.cancel([f for f in futures if not f.done()])
     total = results[0]
