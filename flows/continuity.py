@@ -127,8 +127,10 @@ def join_customers(
                 "JOIN previous p ON c.customer_id = p.customer_id"
             )
             # rowid: a row's place in the table, the position the segments are read in.
-            segments = _fetched(con, "SELECT rowid, segment_id FROM previous ORDER BY rowid", "segment_id")
-            ip, ic = _fetched(con, "SELECT ic, ip FROM joined ORDER BY ic", "ip", "ic")
+            segments = _fetched(
+                con, "previous", "SELECT segment_id FROM previous ORDER BY rowid", "segment_id"
+            )
+            ip, ic = _fetched(con, "joined", "SELECT ic, ip FROM joined ORDER BY ic", "ip", "ic")
         finally:
             con.close()
     finally:
@@ -141,10 +143,10 @@ def join_customers(
     return segments, (ip, ic)
 
 
-def _fetched(con, sql: str, *columns: str):
-    """The int64 ``columns`` of the query ``sql``, read a chunk at a time into arrays of the
-    result's size (one array, or a tuple of them)."""
-    n = con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0][0]
+def _fetched(con, table: str, sql: str, *columns: str):
+    """The int64 ``columns`` of the query ``sql`` (every row of ``table``, in some order), read a
+    chunk at a time into arrays of the table's size (one array, or a tuple of them)."""
+    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     out = [np.empty(n, dtype=np.int64) for _ in columns]
     result = con.execute(sql)
     at = 0

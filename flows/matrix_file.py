@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-#: Rows written or checked at a time (2^18 x 8 features are 16 MiB).
+#: Rows written at a time (2^18 x 8 features are 16 MiB).
 BLOCK_ROWS = 1 << 18
 
 #: Rows of the file read at a time to gather scattered rows (2^16 x 8 features are 4 MiB).
@@ -132,13 +132,6 @@ class MatrixFile:
             out[order[i:j]] = window[wanted[i:j] - lo]
             i = j
         return out.reshape(*positions.shape, self.shape[1])
-
-    def blocks(self, block_rows: int = BLOCK_ROWS):
-        """``(rows, block)`` for consecutive row slices of ``block_rows`` rows."""
-        n = self.shape[0]
-        for start in range(0, n, block_rows):
-            rows = slice(start, min(start + block_rows, n))
-            yield rows, self[rows]
 
     def remove(self) -> None:
         """Remove the file and its folder (the matrix cannot be read afterwards)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from distributed import Client, Future
 
-from gmm_engine import DataMoments, GaussianMixture, ScoreTotals, partition_scores
+from gmm_engine import DataMoments, GaussianMixture, ScoreTotals
 from gmm_engine.data import RowBlocks, ScoresOfMany, std_from_moments
 from gmm_engine.threads import single_threaded_blas
 
@@ -38,7 +38,7 @@ def _scores_many_task(partition, label: str, models: list[GaussianMixture]) -> S
         # One BLAS limit for the whole task: threadpoolctl takes 3-10 ms to set one, which each
         # model's scoring would otherwise pay (1,600 times for 40 models on 40 partitions).
         with single_threaded_blas():
-            return ScoresOfMany(tuple(partition_scores(model, X) for model in models))
+            return ScoresOfMany.of(X, models)
     except ValueError as exc:
         raise PartitionError(f"partition {label}: {_first_line(exc)}") from None
 

@@ -12,7 +12,7 @@ process never holds all of it), and ``gmm_cluster.ClusterData`` for partitions o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -139,11 +139,6 @@ class BlockData:
     def total_weight(self) -> float:
         return float(self.X.shape[0])
 
-    def blocks(self) -> Iterator[np.ndarray]:
-        """The rows, ``block_rows`` at a time, in order."""
-        for start in range(0, self.n_samples, self.block_rows):
-            yield self._block(start)
-
     def _block(self, start: int) -> np.ndarray:
         return np.asarray(self.X[start : min(start + self.block_rows, self.n_samples)], dtype=np.float64)
 
@@ -178,7 +173,7 @@ class BlockData:
         if not models:
             return []
         # Scoring runs its own threads over each block's chunks (GaussianMixture.n_jobs).
-        return list(self.summed(_scores_of_many, models, parallel=False).totals)
+        return list(self.summed(ScoresOfMany.of, models, parallel=False).totals)
 
     def refit(self, model: GaussianMixture) -> GaussianMixture:
         covariance_type = model.covariance_type
@@ -207,9 +202,10 @@ class ScoresOfMany:
     def __add__(self, other: ScoresOfMany) -> ScoresOfMany:
         return ScoresOfMany(tuple(a + b for a, b in zip(self.totals, other.totals, strict=True)))
 
-
-def _scores_of_many(block: np.ndarray, models: list[GaussianMixture]) -> ScoresOfMany:
-    return ScoresOfMany(tuple(partition_scores(model, block) for model in models))
+    @classmethod
+    def of(cls, block: np.ndarray, models: Sequence[GaussianMixture]) -> ScoresOfMany:
+        """Every model's :func:`~gmm_engine.external.partition_scores` on one block."""
+        return cls(tuple(partition_scores(model, block) for model in models))
 
 
 def std_from_moments(moments: Callable[[np.ndarray], DataMoments], d: int) -> np.ndarray:
