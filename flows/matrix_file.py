@@ -52,6 +52,19 @@ class MatrixFile:
         """A file holding ``X`` (any array whose row slices are float arrays), written a block
         at a time; ``X`` itself is not changed and may be dropped afterwards."""
         n, d = (int(s) for s in X.shape)
+        return cls.from_blocks((X[start : start + block_rows] for start in range(0, n, block_rows)), (n, d))
+
+    @classmethod
+    def from_blocks(cls, blocks: Iterable[np.ndarray], shape: tuple[int, int]) -> MatrixFile:
+        """A file holding the matrix of ``shape`` whose consecutive blocks of rows ``blocks``
+        yields, written as they come.
+
+        Raises
+        ------
+        ValueError
+            The blocks do not add up to ``shape``.
+        """
+        n, d = (int(s) for s in shape)
         folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
         path = folder / _FILE_NAME
         try:
@@ -61,8 +74,17 @@ class MatrixFile:
                 header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)), "fortran_order": False}
                 np.lib.format.write_array_header_1_0(f, {**header, "shape": (n, d)})
                 offset = f.tell()
-                for start in range(0, n, block_rows):
-                    np.ascontiguousarray(X[start : start + block_rows], dtype=np.float64).tofile(f)
+                rows = 0
+                for block in blocks:
+                    block = np.ascontiguousarray(block, dtype=np.float64)
+                    if block.ndim != 2 or block.shape[1] != d or rows + block.shape[0] > n:
+                        raise ValueError(
+                            f"blocks of shape {block.shape} do not fit a matrix of shape {(n, d)}"
+                        )
+                    block.tofile(f)
+                    rows += block.shape[0]
+            if rows != n:
+                raise ValueError(f"the blocks hold {rows} rows, not the {n} of shape {(n, d)}")
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

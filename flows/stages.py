@@ -17,6 +17,7 @@ from pandera.engines.pandas_engine import DateTime
 
 from flows.choice import ModelChoice, PreviousStructure, choose_model
 from flows.config import Settings
+from flows.customer_rows import ValidCustomers
 from flows.features import (
     RULE_LABELS,
     FeatureError,
@@ -79,19 +80,24 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
     if settings.input.kind == "transactions":
         outcome, read_as = _validate_lines(loaded, settings)
     else:
-        # A chunk at a time: the Python objects Pandera works on exist for one chunk only (issue 12).
+        # A chunk at a time: the Python objects Pandera works on exist for one chunk only, and
+        # the rows go to DuckDB as they come (issue 12).
         features = settings.features
         may_be_blank = [c for c in features.columns if features.missing_rule(c) == "model"]
-        rows, rejects = validate_customer_chunks(
-            (blank_text_as_missing(chunk, features.columns) for chunk in loaded.chunks(release=True)),
-            loaded.text_column("customer_id"),
-            loaded.row_numbers,
-            customer_table_schema(features.columns, features.transforms, may_be_blank, unique_ids=False),
-            features.columns,
-            features.max_missing_share,
-            loaded.source,
-            loaded.source_columns,
-        )
+        rows = ValidCustomers(features.columns)
+        try:
+            rejects = validate_customer_chunks(
+                (blank_text_as_missing(chunk, features.columns) for chunk in loaded.chunks(release=True)),
+                rows,
+                customer_table_schema(features.columns, features.transforms, may_be_blank, unique_ids=False),
+                features.columns,
+                features.max_missing_share,
+                loaded.source,
+                loaded.source_columns,
+            )
+        except BaseException:
+            rows.close()
+            raise
         outcome = ValidationOutcome(valid=rows, rejects=rejects, n_rows=loaded.n_read)
     if len(loaded.rejects):
         rejects = pd.concat([loaded.rejects, outcome.rejects], ignore_index=True)
@@ -180,22 +186,27 @@ def _reject_hint(rejects: pd.DataFrame) -> str:
 
 
 def compute_features(
-    valid: pd.DataFrame | CustomerRows | TransactionLines, settings: Settings, keep_original: bool = True
+    valid: pd.DataFrame | CustomerRows | ValidCustomers | TransactionLines,
+    settings: Settings,
+    keep_original: bool = True,
 ) -> FeatureMatrix:
     """Per-customer features in original units plus the standardised model matrix.
 
     ``valid``: the valid rows (:attr:`ValidationOutcome.valid`): a transaction log's lines (as
-    :class:`flows.lines.TransactionLines`, or a DataFrame), or a customer table's rows (as a
-    DataFrame with ``customer_id`` and the feature columns, or as :class:`CustomerRows`).
-    ``keep_original=False``: the matrix holds no values in original units
-    and a :class:`CustomerRows`' feature array is handed over, transformed in place
-    (:func:`flows.features.feature_matrix`)."""
+    :class:`flows.lines.TransactionLines`, or a DataFrame), or a customer table's rows (as
+    :class:`flows.customer_rows.ValidCustomers`, a DataFrame with ``customer_id`` and the feature
+    columns, or :class:`CustomerRows`).
+    ``keep_original=False``: the matrix holds no values in original units; a
+    :class:`CustomerRows`' feature array is handed over, transformed in place, and a
+    :class:`ValidCustomers`' features go to a file and the model matrix with them (unless some
+    are blank: see :meth:`FeatureMatrix.in_file`) (:func:`flows.features.feature_matrix`)."""
     names = list(settings.features.columns)
     units = [settings.unit_of(n) for n in names]
     transforms = [settings.transform_of(n) for n in names]
     as_of, counts = settings.rules.as_of, None
     if settings.input.kind == "transactions":
-        assert not isinstance(valid, CustomerRows)  # a log's lines: in DuckDB (a run) or a frame
+        # A log's lines: in DuckDB (a run) or a frame.
+        assert not isinstance(valid, (CustomerRows, ValidCustomers))
         as_of = as_of or default_as_of(valid)
         purchase = settings.rules.purchase
         assert purchase is not None  # Settings sets it for a transaction log
@@ -213,7 +224,12 @@ def compute_features(
             )
         valid = RFMFeatures.validate(table)  # one row per customer, as a customer table's
     assert not isinstance(valid, TransactionLines)  # by now a customer table's rows (or the RFM table)
-    rows = valid if isinstance(valid, CustomerRows) else CustomerRows.from_frame(valid, names)
+    if isinstance(valid, ValidCustomers):
+        rows = valid.read(in_file=not keep_original and not valid.has_blanks)
+    elif isinstance(valid, CustomerRows):
+        rows = valid
+    else:
+        rows = CustomerRows.from_frame(valid, names)
     return feature_matrix(
         rows.customer_ids,
         rows.features,

@@ -6,14 +6,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-
-if TYPE_CHECKING:
-    from schemas.customers import CustomerRows
 
 #: Text held compactly: numpy's variable-width strings keep up to 15 bytes of text inline in 16
 #: bytes a value, where a Python str object takes about 60 (10^7 customer ids: 153 MiB instead of
@@ -56,9 +53,9 @@ class ValidationOutcome:
 
     Attributes
     ----------
-    valid : DataFrame, CustomerRows or HeldRows
-        The rows that pass, coerced to the schema's types (index: source row numbers); a customer
-        table's as :class:`schemas.customers.CustomerRows`, a run's transaction lines as
+    valid : DataFrame or HeldRows
+        The rows that pass, coerced to the schema's types (index: source row numbers); a run's
+        customer table and transaction lines as ``flows.customer_rows.ValidCustomers`` and
         ``flows.lines.TransactionLines`` (held in DuckDB).
     rejects : DataFrame
         One record per failed (row, column, rule): columns :data:`REJECT_COLUMNS`.
@@ -68,7 +65,7 @@ class ValidationOutcome:
         How ambiguous text was read, for the run's record (e.g. ``{"date_order": "day_first"}``).
     """
 
-    valid: pd.DataFrame | CustomerRows | HeldRows
+    valid: pd.DataFrame | HeldRows
     rejects: pd.DataFrame
     n_rows: int
     read_as: dict = field(default_factory=dict)

@@ -3,6 +3,8 @@ the switch margin (flows.features, flows.stages, flows.choice, flows.continuity)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from flows import continuity, stages
 from flows.choice import DECISIONS, PreviousStructure, choose_model
 from flows.config import load_settings
-from flows.features import build_feature_matrix, feature_resolution, fit_scaler
+from flows.features import apply_transforms, build_feature_matrix, feature_resolution, fit_scaler
 from gmm_engine import select_model
 
 
@@ -85,6 +87,44 @@ def test_spike_screening_on_a_sample_keeps_every_spike_of_a_large_table():
     # With the threshold lowered to its count, the second feature has a spike too.
     resolution, value, share = feature_resolution(X, scaler, min_customers=n // 100 - 1)
     assert value[1] == -1.0 and share[1] == (n // 100 - 1) / n
+
+
+def test_features_read_from_a_file_a_block_at_a_time_equal_those_of_the_array(monkeypatch):
+    """A matrix in a file (a run's customer table) gives the array's scaler to 1e-12, the same
+    spikes and value range exactly, and the same model matrix, in a file of its own; with one
+    block the scaler is numpy's mean and std exactly."""
+    from flows import features as features_module
+    from flows.features import feature_matrix
+    from flows.matrix_file import MatrixFile
+
+    rng = np.random.default_rng(11)
+    n = 300_000
+    X = rng.standard_normal((n, 3))
+    X[:, 1] = rng.poisson(0.4, n) + 1.0  # counts: a spike at 1 of about two thirds
+    X[rng.permutation(n)[: n // 50], 2] = 0.25  # 2 %: a spike in a continuous feature
+    X[:, 2] += 5.0
+    ids = np.asarray([f"c{i:07d}" for i in range(n)], dtype=object)
+    transforms = ["none", "log1p", "none"]
+    args = (["a", "b", "c"], ["", "", ""], transforms)
+    one_block = fit_scaler(X[:200_000], transforms)  # within BLOCK_ROWS
+    logged = np.log1p(X[:200_000, 1])
+    assert one_block.mean[1] == logged.mean() and one_block.scale[1] == logged.std()
+    whole = apply_transforms(X, transforms)
+    monkeypatch.setattr(features_module, "BLOCK_ROWS", 1 << 16)  # five blocks
+    memory = feature_matrix(ids, X.copy(), *args)
+    file = MatrixFile.write(X)
+    in_file = feature_matrix(ids, file, *args, keep_original=False)
+    assert file.removed and isinstance(in_file.X_model, MatrixFile) and in_file.X_original is None
+    exact_mean = np.array([math.fsum(whole[:, j]) / n for j in range(3)])
+    exact_std = np.sqrt([math.fsum((whole[:, j] - exact_mean[j]) ** 2) / n for j in range(3)])
+    np.testing.assert_allclose(in_file.scaler.mean, exact_mean, rtol=1e-13)
+    np.testing.assert_allclose(in_file.scaler.scale, exact_std, rtol=1e-13)
+    np.testing.assert_array_equal(in_file.scaler.mean, memory.scaler.mean)
+    for name in ("resolution", "spike_value", "spike_share", "lowest", "highest"):
+        np.testing.assert_array_equal(getattr(in_file, name), getattr(memory, name))
+    assert in_file.spike_value[1:].tolist() == [1.0, 5.25] and in_file.resolution[0] == 0.0
+    np.testing.assert_array_equal(in_file.X_model[:], memory.X_model)
+    in_file.release()
 
 
 def test_resolution_off_treats_every_feature_as_continuous():

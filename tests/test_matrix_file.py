@@ -21,6 +21,19 @@ def mapped(path: Path) -> bool:
     return str(path) in Path("/proc/self/maps").read_text()
 
 
+def test_a_matrix_file_is_written_from_blocks_that_must_add_up_to_its_shape():
+    X = np.random.default_rng(1).normal(size=(25, 2))
+    m = MatrixFile.from_blocks((X[i : i + 7] for i in range(0, 25, 7)), (25, 2))
+    np.testing.assert_array_equal(m[:], X)
+    m.remove()
+    before = set(Path(m.path.parent.parent).glob("segment-matrix-*"))
+    for blocks, shape in (([X[:10]], (25, 2)), ([X, X[:1]], (25, 2)), ([X[:, :1]], (25, 2))):
+        with pytest.raises(ValueError, match=r"rows|shape"):
+            MatrixFile.from_blocks(iter(blocks), shape)
+    # A failed write leaves no folder behind.
+    assert set(Path(m.path.parent.parent).glob("segment-matrix-*")) == before
+
+
 def test_a_matrix_file_reads_what_was_written_and_keeps_no_mapping():
     X = np.random.default_rng(0).normal(size=(1001, 3))
     m = MatrixFile.write(X, block_rows=100)

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flows.customer_rows import ValidCustomers
 from schemas import (
     REJECT_COLUMNS,
     Assignments,
@@ -17,8 +18,8 @@ from schemas import (
     customer_table_schema,
     validate_rows,
 )
-from schemas.customers import missing_feature_rejects, repeated_ids, validate_customer_chunks
-from schemas.validation import TEXT_DTYPE, blank_text_as_missing
+from schemas.customers import missing_feature_rejects, validate_customer_chunks
+from schemas.validation import blank_text_as_missing
 
 MAPPING = {
     "invoice_id": "Invoice",
@@ -170,10 +171,10 @@ def test_a_customer_table_checked_in_chunks_gives_what_checking_it_whole_gives(r
     valid, extra = missing_feature_rejects(whole.valid, names, 0.5, "c.csv")
     expected = pd.concat([whole.rejects, extra], ignore_index=True)
 
-    rows_, rejects = validate_customer_chunks(
+    rows_ = ValidCustomers(names)
+    rejects = validate_customer_chunks(
         (frame.iloc[i : i + chunk] for i in range(0, len(frame), chunk)),
-        np.asarray(frame["customer_id"].to_numpy(dtype=object), dtype=TEXT_DTYPE),
-        frame.index.to_numpy(dtype=np.int64),
+        rows_,
         customer_table_schema(names, transforms, may_be_blank, unique_ids=False),
         names,
         0.5,
@@ -192,7 +193,13 @@ def test_a_customer_table_checked_in_chunks_gives_what_checking_it_whole_gives(r
     valid = valid.iloc[sorted(range(len(valid)), key=lambda i: valid["customer_id"].iloc[i])]  # id order
     assert got.index.tolist() == valid.index.tolist()
     assert got["customer_id"].tolist() == valid["customer_id"].astype(str).tolist()
-    np.testing.assert_array_equal(rows_.features, valid[names].to_numpy(dtype=np.float64, na_value=np.nan))
+    np.testing.assert_array_equal(
+        got[names].to_numpy(), valid[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    )
+    read = rows_.read(in_file=False)
+    assert read.customer_ids.tolist() == got["customer_id"].tolist()
+    np.testing.assert_array_equal(read.features, got[names].to_numpy())
+    rows_.close()
 
 
 def test_valid_customer_rows_come_in_id_order_across_chunks():
@@ -200,20 +207,48 @@ def test_valid_customer_rows_come_in_id_order_across_chunks():
         {"customer_id": pd.Series(["b", "a", "d", "c"], dtype="str"), "x": pd.Series(["1", "2", "x", "4"])}
     )
     frame.index = pd.RangeIndex(1, 5)
-    rows, rejects = validate_customer_chunks(
+    rows = ValidCustomers(["x"])
+    rejects = validate_customer_chunks(
         [frame.iloc[:2], frame.iloc[2:]],
-        np.asarray(frame["customer_id"].to_numpy(dtype=object), dtype=TEXT_DTYPE),
-        frame.index.to_numpy(dtype=np.int64),
+        rows,
         customer_table_schema(["x"], {}, unique_ids=False),
         ["x"],
         0.5,
         "c.csv",
     )
-    assert rows.customer_ids.tolist() == ["a", "b", "c"] and rows.row_numbers.tolist() == [2, 1, 4]
-    assert rows.features[:, 0].tolist() == [2.0, 1.0, 4.0]
+    got = rows.to_frame()
+    assert got["customer_id"].tolist() == ["a", "b", "c"] and got.index.tolist() == [2, 1, 4]
+    for in_file in (False, True):
+        read = rows.read(in_file=in_file)
+        assert read.customer_ids.tolist() == ["a", "b", "c"]
+        assert read.features[:, 0].tolist() == [2.0, 1.0, 4.0]
     assert rejects["row_number"].tolist() == [3]
+    assert len(rows) == 3 and len(rows.without_rows()) == 3
 
 
-def test_repeated_ids_marks_every_repeat_and_never_a_missing_id():
-    ids = np.asarray(["b", np.nan, "a", "b", np.nan, "c", "b"], dtype=TEXT_DTYPE)
-    assert repeated_ids(ids).tolist() == [True, False, False, True, False, False, True]
+def test_every_row_of_a_repeated_id_is_rejected_and_never_a_missing_id():
+    ids = ["b", None, "a", "b", None, "c", "b", "a ", ""]
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.Series(ids, dtype="str"),
+            "x": pd.Series(["1", "2", "3", "x", "5", "6", "", "8", "9"]),
+        }
+    )
+    frame.index = pd.RangeIndex(1, len(ids) + 1)
+    rows = ValidCustomers(["x"])
+    rejects = validate_customer_chunks(
+        [frame.iloc[:4], frame.iloc[4:]],
+        rows,
+        customer_table_schema(["x"], {}, unique_ids=False),
+        ["x"],
+        0.0,  # every blank feature is too many: row 7 is still rejected for its id alone
+        "c.csv",
+    )
+    numbers, repeated = rows.repeated()
+    assert numbers.tolist() == [1, 4, 7] and repeated.tolist() == ["b", "b", "b"]
+    by_rule = {rule: sorted(group["row_number"]) for rule, group in rejects.groupby("rule")}
+    assert by_rule["field_uniqueness"] == [1, 4, 7]
+    assert 7 not in by_rule.get("too_many_missing", [])
+    # Rows 2 and 5 have no id, row 9 an empty one: Pandera rejects them, never as repeats.
+    assert rows.to_frame()["customer_id"].tolist() == ["a", "a ", "c"]
+    rows.close()

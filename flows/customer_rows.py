@@ -1,0 +1,204 @@
+"""A customer table's rows as validation passes them, kept in a temporary DuckDB database.
+
+Validation hands every chunk's rows here as it goes (:meth:`ValidCustomers.add`): each row's
+number and id, and the valid rows' features. Repeated ids are then found in SQL, and the valid
+customers are read back in order of id by DuckDB's sort, which spills to disk beyond its buffer
+(:meth:`ValidCustomers.read`). A run so holds one chunk of the table while validating, and then
+the customers' ids; their features go from the sort straight to a file. Validated in memory and
+put in id order with numpy, 10^7 customers x 4 features took 0.85 GiB (issue 12).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from flows.matrix_file import MatrixFile
+from flows.scratch import ScratchDatabase
+from schemas.customers import CustomerRows
+from schemas.validation import TEXT_DTYPE
+
+#: Vectors of 2,048 rows DuckDB hands over at a time when the customers are read back.
+_FETCH_VECTORS = 64
+
+#: DuckDB's buffer while it sorts the customers (it spills to disk beyond it): with 128 MB the
+#: sort of 10^7 customers x 4 features adds 0.19 GiB to the process, with 256 MB 0.32 GiB.
+SORT_MEMORY = "128MB"
+
+
+class ValidCustomers:
+    """A customer table's rows (:class:`schemas.customers.CustomerRowSink`) in a DuckDB file of a
+    temporary folder, removed by :meth:`close` or when the object is garbage-collected.
+
+    Parameters
+    ----------
+    names : list of str
+        The feature columns, in order.
+    """
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        self._scratch = ScratchDatabase("customers")
+        self.path: Path = self._scratch.path
+        self._con: duckdb.DuckDBPyConnection | None = self._scratch.connect()
+        values = "".join(f", v{j} DOUBLE" for j in range(len(self.names)))
+        self._con.execute(
+            f"CREATE TABLE rows (row_number BIGINT, customer_id VARCHAR, valid BOOLEAN{values})"
+        )
+        self._repeated: tuple[np.ndarray, np.ndarray] | None = None
+        self._count: int | None = None
+
+    def add(self, row_numbers: np.ndarray, ids: np.ndarray, valid: np.ndarray, values: np.ndarray) -> None:
+        """One chunk's rows (see :class:`schemas.customers.CustomerRowSink`)."""
+        n, d = len(row_numbers), len(self.names)
+        if not n:
+            return
+        self._repeated = self._count = None
+        full = np.full((n, d), np.nan)
+        full[valid] = values
+        chunk = pd.DataFrame(
+            {
+                "row_number": np.asarray(row_numbers, dtype=np.int64),
+                "customer_id": pd.Series(np.asarray(ids, dtype=object), dtype=object),
+                "valid": np.asarray(valid, dtype=bool),
+                **{f"v{j}": full[:, j] for j in range(d)},
+            },
+            copy=False,
+        )
+        con = self._connection()
+        con.register("chunk", chunk)
+        try:
+            # A NaN feature of a valid row is a blank: NULL in the table, as SQL sees a blank.
+            columns = "".join(f", CASE WHEN isnan(v{j}) THEN NULL ELSE v{j} END" for j in range(d))
+            con.execute(f"INSERT INTO rows SELECT row_number, customer_id, valid{columns} FROM chunk")
+        finally:
+            con.unregister("chunk")
+
+    def repeated(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source numbers and ids of the rows whose id was added more than once, by row number."""
+        if self._repeated is None:
+            con = self._connection()
+            # The repeated ids, found once: every later query leaves their rows out by this table.
+            con.execute(
+                "CREATE OR REPLACE TABLE repeated AS SELECT customer_id FROM rows "
+                "WHERE customer_id IS NOT NULL GROUP BY customer_id HAVING count(*) > 1"
+            )
+            frame = con.execute(
+                "SELECT row_number, customer_id FROM rows "
+                "WHERE customer_id IN (SELECT customer_id FROM repeated) ORDER BY row_number"
+            ).df()
+            self._repeated = (
+                frame["row_number"].to_numpy(dtype=np.int64),
+                np.asarray(frame["customer_id"].to_numpy(dtype=object), dtype=TEXT_DTYPE),
+            )
+        return self._repeated
+
+    @property
+    def _kept(self) -> str:
+        """The valid customers' rows, as a FROM clause: valid rows whose id is not repeated."""
+        self.repeated()
+        return "FROM rows WHERE valid AND customer_id NOT IN (SELECT customer_id FROM repeated)"
+
+    def __len__(self) -> int:
+        """Valid customers: valid rows whose id is not repeated."""
+        if self._count is None:
+            self._count = int(self._scalar(f"SELECT count(*) {self._kept}"))
+        return self._count
+
+    @property
+    def has_blanks(self) -> bool:
+        """Whether some valid customer has a blank feature."""
+        if not self.names:
+            return False
+        blank = " OR ".join(f"v{j} IS NULL" for j in range(len(self.names)))
+        return bool(self._scalar(f"SELECT count(*) > 0 {self._kept} AND ({blank})"))
+
+    def _scalar(self, sql: str):
+        row = self._connection().execute(sql).fetchall()
+        return row[0][0]
+
+    def read(self, in_file: bool = True) -> CustomerRows:
+        """The valid customers in order of id (compared as text, code point by code point, as
+        numpy compares them; no two have the same id).
+
+        ``in_file``: the features go to a :class:`~flows.matrix_file.MatrixFile` as they come,
+        the process holding one fetched chunk of them; otherwise into an array."""
+        n, d = len(self), len(self.names)
+        ids = np.empty(n, dtype=TEXT_DTYPE)
+        values = "".join(f", v{j}" for j in range(d))
+        # A sort's buffer of its own, smaller than the database's: what the sort holds adds to
+        # the ids this reading fills (see SORT_MEMORY).
+        con = self._connection()
+        limit = self._scalar("SELECT current_setting('memory_limit')")
+        con.execute(f"SET memory_limit = '{SORT_MEMORY}'")
+        try:
+            result = con.execute(f"SELECT customer_id{values} {self._kept} ORDER BY customer_id")
+            at = 0
+
+            def blocks():
+                nonlocal at
+                while at < n:
+                    chunk = result.fetch_df_chunk(_FETCH_VECTORS)
+                    if not len(chunk):
+                        break
+                    m = len(chunk)
+                    ids[at : at + m] = chunk["customer_id"].to_numpy(dtype=object)
+                    block = chunk[[f"v{j}" for j in range(d)]].to_numpy(dtype=np.float64, na_value=np.nan)
+                    del chunk
+                    at += m
+                    yield block.reshape(m, d)
+
+            features: MatrixFile | np.ndarray
+            if in_file:
+                features = MatrixFile.from_blocks(blocks(), (n, d))
+            else:
+                features = np.empty((n, d), dtype=np.float64)
+                start = 0
+                for block in blocks():
+                    features[start : start + len(block)] = block
+                    start += len(block)
+        finally:
+            con.execute(f"SET memory_limit = '{limit}'")
+        if at != n:
+            raise RuntimeError(f"DuckDB gave {at} of the {n} valid customers")
+        return CustomerRows(ids, features, list(self.names))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every valid customer in order of id, indexed by row number (``customer_id`` as text and
+        the features as float64): for small tables and tests."""
+        values = "".join(f", v{j} AS {_quoted(name)}" for j, name in enumerate(self.names))
+        frame = (
+            self._connection()
+            .execute(f"SELECT row_number, customer_id{values} {self._kept} ORDER BY customer_id")
+            .df()
+        )
+        frame = frame.set_index(pd.Index(frame.pop("row_number").to_numpy(dtype=np.int64), name="row"))
+        frame["customer_id"] = frame["customer_id"].astype("str")
+        return frame.astype(dict.fromkeys(self.names, np.float64))
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise ValueError("ValidCustomers: the rows were closed")
+        return self._con
+
+    def close(self) -> None:
+        """Close the database and remove its folder."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        self._scratch.remove()
+
+    def without_rows(self) -> ValidCustomers:
+        """Release the rows (see :meth:`schemas.ValidationOutcome.without_rows`): this object,
+        closed, still says how many valid customers there were."""
+        if self._con is not None:
+            len(self)  # counted before the rows go
+        self.close()
+        return self
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
