@@ -15,6 +15,7 @@ from scipy.stats import norm
 from threadpoolctl import threadpool_limits
 
 import tracking.customers as tracking_customers
+import tracking.drift as tracking_drift
 from gmm_engine import GaussianMixture
 from tracking import (
     DEFAULT_MAX_DISTANCE,
@@ -787,7 +788,9 @@ def test_hold_segments_moves_a_customer_only_on_odds_above_hold_odds(n, k, odds,
     assert max(read, default=0) <= 3 and sum(read) == np.sum(had & (components != previous))
 
 
-def test_compare_runs_with_hold_odds_moves_only_customers_the_model_clearly_places_elsewhere(base):
+def test_compare_runs_with_hold_odds_moves_only_customers_the_model_clearly_places_elsewhere(
+    base, monkeypatch
+):
     X, ids, names, first = base
     # Two overlapping segments refitted on fresh noise: customers near their border flip with a
     # plain refit; held, only those the new model places elsewhere by more than 10 to 1 move.
@@ -804,6 +807,11 @@ def test_compare_runs_with_hold_odds_moves_only_customers_the_model_clearly_plac
     )
     plain = compare_runs(first.model, model, **options)
     held = compare_runs(first.model, model, probabilities=proba, hold_odds=10.0, **options)
+    # Decided a block of customers at a time (7 here), the same customers are held.
+    monkeypatch.setattr(tracking_drift, "_HOLD_CUSTOMERS", 7)
+    in_blocks = compare_runs(first.model, model, probabilities=proba, hold_odds=10.0, **options)
+    np.testing.assert_array_equal(in_blocks.held, held.held)
+    np.testing.assert_array_equal(in_blocks.customer_components, held.customer_components)
     assert plain.held is None and plain.held_count == 0
     assert held.match.segment_ids.tolist() == plain.match.segment_ids.tolist()  # ids come from the model
     assert held.held_count > 0 and held.moved_share < plain.moved_share
@@ -911,13 +919,27 @@ def test_pair_counts_count_every_pair_a_block_at_a_time(pairs, far):
     same table as counting the pairs one by one, and the moved share that follows from it."""
     p = np.array([a for a, _ in pairs], dtype=np.int64) * (10**9 if far else 1)
     c = np.array([b for _, b in pairs], dtype=np.int64) + 5
+    # The same pairs read through positions, as the customers of two runs are (the runs' own
+    # arrays, in another order, with customers of their own around them).
+    order = np.random.default_rng(len(pairs)).permutation(len(pairs))
+    previous_all, current_all = np.concatenate([p[order], p[:1]]), np.concatenate([[5, 6], c])
+    previous_at, current_at = np.argsort(order), np.arange(2, len(pairs) + 2)
     block = tracking_customers._PAIR_BLOCK
     tracking_customers._PAIR_BLOCK = 3  # hypothesis runs many examples per monkeypatch fixture
     try:
         from_ids, to_ids, counts = tracking_customers.pair_counts(p, c)
         moved = tracking_customers.moved_share(p, c)
+        through = tracking_customers.pair_counts(previous_all, current_all, previous_at, current_at)
     finally:
         tracking_customers._PAIR_BLOCK = block
+    for got, want in zip(through, (from_ids, to_ids, counts), strict=True):
+        np.testing.assert_array_equal(got, want)
+    pairs_ = (from_ids, to_ids, counts)
+    assert migration_table(pairs=pairs_).equals(migration_table(p, c))
+    if pairs:  # (no segment at all has no transitions to classify)
+        assert classify_transitions(pairs=pairs_) == classify_transitions(p, c)
+    moved_of_pairs = tracking_customers.moved_share(pairs=pairs_)
+    assert moved_of_pairs == moved or (math.isnan(moved) and math.isnan(moved_of_pairs))
     expected: dict[tuple[int, int], int] = {}
     for a, b in zip(p.tolist(), c.tolist(), strict=True):
         expected[(a, b)] = expected.get((a, b), 0) + 1

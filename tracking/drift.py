@@ -295,14 +295,13 @@ def compare_runs(
         max_id_used,
         max_distance=max_distance,
         min_jaccard=min_jaccard,
-        overlap=None if overlap is None else (overlap.previous_segments, overlap.current_segments),
+        overlap=None if overlap is None else overlap.pair_counts(),
     )
     model = current.with_ids(match.segment_ids)
     held = None
     if overlap is not None and probabilities is not None and hold_odds > 1.0:
         # An overlap exists only with the previous run's customers and segments.
         assert previous_segments is not None and alignment is not None
-        overlap = None  # the first overlap goes before the second is made (2 ints per customer)
         components, held = _held_components(
             components, probabilities, hold_odds, match.segment_ids, previous_segments, alignment
         )
@@ -311,15 +310,15 @@ def compare_runs(
         )
     if overlap is not None:
         assert previous is not None  # an overlap exists only with a previous run
-        # Components to ids in place ("clip" is not buffered as "raise" is; every index is valid).
-        ids = np.asarray(match.segment_ids, dtype=np.int64)
-        np.take(ids, overlap.current_segments, out=overlap.current_segments, mode="clip")
-        migration = migration_table(overlap.previous_segments, overlap.current_segments)
+        # The customers in both runs counted by (previous id, component), the components then
+        # given their ids: nothing per customer (issue 12).
+        from_ids, to_components, counts = overlap.pair_counts()
+        pairs = (from_ids, np.asarray(match.segment_ids, dtype=np.int64)[to_components], counts)
+        migration = migration_table(pairs=pairs)
         prev_all = np.asarray(previous_segments, dtype=np.int64)
         transitions = classify_transitions(
-            overlap.previous_segments,
-            overlap.current_segments,
-            thresholds,
+            thresholds=thresholds,
+            pairs=pairs,
             previous_counts={int(s): int(np.sum(prev_all == s)) for s in previous.segment_ids},
             current_counts={
                 int(s): int(n)
@@ -328,7 +327,7 @@ def compare_runs(
                 )
             },
         )
-        moved = moved_share(overlap.previous_segments, overlap.current_segments)
+        moved = moved_share(pairs=pairs)
     else:
         migration, transitions, moved = migration_table([], []), [], float("nan")
     shifts = mean_shift(previous, model) if previous is not None else mean_shift(model, model).iloc[0:0]
@@ -369,12 +368,32 @@ def _held_components(
             raise ValueError(f"compare_runs: probabilities must have shape {shape}, got {got}")
     ip, ic = alignment
     # Component carrying each previous id in this run (-1: retired, so there is nothing to keep),
-    # looked up in a table indexed by id: one temporary per customer, not four (issue 12).
+    # looked up in a table indexed by id.
     ids = np.asarray(segment_ids, dtype=np.int64)
     previous_ids = np.asarray(previous_segments, dtype=np.int64)
     top = int(max(ids.max(initial=0), previous_ids.max(initial=0)))
     component_of = np.full(top + 1, -1, dtype=np.int64)
     component_of[ids] = np.arange(ids.size)
-    previous_components = np.full(components.size, -1, dtype=np.int64)
-    previous_components[ic] = component_of[previous_ids[ip]]
-    return hold_segments(components, probabilities, previous_components, hold_odds)
+    every = probabilities
+
+    def rows_of(rows: np.ndarray) -> np.ndarray:
+        return every(rows) if callable(every) else every[rows]
+
+    # The customers in both runs a block at a time: the run holds the segments given and who was
+    # held, not each customer's previous component besides (issue 12).
+    given = np.array(components, dtype=np.int64, copy=True)
+    held = np.zeros(given.size, dtype=bool)
+    for lo in range(0, ic.size, _HOLD_CUSTOMERS):
+        at = ic[lo : lo + _HOLD_CUSTOMERS]
+
+        def block_rows(rows: np.ndarray, at: np.ndarray = at) -> np.ndarray:
+            return rows_of(at[rows])
+
+        given[at], held[at] = hold_segments(
+            given[at], block_rows, component_of[previous_ids[ip[lo : lo + _HOLD_CUSTOMERS]]], hold_odds
+        )
+    return given, held
+
+
+#: Customers in both runs whose segments :func:`_held_components` decides at a time.
+_HOLD_CUSTOMERS = 1 << 20

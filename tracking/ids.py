@@ -84,18 +84,19 @@ def _assign(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
 
 
 def _overlap_counts(
-    previous_segments: np.ndarray, current_components: np.ndarray, previous_ids: np.ndarray, k_current: int
+    previous_segments: np.ndarray,
+    current_components: np.ndarray,
+    counts: np.ndarray,
+    previous_ids: np.ndarray,
+    k_current: int,
 ) -> np.ndarray:
+    """Counted pairs as a (previous segment, current component) matrix; pairs of unknown segments
+    or components are left out. A loop over the pairs that occur (at most k_previous x k)."""
     row = {int(s): i for i, s in enumerate(previous_ids)}
     C = np.zeros((previous_ids.shape[0], k_current), dtype=np.int64)
-    if previous_segments.size == 0:
-        return C
-    pairs, counts = np.unique(
-        np.stack([previous_segments, current_components], axis=1), axis=0, return_counts=True
-    )
-    for (s, c), n in zip(pairs, counts, strict=True):
-        if int(s) in row and 0 <= int(c) < k_current:
-            C[row[int(s)], int(c)] += int(n)
+    for s, c, n in zip(previous_segments.tolist(), current_components.tolist(), counts.tolist(), strict=True):
+        if s in row and 0 <= c < k_current:
+            C[row[s], c] += n
     return C
 
 
@@ -105,7 +106,7 @@ def match_segments(
     max_id_used: int,
     *,
     max_distance: float = DEFAULT_MAX_DISTANCE,
-    overlap: tuple[np.ndarray, np.ndarray] | None = None,
+    overlap: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     min_jaccard: float = DEFAULT_MIN_JACCARD,
 ) -> SegmentMatch:
     """Give each current component the id of the previous segment it continues, or a new id.
@@ -129,9 +130,10 @@ def match_segments(
         The largest id ever given (0 before the first run); must be >= every previous id.
     max_distance : float, default 2.0
         See :data:`DEFAULT_MAX_DISTANCE`.
-    overlap : (ndarray, ndarray), optional
-        For customers in both runs, aligned: previous segment id and current component index
-        (0..k-1). Used only when the features changed.
+    overlap : (ndarray, ndarray, ndarray), optional
+        The customers in both runs counted by pair (:func:`tracking.pair_counts`): previous
+        segment id, current component index (0..k-1) and how many customers go from one to the
+        other. Used only when the features changed.
     min_jaccard : float, default 0.5
 
     Returns
@@ -158,11 +160,10 @@ def match_segments(
             )
             method, pairs = "bhattacharyya", _assign(distances, max_distance)
         elif overlap is not None:
-            prev_seg = np.asarray(overlap[0], dtype=np.int64)
-            cur_comp = np.asarray(overlap[1], dtype=np.int64)
-            if prev_seg.shape != cur_comp.shape:
-                raise ValueError("match_segments: the two overlap arrays must have the same length")
-            C = _overlap_counts(prev_seg, cur_comp, previous.segment_ids, k).astype(np.float64)
+            prev_seg, cur_comp, counts = (np.asarray(a, dtype=np.int64).reshape(-1) for a in overlap)
+            if not prev_seg.shape == cur_comp.shape == counts.shape:
+                raise ValueError("match_segments: the three overlap arrays must have the same length")
+            C = _overlap_counts(prev_seg, cur_comp, counts, previous.segment_ids, k).astype(np.float64)
             union = C.sum(axis=1, keepdims=True) + C.sum(axis=0, keepdims=True) - C
             jaccard = np.divide(C, union, out=np.zeros_like(C), where=union > 0)
             distances = 1.0 - jaccard

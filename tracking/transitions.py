@@ -66,12 +66,13 @@ class Transition:
 
 
 def classify_transitions(
-    previous_ids: Sequence[int] | np.ndarray,
-    current_ids: Sequence[int] | np.ndarray,
+    previous_ids: Sequence[int] | np.ndarray | None = None,
+    current_ids: Sequence[int] | np.ndarray | None = None,
     thresholds: TransitionThresholds = TransitionThresholds(),
     *,
     previous_counts: Mapping[int, int] | None = None,
     current_counts: Mapping[int, int] | None = None,
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> list[Transition]:
     """Classify how the previous run's segments became the current ones, from shared customers (MONIC).
 
@@ -105,6 +106,9 @@ def classify_transitions(
     previous_counts, current_counts : mapping of segment id to customers, optional
         Every segment of each run with its number of customers in that run (segments without
         shared customers are then classified too). Each must be at least the shared customers.
+    pairs : (ndarray, ndarray, ndarray), optional
+        The customers in both runs counted already (:func:`tracking.pair_counts`: previous id,
+        current id, customers), instead of ``previous_ids`` and ``current_ids``.
 
     Returns
     -------
@@ -113,12 +117,14 @@ def classify_transitions(
         every current segment is the target of at least one row or is emerged. Rows follow the
         previous ids, emerged rows last.
     """
-    p = np.asarray(previous_ids, dtype=np.int64).reshape(-1)
-    c = np.asarray(current_ids, dtype=np.int64).reshape(-1)
-    if p.shape != c.shape:
-        raise ValueError("classify_transitions: previous_ids and current_ids differ in length")
-    # Counted as pairs first: the customers' ids are read once, a block at a time (issue 12).
-    from_ids, to_ids, counts = pair_counts(p, c)
+    if pairs is None:
+        p = np.asarray([] if previous_ids is None else previous_ids, dtype=np.int64).reshape(-1)
+        c = np.asarray([] if current_ids is None else current_ids, dtype=np.int64).reshape(-1)
+        if p.shape != c.shape:
+            raise ValueError("classify_transitions: previous_ids and current_ids differ in length")
+        # Counted as pairs first: the customers' ids are read once, a block at a time (issue 12).
+        pairs = pair_counts(p, c)
+    from_ids, to_ids, counts = (np.asarray(a, dtype=np.int64).reshape(-1) for a in pairs)
     prev = np.unique(np.concatenate([from_ids, np.fromiter((previous_counts or {}).keys(), np.int64)]))
     cur = np.unique(np.concatenate([to_ids, np.fromiter((current_counts or {}).keys(), np.int64)]))
     C = np.zeros((prev.size, cur.size), dtype=np.float64)
