@@ -32,9 +32,12 @@ def customers(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def running_cluster():
-    """A cluster running before the runs, as a team's scheduler would be (two worker processes)."""
+    """A cluster running before the runs, as a team's scheduler would be (two worker processes).
+
+    One per test: the tests kill a worker, and the worker's nanny does not always start another
+    (seen once in CI: a later wait for two workers then waited for ever)."""
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 1}),
         distributed.LocalCluster(
@@ -116,7 +119,7 @@ def test_a_worker_killed_during_the_run_is_survived_with_the_same_result(
     memory) during model selection: the lost partitions are sent again and the passes repeated,
     and the run publishes what it would have published undisturbed."""
     cluster, client = running_cluster
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     db, alone = tmp_path / "cluster" / "s.duckdb", tmp_path / "alone" / "s.duckdb"
     run(customers, db, cluster=cluster.scheduler_address)
     run(customers, alone)
@@ -129,7 +132,6 @@ def test_a_worker_killed_during_the_run_is_survived_with_the_same_result(
     assert any("lost with its worker: sent again from the client" in r.getMessage() for r in caplog.records)
     assert second["run_id"] == 2
     assert_same_result(published(db, 2), published(alone, run(customers, alone, seed=9)["run_id"]))
-    client.wait_for_workers(2)
 
 
 def test_a_lost_partition_that_cannot_be_sent_again_fails_the_run_cleanly(
@@ -139,7 +141,7 @@ def test_a_lost_partition_that_cannot_be_sent_again_fails_the_run_cleanly(
     import gmm_cluster
 
     cluster, client = running_cluster
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     db = tmp_path / "s.duckdb"
     run(customers, db, cluster=cluster.scheduler_address)
     scatter = gmm_cluster.ClusterData.scatter.__func__
@@ -160,7 +162,6 @@ def test_a_lost_partition_that_cannot_be_sent_again_fails_the_run_cleanly(
         rows = con.execute("SELECT count(*) FROM assignments WHERE run_id = 2").fetchone()
     assert runs == [(1, "success", None), (2, "failed", "select")]
     assert current == [(1,)] and rows == (0,)
-    client.wait_for_workers(2)
 
 
 def test_a_scheduler_that_does_not_answer_fails_the_run_in_one_line(prefect_harness, customers, tmp_path):
