@@ -75,7 +75,7 @@ def parquet_partitions(tmp_path_factory) -> list[ParquetPartition]:
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag", "tied"])
 def test_cluster_refit_matches_the_single_machine_refit(client, parquet_partitions, covariance_type):
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     Z = standardised(raw_data())
     start = start_model(Z, covariance_type)
     before = copy.deepcopy(start)
@@ -108,7 +108,7 @@ class KillsItsWorker:
 
 
 def test_a_worker_killed_once_is_replaced_and_the_fit_still_matches(client, parquet_partitions, tmp_path):
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     Z = standardised(raw_data())
     start = start_model(Z, "full")
     parts = [*parquet_partitions[:2], KillsItsWorker(parquet_partitions[2], str(tmp_path / "killed"))]
@@ -119,7 +119,7 @@ def test_a_worker_killed_once_is_replaced_and_the_fit_still_matches(client, parq
 
 
 def test_a_partition_that_keeps_killing_workers_fails_the_fit_cleanly(client, parquet_partitions):
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     start = start_model(standardised(raw_data()), "full")
     before = copy.deepcopy(start)
     parts = [*parquet_partitions[:2], KillsItsWorker(parquet_partitions[2])]
@@ -132,7 +132,7 @@ def test_a_partition_that_keeps_killing_workers_fails_the_fit_cleanly(client, pa
 
 
 def test_a_missing_file_or_column_is_a_one_line_error_naming_the_file(client, parquet_partitions, tmp_path):
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     start = start_model(standardised(raw_data()), "diag")
     missing = ParquetPartition(str(tmp_path / "absent.parquet"), COLUMNS, MEAN, SCALE)
     with pytest.raises(PartitionError) as caught:
@@ -151,7 +151,7 @@ def test_model_selection_on_cluster_data_matches_the_single_machine_selection(cl
     one's refit on all the data summed on the workers: the single machine's table and model."""
     from gmm_engine import observed_std, select_model
 
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     Z = standardised(raw_data())
     grid = dict(
         n_components=range(1, 5),
@@ -185,7 +185,7 @@ def test_model_selection_on_cluster_data_matches_the_single_machine_selection(cl
 
 
 def test_scattered_blocks_are_named_in_errors_and_must_be_complete(client):
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     Z = standardised(raw_data())
     with pytest.raises(ValueError, match="complete rows"):
         ClusterData.scatter(client, np.where(np.arange(Z.shape[0])[:, None] == 3, np.nan, Z), 500)
@@ -209,7 +209,7 @@ def _kill_worker_holding(client, future) -> int:
 def test_a_block_lost_with_its_worker_is_sent_again_and_the_pass_repeated(client):
     from gmm_engine import InMemoryData
 
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     Z = standardised(raw_data())
     start = start_model(Z, "full")
     start.set_params(**FIT)
@@ -223,7 +223,7 @@ def test_a_block_lost_with_its_worker_is_sent_again_and_the_pass_repeated(client
     assert data.resent >= 1 and len(said) == 1
     assert said[0].startswith("partition block 1 of 4") and "(retry 1 of 1)" in said[0]
     # A loss during the refit: the E-step is repeated, the iterations are an undisturbed fit's.
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     _kill_worker_holding(client, data.partitions[1])
     assert max_difference(data.refit(copy.deepcopy(start)), refit_in_process(start, split(Z))) < 1e-8
     assert len(said) == 2
@@ -231,7 +231,7 @@ def test_a_block_lost_with_its_worker_is_sent_again_and_the_pass_repeated(client
 
 
 def test_without_retries_a_lost_block_ends_the_pass_naming_it(client):
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=60)
     Z = standardised(raw_data())
     data = ClusterData.scatter(client, Z, 400, retries=0)
     _kill_worker_holding(client, data.partitions[2])
