@@ -21,6 +21,7 @@ from flows.features import FeatureMatrix
 from flows.scratch import ScratchDatabase
 from flows.segments import SegmentResult
 from flows.store import Notify, read_latest_run
+from flows.text_file import TextFile
 from tracking import (
     RunDrift,
     TrackedModel,
@@ -90,7 +91,7 @@ _FETCH_VECTORS = 128
 
 
 def join_customers(
-    assignments: str, customer_ids: np.ndarray
+    assignments: str, customer_ids: np.ndarray | TextFile
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The stored run's segment ids (``assignments``: a ``read_parquet`` pattern of files with
     ``customer_id`` and ``segment_id``) and ``(ip, ic)``: for every customer of ``customer_ids``

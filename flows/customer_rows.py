@@ -18,6 +18,7 @@ import pandas as pd
 
 from flows.matrix_file import MatrixFile
 from flows.scratch import ScratchDatabase
+from flows.text_file import TextWriter
 from schemas.customers import CustomerRows
 from schemas.validation import TEXT_DTYPE
 
@@ -124,13 +125,13 @@ class ValidCustomers:
         """The valid customers in order of id (compared as text, code point by code point, as
         numpy compares them; no two have the same id).
 
-        ``in_file``: the features go to a :class:`~flows.matrix_file.MatrixFile` as they come,
-        the process holding one fetched chunk of them; otherwise into an array."""
+        ``in_file``: the features go to a :class:`~flows.matrix_file.MatrixFile` and the ids to a
+        :class:`~flows.text_file.TextFile` as they come, the process holding one fetched chunk of
+        them; otherwise into arrays."""
         n, d = len(self), len(self.names)
-        ids = np.empty(n, dtype=TEXT_DTYPE)
+        ids: TextWriter | np.ndarray = TextWriter() if in_file else np.empty(n, dtype=TEXT_DTYPE)
         values = "".join(f", v{j}" for j in range(d))
-        # A sort's buffer of its own, smaller than the database's: what the sort holds adds to
-        # the ids this reading fills (see SORT_MEMORY).
+        # A sort's buffer of its own, smaller than the database's (see SORT_MEMORY).
         con = self._connection()
         limit = self._scalar("SELECT current_setting('memory_limit')")
         con.execute(f"SET memory_limit = '{SORT_MEMORY}'")
@@ -145,7 +146,10 @@ class ValidCustomers:
                     if not len(chunk):
                         break
                     m = len(chunk)
-                    ids[at : at + m] = chunk["customer_id"].to_numpy(dtype=object)
+                    if isinstance(ids, TextWriter):
+                        ids.append(np.asarray(chunk["customer_id"].to_numpy(dtype=object), dtype=TEXT_DTYPE))
+                    else:
+                        ids[at : at + m] = chunk["customer_id"].to_numpy(dtype=object)
                     block = chunk[[f"v{j}" for j in range(d)]].to_numpy(dtype=np.float64, na_value=np.nan)
                     del chunk
                     at += m
@@ -160,10 +164,16 @@ class ValidCustomers:
                 for block in blocks():
                     features[start : start + len(block)] = block
                     start += len(block)
+        except BaseException:
+            if isinstance(ids, TextWriter):
+                ids.abandon()
+            raise
         finally:
             con.execute(f"SET memory_limit = '{limit}'")
         if at != n:
             raise RuntimeError(f"DuckDB gave {at} of the {n} valid customers")
+        if isinstance(ids, TextWriter):
+            return CustomerRows(ids.finish(), features, list(self.names))
         return CustomerRows(ids, features, list(self.names))
 
     def to_frame(self) -> pd.DataFrame:

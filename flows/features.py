@@ -14,6 +14,7 @@ from flows.config import TRANSFORMS
 from flows.duck import sql_text
 from flows.lines import TransactionLines
 from flows.matrix_file import BLOCK_ROWS, MatrixFile
+from flows.text_file import TextFile
 from reports.profiles import to_original_units
 from schemas.customers import CustomerRows
 from schemas.validation import as_text_array
@@ -84,9 +85,10 @@ class FeatureMatrix:
 
     Attributes
     ----------
-    customer_ids : ndarray of shape (n_customers,)
+    customer_ids : ndarray or TextFile of shape (n_customers,)
         Text customer ids (numpy text, :data:`schemas.validation.TEXT_DTYPE`), in row order of the
-        matrices, which is the order of the ids.
+        matrices, which is the order of the ids; in a file read a block at a time with the
+        matrix (:meth:`in_file`).
     names, units, transforms : list of str
         Per feature (length d).
     X_original : ndarray or MatrixFile of shape (n_customers, d), or None
@@ -111,7 +113,7 @@ class FeatureMatrix:
         The smallest and largest value of each feature in original units (blanks left out).
     """
 
-    customer_ids: np.ndarray
+    customer_ids: np.ndarray | TextFile
     names: list[str]
     units: list[str]
     transforms: list[str]
@@ -155,13 +157,28 @@ class FeatureMatrix:
 
     def in_file(self) -> FeatureMatrix:
         """The same features with ``X_model`` moved to a :class:`~flows.matrix_file.MatrixFile`
-        (and ``X_original`` dropped): from model selection on, a run reads the matrix a block of
-        customers at a time, so it does not hold n x d floats (0.3 GiB at 10^7 x 4; issue 12).
+        and the ids to a :class:`~flows.text_file.TextFile` (and ``X_original`` dropped): from
+        model selection on, a run reads them a block of customers at a time, so it holds neither
+        (0.3 and 0.15 GiB at 10^7 x 4; issue 12).
         Customers with blank features stay in memory (EM with blanks needs them together): the
         same object is returned then."""
-        if isinstance(self.X_model, MatrixFile) or self.has_missing:
+        if self.has_missing:
             return self
-        return replace(self, X_original=None, X_model=MatrixFile.write(self.X_model))
+        X_model = self.X_model if isinstance(self.X_model, MatrixFile) else MatrixFile.write(self.X_model)
+        ids = self.customer_ids
+        return replace(
+            self,
+            X_original=None,
+            X_model=X_model,
+            customer_ids=ids if isinstance(ids, TextFile) else TextFile.write(ids),
+        )
+
+    @property
+    def scratch_folders(self) -> list[str]:
+        """The temporary folders of the matrix's and the ids' files (none when held in memory)."""
+        return [str(f.path.parent) for f in (self.X_model,) if isinstance(f, MatrixFile)] + [
+            str(f.folder) for f in (self.customer_ids,) if isinstance(f, TextFile)
+        ]
 
     def full_data(self):
         """All customers as model selection asks for them (:class:`gmm_engine.FullData`): the
@@ -173,9 +190,11 @@ class FeatureMatrix:
         return InMemoryData(self.X_model)
 
     def release(self) -> None:
-        """Remove the matrix's file, if it has one (the matrix cannot be read afterwards)."""
+        """Remove the matrix's and the ids' files, if they have some (they cannot be read afterwards)."""
         if isinstance(self.X_model, MatrixFile):
             self.X_model.remove()
+        if isinstance(self.customer_ids, TextFile):
+            self.customer_ids.remove()
 
     @property
     def value_range(self) -> tuple[np.ndarray, np.ndarray]:
@@ -529,8 +548,9 @@ def feature_matrix(
 
     Parameters
     ----------
-    ids : ndarray of shape (n,)
-        Text ids (:data:`schemas.validation.TEXT_DTYPE`, or anything numpy turns into it).
+    ids : ndarray or TextFile of shape (n,)
+        Text ids (:data:`schemas.validation.TEXT_DTYPE`, or anything numpy turns into it); a
+        :class:`~flows.text_file.TextFile` in order of id comes with ``X`` in a file.
     X : ndarray or MatrixFile of shape (n, d)
         Features in original units, NaN where blank. A :class:`~flows.matrix_file.MatrixFile`
         (rows in order of ``ids``) is read a block of rows at a time, and ``X_model`` is then a
@@ -542,8 +562,9 @@ def feature_matrix(
         No customer or a single one, or a feature with the same value for every customer (zero
         variance: nothing to separate on, and the standardised column would be all zeros).
     """
-    ids = as_text_array(ids)
-    n = ids.size
+    if not isinstance(ids, TextFile):
+        ids = as_text_array(ids)
+    n = len(ids)
     if n == 0:
         raise FeatureError("no customer is left to segment after validation and the data rules")
     if n == 1:
@@ -555,7 +576,8 @@ def feature_matrix(
     in_file = isinstance(X, MatrixFile)
     if not in_file:
         X = np.asarray(X, dtype=np.float64)
-    if not bool(np.all(ids[1:] >= ids[:-1])):  # rows validated a chunk at a time come in id order
+    # Rows validated a chunk at a time come in id order (in files: put there by DuckDB's sort).
+    if not isinstance(ids, TextFile) and not bool(np.all(ids[1:] >= ids[:-1])):
         if in_file:
             raise ValueError("feature_matrix: a matrix in a file must come in order of customer id")
         order = np.argsort(ids, kind="stable")

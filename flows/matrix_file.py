@@ -30,6 +30,8 @@ WINDOW_ROWS = 1 << 16
 #: The folder a matrix file lives in: ``segment-matrix-<random>`` in the temporary folder.
 FOLDER_PREFIX = "segment-matrix-"
 _FILE_NAME = "X_model.npy"
+#: The files of a :class:`flows.text_file.TextFile` (the customers' ids) in such a folder.
+TEXTS_NAME, OFFSETS_NAME = "texts.utf8", "offsets.int64"
 
 
 class MatrixFile:
@@ -169,8 +171,9 @@ class MatrixFile:
 
 def remove_left_behind(folders: Iterable[str]) -> list[str]:
     """Remove the folders of matrix files that a killed run left behind (their paths, as the run
-    noted them in its journal); returns those removed. Only what :meth:`MatrixFile.write` makes
-    is removed: a ``segment-matrix-*`` folder holding nothing but the matrix file."""
+    noted them in its journal); returns those removed. Only what :meth:`MatrixFile.write` and
+    :class:`flows.text_file.TextFile` make is removed: a ``segment-matrix-*`` folder holding
+    nothing but their files."""
     removed = []
     for name in folders:
         folder = Path(name)
@@ -178,7 +181,7 @@ def remove_left_behind(folders: Iterable[str]) -> list[str]:
             entries = [entry.name for entry in folder.iterdir()]
         except OSError:
             continue  # gone already (the system's temporary-file cleaning), or not a folder
-        if folder.name.startswith(FOLDER_PREFIX) and set(entries) <= {_FILE_NAME}:
+        if folder.name.startswith(FOLDER_PREFIX) and set(entries) <= {_FILE_NAME, TEXTS_NAME, OFFSETS_NAME}:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(str(folder))
     return removed

@@ -27,7 +27,7 @@ from flows.config import PURCHASE_MEANINGS, Settings
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
-from flows.matrix_file import MatrixFile, remove_left_behind
+from flows.matrix_file import remove_left_behind
 from flows.memory import trim_heap
 from flows.parameters import RunParameters, takes_run_parameters
 from flows.runlock import RunJournal, database_lock, killed_runs
@@ -378,7 +378,9 @@ def _segment(
     logger.info("run %d started (trigger %s)", run_id, trigger)
     for killed in killed_runs(journal.previous):
         for folder in remove_left_behind(killed.get("scratch") or []):
-            logger.info("removed %s, the model matrix run %s left behind", folder, killed.get("run_id"))
+            logger.info(
+                "removed %s, the model matrix or ids run %s left behind", folder, killed.get("run_id")
+            )
     clock = _StageClock(journal)
     loaded: LoadedInput | None = None
     outcome: ValidationOutcome | None = None
@@ -400,9 +402,9 @@ def _segment(
         with clock.stage("features"):
             features_ = features_task(outcome.valid, settings)
             outcome = outcome.without_rows()
-            if isinstance(features_.X_model, MatrixFile):
-                # Noted in the journal, so that the next run removes it if this one is killed.
-                journal.note(scratch=[str(features_.X_model.path.parent)])
+            if features_.scratch_folders:
+                # Noted in the journal, so that the next run removes them if this one is killed.
+                journal.note(scratch=features_.scratch_folders)
         data = None
         if client is not None:
             with clock.stage("distribute"):

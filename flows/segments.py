@@ -12,6 +12,7 @@ import pandas as pd
 
 from flows.features import FeatureMatrix
 from flows.matrix_file import MatrixFile
+from flows.text_file import TextFile
 from gmm_engine import full_covariances
 from reports.profiles import MembershipTotals, segment_profiles
 
@@ -243,7 +244,7 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
 
 def assignment_table(
     result: SegmentResult,
-    customer_ids: np.ndarray,
+    customer_ids: np.ndarray | TextFile,
     missing_features: np.ndarray | None = None,
     rows: slice = slice(None),
 ) -> pd.DataFrame:
@@ -279,7 +280,7 @@ class AssignmentRows:
     held: at 10^7 customers that frame alone took gigabytes."""
 
     result: SegmentResult
-    customer_ids: np.ndarray
+    customer_ids: np.ndarray | TextFile
     missing_features: np.ndarray | None = None
 
     def __len__(self) -> int:

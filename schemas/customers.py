@@ -111,7 +111,8 @@ class CustomerRows:
 
     Attributes
     ----------
-    customer_ids : ndarray of shape (n,), :data:`schemas.validation.TEXT_DTYPE`
+    customer_ids : array of shape (n,), :data:`schemas.validation.TEXT_DTYPE`
+        An ndarray, or anything whose slices are (texts in a file, read a block at a time).
     features : array of shape (n, d), float64
         NaN where a feature was left blank (and may be). An ndarray, or anything whose row slices
         are (a matrix in a file, read a block at a time).
@@ -119,12 +120,12 @@ class CustomerRows:
         The feature columns (length d).
     """
 
-    customer_ids: np.ndarray
+    customer_ids: Any
     features: Any
     names: list[str]
 
     def __len__(self) -> int:
-        return int(self.customer_ids.size)
+        return len(self.customer_ids)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, names: list[str]) -> CustomerRows:

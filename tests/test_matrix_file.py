@@ -12,8 +12,10 @@ from test_choice import counts_table, matrix, settings_for
 
 from flows import stages
 from flows.matrix_file import MatrixFile
+from flows.text_file import TextFile
 from gmm_engine import BlockData, InMemoryData
 from reports import ReportData
+from schemas.validation import TEXT_DTYPE
 
 
 def mapped(path: Path) -> bool:
@@ -32,6 +34,43 @@ def test_a_matrix_file_is_written_from_blocks_that_must_add_up_to_its_shape():
             MatrixFile.from_blocks(iter(blocks), shape)
     # A failed write leaves no folder behind.
     assert set(Path(m.path.parent.parent).glob("segment-matrix-*")) == before
+
+
+@pytest.mark.parametrize("block", [1, 3, 1000])
+def test_a_text_file_reads_the_ids_that_were_written_whatever_their_text(block):
+    """Ids of any text (accents, other scripts, empty, a NUL inside) come back as written, by
+    slice, position, mask or one at a time, whatever the blocks they were written in."""
+    ids = np.asarray(
+        ["C1", "é", "日本", "", "a b", "x\x00y", "Zoë", "42", "0042", "z" * 40] * 3, dtype=TEXT_DTYPE
+    )
+    texts = TextFile.write(ids, block_rows=block)
+    assert len(texts) == 30 and texts.shape == (30,) and texts.dtype == TEXT_DTYPE
+    assert texts[:].tolist() == ids.tolist() == texts.tolist() == np.asarray(texts).tolist()
+    assert texts[7:23].tolist() == ids[7:23].tolist() and texts[5:5].tolist() == []
+    assert texts[[29, 0, 5, 5]].tolist() == ids[[29, 0, 5, 5]].tolist()
+    assert texts[ids == "é"].tolist() == ["é"] * 3
+    assert texts[5] == "x\x00y" and texts[-1] == "z" * 40
+    with pytest.raises(IndexError):
+        texts[30]
+    plain = TextFile.write(np.asarray([f"C{i}" for i in range(1000)], dtype=TEXT_DTYPE), block_rows=block)
+    assert plain[990:].tolist() == [f"C{i}" for i in range(990, 1000)]
+    for t in (texts, plain):
+        t.remove()
+        assert t.removed and not t.folder.exists()
+
+
+def test_a_text_file_that_fails_while_written_leaves_nothing_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def blocks():
+        yield np.asarray(["a", "b"], dtype=TEXT_DTYPE)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        TextFile.from_blocks(blocks())
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_matrix_file_reads_what_was_written_and_keeps_no_mapping():

@@ -101,6 +101,7 @@ def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(
     assert db.read_bytes() == published, "a run killed during the fit changed the results file"
     left_by_2 = list(scratch.glob("segment-matrix-*/X_model.npy"))
     assert len(left_by_2) == 1, "a killed run leaves its model matrix behind ..."
+    assert len(list(scratch.glob("segment-matrix-*/texts.utf8"))) == 1, "... and its customers' ids"
 
     during_write = killed_cli_run(customers_csv, db, "write", scratch)
     assert during_write.returncode == -signal.SIGKILL, during_write.stderr[-2000:]
@@ -117,7 +118,7 @@ def test_runs_killed_during_fit_and_during_write_leave_no_partial_run(
     summary = run_flow(customers_csv, db)
     assert summary["run_id"] == 4
     assert not list(scratch.iterdir())
-    assert "the model matrix run 3 left behind" in caplog.text
+    assert "the model matrix or ids run 3 left behind" in caplog.text
     assert runs(db) == [
         (1, "success", None),
         (2, "killed", "select"),

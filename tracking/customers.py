@@ -74,11 +74,15 @@ class CustomerOverlap:
         return int(self.positions.size)
 
 
-def as_text(ids: Sequence[Any] | np.ndarray) -> np.ndarray:
+def as_text(ids: Any) -> np.ndarray:
     """Customer ids as text (ids are compared as text): an array of numpy's variable-width strings
     stays as it is, an object array of Python strings too; anything else becomes Python strings.
 
-    A fixed-width numpy string copy of 10^7 ids would take gigabytes and sort slowly."""
+    A fixed-width numpy string copy of 10^7 ids would take gigabytes and sort slowly. Ids read a
+    block at a time from a file (any sized object whose ``dtype`` is numpy text and whose slices
+    are numpy text arrays) stay as they are too: reading them whole would defeat the file."""
+    if not isinstance(ids, np.ndarray) and isinstance(getattr(ids, "dtype", None), np.dtypes.StringDType):
+        return ids  # read a block at a time by whoever needs them
     a = np.asarray(ids)
     if isinstance(a.dtype, np.dtypes.StringDType):
         return a

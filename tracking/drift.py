@@ -274,7 +274,7 @@ def compare_runs(
         ``previous_customers`` may then be None.
     """
     components = np.asarray(current_components, dtype=np.int64).reshape(-1)
-    if np.asarray(current_customers).shape != components.shape:
+    if len(current_customers) != components.size:
         raise ValueError("compare_runs: current_customers and current_components differ in length")
     if components.size and (components.min() < 0 or components.max() >= current.n_segments):
         raise ValueError(f"compare_runs: current_components must lie in 0..{current.n_segments - 1}")
