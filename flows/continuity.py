@@ -21,7 +21,7 @@ from flows.features import FeatureMatrix
 from flows.scratch import ScratchDatabase
 from flows.segments import SegmentResult
 from flows.store import Notify, read_latest_run
-from flows.text_file import TextFile
+from flows.text_file import TextFile, text_objects
 from tracking import (
     RunDrift,
     TrackedModel,
@@ -103,12 +103,9 @@ def join_customers(
         try:
             con.execute("CREATE TABLE current (position BIGINT, customer_id VARCHAR)")
             for start in range(0, len(customer_ids), _JOIN_BLOCK):
-                part = customer_ids[start : start + _JOIN_BLOCK]
+                part = text_objects(customer_ids, slice(start, start + _JOIN_BLOCK))
                 block = pd.DataFrame(
-                    {
-                        "position": np.arange(start, start + len(part), dtype=np.int64),
-                        "customer_id": pd.Series(part, dtype=object).astype(str),
-                    },
+                    {"position": np.arange(start, start + len(part), dtype=np.int64), "customer_id": part},
                     copy=False,
                 )
                 con.register("block", block)

@@ -147,7 +147,7 @@ class ValidCustomers:
                         break
                     m = len(chunk)
                     if isinstance(ids, TextWriter):
-                        ids.append(np.asarray(chunk["customer_id"].to_numpy(dtype=object), dtype=TEXT_DTYPE))
+                        ids.append(chunk["customer_id"].tolist())  # DuckDB's str objects as they are
                     else:
                         ids[at : at + m] = chunk["customer_id"].to_numpy(dtype=object)
                     block = chunk[[f"v{j}" for j in range(d)]].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from flows.features import FeatureMatrix
 from flows.matrix_file import MatrixFile
-from flows.text_file import TextFile
+from flows.text_file import TextFile, text_objects
 from gmm_engine import full_covariances
 from reports.profiles import MembershipTotals, segment_profiles
 
@@ -256,7 +256,7 @@ def assignment_table(
     probabilities, log_density = result.memberships.rows_with_density(rows)
     frame = pd.DataFrame(
         {
-            "customer_id": pd.Series(customer_ids[rows], dtype=object).astype(str),
+            "customer_id": text_objects(customer_ids, rows),
             "segment_id": result.segment_ids[labels],
             "probability": probabilities[np.arange(n), labels],
             "log_density": log_density,

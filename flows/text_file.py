@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from flows.matrix_file import FOLDER_PREFIX, OFFSETS_NAME, TEXTS_NAME, WINDOW_ROWS
 from schemas.validation import TEXT_DTYPE, as_text_array
@@ -113,18 +114,22 @@ class TextFile:
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         """Texts ``start:stop`` into a new text array: one read, one split."""
+        return np.asarray(self.strings(start, stop), dtype=TEXT_DTYPE)
+
+    def strings(self, start: int, stop: int) -> list[str]:
+        """Texts ``start:stop`` as Python strings (what DuckDB and pandas take): one read, one split."""
+        start, stop = max(0, start), min(self.n, stop)
         if stop <= start:
-            return np.empty(0, dtype=TEXT_DTYPE)
+            return []
         offsets = self._offsets(start, stop)
         with open(self.folder / TEXTS_NAME, "rb") as f:
             f.seek(int(offsets[0]))
             data = f.read(int(offsets[-1] - offsets[0]))
         if self._separated:
-            values = data.decode("utf-8").split(_NUL)[:-1]
-        else:  # a text holds a NUL: cut at each text's offsets
-            cuts = (offsets - offsets[0]).tolist()
-            values = [data[a : b - 1].decode("utf-8") for a, b in pairwise(cuts)]
-        return np.asarray(values, dtype=TEXT_DTYPE)
+            return data.decode("utf-8").split(_NUL)[:-1]
+        # A text holds a NUL: cut at each text's offsets.
+        cuts = (offsets - offsets[0]).tolist()
+        return [data[a : b - 1].decode("utf-8") for a, b in pairwise(cuts)]
 
     def _gather(self, positions: np.ndarray) -> np.ndarray:
         """The texts at ``positions`` (any shape, any order), read a window of texts at a time."""
@@ -171,9 +176,9 @@ class TextWriter:
         self._offsets = open(self.folder / OFFSETS_NAME, "wb")  # noqa: SIM115
         self.n, self._at, self._separated = 0, 0, True
 
-    def append(self, block: np.ndarray) -> None:
-        """Add texts (a text array, no missing value)."""
-        values = as_text_array(block).tolist()
+    def append(self, block: np.ndarray | list[str]) -> None:
+        """Add texts (a text array or a list of str, no missing value)."""
+        values = block if isinstance(block, list) else as_text_array(block).tolist()
         if not values:
             return
         joined = _NUL.join(values) + _NUL
@@ -206,3 +211,12 @@ class TextWriter:
         self._texts.close()
         self._offsets.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def text_objects(texts: np.ndarray | TextFile, rows: slice) -> pd.Series:
+    """``texts[rows]`` (a slice) as a Series of Python strings, as DuckDB and Parquet take them,
+    from an array of texts or a :class:`TextFile` (without a numpy copy in between)."""
+    if isinstance(texts, TextFile):
+        start, stop, _ = rows.indices(len(texts))
+        return pd.Series(texts.strings(start, stop), dtype=object).astype(str)
+    return pd.Series(texts[rows], dtype=object).astype(str)

@@ -12,7 +12,7 @@ from test_choice import counts_table, matrix, settings_for
 
 from flows import stages
 from flows.matrix_file import MatrixFile
-from flows.text_file import TextFile
+from flows.text_file import TextFile, text_objects
 from gmm_engine import BlockData, InMemoryData
 from reports import ReportData
 from schemas.validation import TEXT_DTYPE
@@ -50,6 +50,9 @@ def test_a_text_file_reads_the_ids_that_were_written_whatever_their_text(block):
     assert texts[[29, 0, 5, 5]].tolist() == ids[[29, 0, 5, 5]].tolist()
     assert texts[ids == "é"].tolist() == ["é"] * 3
     assert texts[5] == "x\x00y" and texts[-1] == "z" * 40
+    for held in (texts, ids):  # as DuckDB and Parquet take them, from a file or an array alike
+        series = text_objects(held, slice(7, 23))
+        assert series.tolist() == ids[7:23].tolist() and series.dtype == "str"
     with pytest.raises(IndexError):
         texts[30]
     plain = TextFile.write(np.asarray([f"C{i}" for i in range(1000)], dtype=TEXT_DTYPE), block_rows=block)
