@@ -3,9 +3,10 @@
 Validation hands every chunk's rows here as it goes (:meth:`ValidCustomers.add`): each row's
 number and id, and the valid rows' features. Repeated ids are then found in SQL, and the valid
 customers are read back in order of id by DuckDB's sort, which spills to disk beyond its buffer
-(:meth:`ValidCustomers.read`). A run so holds one chunk of the table while validating, and then
-the customers' ids; their features go from the sort straight to a file. Validated in memory and
-put in id order with numpy, 10^7 customers x 4 features took 0.85 GiB (issue 12).
+(:meth:`ValidCustomers.read`). A run so holds one chunk of the table while validating, and
+nothing per customer afterwards: their ids and features go from the sort straight to files.
+Validated in memory and put in id order with numpy, 10^7 customers x 4 features took 0.85 GiB
+(issue 12).
 """
 
 from __future__ import annotations

@@ -176,9 +176,12 @@ class FeatureMatrix:
     @property
     def scratch_folders(self) -> list[str]:
         """The temporary folders of the matrix's and the ids' files (none when held in memory)."""
-        return [str(f.path.parent) for f in (self.X_model,) if isinstance(f, MatrixFile)] + [
-            str(f.folder) for f in (self.customer_ids,) if isinstance(f, TextFile)
-        ]
+        folders = []
+        if isinstance(self.X_model, MatrixFile):
+            folders.append(str(self.X_model.path.parent))
+        if isinstance(self.customer_ids, TextFile):
+            folders.append(str(self.customer_ids.folder))
+        return folders
 
     def full_data(self):
         """All customers as model selection asks for them (:class:`gmm_engine.FullData`): the
