@@ -193,9 +193,10 @@ class FeatureMatrix:
         return InMemoryData(self.X_model)
 
     def release(self) -> None:
-        """Remove the matrix's and the ids' files, if they have some (they cannot be read afterwards)."""
-        if isinstance(self.X_model, MatrixFile):
-            self.X_model.remove()
+        """Remove the matrices' and the ids' files, if they have some (they cannot be read afterwards)."""
+        for matrix in (self.X_model, self.X_original):
+            if isinstance(matrix, MatrixFile):
+                matrix.remove()
         if isinstance(self.customer_ids, TextFile):
             self.customer_ids.remove()
 

@@ -31,6 +31,7 @@ from flows.load import LoadedInput
 from flows.matrix_file import MatrixFile
 from flows.segments import AssignmentRows, SegmentResult, assign_segments, feature_profiles, segment_table
 from flows.store import RunRecord, feature_scaler_table
+from flows.text_file import TextFile
 from schemas import (
     RFMFeatures,
     Transactions,
@@ -230,18 +231,26 @@ def compute_features(
         rows = valid
     else:
         rows = CustomerRows.from_frame(valid, names)
-    return feature_matrix(
-        rows.customer_ids,
-        rows.features,
-        names,
-        units,
-        transforms,
-        settings.features.standardize,
-        as_of=as_of,
-        counts=counts,
-        resolution=settings.features.resolution == "auto",
-        keep_original=keep_original,
-    )
+    try:
+        return feature_matrix(
+            rows.customer_ids,
+            rows.features,
+            names,
+            units,
+            transforms,
+            settings.features.standardize,
+            as_of=as_of,
+            counts=counts,
+            resolution=settings.features.resolution == "auto",
+            keep_original=keep_original,
+        )
+    except BaseException:
+        # Files read from ValidCustomers go now, not when the error (which a run's state may
+        # keep) is dropped.
+        for held in (rows.customer_ids, rows.features):
+            if isinstance(held, (TextFile, MatrixFile)):
+                held.remove()
+        raise
 
 
 def select_segments(

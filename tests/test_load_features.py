@@ -11,6 +11,7 @@ import pytest
 
 from flows.config import ConfigError, load_settings
 from flows.features import (
+    FeatureError,
     apply_transforms,
     build_feature_matrix,
     default_as_of,
@@ -651,3 +652,27 @@ def test_a_spilled_input_gives_the_frames_of_its_compact_blocks(tmp_path, monkey
     for a, b in zip(direct, via_blocks, strict=True):
         pd.testing.assert_frame_equal(a, b)
     assert direct[0]["customer_id"].isna().sum() > 0 and direct[0]["x"].isna().sum() > 0
+
+
+def test_a_customer_table_whose_features_fail_leaves_no_file_behind(tmp_path, monkeypatch):
+    """The customers read into files for the features (ids and values in original units) go when
+    the features cannot be built, not when the error is dropped (a run's state may keep it)."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    path = tmp_path / "customers.csv"
+    path.write_text("id,x,y\n" + "".join(f"c{i},{i},7\n" for i in range(50)))
+    over = {
+        "input": {"path": str(path), "kind": "customers", "columns": {"customer_id": "id"}},
+        "features": {"columns": ["x", "y"]},
+    }
+    s = load_settings(overrides=over)
+    outcome = validate_input(load_input(s.input, s.features.columns), s)
+    with pytest.raises(FeatureError, match="feature 'y' has the same value") as caught:
+        compute_features(outcome.valid, s, keep_original=False)
+    # The error is kept (with its frames), as a run's failed state keeps it.
+    assert caught.traceback and not list(scratch.glob("segment-matrix-*")), "the features' files are removed"
+    outcome.without_rows()
+    assert not list(scratch.iterdir())

@@ -144,9 +144,19 @@ def served(server, tmp_path_factory):
         "--timezone",
         "Europe/London",
     ]
+    # The runs' temporary files in the test's folder: a run the test stops mid-way (Ctrl-C on
+    # the serving process while the every-minute schedule runs) leaves its model matrix and ids,
+    # which only a next run on the same database would remove.
+    scratch = work / "tmp"
+    scratch.mkdir()
     with open(work / "serve.log", "w") as log:  # the child keeps its own handle
         proc = subprocess.Popen(
-            SEGMENT + args, env=server, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            SEGMENT + args,
+            env={**server, "TMPDIR": str(scratch)},
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait_until(lambda: _deployments(server) >= {"nightly", "manual"}, 90, "both deployments")
