@@ -142,10 +142,16 @@ def join_customers(
 
 
 def _fetched(con, table: str, sql: str, *columns: str):
-    """The int64 ``columns`` of the query ``sql`` (every row of ``table``, in some order), read a
-    chunk at a time into arrays of the table's size (one array, or a tuple of them)."""
-    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    out = [np.empty(n, dtype=np.int64) for _ in columns]
+    """The integer ``columns`` of the query ``sql`` (every row of ``table``, in some order), read a
+    chunk at a time into arrays of the table's size (one array, or a tuple of them): int32 when
+    the table's rows and every value fit in it (positions and segment ids do below 2^31 rows),
+    else int64, so that a run holds 4 bytes a customer for each, not 8 (issue 12)."""
+    n, *bounds = con.execute(
+        f"SELECT count(*), {', '.join(f'min({c}), max({c})' for c in columns)} FROM {table}"
+    ).fetchall()[0]
+    small = n < 2**31 and all(b is None or -(2**31) <= b < 2**31 for b in bounds)
+    dtype = np.int32 if small else np.int64
+    out = [np.empty(n, dtype=dtype) for _ in columns]
     result = con.execute(sql)
     at = 0
     while at < n:

@@ -245,6 +245,8 @@ def test_the_stored_runs_customers_are_joined_with_this_runs_by_their_text(tmp_p
     with duckdb.connect() as con:
         by_id = dict(con.execute(f"SELECT customer_id, segment_id FROM read_parquet('{stored}')").fetchall())
     assert [int(s) for s in segments[ip]] == [by_id[current[i]] for i in ic]
+    # 4 bytes a customer for each array a run holds (every value fits).
+    assert segments.dtype == ip.dtype == ic.dtype == np.int32
     monkeypatch.setattr(continuity, "_JOIN_BLOCK", 3)
     again, (ip3, ic3) = continuity.join_customers(stored, current)
     assert np.array_equal(ip3, ip) and np.array_equal(ic3, ic) and np.array_equal(again, segments)

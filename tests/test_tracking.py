@@ -934,6 +934,13 @@ def test_pair_counts_count_every_pair_a_block_at_a_time(pairs, far):
         tracking_customers._PAIR_BLOCK = block
     for got, want in zip(through, (from_ids, to_ids, counts), strict=True):
         np.testing.assert_array_equal(got, want)
+    if not far:  # ids and positions held in 32 bits (as a run holds them) count alike
+        narrow = tracking_customers.pair_counts(
+            *(a.astype(np.int32) for a in (previous_all, current_all, previous_at, current_at))
+        )
+        for got, want in zip(narrow, (from_ids, to_ids, counts), strict=True):
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, want)
     pairs_ = (from_ids, to_ids, counts)
     assert migration_table(pairs=pairs_).equals(migration_table(p, c))
     if pairs:  # (no segment at all has no transitions to classify)

@@ -74,6 +74,13 @@ class CustomerOverlap:
         return int(self.positions.size)
 
 
+def integers(values: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``values`` as an integer array, without a copy when they are one already (of any width:
+    a run holds positions and segment ids in 32 bits; issue 12)."""
+    a = np.asarray(values)
+    return a if np.issubdtype(a.dtype, np.integer) else a.astype(np.int64)
+
+
 def as_text(ids: Any) -> np.ndarray:
     """Customer ids as text (ids are compared as text): an array of numpy's variable-width strings
     stays as it is, an object array of Python strings too; anything else becomes Python strings.
@@ -175,8 +182,7 @@ def customer_overlap(
     the current run's order. ``alignment``: :func:`align_customers` of the two runs' customers
     (or any join giving the same positions), when the caller has it already (at 10^7 customers
     it takes seconds); ``previous_customers`` may then be None."""
-    ps = np.asarray(previous_segments, dtype=np.int64)
-    cs = np.asarray(current_segments, dtype=np.int64)
+    ps, cs = integers(previous_segments), integers(current_segments)
     if previous_customers is None and alignment is None:
         raise ValueError("customer_overlap: the previous customers or their alignment are needed")
     n_previous = ps.size if previous_customers is None else len(previous_customers)
@@ -257,8 +263,7 @@ def pair_counts(
 
     One integer per pair, counted a block of customers at a time: no temporary the size of the
     input (issue 12), and no sort of every customer's pair (11 s at 10^7 customers)."""
-    p = np.asarray(previous_ids, dtype=np.int64).reshape(-1)
-    c = np.asarray(current_ids, dtype=np.int64).reshape(-1)
+    p, c = integers(previous_ids).reshape(-1), integers(current_ids).reshape(-1)
     if (previous_at is None) != (current_at is None):
         raise ValueError("pair_counts: give both positions or neither")
     m = p.size if previous_at is None else len(previous_at)
@@ -268,9 +273,12 @@ def pair_counts(
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
 
     def block(lo: int) -> tuple[np.ndarray, np.ndarray]:
+        # int64 a block at a time: the ids themselves may be held in a narrower type.
         if previous_at is None or current_at is None:
-            return p[lo : lo + _PAIR_BLOCK], c[lo : lo + _PAIR_BLOCK]
-        return p[previous_at[lo : lo + _PAIR_BLOCK]], c[current_at[lo : lo + _PAIR_BLOCK]]
+            a, b = p[lo : lo + _PAIR_BLOCK], c[lo : lo + _PAIR_BLOCK]
+        else:
+            a, b = p[previous_at[lo : lo + _PAIR_BLOCK]], c[current_at[lo : lo + _PAIR_BLOCK]]
+        return a.astype(np.int64), b.astype(np.int64)
 
     # Over every id of either run (a superset of the pairs' ids): no pass over the pairs for it.
     p_low, c_low = int(p.min()), int(c.min())
@@ -278,12 +286,14 @@ def pair_counts(
     cells = (int(p.max()) - p_low + 1) * width
     if cells > 1 << 24:  # ids far apart: count the pairs that occur instead of every cell
         a, b = (p, c) if previous_at is None or current_at is None else (p[previous_at], c[current_at])
+        a, b = a.astype(np.int64), b.astype(np.int64)
         keys, counts = np.unique((a - p_low) * width + (b - c_low), return_counts=True)
     else:
         total = np.zeros(cells, dtype=np.int64)
         for lo in range(0, m, _PAIR_BLOCK):
             a, b = block(lo)
-            code = a - p_low
+            code = a
+            code -= p_low
             code *= width
             code += b
             code -= c_low

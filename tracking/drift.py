@@ -22,6 +22,7 @@ from tracking.customers import (
     as_text,
     customer_overlap,
     hold_segments,
+    integers,
     migration_table,
     moved_share,
 )
@@ -315,7 +316,7 @@ def compare_runs(
         from_ids, to_components, counts = overlap.pair_counts()
         pairs = (from_ids, np.asarray(match.segment_ids, dtype=np.int64)[to_components], counts)
         migration = migration_table(pairs=pairs)
-        prev_all = np.asarray(previous_segments, dtype=np.int64)
+        prev_all = overlap.previous_all  # every previous customer's segment, as given
         transitions = classify_transitions(
             thresholds=thresholds,
             pairs=pairs,
@@ -370,7 +371,7 @@ def _held_components(
     # Component carrying each previous id in this run (-1: retired, so there is nothing to keep),
     # looked up in a table indexed by id.
     ids = np.asarray(segment_ids, dtype=np.int64)
-    previous_ids = np.asarray(previous_segments, dtype=np.int64)
+    previous_ids = integers(previous_segments)
     top = int(max(ids.max(initial=0), previous_ids.max(initial=0)))
     component_of = np.full(top + 1, -1, dtype=np.int64)
     component_of[ids] = np.arange(ids.size)
