@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -118,44 +118,7 @@ class MatrixFile:
         return np.fromfile(f, dtype=np.float64, count=(stop - start) * d).reshape(stop - start, d)
 
     def _rows(self, f, rows: Any) -> np.ndarray:
-        n = self.shape[0]
-        if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
-            i = int(rows) + (n if rows < 0 else 0)
-            if not 0 <= i < n:
-                raise IndexError(f"row {rows} is out of range for {n} rows")
-            return self._read(f, i, i + 1)[0]
-        if isinstance(rows, slice):
-            start, stop, step = rows.indices(n)
-            if step == 1:
-                return self._read(f, start, max(start, stop))
-            positions = np.arange(start, stop, step)
-        else:
-            positions = np.asarray(rows)
-            if positions.dtype == bool:
-                if positions.shape != (n,):
-                    raise IndexError(f"a boolean index must have {n} entries, got {positions.shape}")
-                positions = np.flatnonzero(positions)
-            elif not np.issubdtype(positions.dtype, np.integer):
-                raise IndexError(f"rows must be integers, a slice or a boolean mask, got {positions.dtype}")
-            positions = np.where(positions < 0, positions + n, positions)
-            if positions.size and (positions.min() < 0 or positions.max() >= n):
-                raise IndexError(f"row positions must lie in 0..{n - 1} (or -{n}..-1)")
-        return self._gather(f, positions)
-
-    def _gather(self, f, positions: np.ndarray) -> np.ndarray:
-        """The rows at ``positions`` (any shape, any order), read a window of the file at a time."""
-        flat = positions.reshape(-1).astype(np.int64, copy=False)
-        order = np.argsort(flat, kind="stable")
-        wanted = flat[order]
-        out = np.empty((flat.size, self.shape[1]), dtype=np.float64)
-        i = 0
-        while i < wanted.size:
-            lo = int(wanted[i])
-            j = int(np.searchsorted(wanted, lo + WINDOW_ROWS, side="left"))
-            window = self._read(f, lo, int(wanted[j - 1]) + 1)
-            out[order[i:j]] = window[wanted[i:j] - lo]
-            i = j
-        return out.reshape(*positions.shape, self.shape[1])
+        return read_rows(rows, self.shape[0], lambda start, stop: self._read(f, start, stop), "row")
 
     def remove(self) -> None:
         """Remove the file and its folder (the matrix cannot be read afterwards)."""
@@ -167,6 +130,47 @@ class MatrixFile:
 
     def __repr__(self) -> str:
         return f"MatrixFile({self.shape[0]:,} x {self.shape[1]} at {self.path})"
+
+
+def read_rows(index: Any, n: int, read: Callable[[int, int], np.ndarray], what: str = "row") -> Any:
+    """``index`` of ``n`` rows stored in a file (an int, a slice, positions or a boolean mask), as
+    the same index of an array would give them, with ``read(start, stop)`` reading a run of rows
+    into a new array: one read for a slice, and scattered rows gathered a window of
+    :data:`WINDOW_ROWS` rows at a time (the process holds the rows asked for and one window)."""
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        i = int(index) + (n if index < 0 else 0)
+        if not 0 <= i < n:
+            raise IndexError(f"{what} {index} is out of range for {n} {what}s")
+        return read(i, i + 1)[0]
+    if isinstance(index, slice):
+        start, stop, step = index.indices(n)
+        if step == 1:
+            return read(start, max(start, stop))
+        positions = np.arange(start, stop, step)
+    else:
+        positions = np.asarray(index)
+        if positions.dtype == bool:
+            if positions.shape != (n,):
+                raise IndexError(f"a boolean index must have {n} entries, got {positions.shape}")
+            positions = np.flatnonzero(positions)
+        elif not np.issubdtype(positions.dtype, np.integer):
+            raise IndexError(f"{what}s must be integers, a slice or a boolean mask, got {positions.dtype}")
+        positions = np.where(positions < 0, positions + n, positions)
+        if positions.size and (positions.min() < 0 or positions.max() >= n):
+            raise IndexError(f"{what} positions must lie in 0..{n - 1} (or -{n}..-1)")
+    empty = read(0, 0)  # the rows' shape and type
+    flat = positions.reshape(-1).astype(np.int64, copy=False)
+    order = np.argsort(flat, kind="stable")
+    wanted = flat[order]
+    out = np.empty((flat.size, *empty.shape[1:]), dtype=empty.dtype)
+    i = 0
+    while i < wanted.size:
+        lo = int(wanted[i])
+        j = int(np.searchsorted(wanted, lo + WINDOW_ROWS, side="left"))
+        window = read(lo, int(wanted[j - 1]) + 1)
+        out[order[i:j]] = window[wanted[i:j] - lo]
+        i = j
+    return out.reshape(*positions.shape, *empty.shape[1:])
 
 
 def remove_left_behind(folders: Iterable[str]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flows.matrix_file import FOLDER_PREFIX, OFFSETS_NAME, TEXTS_NAME, WINDOW_ROWS
+from flows.matrix_file import FOLDER_PREFIX, OFFSETS_NAME, TEXTS_NAME, WINDOW_ROWS, read_rows
 from schemas.validation import TEXT_DTYPE, as_text_array
 
 _NUL = "\x00"
@@ -81,30 +81,7 @@ class TextFile:
         return self.n
 
     def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            i = int(index) + (self.n if index < 0 else 0)
-            if not 0 <= i < self.n:
-                raise IndexError(f"text {index} is out of range for {self.n} texts")
-            return self._read(i, i + 1)[0]
-        if isinstance(index, slice):
-            start, stop, step = index.indices(self.n)
-            if step == 1:
-                return self._read(start, max(start, stop))
-            positions = np.arange(start, stop, step)
-        else:
-            positions = np.asarray(index)
-            if positions.dtype == bool:
-                if positions.shape != (self.n,):
-                    raise IndexError(f"a boolean index must have {self.n} entries, got {positions.shape}")
-                positions = np.flatnonzero(positions)
-            elif not np.issubdtype(positions.dtype, np.integer):
-                raise IndexError(
-                    f"positions must be integers, a slice or a boolean mask, got {positions.dtype}"
-                )
-            positions = np.where(positions < 0, positions + self.n, positions)
-            if positions.size and (positions.min() < 0 or positions.max() >= self.n):
-                raise IndexError(f"positions must lie in 0..{self.n - 1} (or -{self.n}..-1)")
-        return self._gather(positions)
+        return read_rows(index, self.n, self._read, "text")
 
     def _offsets(self, start: int, stop: int) -> np.ndarray:
         """Byte offsets of texts ``start..stop`` (``stop`` included: where the last one ends)."""
@@ -130,21 +107,6 @@ class TextFile:
         # A text holds a NUL: cut at each text's offsets.
         cuts = (offsets - offsets[0]).tolist()
         return [data[a : b - 1].decode("utf-8") for a, b in pairwise(cuts)]
-
-    def _gather(self, positions: np.ndarray) -> np.ndarray:
-        """The texts at ``positions`` (any shape, any order), read a window of texts at a time."""
-        flat = positions.reshape(-1).astype(np.int64, copy=False)
-        order = np.argsort(flat, kind="stable")
-        wanted = flat[order]
-        out = np.empty(flat.size, dtype=TEXT_DTYPE)
-        i = 0
-        while i < wanted.size:
-            lo = int(wanted[i])
-            j = int(np.searchsorted(wanted, lo + WINDOW_ROWS, side="left"))
-            window = self._read(lo, int(wanted[j - 1]) + 1)
-            out[order[i:j]] = window[wanted[i:j] - lo]
-            i = j
-        return out.reshape(positions.shape)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """Every text (a full read: for small runs and tests)."""
