@@ -14,10 +14,31 @@ import numpy as np
 RespFor = Callable[[slice], np.ndarray]
 
 
+#: Rows per block of :func:`_nearest`: a block's (rows, k) distances stay in the CPU's cache.
+_NEAREST_ROWS = 8192
+
+
 def _sq_distances(X: np.ndarray, centres: np.ndarray, x_sq: np.ndarray) -> np.ndarray:
     d2 = x_sq[:, None] - 2.0 * (X @ centres.T) + (centres**2).sum(axis=1)[None, :]
     np.maximum(d2, 0.0, out=d2)
     return d2
+
+
+def _nearest(X: np.ndarray, centres: np.ndarray, x_sq: np.ndarray) -> np.ndarray:
+    """Each row's nearest centre: ``argmin`` of :func:`_sq_distances` (bitwise the same
+    arithmetic), a block of rows at a time and in place, so that no (n, k) array is made."""
+    n = X.shape[0]
+    labels = np.empty(n, dtype=np.intp)
+    c_sq = (centres**2).sum(axis=1)
+    for start in range(0, n, _NEAREST_ROWS):
+        stop = min(start + _NEAREST_ROWS, n)
+        d2 = X[start:stop] @ centres.T
+        d2 *= -2.0  # x_sq - 2 x.c and (-2 x.c) + x_sq are the same floating-point sum
+        d2 += x_sq[start:stop, None]
+        d2 += c_sq
+        np.maximum(d2, 0.0, out=d2)
+        np.argmin(d2, axis=1, out=labels[start:stop])
+    return labels
 
 
 def kmeans_plusplus(
@@ -70,11 +91,12 @@ def kmeans_labels(
     centres = X[kmeans_plusplus(X, k, rng, sample_weight)].copy()
     x_sq = np.einsum("ij,ij->i", X, X)
     threshold = tol * float(X.var(axis=0).mean())
+    weighted = [X[:, j] * w for j in range(d)]  # contiguous, made once for every iteration
     labels = np.zeros(n, dtype=np.intp)
     for _ in range(max_iter):
-        labels = np.argmin(_sq_distances(X, centres, x_sq), axis=1)
+        labels = _nearest(X, centres, x_sq)
         counts = np.bincount(labels, weights=w, minlength=k)
-        sums = np.stack([np.bincount(labels, weights=X[:, j] * w, minlength=k) for j in range(d)], axis=1)
+        sums = np.stack([np.bincount(labels, weights=weighted[j], minlength=k) for j in range(d)], axis=1)
         empty = counts <= 0
         new = centres.copy()
         new[~empty] = sums[~empty] / counts[~empty, None]
@@ -86,7 +108,7 @@ def kmeans_labels(
         centres = new
         if shift <= threshold:
             break
-    return np.argmin(_sq_distances(X, centres, x_sq), axis=1)
+    return _nearest(X, centres, x_sq)
 
 
 #: Most rows :func:`ward_labels` agglomerates (mclust's default subset for its hierarchical
@@ -170,22 +192,26 @@ def ward_labels(
     present = counts > 0
     centres = sums[present] / counts[present, None]
     x_sq = np.einsum("ij,ij->i", X, X)
-    nearest = np.argmin(_sq_distances(X, centres, x_sq), axis=1)
+    nearest = _nearest(X, centres, x_sq)
     return np.flatnonzero(present)[nearest]
 
 
 def initial_responsibilities(
-    method: str,
+    method: str | Callable,
     X: np.ndarray,
     k: int,
     rng: np.random.Generator,
     sample_weight: np.ndarray | None,
 ) -> RespFor:
-    """Responsibilities of the starting partition, served by row slices."""
+    """Responsibilities of the starting partition, served by row slices; ``method`` is one of
+    the ``init_params`` names or a callable giving each row's component (see
+    :class:`~gmm_engine.GaussianMixture`)."""
     n = X.shape[0]
+    if callable(method):
+        return _one_hot(_given_labels(method(X, k, rng, sample_weight), n, k), k)
     if method in ("kmeans", "ward"):
         labels = (kmeans_labels if method == "kmeans" else ward_labels)(X, k, rng, sample_weight)
-        return lambda sl: np.eye(k)[labels[sl]]
+        return _one_hot(labels, k)
     if method == "random":
         resp = rng.uniform(size=(n, k))
         resp /= resp.sum(axis=1, keepdims=True)
@@ -210,3 +236,24 @@ def initial_responsibilities(
         return R
 
     return resp_for
+
+
+def _one_hot(labels: np.ndarray, k: int) -> RespFor:
+    eye = np.eye(k)
+    return lambda sl: eye[labels[sl]]
+
+
+def _given_labels(labels, n: int, k: int) -> np.ndarray:
+    """A callable ``init_params``' result, checked: n integers in 0..k-1."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"init_params returned {labels.dtype} of shape {labels.shape}; it must give each of the "
+            f"{n} rows an integer component in 0..{k - 1}"
+        )
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(
+            f"init_params returned components {int(labels.min())}..{int(labels.max())}; "
+            f"they must be in 0..{k - 1}"
+        )
+    return labels

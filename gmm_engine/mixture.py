@@ -88,7 +88,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         hierarchical agglomeration of a seeded subsample of at most 2,000 rows at
         ``n_components`` clusters and gives every row the cluster of the nearest mean: identical
         rows merge first, so a spike of repeated values enters as one heavy point (see
-        :func:`gmm_engine.initialisation.ward_labels`).
+        :func:`gmm_engine.initialisation.ward_labels`). A callable
+        ``init_params(X, n_components, rng, sample_weight)`` gives the starting partition
+        itself: each row's component, an integer array of shape (n_samples,) (``X``: the rows
+        EM starts from, a missing value as its feature's mean; ``rng``: a
+        ``numpy.random.Generator`` from ``random_state``), as scikit-learn's ``KMeans`` takes
+        a callable ``init``.
     weights_init : array-like of shape (n_components,), default=None
     means_init : array-like of shape (n_components, n_features), default=None
     precisions_init : array-like, default=None
@@ -169,7 +174,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "reg_covar": [Interval(Real, 0.0, None, closed="left"), "array-like"],
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "n_init": [Interval(Integral, 1, None, closed="left")],
-        "init_params": [StrOptions(set(INIT_METHODS))],
+        "init_params": [StrOptions(set(INIT_METHODS)), callable],
         "weights_init": ["array-like", None],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
@@ -193,7 +198,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "kmeans",
+        init_params: str | Callable = "kmeans",
         weights_init=None,
         means_init=None,
         precisions_init=None,

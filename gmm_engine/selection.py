@@ -27,6 +27,7 @@ lies inside it (``SelectionResult.grid_note`` says what happened).
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -205,6 +206,38 @@ def _run_jobs(jobs, fit_one, results: dict, n_jobs: int, progress) -> None:
                 progress(i, len(jobs))
 
 
+class SharedStart:
+    """One starting partition (``"kmeans"`` or ``"ward"``) for several fits: a callable
+    ``init_params`` that makes the labels at its first call, seeded by ``seed`` (entropy of a
+    ``numpy.random.SeedSequence``), and gives the same labels to every later call. Thread-safe;
+    every call must pass the same rows and number of components."""
+
+    METHODS = ("kmeans", "ward")
+
+    def __init__(self, method: str, seed):
+        if method not in self.METHODS:
+            raise ValueError(f"a shared start is one of {self.METHODS}, not {method!r}")
+        self.method = method
+        self.seed = seed
+        self._labels: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, X, n_components, rng, sample_weight) -> np.ndarray:
+        from .initialisation import kmeans_labels, ward_labels
+
+        with self._lock:
+            if self._labels is None:
+                make = kmeans_labels if self.method == "kmeans" else ward_labels
+                rng = np.random.default_rng(np.random.SeedSequence(self.seed))
+                labels = make(X, n_components, rng, sample_weight)
+                # The smallest integer type that holds them: a grid keeps (k, restart) of these.
+                self._labels = labels.astype(np.min_scalar_type(max(n_components - 1, 0)))
+            return self._labels
+
+    def __repr__(self) -> str:
+        return f"SharedStart({self.method!r}, seed={self.seed})"
+
+
 _ESTIMATOR_ARGUMENTS = (
     "max_iter",
     "tol",
@@ -274,7 +307,10 @@ def select_model(
     criterion : {"bic", "aic", "icl"}
         Lower is better.
     n_init : int
-        Restarts per candidate, each with its own seed derived from ``random_state``.
+        Restarts per candidate, each with its own seed derived from ``random_state``. With
+        ``init_params`` ``"kmeans"`` or ``"ward"``, restart r of k components starts every
+        covariance type from one partition (:class:`SharedStart`), so a type's candidates are
+        those a grid of that type alone would give.
     random_state : int or None
         Seed of every restart and of the subsample; the result does not depend on ``n_jobs``.
     max_iter, tol, reg_covar, resolution, covariance_prior, init_params
@@ -367,12 +403,19 @@ def select_model(
             **kwargs,
         )
 
+    # Restart r of k components starts every covariance type from one partition (as mclust
+    # starts all its models from one hierarchical clustering): the types' criteria then differ
+    # by the models, not by their starts, and k-means, most of a grid's time, runs once per
+    # (k, restart) instead of once per type.
+    starts: dict[tuple[int, int], SharedStart] = {}
+
     def fit_one(k: int, type_index: int, restart: int):
         start = time.perf_counter()
+        shared = starts.get((k, restart))
         gm = estimator(
             k,
             types[type_index],
-            init_params=init_params,
+            init_params=init_params if shared is None else shared,
             random_state=np.random.SeedSequence([seed, k, type_index, restart]),
         )
         try:
@@ -381,6 +424,10 @@ def select_model(
             gm.fit(X_fit, sample_weight=w_fit)  # ConvergenceWarning: silenced around the threads
         except (ValueError, np.linalg.LinAlgError) as exc:
             return None, str(exc), time.perf_counter() - start
+        finally:
+            # The fitted candidate names its method, not the shared start (which holds the
+            # labels and a lock: a candidate travels to a cluster's workers to be scored).
+            gm.set_params(init_params=init_params)
         reason = degeneracy_reason(gm, data_std, total_fit, variance_floor, min_size)
         return gm, reason, time.perf_counter() - start
 
@@ -397,11 +444,19 @@ def select_model(
         jobs = [(k, ti, r) for k in grid_ks for ti in range(len(types)) for r in range(n_init)]
         counter["total"] += len(jobs)
         results: dict[tuple[int, int, int], tuple] = {}
+        if init_params in SharedStart.METHODS and len(types) > 1:
+            # The seed restart r of the first type has always had: its fits are as without sharing.
+            starts.update(
+                {(k, r): SharedStart(init_params, [seed, k, 0, r]) for k in grid_ks for r in range(n_init)}
+            )
         # One filter for all the fitting threads, set here: catch_warnings inside each thread
         # would race (the warning filters are global) and let some warnings through.
-        with single_threaded_blas(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            _run_jobs(jobs, fit_one, results, n_jobs, report)
+        try:
+            with single_threaded_blas(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                _run_jobs(jobs, fit_one, results, n_jobs, report)
+        finally:
+            starts.clear()
         batch = []
         for k in grid_ks:
             for ti, ctype in enumerate(types):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gmm_engine import ConvergenceWarning, GaussianMixture
+from gmm_engine import ConvergenceWarning, GaussianMixture, initialisation
 from gmm_engine.initialisation import kmeans_labels, ward_labels
 
 
@@ -122,3 +122,67 @@ def test_identical_rows_share_a_label_in_any_row_order(case):
     perm = np.random.default_rng(seed + 1).permutation(X.shape[0])
     shuffled = ward_labels(X[perm], k, np.random.default_rng(seed), max_samples=max_samples)
     np.testing.assert_array_equal(labels[perm], shuffled)
+
+
+@st.composite
+def points_and_centres(draw):
+    """Rows (some on a coarse grid, so distances tie) and k centres, some of them rows."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    n, d, k = draw(st.integers(1, 3000)), draw(st.integers(1, 5)), draw(st.integers(1, 9))
+    X = rng.normal(size=(n, d)) * draw(st.sampled_from([1e-3, 1.0, 1e4]))
+    if draw(st.booleans()):
+        X = np.round(X)
+    centres = X[rng.integers(0, n, size=k)] if draw(st.booleans()) else rng.normal(size=(k, d))
+    return X, centres, draw(st.integers(1, 700))
+
+
+@given(case=points_and_centres())
+@settings(max_examples=60, deadline=None, derandomize=True)
+def test_nearest_centre_in_blocks_is_the_argmin_of_the_whole_distance_matrix(case):
+    """k-means' labels are made a block of rows at a time; ties and rounding must come out as
+    in one (n, k) matrix, so the starting partitions (and every fit) stay the same."""
+    X, centres, block = case
+    x_sq = np.einsum("ij,ij->i", X, X)
+    whole = np.argmin(initialisation._sq_distances(X, centres, x_sq), axis=1)
+    default = initialisation._nearest(X, centres, x_sq)
+    kept = initialisation._NEAREST_ROWS
+    initialisation._NEAREST_ROWS = block
+    try:
+        blocked = initialisation._nearest(X, centres, x_sq)
+    finally:
+        initialisation._NEAREST_ROWS = kept
+    np.testing.assert_array_equal(default, whole)
+    np.testing.assert_array_equal(blocked, whole)
+
+
+def test_a_callable_start_gives_each_rows_component():
+    """``init_params`` as a callable: the labels it gives are the start, and a callable that
+    gives k-means' labels fits exactly as ``init_params="kmeans"``."""
+    X = blob_and_spike()
+    seen = {}
+
+    def start(rows, k, rng, sample_weight):
+        seen.update(rows=rows.shape, k=k, rng=type(rng))
+        return kmeans_labels(rows, k, rng, sample_weight)
+
+    given_start = GaussianMixture(3, init_params=start, random_state=4).fit(X)
+    named = GaussianMixture(3, init_params="kmeans", random_state=4).fit(X)
+    assert seen == {"rows": X.shape, "k": 3, "rng": np.random.Generator}
+    np.testing.assert_array_equal(given_start.means_, named.means_)
+    np.testing.assert_array_equal(given_start.covariances_, named.covariances_)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (lambda n: np.zeros(n - 1, dtype=int), r"must give each of the \d+ rows an integer component"),
+        (lambda n: np.zeros(n), r"returned float64"),
+        (lambda n: np.full(n, 3), r"components 3\.\.3; they must be in 0\.\.2"),
+        (lambda n: np.full(n, -1), r"must be in 0\.\.2"),
+    ],
+)
+def test_a_callable_start_with_wrong_labels_is_refused(labels, message):
+    X = blob_and_spike(n=200, spike=10)
+    with pytest.raises(ValueError, match=message):
+        GaussianMixture(3, init_params=lambda rows, k, rng, w: labels(len(rows))).fit(X)

@@ -285,6 +285,41 @@ def test_same_random_state_gives_the_same_result():
         np.testing.assert_array_equal(getattr(a.best, name), getattr(b.best, name))
 
 
+@pytest.mark.parametrize("init_params", ["kmeans", "ward"])
+def test_every_covariance_type_starts_restart_r_from_one_partition(init_params):
+    """A type's candidates are the ones a grid of that type alone gives: restart r of k
+    components starts every type from the partition the first type's seed makes, so the types
+    differ by their models, not by their starts. The candidates kept carry the method's name,
+    not the shared start."""
+    import pickle
+
+    from gmm_engine import initialisation
+
+    X = spiky_counts(n=400, seed=3)
+    kw = dict(n_components=(1, 2, 3), n_init=2, random_state=9, init_params=init_params)
+    made = []
+    method = getattr(initialisation, f"{init_params}_labels")
+
+    def counting(*args, **kwargs):
+        made.append(args[1])
+        return method(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(initialisation, f"{init_params}_labels", counting)
+        together = select_model(X, covariance_types=COV_TYPES, **kw)
+    # One start per (k, restart), not per (k, type, restart).
+    assert sorted(made) == [1, 1, 2, 2, 3, 3]
+    for ctype in COV_TYPES:
+        alone = select_model(X, covariance_types=(ctype,), **kw)
+        rows = [row for row in together.table if row["covariance_type"] == ctype]
+        # Which candidate is selected depends on the other types; nothing else does.
+        single = [dict(row, selected=mine["selected"]) for row, mine in zip(alone.table, rows, strict=True)]
+        assert_same_tables(rows, single)
+    for gm in together.models.values():
+        assert gm.init_params == init_params
+        pickle.dumps(gm)
+
+
 def test_progress_reports_every_fit():
     X = three_blobs(n_per=40, seed=7)
     calls: list[tuple[int, int]] = []
