@@ -2,8 +2,9 @@
 
 A run started with ``SEGMENT_FAULT=<name>`` in its environment kills itself with SIGKILL when it
 reaches the fault point of that name; otherwise a fault point does nothing. The points are where
-a crash matters: ``fit`` (during model selection), ``write`` (rows inserted into the private
-copy, not yet published) and ``report`` (results published, report being drawn).
+a crash matters: ``fit`` (during model selection), ``cluster-write`` (a cluster's workers about
+to write the assignments), ``write`` (rows inserted into the private copy, not yet published)
+and ``report`` (results published, report being drawn).
 """
 
 from __future__ import annotations

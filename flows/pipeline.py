@@ -385,7 +385,7 @@ def _segment(
     loaded: LoadedInput | None = None
     outcome: ValidationOutcome | None = None
     report_dir = Path(settings.output.reports) / str(run_id)
-    cluster = ExitStack()  # the dask cluster of compute.cluster, held from the start to the model choice
+    cluster = ExitStack()  # the dask cluster of compute.cluster, held from the start to the write
     features_: FeatureMatrix | None = None
     try:
         client = None
@@ -405,19 +405,18 @@ def _segment(
             if features_.scratch_folders:
                 # Noted in the journal, so that the next run removes them if this one is killed.
                 journal.note(scratch=features_.scratch_folders)
-        data = None
+        on_cluster = None
         if client is not None:
             with clock.stage("distribute"):
                 # A worker's death, survived in a later stage, is said in the run's log.
-                data = distribute_task(features_, client, settings, logger.warning)
+                on_cluster = distribute_task(features_, client, settings, logger.warning)
+                client = None
         with clock.stage("previous"):
             previous = previous_task(settings.output.database, features_)
         with clock.stage("select"):
-            selection = select_task(features_, settings, run_id, previous, data)
+            selection = select_task(features_, settings, run_id, previous, on_cluster)
         with clock.stage("choose"):
-            choice = choose_task(selection, features_, previous, settings, fresh, run_id, data)
-            data = client = None
-            cluster.close()
+            choice = choose_task(selection, features_, previous, settings, fresh, run_id, on_cluster)
         with clock.stage("assign"):
             segments = assign_task(choice, features_)
         with clock.stage("track"):
@@ -438,9 +437,12 @@ def _segment(
                 segments=segments,
                 tracking=tracking,
                 report_path=str((report_dir / "index.html").resolve()),
+                cluster=on_cluster,  # whose workers write the assignments
             )
             write_task(settings, start, record, journal.previous)
             journal.recorded = True
+            on_cluster = None
+            cluster.close()
         with clock.stage("report"):
             data = stages.report_data(
                 run_id=run_id,

@@ -62,6 +62,12 @@ def root_for(database: Path) -> Path:
     return database.with_name(f"{database.stem}.runs")
 
 
+def staging_root(root: Path) -> Path:
+    """Where parts written by other processes (a cluster's workers) wait, under the same layout
+    as ``root``, until the publication moves them into place: no view's glob reaches them."""
+    return root / ".staging"
+
+
 def run_file(root: Path, table: str, run_id: int, part: int = 0) -> Path:
     """Where part ``part`` of ``table``'s rows of run ``run_id`` lives."""
     return root / table / f"run_id={run_id}" / f"part-{part:05d}.parquet"

@@ -16,6 +16,7 @@ import pandas as pd
 from pandera.engines.pandas_engine import DateTime
 
 from flows.choice import ModelChoice, PreviousStructure, choose_model
+from flows.cluster_assignments import ClusterAssignments
 from flows.config import Settings
 from flows.customer_rows import ValidCustomers
 from flows.features import (
@@ -450,13 +451,20 @@ def build_record(
     segments: SegmentResult,
     tracking: TrackingRecord | None = None,
     report_path: str | None,
+    cluster: ClusterData | None = None,
 ) -> RunRecord:
     """Collect a successful run's rows for :func:`flows.store.finish_run` (``tracking``: what
-    changed since the previous run, :func:`flows.continuity.tracking_record`)."""
+    changed since the previous run, :func:`flows.continuity.tracking_record`; ``cluster``: the
+    customers on a cluster's workers, which then compute and write the assignments)."""
     chosen = choice.chosen
-    # Built and validated chunk by chunk as the store writes them.
     missing = features.missing_counts if features.has_missing else None
-    assignments = AssignmentRows(segments, features.customer_ids, missing)
+    assignments: AssignmentRows | ClusterAssignments
+    if cluster is not None:
+        assert missing is None  # distribute() refuses blank features
+        assignments = ClusterAssignments(cluster, segments, features.customer_ids, run_logger().warning)
+    else:
+        # Built and validated chunk by chunk as the store writes them.
+        assignments = AssignmentRows(segments, features.customer_ids, missing)
     return RunRecord(
         as_of=features.as_of,
         rows_loaded=outcome.n_rows,

@@ -12,7 +12,7 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import duckdb
 import numpy as np
@@ -235,6 +235,7 @@ def publishing(
         con = connect(copy)
         ensure_schema(con, root)
         run_files.remove_runs(root, run_files.unwanted_runs(con, root))
+        shutil.rmtree(run_files.staging_root(root), ignore_errors=True)  # a failed or killed run's parts
         con.execute("BEGIN TRANSACTION")
         yield con
         run_files.create_views(con, root)  # the glob binds once the block wrote the first file
@@ -521,7 +522,7 @@ class RunRecord:
     segment_features: pd.DataFrame
     feature_scalers: pd.DataFrame
     #: One row per customer: a frame, or rows built a chunk at a time (flows.segments.AssignmentRows)
-    assignments: pd.DataFrame | RowChunks
+    assignments: pd.DataFrame | RowChunks | PartWriter
     rejects: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: flows.continuity.TrackingRecord: ids and drift against the previous run (None: not tracked)
     tracking: Any = None
@@ -716,7 +717,7 @@ def _insert_children(con: duckdb.DuckDBPyConnection, root: Path, run_id: int, re
             "spike_share",
         ],
     )
-    _write_assignments(con, root, run_id, record.assignments)
+    _write_assignments(root, run_id, record.assignments)
     if record.rejects is not None and len(record.rejects):
         _write_rejects(con, root, run_id, record.rejects)
     tracking = record.tracking
@@ -803,10 +804,27 @@ class RowChunks(Protocol):
     def chunks(self, size: int) -> Iterator[pd.DataFrame]: ...
 
 
-def _write_assignments(
-    con: duckdb.DuckDBPyConnection, root: Path, run_id: int, rows: pd.DataFrame | RowChunks
-) -> None:
-    """Write a run's assignments as Parquet parts of ``ASSIGNMENT_CHUNK_ROWS`` customers each."""
+@runtime_checkable
+class PartWriter(Protocol):
+    """Rows that write their own Parquet parts (:class:`flows.cluster_assignments.ClusterAssignments`:
+    on a cluster's workers): ``write_parts(root, run_id)`` puts them where
+    :func:`flows.run_files.run_file` says, whole or not at all, within the publication's block."""
+
+    def write_parts(self, root: Path, run_id: int) -> None: ...
+
+
+def _write_assignments(root: Path, run_id: int, rows: pd.DataFrame | RowChunks | PartWriter) -> None:
+    """Write a run's assignments as Parquet parts of ``ASSIGNMENT_CHUNK_ROWS`` customers each
+    (or as parts the rows write themselves, :class:`PartWriter`)."""
+    if isinstance(rows, PartWriter):
+        rows.write_parts(root, run_id)
+    else:
+        write_assignments(root, run_id, rows)
+
+
+def write_assignments(root: Path, run_id: int, rows: pd.DataFrame | RowChunks) -> None:
+    """Write ``rows`` (a frame, or rows built a chunk at a time) as Parquet parts of
+    ``ASSIGNMENT_CHUNK_ROWS`` customers each, parts 0, 1, ... of run ``run_id`` under ``root``."""
     if isinstance(rows, pd.DataFrame):
         frame = rows
         chunks: Iterator[pd.DataFrame] | list[pd.DataFrame] = [
@@ -820,12 +838,14 @@ def _write_assignments(
     # so every chunk would stay in memory (20 chunks of about 45 MiB at 10^7 customers).
     with closing(connect()) as part_con:
         for part, chunk in enumerate(chunks):
-            _write_assignment_part(part_con, root, run_id, part, chunk)
+            write_assignment_part(part_con, root, run_id, part, chunk)
 
 
-def _write_assignment_part(
+def write_assignment_part(
     con: duckdb.DuckDBPyConnection, root: Path, run_id: int, part: int, chunk: pd.DataFrame
 ) -> None:
+    """Write ``chunk`` (rows of :func:`flows.segments.assignment_table`) as part ``part`` of run
+    ``run_id``'s assignments under ``root`` (:func:`flows.run_files.write_run_file`)."""
     # Probabilities arrive as p_1..p_k columns: building the list in SQL is far faster than
     # handing DuckDB a column of Python lists.
     prob_cols = [c for c in chunk.columns if c.startswith("p_")]

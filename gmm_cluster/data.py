@@ -23,9 +23,9 @@ from .em import (
     PartitionError,
     PartitionsLostError,
     _first_line,
+    _gather_on_cluster,
     _load,
     _moments_task,
-    _sum_on_cluster,
     labels,
     refit_with,
 )
@@ -133,22 +133,45 @@ class ClusterData:
         return len(self.partitions)
 
     def _sum(self, task, *args):
-        """``_sum_on_cluster`` over the partitions, sending lost ones again (see the class)."""
+        """``task``'s results over the partitions, added in partition order (see :meth:`map`)."""
+        results = self.map(task, *args)
+        total = results[0]
+        for result in results[1:]:
+            total = total + result
+        return total
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        """Each partition's rows (start, stop) in the array :meth:`scatter` sent; empty for
+        partitions read on the workers."""
+        return list(self._bounds)
+
+    def map(
+        self, task, *args, which: Sequence[int] | None = None, own: Sequence[tuple] | None = None
+    ) -> list:
+        """``task(partition, label, *own[j], *args)`` run on the workers for the partitions
+        ``which[j]`` (default all, ``own`` then one tuple per partition); the results in that
+        order. Partitions lost with their worker are sent again and the pass repeated (see the
+        class), so ``task`` must give the same result when run again (a file it writes is
+        replaced whole)."""
+        chosen = list(range(len(self.partitions))) if which is None else [int(i) for i in which]
         for attempt in range(self.retries + 1):
+            names = labels(self.partitions)
+            parts = [self.partitions[i] for i in chosen]
             try:
-                return _sum_on_cluster(self.client, self.partitions, task, *args)
+                return _gather_on_cluster(self.client, parts, task, args, own, [names[i] for i in chosen])
             except PartitionsLostError as exc:
                 if self._source is None or attempt == self.retries:
                     raise
-                for i in exc.lost:
+                for i in (chosen[j] for j in exc.lost):
                     a, b = self._bounds[i]
                     self.partitions[i] = _send(self.client, self._source, a, b)
                 self.resent += len(exc.lost)
                 if self.on_retry is not None:
-                    names = labels(self.partitions)
+                    lost = " and ".join(names[chosen[j]] for j in exc.lost)
                     self.on_retry(
-                        f"partition {' and '.join(names[i] for i in exc.lost)} lost with its worker: sent "
-                        f"again from the client, the pass repeated (retry {attempt + 1} of {self.retries})"
+                        f"partition {lost} lost with its worker: sent again from the client, the pass "
+                        f"repeated (retry {attempt + 1} of {self.retries})"
                     )
         raise AssertionError("unreachable")  # the loop returns or raises
 

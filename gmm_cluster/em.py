@@ -17,15 +17,15 @@ ends it with :class:`PartitionError` naming the partition.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import numpy as np
-from distributed import Client, Future, KilledWorker, wait
+from distributed import Client, Future, KilledWorker
 
 from gmm_engine import DataMoments, GaussianMixture, partition_moments, partition_statistics
 from gmm_engine.statistics import MixtureParameters, SufficientStatistics
@@ -152,6 +152,15 @@ def _moments_task(partition: Partition, label: str, shift: np.ndarray) -> DataMo
         raise PartitionError(f"partition {label}: {_first_line(exc)}") from None
 
 
+def _settle(futures: Sequence[Future], timeout: float = _SETTLE_SECONDS) -> None:
+    """Wait up to ``timeout`` seconds for ``futures`` to finish. Polled, not ``distributed.wait``:
+    called from a thread running an event loop of its own (a Prefect task's), ``wait`` fails
+    with "bound to a different event loop"."""
+    deadline = time.monotonic() + timeout
+    while not all(f.done() for f in futures) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def labels(parts: Sequence) -> list[str]:
     """How errors name each partition: its reader's name (a Parquet file), or a scattered
     block's place among the partitions."""
@@ -165,9 +174,30 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
     """Run ``task(partition, label, *args)`` for every partition on the cluster; the results'
     sum, added in partition order. Any failure cancels the other tasks and raises; no partial
     sum escapes."""
-    names = labels(parts)
+    results = _gather_on_cluster(client, parts, task, args)
+    total = results[0]
+    for result in results[1:]:
+        total = total + result
+    return total
+
+
+def _gather_on_cluster(
+    client: Client,
+    parts: Sequence[Partition],
+    task,
+    args: tuple,
+    own: Sequence[tuple] | None = None,
+    names: Sequence[str] | None = None,
+) -> list:
+    """Run ``task(partition, label, *own[i], *args)`` for every partition ``i`` on the cluster
+    (``own``: each partition's own arguments; ``names``: the labels, default :func:`labels`);
+    the results in partition order. Any failure cancels the other tasks and raises (see
+    :func:`_sum_on_cluster`)."""
+    names = labels(parts) if names is None else list(names)
+    own = [()] * len(parts) if own is None else list(own)
     futures = [
-        client.submit(task, part, name, *args, pure=False) for part, name in zip(parts, names, strict=True)
+        client.submit(task, part, name, *mine, *args, pure=False)
+        for part, name, mine in zip(parts, names, own, strict=True)
     ]
     try:
         results = client.gather(futures)
@@ -175,8 +205,7 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
         # The scheduler counts a worker's death against every task the worker was running, so
         # a partition that kills its worker can take a bystander's task over the limit with it:
         # name every partition whose task failed so (the first to fail may be the bystander).
-        with suppress(TimeoutError):
-            wait(futures, timeout=_SETTLE_SECONDS)
+        _settle(futures)
         by_key = {f.key: name for f, name in zip(futures, names, strict=True)}
         failed = [name for f, name in zip(futures, names, strict=True) if f.status == "error"]
         named = failed or [str(by_key.get(exc.task, exc.task))]
@@ -198,18 +227,14 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
         # A task raised (a partition that cannot be read or used). Several may fail alike (a
         # model of the wrong width): the first in partition order is reported, whichever failed
         # first, so that the same fault gives the same message.
-        with suppress(TimeoutError):
-            wait(futures, timeout=_SETTLE_SECONDS)
+        _settle(futures)
         first = next((f for f in futures if f.status == "error"), None)
         if first is None:
             raise
         raise first.exception() from None
     finally:
         client.cancel([f for f in futures if not f.done()])
-    total = results[0]
-    for result in results[1:]:
-        total = total + result
-    return total
+    return list(results)
 
 
 def refit_on_partitions(

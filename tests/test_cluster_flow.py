@@ -3,6 +3,7 @@ the run, or running beforehand and reached at its tcp:// address) and a real Duc
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import make_customer_table
 
 from flows.pipeline import segment_customers
+from gmm_cluster import rows_per_partition
 
 pytestmark = pytest.mark.slow
 
@@ -110,14 +112,35 @@ def test_runs_on_a_local_cluster_give_the_single_machine_results(prefect_harness
             "SELECT parameters->>'$.compute.cluster' FROM runs WHERE run_id = 2"
         ).fetchone()
     assert recorded == ("local:2",)
+    # The workers wrote the assignments: one part per partition (the client writes one part per
+    # 200,000 customers), and nothing is left in the staging folder.
+    customers_ = other["customers"]
+    partitions = math.ceil(customers_ / rows_per_partition(customers_, 2, 1_000_000))
+    assert partitions == 4
+    for folder, parts in ((clustered, partitions), (alone, 1)):
+        root = folder.with_name("s.runs")
+        assert len(list((root / "assignments" / "run_id=2").glob("*.parquet"))) == parts
+        assert not (root / ".staging").exists()
 
 
-def test_a_worker_killed_during_the_run_is_survived_with_the_same_result(
-    prefect_harness, customers, running_cluster, tmp_path, monkeypatch, caplog
+def assert_no_trace_of_run_2(db: Path) -> None:
+    """Run 1 stays published, run 2 failed in its write, and none of its assignments shows."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        runs = con.execute("SELECT run_id, status, failed_stage FROM runs ORDER BY run_id").fetchall()
+        current = con.execute("SELECT DISTINCT run_id FROM current_assignments").fetchall()
+        rows = con.execute("SELECT count(*) FROM assignments WHERE run_id = 2").fetchone()
+    assert runs == [(1, "success", None), (2, "failed", "write")]
+    assert current == [(1,)] and rows == (0,)
+    root = db.with_name("s.runs")
+    assert not (root / "assignments" / "run_id=2").exists() and not (root / ".staging").exists()
+
+
+def test_a_worker_killed_before_the_workers_write_is_survived_with_the_same_result(
+    prefect_harness, customers, running_cluster, tmp_path, monkeypatch
 ):
-    """Runs on a running scheduler; the second loses a worker (and the customers it held in
-    memory) during model selection: the lost partitions are sent again and the passes repeated,
-    and the run publishes what it would have published undisturbed."""
+    """The workers compute and write the assignments; one dies as they start. The customers it
+    held are sent again (or read from a copy dask made), the parts written, and the run
+    publishes what it would have published undisturbed."""
     cluster, client = running_cluster
     client.wait_for_workers(2, timeout=60)
     db, alone = tmp_path / "cluster" / "s.duckdb", tmp_path / "alone" / "s.duckdb"
@@ -125,43 +148,68 @@ def test_a_worker_killed_during_the_run_is_survived_with_the_same_result(
     run(customers, alone)
 
     victim = next(iter(client.run(os.getpid).values()))
-    monkeypatch.setenv("SEGMENT_FAULT", "fit")  # flows.faults: the first fit kills SEGMENT_FAULT_KILL
+    monkeypatch.setenv("SEGMENT_FAULT", "cluster-write")
     monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
     second = run(customers, db, cluster=cluster.scheduler_address, seed=9)
-    assert victim not in client.run(os.getpid).values()  # the worker did die (the nanny restarts it)
-    assert any("lost with its worker: sent again from the client" in r.getMessage() for r in caplog.records)
-    assert second["run_id"] == 2
-    assert_same_result(published(db, 2), published(alone, run(customers, alone, seed=9)["run_id"]))
+    assert victim not in client.run(os.getpid).values()
+    undisturbed = run(customers, alone, seed=9)
+    assert_same_result(published(db, second["run_id"]), published(alone, undisturbed["run_id"]))
 
 
-def test_a_lost_partition_that_cannot_be_sent_again_fails_the_run_cleanly(
-    prefect_harness, customers, running_cluster, tmp_path, monkeypatch
+def _fail_the_last_part_when(marker: str) -> None:
+    """On a worker: make the write of part 3 fail (as a full disk would) once ``marker`` exists."""
+    import flows.cluster_assignments as written
+
+    original = written._write_partition
+
+    def failing(X, label, part, *rest):
+        if part == 3 and os.path.exists(marker):
+            raise OSError(f"partition {label}: no space left on device (test)")
+        return original(X, label, part, *rest)
+
+    written._write_partition = failing
+
+
+def test_a_write_the_workers_cannot_finish_publishes_nothing_of_the_run(
+    prefect_harness, customers, running_cluster, tmp_path
 ):
-    """With no retries left, the run stops in one line and the previous run stays published."""
-    import gmm_cluster
-
+    """One worker's write fails after the others wrote their parts: the run fails in its write in
+    one line; the parts written never show, and the previous run stays published."""
     cluster, client = running_cluster
     client.wait_for_workers(2, timeout=60)
+    marker = tmp_path / "fail-part-3"
+    client.run(_fail_the_last_part_when, str(marker))  # before any run: dask keeps the task's function
     db = tmp_path / "s.duckdb"
     run(customers, db, cluster=cluster.scheduler_address)
-    scatter = gmm_cluster.ClusterData.scatter.__func__
-    monkeypatch.setattr(
-        gmm_cluster.ClusterData,
-        "scatter",
-        classmethod(lambda cls, *a, **k: scatter(cls, *a, **{**k, "retries": 0})),
-    )
-    victim = next(iter(client.run(os.getpid).values()))
-    monkeypatch.setenv("SEGMENT_FAULT", "fit")
-    monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
-    with pytest.raises(Exception, match=r"lost with the worker that held it in memory") as caught:
+    marker.touch()
+    with pytest.raises(OSError, match=r"^partition block 4 of 4: no space left on device \(test\)$"):
         run(customers, db, cluster=cluster.scheduler_address, seed=9)
-    assert "\n" not in str(caught.value)
-    with duckdb.connect(str(db), read_only=True) as con:
-        runs = con.execute("SELECT run_id, status, failed_stage FROM runs ORDER BY run_id").fetchall()
-        current = con.execute("SELECT DISTINCT run_id FROM current_assignments").fetchall()
-        rows = con.execute("SELECT count(*) FROM assignments WHERE run_id = 2").fetchone()
-    assert runs == [(1, "success", None), (2, "failed", "select")]
-    assert current == [(1,)] and rows == (0,)
+    assert_no_trace_of_run_2(db)
+
+
+def _blind_to_the_client_s_files() -> None:
+    """On a worker: see none of the client's files, as a worker on another machine would."""
+    import flows.cluster_assignments as written
+
+    written._sees = lambda path: False
+
+
+def test_workers_that_do_not_see_the_results_folder_leave_the_write_to_the_client(
+    prefect_harness, customers, running_cluster, tmp_path, caplog
+):
+    """A remote cluster without the results folder shared: the run says so and computes and
+    writes the assignments itself, with the same result."""
+    cluster, client = running_cluster
+    client.wait_for_workers(2, timeout=60)
+    client.run(_blind_to_the_client_s_files)
+    db, alone = tmp_path / "cluster" / "s.duckdb", tmp_path / "alone" / "s.duckdb"
+    first = run(customers, db, cluster=cluster.scheduler_address)
+    assert any(
+        "2 of the cluster's workers do not see the results folder" in r.getMessage() for r in caplog.records
+    )
+    parts = list((db.with_name("s.runs") / "assignments" / "run_id=1").glob("*.parquet"))
+    assert len(parts) == 1  # the client's one part of up to 200,000 customers, not one per partition
+    assert_same_result(published(db, first["run_id"]), published(alone, run(customers, alone)["run_id"]))
 
 
 def test_a_scheduler_that_does_not_answer_fails_the_run_in_one_line(prefect_harness, customers, tmp_path):

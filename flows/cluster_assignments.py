@@ -1,0 +1,165 @@
+"""A run's assignments computed and written by the cluster's workers, a partition at a time.
+
+On a cluster (``compute.cluster``) the customers' model matrix is already on the workers
+(:func:`flows.stages.distribute`). For the write, each worker computes its partition's
+memberships and log-densities, builds and validates its customers' rows (``schemas.Assignments``)
+and writes them as one Parquet part of the run's assignments. What travels to a worker is its
+customers' ids, the segment each was given and the held flags; a row count comes back.
+
+The workers write into a staging folder (:func:`flows.run_files.staging_root`, out of every
+view's reach); the client moves the parts into the run's folder once every partition is written,
+inside the publication's block. A run whose write fails or is killed leaves no part visible: the
+next publication removes the staging folder.
+
+The workers must see the results folder at the path the client does (a LocalCluster's do; a
+remote cluster's need it on a shared filesystem). The client checks first, with a file only it
+has written: when a worker does not see it, the client computes and writes the assignments
+itself, as without a cluster, and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flows import run_files
+from flows.duck import connect
+from flows.faults import fault_point
+from flows.segments import SegmentResult, assignment_table
+from flows.text_file import TextFile, text_objects
+
+if TYPE_CHECKING:
+    from gmm_cluster import ClusterData
+
+
+def _write_partition(
+    X: np.ndarray,
+    label: str,
+    part: int,
+    customer_ids,
+    result: SegmentResult,
+    staging: str,
+    run_id: int,
+) -> int:
+    """On a worker: the assignments of one partition's customers (rows ``X`` in model space,
+    ``result`` cut to them) written as part ``part`` under ``staging``; their count."""
+    from flows.store import write_assignment_part
+    from schemas import Assignments
+
+    mine = replace(result, memberships=replace(result.memberships, X_model=X))
+    frame = Assignments.validate(assignment_table(mine, customer_ids))
+    with closing(connect()) as con:
+        write_assignment_part(con, Path(staging), run_id, part, frame)
+    return len(frame)
+
+
+def _sees(path: str) -> bool:
+    """On a worker: whether ``path`` exists there."""
+    return os.path.exists(path)
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterAssignments:
+    """Every customer's assignment row, written by the workers that hold the customers
+    (:class:`flows.store.PartWriter`).
+
+    Parameters
+    ----------
+    data : gmm_cluster.ClusterData
+        The customers' model matrix on the workers, scattered from the run's matrix (its
+        ``bounds`` say which customers each partition holds).
+    result : SegmentResult
+        The segments given (after tracking), in the order of the customers.
+    customer_ids : ndarray or TextFile
+        The customers' ids, in the same order.
+    warn : callable, optional
+        Told (one line) when the workers cannot see the results folder and the client writes.
+    """
+
+    data: ClusterData
+    result: SegmentResult
+    customer_ids: np.ndarray | TextFile
+    warn: Callable[[str], None] | None = None
+
+    def __len__(self) -> int:
+        return int(self.result.labels.shape[0])
+
+    def write_parts(self, root: Path, run_id: int) -> None:
+        """Write part ``i`` of the assignments on the worker holding partition ``i``, a few
+        partitions at a time (so the client holds the ids of those only), then move the parts
+        into the run's folder."""
+        bounds = self.data.bounds
+        if not bounds or bounds[-1][1] != len(self):
+            raise ValueError("the cluster's partitions do not cover this run's customers")
+        staging = run_files.staging_root(root)
+        shutil.rmtree(staging, ignore_errors=True)
+        written = 0
+        try:
+            blind = self._blind_workers(staging)
+            if blind:
+                if self.warn is not None:
+                    self.warn(
+                        f"{blind} of the cluster's workers do not see the results folder {root}: the "
+                        "assignments are computed and written here instead (share the folder with the "
+                        "workers at the same path to have them write)"
+                    )
+                from flows.segments import AssignmentRows
+                from flows.store import write_assignments
+
+                write_assignments(root, run_id, AssignmentRows(self.result, self.customer_ids))
+                return
+            fault_point("cluster-write")
+            wave = 2 * len(self.data.client.scheduler_info().get("workers", {})) or 2
+            for lo in range(0, len(bounds), wave):
+                which = list(range(lo, min(lo + wave, len(bounds))))
+                own = [(i, self._ids(*bounds[i]), self._cut(*bounds[i])) for i in which]
+                written += sum(self.data.map(_write_partition, str(staging), run_id, which=which, own=own))
+            if written != len(self):
+                raise RuntimeError(f"the workers wrote {written:,} assignments of {len(self):,} customers")
+            self._move(staging, root, run_id, len(bounds))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _blind_workers(self, staging: Path) -> int:
+        """How many workers do not see a file this process writes under ``staging``."""
+        staging.mkdir(parents=True, exist_ok=True)
+        probe = staging / f"probe-{uuid.uuid4().hex}"
+        probe.touch()
+        try:
+            # A worker that cannot answer (dying) is not counted: the write's retries cover it.
+            seen = self.data.client.run(_sees, str(probe), on_error="return")
+        finally:
+            probe.unlink(missing_ok=True)
+        return sum(ok is False for ok in seen.values())
+
+    def _ids(self, start: int, stop: int) -> np.ndarray:
+        return text_objects(self.customer_ids, slice(start, stop)).to_numpy(dtype=object)
+
+    def _cut(self, start: int, stop: int) -> SegmentResult:
+        """The result for the customers ``start:stop``, without the matrix (the worker has it)."""
+        result = self.result
+        return replace(
+            result,
+            labels=result.labels[start:stop],
+            held=None if result.held is None else result.held[start:stop],
+            memberships=replace(result.memberships, X_model=np.empty((0, result.means.shape[1]))),
+        )
+
+    @staticmethod
+    def _move(staging: Path, root: Path, run_id: int, parts: int) -> None:
+        target = run_files.run_file(root, "assignments", run_id).parent
+        target.mkdir(parents=True, exist_ok=True)
+        for part in range(parts):
+            os.replace(
+                run_files.run_file(staging, "assignments", run_id, part),
+                run_files.run_file(root, "assignments", run_id, part),
+            )
+        run_files.fsync(target)
