@@ -33,8 +33,9 @@ What it measures (and what it does not):
   ``--flow-sizes``, on one machine and then with ``compute.cluster`` set to the address of a
   LocalCluster of 2 workers (``memory_limit`` 2 GiB) started beforehand (not counted): total and
   stage seconds, the flow process's peak and every worker's peak (a worker over its limit fails
-  the script). The cluster runs the passes over all customers (scoring, refits); the flow
-  process still reads the input and computes features and assignments.
+  the script). The cluster runs the passes over all customers (scoring, refits, each customer's
+  segment) and writes the assignments; the flow process still reads the input and computes the
+  features.
 """
 
 from __future__ import annotations

@@ -33,8 +33,10 @@ import numpy as np
 from flows import run_files
 from flows.duck import connect
 from flows.faults import fault_point
-from flows.segments import SegmentResult, assignment_table
+from flows.features import FeatureMatrix
+from flows.segments import Memberships, SegmentResult, assign_rows, assignment_table, segment_result
 from flows.text_file import TextFile, text_objects
+from reports.profiles import MembershipTotals
 
 if TYPE_CHECKING:
     from gmm_cluster import ClusterData
@@ -59,6 +61,30 @@ def _write_partition(
     with closing(connect()) as con:
         write_assignment_part(con, Path(staging), run_id, part, frame)
     return len(frame)
+
+
+def _assign_partition(X: np.ndarray, label: str, model, scaler) -> tuple[np.ndarray, MembershipTotals]:
+    """On a worker: one partition's most probable components and membership totals."""
+    return assign_rows(model, X, lambda block, _: scaler.inverse_transform(block))
+
+
+def assign_on_cluster(model, features: FeatureMatrix, data: ClusterData) -> SegmentResult:
+    """:func:`flows.segments.assign_segments` with the E-step over all customers on the workers
+    that hold them: each partition's components (8 bytes a customer) and its membership totals
+    (k x d numbers) come back; the profiles' totals are summed in partition order."""
+    bounds = data.bounds
+    if not bounds or bounds[-1][1] != features.n_customers:
+        raise ValueError("the cluster's partitions do not cover this run's customers")
+    k, d = model.means_.shape
+    labels = np.empty(features.n_customers, dtype=np.int64)
+    totals = MembershipTotals.zeros(k, d)
+    for (start, stop), (mine, their_totals) in zip(
+        bounds, data.map(_assign_partition, model, features.scaler), strict=True
+    ):
+        labels[start:stop] = mine
+        totals = totals + their_totals
+    memberships = Memberships(model, features.X_model, np.arange(k, dtype=np.int64))
+    return segment_result(model, memberships, labels, totals)
 
 
 def _sees(path: str) -> bool:

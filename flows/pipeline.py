@@ -246,8 +246,8 @@ def choose_task(
 
 
 @task(name="assign", **_TASK)
-def assign_task(choice, features) -> SegmentResult:
-    return stages.fit_segments(choice.model, features)
+def assign_task(choice, features, on_cluster=None) -> SegmentResult:
+    return stages.fit_segments(choice.model, features, on_cluster)
 
 
 @task(name="track", **_TASK)
@@ -418,7 +418,7 @@ def _segment(
         with clock.stage("choose"):
             choice = choose_task(selection, features_, previous, settings, fresh, run_id, on_cluster)
         with clock.stage("assign"):
-            segments = assign_task(choice, features_)
+            segments = assign_task(choice, features_, on_cluster)
         with clock.stage("track"):
             segments, drift = track_task(segments, features_, previous, settings, choice)
             previous = None  # its customers' keys are of no use past tracking

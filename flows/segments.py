@@ -3,7 +3,7 @@ original units."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -161,16 +161,35 @@ def assign_segments(model, features: FeatureMatrix) -> SegmentResult:
     them each customer's probability and log-density, are computed again when read
     (:class:`Memberships`, :meth:`SegmentResult.probability_of`).
     """
-    X_model = features.X_model
+    k = model.means_.shape[0]
+    memberships = Memberships(model, features.X_model, np.arange(k, dtype=np.int64))
+    labels, totals = assign_rows(model, features.X_model, lambda _, rows: features.original_rows(rows))
+    return segment_result(model, memberships, labels, totals)
+
+
+def assign_rows(
+    model, X_model: np.ndarray | MatrixFile, to_original: Callable[[np.ndarray, slice], np.ndarray]
+) -> tuple[np.ndarray, MembershipTotals]:
+    """Each row's most probable component under ``model`` and the rows' membership totals, a
+    block at a time; ``to_original(X, rows)`` gives the block ``X = X_model[rows]`` in original
+    units."""
     n = X_model.shape[0]
     k, d = model.means_.shape
-    memberships = Memberships(model, X_model, np.arange(k, dtype=np.int64))
     labels = np.empty(n, dtype=np.int64)
     totals = MembershipTotals.zeros(k, d)
     for rows in _blocks(n):
-        P = memberships.rows(rows)
+        X = X_model[rows]
+        P = np.asarray(model.predict_proba(X), dtype=np.float64)
         labels[rows] = P.argmax(axis=1)
-        totals.add(features.original_rows(rows), P)
+        totals.add(to_original(X, rows), P)
+    return labels, totals
+
+
+def segment_result(
+    model, memberships: Memberships, labels: np.ndarray, totals: MembershipTotals
+) -> SegmentResult:
+    """The :class:`SegmentResult` of a fitted model, given every customer's component and the totals."""
+    k, d = model.means_.shape
     return SegmentResult(
         covariance_type=model.covariance_type,
         segment_ids=np.arange(1, k + 1, dtype=np.int64),

@@ -16,7 +16,7 @@ import pandas as pd
 from pandera.engines.pandas_engine import DateTime
 
 from flows.choice import ModelChoice, PreviousStructure, choose_model
-from flows.cluster_assignments import ClusterAssignments
+from flows.cluster_assignments import ClusterAssignments, assign_on_cluster
 from flows.config import Settings
 from flows.customer_rows import ValidCustomers
 from flows.features import (
@@ -431,9 +431,12 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger(__name__)
 
 
-def fit_segments(model, features: FeatureMatrix) -> SegmentResult:
+def fit_segments(model, features: FeatureMatrix, cluster: ClusterData | None = None) -> SegmentResult:
     """Apply the chosen model to every customer (segments, log-density, expanded covariances;
-    see :func:`flows.segments.assign_segments`)."""
+    see :func:`flows.segments.assign_segments`), on the workers of ``cluster`` when given
+    (:func:`flows.cluster_assignments.assign_on_cluster`)."""
+    if cluster is not None:
+        return assign_on_cluster(model, features, cluster)
     return assign_segments(model, features)
 
 

@@ -97,6 +97,10 @@ class MembershipTotals:
             totals.add(X[start : start + _BLOCK], R[start : start + _BLOCK])
         return totals
 
+    def __add__(self, other: MembershipTotals) -> MembershipTotals:
+        """The totals of both sets of customers (partitions computed apart)."""
+        return MembershipTotals(self.mass + other.mass, self.first + other.first, self.second + other.second)
+
     def add(self, X_original: np.ndarray, probabilities: np.ndarray) -> None:
         """Add a block of customers (their values, shape (m, d), and memberships, (m, k)) in place."""
         X = np.asarray(X_original, dtype=np.float64)

@@ -79,11 +79,23 @@ def published(db: Path, run_id: int):
             "ORDER BY customer_id",
             [run_id],
         ).fetchall()
-    return runs, candidates, assignments
+        profiles = con.execute(
+            "SELECT segment_id, feature, mean, std FROM segment_features WHERE run_id = ? "
+            "ORDER BY segment_id, feature_index",
+            [run_id],
+        ).fetchall()
+    return runs, candidates, assignments, profiles
 
 
 def assert_same_result(mine, theirs) -> None:
-    (runs, candidates, assignments), (runs_, candidates_, assignments_) = mine, theirs
+    (runs, candidates, assignments, profiles), (runs_, candidates_, assignments_, profiles_) = mine, theirs
+    # The profiles' totals are summed per partition on a cluster: equal to rounding.
+    assert [p[:2] for p in profiles] == [p[:2] for p in profiles_]
+    np.testing.assert_allclose(
+        np.array([p[2:] for p in profiles], dtype=float),
+        np.array([p[2:] for p in profiles_], dtype=float),
+        rtol=1e-9,
+    )
     assert runs[:3] == runs_[:3] and runs[4] == runs_[4]
     assert runs[3] == pytest.approx(runs_[3], rel=1e-10)
     assert [c[:3] for c in candidates] == [c[:3] for c in candidates_]
@@ -121,6 +133,37 @@ def test_runs_on_a_local_cluster_give_the_single_machine_results(prefect_harness
         root = folder.with_name("s.runs")
         assert len(list((root / "assignments" / "run_id=2").glob("*.parquet"))) == parts
         assert not (root / ".staging").exists()
+
+
+def test_the_workers_assign_every_customer_as_the_run_s_process_would(running_cluster, monkeypatch):
+    """The E-step over all customers runs on the workers holding them: the same component for
+    every customer, the profiles' totals equal to rounding; the run's process computes none."""
+    import flows.cluster_assignments
+    import flows.segments
+    from flows.features import build_feature_matrix
+    from flows.stages import fit_segments
+    from gmm_cluster import ClusterData
+    from gmm_engine import GaussianMixture
+
+    _, client = running_cluster
+    client.wait_for_workers(2, timeout=60)
+    table, _ = make_customer_table(n_per_segment=300, seed=5)
+    table = table.rename(columns={"Customer Ref": "customer_id"})
+    features = build_feature_matrix(table, ["spend score", "visit score"], ["", ""], ["none", "none"])
+    model = GaussianMixture(3, covariance_type="diag", random_state=0).fit(features.X_model)
+    alone = fit_segments(model, features)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the run's process computed the memberships")
+
+    for module in (flows.segments, flows.cluster_assignments):
+        monkeypatch.setattr(module, "assign_rows", not_here)
+    data = ClusterData.scatter(client, features.X_model, 250)
+    clustered = fit_segments(model, features, data)
+    assert data.n_partitions == 4
+    np.testing.assert_array_equal(clustered.labels, alone.labels)
+    for name in ("mass", "first", "second"):
+        np.testing.assert_allclose(getattr(clustered.totals, name), getattr(alone.totals, name), rtol=1e-12)
 
 
 def assert_no_trace_of_run_2(db: Path) -> None:
