@@ -1,10 +1,13 @@
 """A run's assignments computed and written by the cluster's workers, a partition at a time.
 
 On a cluster (``compute.cluster``) the customers' model matrix is already on the workers
-(:func:`flows.stages.distribute`). For the write, each worker computes its partition's
-memberships and log-densities, builds and validates its customers' rows (``schemas.Assignments``)
-and writes them as one Parquet part of the run's assignments. What travels to a worker is its
-customers' ids, the segment each was given and the held flags; a row count comes back.
+(:func:`flows.stages.distribute`). In stage ``assign`` each partition's task gives back its
+customers' most probable segments and the segments' profile totals (:func:`assign_on_cluster`).
+In stage ``write`` each worker computes its partition's memberships and log-densities, builds and
+validates its customers' rows (``schemas.Assignments``) and writes them as one Parquet part of
+the run's assignments (:class:`ClusterAssignments`). What travels to a worker is its customers'
+ids (as bytes), the segment each was given (after tracking) and the held flags; a row count
+comes back.
 
 The workers write into a staging folder (:func:`flows.run_files.staging_root`, out of every
 view's reach); the client moves the parts into the run's folder once every partition is written,
@@ -34,9 +37,18 @@ from flows import run_files
 from flows.duck import connect
 from flows.faults import fault_point
 from flows.features import FeatureMatrix
-from flows.segments import Memberships, SegmentResult, assign_rows, assignment_table, segment_result
-from flows.text_file import TextFile, text_objects
+from flows.segments import (
+    AssignmentRows,
+    Memberships,
+    SegmentResult,
+    assign_rows,
+    assignment_table,
+    segment_result,
+)
+from flows.store import ASSIGNMENT_CHUNK_ROWS, write_assignment_part, write_assignments
+from flows.text_file import TextBlock, TextFile
 from reports.profiles import MembershipTotals
+from schemas import Assignments
 
 if TYPE_CHECKING:
     from gmm_cluster import ClusterData
@@ -45,22 +57,24 @@ if TYPE_CHECKING:
 def _write_partition(
     X: np.ndarray,
     label: str,
-    part: int,
-    customer_ids,
+    first_part: int,
+    customer_ids: np.ndarray | TextBlock,
     result: SegmentResult,
     staging: str,
     run_id: int,
 ) -> int:
     """On a worker: the assignments of one partition's customers (rows ``X`` in model space,
-    ``result`` cut to them) written as part ``part`` under ``staging``; their count."""
-    from flows.store import write_assignment_part
-    from schemas import Assignments
-
+    ``result`` cut to them) written under ``staging`` as parts ``first_part``, ``first_part + 1``,
+    ... of :data:`flows.store.ASSIGNMENT_CHUNK_ROWS` customers each (so a worker holds one part's
+    rows at a time, as the run's process would); how many rows were written."""
     mine = replace(result, memberships=replace(result.memberships, X_model=X))
-    frame = Assignments.validate(assignment_table(mine, customer_ids))
+    n = X.shape[0]
     with closing(connect()) as con:
-        write_assignment_part(con, Path(staging), run_id, part, frame)
-    return len(frame)
+        for j, start in enumerate(range(0, n, ASSIGNMENT_CHUNK_ROWS)):
+            rows = slice(start, min(start + ASSIGNMENT_CHUNK_ROWS, n))
+            frame = Assignments.validate(assignment_table(mine, customer_ids, None, rows))
+            write_assignment_part(con, Path(staging), run_id, first_part + j, frame)
+    return n
 
 
 def _assign_partition(X: np.ndarray, label: str, model, scaler) -> tuple[np.ndarray, MembershipTotals]:
@@ -137,20 +151,19 @@ class ClusterAssignments:
                         "assignments are computed and written here instead (share the folder with the "
                         "workers at the same path to have them write)"
                     )
-                from flows.segments import AssignmentRows
-                from flows.store import write_assignments
-
                 write_assignments(root, run_id, AssignmentRows(self.result, self.customer_ids))
                 return
             fault_point("cluster-write")
-            wave = 2 * len(self.data.client.scheduler_info().get("workers", {})) or 2
+            # One partition a worker at a time: the run holds those partitions' ids only.
+            wave = len(self.data.client.scheduler_info().get("workers", {})) or 1
+            parts_each = max(-(-(b - a) // ASSIGNMENT_CHUNK_ROWS) for a, b in bounds)
             for lo in range(0, len(bounds), wave):
                 which = list(range(lo, min(lo + wave, len(bounds))))
-                own = [(i, self._ids(*bounds[i]), self._cut(*bounds[i])) for i in which]
+                own = [(i * parts_each, self._ids(*bounds[i]), self._cut(*bounds[i])) for i in which]
                 written += sum(self.data.map(_write_partition, str(staging), run_id, which=which, own=own))
             if written != len(self):
                 raise RuntimeError(f"the workers wrote {written:,} assignments of {len(self):,} customers")
-            self._move(staging, root, run_id, len(bounds))
+            self._move(staging, root, run_id)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -166,8 +179,11 @@ class ClusterAssignments:
             probe.unlink(missing_ok=True)
         return sum(ok is False for ok in seen.values())
 
-    def _ids(self, start: int, stop: int) -> np.ndarray:
-        return text_objects(self.customer_ids, slice(start, stop)).to_numpy(dtype=object)
+    def _ids(self, start: int, stop: int) -> np.ndarray | TextBlock:
+        """Customers ``start:stop``'s ids as they travel: their bytes, when kept in a file."""
+        if isinstance(self.customer_ids, TextFile):
+            return self.customer_ids.block(start, stop)
+        return self.customer_ids[start:stop]
 
     def _cut(self, start: int, stop: int) -> SegmentResult:
         """The result for the customers ``start:stop``, without the matrix (the worker has it)."""
@@ -180,12 +196,11 @@ class ClusterAssignments:
         )
 
     @staticmethod
-    def _move(staging: Path, root: Path, run_id: int, parts: int) -> None:
+    def _move(staging: Path, root: Path, run_id: int) -> None:
+        """The staged parts into the run's folder (renames on one filesystem), synced."""
+        source = run_files.run_file(staging, "assignments", run_id).parent
         target = run_files.run_file(root, "assignments", run_id).parent
         target.mkdir(parents=True, exist_ok=True)
-        for part in range(parts):
-            os.replace(
-                run_files.run_file(staging, "assignments", run_id, part),
-                run_files.run_file(root, "assignments", run_id, part),
-            )
+        for part in sorted(source.glob("part-*.parquet")):
+            os.replace(part, target / part.name)
         run_files.fsync(target)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from flows.features import FeatureMatrix
 from flows.matrix_file import MatrixFile
-from flows.text_file import TextFile, text_objects
+from flows.text_file import TextBlock, TextFile, text_objects
 from gmm_engine import full_covariances
 from reports.profiles import MembershipTotals, segment_profiles
 
@@ -263,7 +263,7 @@ def feature_profiles(result: SegmentResult, features: FeatureMatrix) -> pd.DataF
 
 def assignment_table(
     result: SegmentResult,
-    customer_ids: np.ndarray | TextFile,
+    customer_ids: np.ndarray | TextFile | TextBlock,
     missing_features: np.ndarray | None = None,
     rows: slice = slice(None),
 ) -> pd.DataFrame:

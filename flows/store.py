@@ -8,6 +8,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -836,9 +837,16 @@ def write_assignments(root: Path, run_id: int, rows: pd.DataFrame | RowChunks) -
     # The parts are written through a connection of their own, outside the publication's
     # transaction: a frame registered inside a transaction stays referenced until it commits,
     # so every chunk would stay in memory (20 chunks of about 45 MiB at 10^7 customers).
-    with closing(connect()) as part_con:
-        for part, chunk in enumerate(chunks):
+    # The next chunk is built (an E-step, the Pandera check) in a thread while DuckDB writes
+    # this one: one chunk more in memory, the two stages' work side by side.
+    pending = iter(chunks)
+    with closing(connect()) as part_con, ThreadPoolExecutor(max_workers=1) as ahead:
+        following = ahead.submit(next, pending, None)
+        part = 0
+        while (chunk := following.result()) is not None:
+            following = ahead.submit(next, pending, None)
             write_assignment_part(part_con, root, run_id, part, chunk)
+            part += 1
 
 
 def write_assignment_part(

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -95,18 +96,18 @@ class TextFile:
 
     def strings(self, start: int, stop: int) -> list[str]:
         """Texts ``start:stop`` as Python strings (what DuckDB and pandas take): one read, one split."""
+        return self.block(start, stop).strings(0, stop - start)
+
+    def block(self, start: int, stop: int) -> TextBlock:
+        """Texts ``start:stop`` as their bytes (:class:`TextBlock`): one read, no split."""
         start, stop = max(0, start), min(self.n, stop)
         if stop <= start:
-            return []
+            return TextBlock(b"", np.zeros(1, dtype=np.int64), True)
         offsets = self._offsets(start, stop)
         with open(self.folder / TEXTS_NAME, "rb") as f:
             f.seek(int(offsets[0]))
             data = f.read(int(offsets[-1] - offsets[0]))
-        if self._separated:
-            return data.decode("utf-8").split(_NUL)[:-1]
-        # A text holds a NUL: cut at each text's offsets.
-        cuts = (offsets - offsets[0]).tolist()
-        return [data[a : b - 1].decode("utf-8") for a, b in pairwise(cuts)]
+        return TextBlock(data, offsets - offsets[0], self._separated)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         """Every text (a full read: for small runs and tests)."""
@@ -126,6 +127,32 @@ class TextFile:
 
     def __repr__(self) -> str:
         return f"TextFile({self.n:,} texts at {self.folder})"
+
+
+@dataclass(frozen=True, eq=False)
+class TextBlock:
+    """Consecutive texts as a :class:`TextFile` stores them: their UTF-8 bytes, each followed by
+    a NUL, and every text's byte offset (the last one where the last text ends). About a third
+    of the size of the texts as Python strings: what a run sends to a cluster's worker."""
+
+    data: bytes
+    offsets: np.ndarray
+    separated: bool  # no text holds a NUL: a block splits on them
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def strings(self, start: int, stop: int) -> list[str]:
+        """Texts ``start:stop`` as Python strings: one decode, one split."""
+        start, stop = max(0, start), min(len(self), stop)
+        if stop <= start:
+            return []
+        a, b = int(self.offsets[start]), int(self.offsets[stop])
+        if self.separated:
+            return self.data[a:b].decode("utf-8").split(_NUL)[:-1]
+        # A text holds a NUL: cut at each text's offsets.
+        cuts = self.offsets[start : stop + 1].tolist()
+        return [self.data[x : y - 1].decode("utf-8") for x, y in pairwise(cuts)]
 
 
 class TextWriter:
@@ -175,10 +202,11 @@ class TextWriter:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def text_objects(texts: np.ndarray | TextFile, rows: slice) -> pd.Series:
+def text_objects(texts: np.ndarray | TextFile | TextBlock, rows: slice) -> pd.Series:
     """``texts[rows]`` (a slice) as a Series of Python strings, as DuckDB and Parquet take them,
-    from an array of texts or a :class:`TextFile` (without a numpy copy in between)."""
-    if isinstance(texts, TextFile):
+    from an array of texts, a :class:`TextFile` or a :class:`TextBlock` (without a numpy copy in
+    between)."""
+    if isinstance(texts, (TextFile, TextBlock)):
         start, stop, _ = rows.indices(len(texts))
         return pd.Series(texts.strings(start, stop), dtype=object).astype(str)
     return pd.Series(texts[rows], dtype=object).astype(str)

@@ -4,6 +4,7 @@ and what it gives, against the same matrix held in memory, without Prefect."""
 from __future__ import annotations
 
 import gc
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,13 @@ def test_a_text_file_reads_the_ids_that_were_written_whatever_their_text(block):
         texts[30]
     plain = TextFile.write(np.asarray([f"C{i}" for i in range(1000)], dtype=TEXT_DTYPE), block_rows=block)
     assert plain[990:].tolist() == [f"C{i}" for i in range(990, 1000)]
+    # A block of the file as bytes (what a cluster's worker is sent), read by any slice of it.
+    for t, every in ((texts, ids.tolist()), (plain, plain.tolist())):
+        sent = pickle.loads(pickle.dumps(t.block(4, 27)))
+        assert len(sent) == 23 and sent.strings(0, 23) == every[4:27]
+        assert sent.strings(3, 11) == every[7:15] and sent.strings(22, 99) == every[26:27]
+        assert sent.strings(5, 5) == [] and text_objects(sent, slice(2, 6)).tolist() == every[6:10]
+    assert len(texts.block(30, 40)) == 0
     for t in (texts, plain):
         t.remove()
         assert t.removed and not t.folder.exists()
