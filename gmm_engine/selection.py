@@ -39,6 +39,7 @@ from typing import cast
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
+from . import initialisation
 from ._validation import (
     ConvergenceWarning,
     as_generator,
@@ -223,11 +224,9 @@ class SharedStart:
         self._lock = threading.Lock()
 
     def __call__(self, X, n_components, rng, sample_weight) -> np.ndarray:
-        from .initialisation import kmeans_labels, ward_labels
-
         with self._lock:
             if self._labels is None:
-                make = kmeans_labels if self.method == "kmeans" else ward_labels
+                make = initialisation.kmeans_labels if self.method == "kmeans" else initialisation.ward_labels
                 rng = np.random.default_rng(np.random.SeedSequence(self.seed))
                 labels = make(X, n_components, rng, sample_weight)
                 # The smallest integer type that holds them: a grid keeps (k, restart) of these.

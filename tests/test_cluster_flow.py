@@ -124,8 +124,8 @@ def test_runs_on_a_local_cluster_give_the_single_machine_results(prefect_harness
             "SELECT parameters->>'$.compute.cluster' FROM runs WHERE run_id = 2"
         ).fetchone()
     assert recorded == ("local:2",)
-    # The workers wrote the assignments: one part per partition (the client writes one part per
-    # 200,000 customers), and nothing is left in the staging folder.
+    # The workers wrote the assignments: a part per partition here (the client writes one part
+    # per 200,000 customers, so one), and nothing is left in the staging folder.
     customers_ = other["customers"]
     partitions = math.ceil(customers_ / rows_per_partition(customers_, 2, 1_000_000))
     assert partitions == 4
