@@ -16,7 +16,7 @@ import pandas as pd
 
 from flows.config import InputSettings
 from flows.duck import KIND_WORDS, connect, file_kind, quote_identifier, quote_qualified, sql_literal
-from flows.scratch import ScratchDatabase
+from flows.scratch import MEMORY_LIMIT, ScratchDatabase
 from schemas.validation import TEXT_DTYPE, WHOLE_ROW, empty_rejects
 
 
@@ -454,6 +454,11 @@ def _spill(con: duckdb.DuckDBPyConnection, select: str, names: list[str]) -> tup
     """Run ``select`` into a table of a temporary DuckDB file: the rows and their columns' types."""
     scratch = ScratchDatabase("input")
     try:
+        # DuckDB's buffer within the scratch databases' limit, spilling beside the file: left at
+        # its default (80 % of the machine) the copy of 3 x 10^7 customers x 4 features held
+        # 1.1 GiB, against 0.3 GiB so and in the same time (issue 12).
+        con.execute(f"SET memory_limit = {sql_literal(MEMORY_LIMIT)}")
+        con.execute(f"SET temp_directory = {sql_literal(str(scratch.folder / 'spill'))}")
         con.execute(f"ATTACH {sql_literal(str(scratch.path))} AS spill")
         try:
             con.execute(f"CREATE TABLE spill.rows AS {select}")
