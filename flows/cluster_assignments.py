@@ -86,9 +86,7 @@ def assign_on_cluster(model, features: FeatureMatrix, data: ClusterData) -> Segm
     """:func:`flows.segments.assign_segments` with the E-step over all customers on the workers
     that hold them: each partition's components (8 bytes a customer) and its membership totals
     (k x d numbers) come back; the profiles' totals are summed in partition order."""
-    bounds = data.bounds
-    if not bounds or bounds[-1][1] != features.n_customers:
-        raise ValueError("the cluster's partitions do not cover this run's customers")
+    bounds = _covering(data, features.n_customers)
     k, d = model.means_.shape
     labels = np.empty(features.n_customers, dtype=np.int64)
     totals = MembershipTotals.zeros(k, d)
@@ -99,6 +97,14 @@ def assign_on_cluster(model, features: FeatureMatrix, data: ClusterData) -> Segm
         totals = totals + their_totals
     memberships = Memberships(model, features.X_model, np.arange(k, dtype=np.int64))
     return segment_result(model, memberships, labels, totals)
+
+
+def _covering(data: ClusterData, n: int) -> list[tuple[int, int]]:
+    """The rows (start, stop) of each of ``data``'s partitions, checked to cover ``n`` customers."""
+    bounds = data.bounds
+    if not bounds or bounds[-1][1] != n:
+        raise ValueError("the cluster's partitions do not cover this run's customers")
+    return bounds
 
 
 def _sees(path: str) -> bool:
@@ -136,9 +142,7 @@ class ClusterAssignments:
         """Write part ``i`` of the assignments on the worker holding partition ``i``, a few
         partitions at a time (so the client holds the ids of those only), then move the parts
         into the run's folder."""
-        bounds = self.data.bounds
-        if not bounds or bounds[-1][1] != len(self):
-            raise ValueError("the cluster's partitions do not cover this run's customers")
+        bounds = _covering(self.data, len(self))
         staging = run_files.staging_root(root)
         shutil.rmtree(staging, ignore_errors=True)
         written = 0

@@ -26,6 +26,7 @@ from .em import (
     _gather_on_cluster,
     _load,
     _moments_task,
+    added,
     labels,
     refit_with,
 )
@@ -134,11 +135,7 @@ class ClusterData:
 
     def _sum(self, task, *args):
         """``task``'s results over the partitions, added in partition order (see :meth:`map`)."""
-        results = self.map(task, *args)
-        total = results[0]
-        for result in results[1:]:
-            total = total + result
-        return total
+        return added(self.map(task, *args))
 
     @property
     def bounds(self) -> list[tuple[int, int]]:

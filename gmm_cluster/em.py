@@ -174,7 +174,12 @@ def _sum_on_cluster(client: Client, parts: Sequence[Partition], task, *args):
     """Run ``task(partition, label, *args)`` for every partition on the cluster; the results'
     sum, added in partition order. Any failure cancels the other tasks and raises; no partial
     sum escapes."""
-    results = _gather_on_cluster(client, parts, task, args)
+    return added(_gather_on_cluster(client, parts, task, args))
+
+
+def added(results: Sequence):
+    """The partitions' results added in partition order (so the sum does not depend on which
+    worker finished first)."""
     total = results[0]
     for result in results[1:]:
         total = total + result
