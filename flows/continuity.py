@@ -101,7 +101,10 @@ def join_customers(
     try:
         con = scratch.connect()
         try:
-            con.execute("CREATE TABLE current (position BIGINT, customer_id VARCHAR)")
+            # Temporary tables: DuckDB spills them uncompressed beside the file beyond its
+            # buffer, where a stored table is compressed at every checkpoint: at 10^7 customers
+            # the stage took 8.0 s, against 11.9 with stored tables, at about the same peak.
+            con.execute("CREATE TEMP TABLE current (position BIGINT, customer_id VARCHAR)")
             for start in range(0, len(customer_ids), _JOIN_BLOCK):
                 part = text_objects(customer_ids, slice(start, start + _JOIN_BLOCK))
                 block = pd.DataFrame(
@@ -113,15 +116,15 @@ def join_customers(
                 con.unregister("block")
                 del block
             con.execute(
-                "CREATE TABLE previous AS SELECT CAST(customer_id AS VARCHAR) AS customer_id, "
+                "CREATE TEMP TABLE previous AS SELECT CAST(customer_id AS VARCHAR) AS customer_id, "
                 f"CAST(segment_id AS BIGINT) AS segment_id FROM read_parquet({sql_literal(assignments)})"
             )
-            # The join lands in a table (on disk, spilling beyond the memory limit) and is read
+            # The join lands in a table (spilling beyond the memory limit) and is read
             # back in this run's order a chunk at a time into arrays of its final size: a result
             # DuckDB materialised whole would take 0.2 GiB of its buffer at 10^7 customers.
             con.execute("SET preserve_insertion_order = false")
             con.execute(
-                "CREATE TABLE joined AS SELECT p.rowid AS ip, c.position AS ic FROM current c "
+                "CREATE TEMP TABLE joined AS SELECT p.rowid AS ip, c.position AS ic FROM current c "
                 "JOIN previous p ON c.customer_id = p.customer_id"
             )
             # rowid: a row's place in the table, the position the segments are read in.
