@@ -46,6 +46,7 @@ import math
 import os
 import pickle
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -259,6 +260,25 @@ def busiest_rows(n_customers: int, n_parts: int, n_workers: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def split_into_partitions(path: Path, parts: int) -> Path:
+    """The table of ``path`` rewritten as ``parts`` Parquet files of about equal size in a folder
+    beside it (in row order); the file is removed."""
+    import duckdb
+
+    folder = path.with_suffix("")
+    folder.mkdir()
+    with duckdb.connect() as con:
+        n = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
+        size = -(-n // parts)
+        for i in range(parts):
+            con.execute(
+                f"COPY (SELECT * FROM read_parquet('{path}') LIMIT {size} OFFSET {i * size}) "
+                f"TO '{folder / f'part-{i:03d}.parquet'}' (FORMAT parquet)"
+            )
+    path.unlink()
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", default="1000000,10000000", help="comma-separated sizes")
@@ -268,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-iter", type=int, default=10)
     parser.add_argument("--flow-sizes", default="1000000,10000000", help="sizes for the end-to-end flow")
     parser.add_argument("--no-flow", action="store_true", help="skip the end-to-end flow runs")
+    parser.add_argument(
+        "--flow-partitions",
+        type=int,
+        default=8,
+        help="the flow's table as this many Parquet files of a folder (1: one file)",
+    )
     parser.add_argument("--iterations-per-fit", type=int, default=50, help="for the projection")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -316,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                     ],
                     check=True,
                 )
+                if args.flow_partitions > 1:
+                    data = split_into_partitions(data, args.flow_partitions)
                 print(
                     f"\nflow, {n:,} customers: table generated in {time.perf_counter() - t:.1f} s "
                     f"(not counted); this process's ru_maxrss, which flows before cdd01aa inherited: "
@@ -352,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                                     f"flow on the cluster, {n:,} customers: a worker over its limit"
                                 )
                     flows[(n, path)] = summary
-                data.unlink()
+                shutil.rmtree(data) if data.is_dir() else data.unlink()
         for n in sizes:
             folder = tmp_path / f"n{n}"
             t = time.perf_counter()
@@ -474,19 +502,37 @@ def main(argv: list[str] | None = None) -> int:
             "\nEnd-to-end flow (pipeline.py's run_flow: selection on 200,000, refit, assign, store, report); "
             f"cluster: --cluster to a running LocalCluster of {N_WORKERS} workers, {MEMORY_LIMIT} each"
         )
+        shown = ("load", "validate", "features", "select", "choose", "assign", "write")
         print(
-            f"  {'customers':>12} {'path':<8}{'total s':>9}{'select s':>10}{'choose s':>10}{'assign s':>10}"
-            f"{'peak MiB':>10}{'workers MiB':>13}  chosen"
+            f"  {'customers':>12} {'path':<8}{'total s':>9}"
+            + "".join(f"{name:>10}" for name in shown)
+            + f"{'peak MiB':>10}{'workers MiB':>13}  chosen"
         )
         for (n, path), s in flows.items():
             st = s["stage_seconds"]
             workers = "/".join(f"{v:,.0f}" for v in s.get("worker_peak_mb", [])) or "-"
             print(
-                f"  {n:>12,} {path:<8}{s['wall_seconds']:9.1f}{st.get('select', float('nan')):10.1f}"
-                f"{st.get('choose', float('nan')):10.1f}{st.get('assign', float('nan')):10.1f}"
-                f"{s['flow_peak_mb']:10,.0f}{workers:>13}  {s['n_components']} {s['covariance_type']}"
+                f"  {n:>12,} {path:<8}{s['wall_seconds']:9.1f}"
+                + "".join(f"{st.get(name, float('nan')):10.1f}" for name in shown)
+                + f"{s['flow_peak_mb']:10,.0f}{workers:>13}  {s['n_components']} {s['covariance_type']}"
             )
+    if sizes:
+        project(sizes, args, cluster)
 
+    if failures:
+        print("\nFAILED (a worker above its memory limit, or lost):")
+        for f in failures:
+            print(f"  {f}")
+    else:
+        print(f"\nNo worker exceeded its {MEMORY_LIMIT} memory limit and none was lost.")
+    bad_diff = {ct: d for ct, d in param_diff.items() if not d <= 1e-8}
+    if bad_diff:
+        print(f"Cluster and single machine parameters differ by more than 1e-8: {bad_diff}")
+    return 1 if failures or bad_diff else 0
+
+
+def project(sizes: list[int], args, cluster: list[dict]) -> None:
+    """The least-squares cost model of the cluster rows and its projection to 10^8 and 10^9."""
     print(
         "\nProjection: s/iter = a + b x (rows on the busiest worker) + c x (partitions), least squares "
         "over the cluster rows above.\nAssumptions: time linear in rows; each worker re-reads its "
@@ -519,17 +565,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"    {target:>15,}{n_parts:>11,}{w:>8}{t_iter:9.2f}"
                     f"{t_iter * args.iterations_per_fit / 60:15.1f}"
                 )
-
-    if failures:
-        print("\nFAILED (a worker above its memory limit, or lost):")
-        for f in failures:
-            print(f"  {f}")
-    else:
-        print(f"\nNo worker exceeded its {MEMORY_LIMIT} memory limit and none was lost.")
-    bad_diff = {ct: d for ct, d in param_diff.items() if not d <= 1e-8}
-    if bad_diff:
-        print(f"Cluster and single machine parameters differ by more than 1e-8: {bad_diff}")
-    return 1 if failures or bad_diff else 0
 
 
 if __name__ == "__main__":

@@ -11,12 +11,15 @@ Validated in memory and put in id order with numpy, 10^7 customers x 4 features 
 
 from __future__ import annotations
 
+import shutil
+import weakref
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
+from flows.duck import sql_literal
 from flows.matrix_file import MatrixFile
 from flows.scratch import ScratchDatabase
 from flows.text_file import TextWriter
@@ -52,32 +55,42 @@ class ValidCustomers:
         )
         self._repeated: tuple[np.ndarray, np.ndarray] | None = None
         self._count: int | None = None
+        self._files_folder: weakref.finalize | None = None  # removes over_files' folder
 
     def add(self, row_numbers: np.ndarray, ids: np.ndarray, valid: np.ndarray, values: np.ndarray) -> None:
         """One chunk's rows (see :class:`schemas.customers.CustomerRowSink`)."""
-        n, d = len(row_numbers), len(self.names)
-        if not n:
+        if not len(row_numbers):
             return
         self._repeated = self._count = None
-        full = np.full((n, d), np.nan)
-        full[valid] = values
-        chunk = pd.DataFrame(
-            {
-                "row_number": np.asarray(row_numbers, dtype=np.int64),
-                "customer_id": pd.Series(np.asarray(ids, dtype=object), dtype=object),
-                "valid": np.asarray(valid, dtype=bool),
-                **{f"v{j}": full[:, j] for j in range(d)},
-            },
-            copy=False,
-        )
         con = self._connection()
-        con.register("chunk", chunk)
+        con.register("chunk", row_frame(row_numbers, ids, valid, values, len(self.names)))
         try:
-            # A NaN feature of a valid row is a blank: NULL in the table, as SQL sees a blank.
-            columns = "".join(f", CASE WHEN isnan(v{j}) THEN NULL ELSE v{j} END" for j in range(d))
-            con.execute(f"INSERT INTO rows SELECT row_number, customer_id, valid{columns} FROM chunk")
+            con.execute(f"INSERT INTO rows {row_select('chunk', len(self.names))}")
         finally:
             con.unregister("chunk")
+
+    @classmethod
+    def over_files(cls, names: list[str], files: list[str], folder: Path) -> ValidCustomers:
+        """The rows of Parquet files written by :class:`flows.partition_validation.PartRows` (a
+        cluster's workers validating their partitions), read where they are: DuckDB finds the
+        repeated ids and sorts the customers from the files, no row passes through Python, and
+        nothing is copied (a copy into the database took 3.9 s at 10^7 customers).
+        ``folder``, which holds the files, is removed with the rows (:meth:`close`)."""
+        rows = cls(names)
+        rows._files_folder = weakref.finalize(rows, shutil.rmtree, folder, ignore_errors=True)
+        con = rows._connection()
+        con.execute("DROP TABLE rows")
+        columns = "".join(f", v{j}" for j in range(len(rows.names)))
+        if files:
+            listed = ", ".join(sql_literal(f) for f in files)
+            con.execute(
+                "CREATE VIEW rows AS SELECT row_number, customer_id, valid"
+                f"{columns} FROM read_parquet([{listed}])"
+            )
+        else:
+            values = "".join(f", v{j} DOUBLE" for j in range(len(rows.names)))
+            con.execute(f"CREATE TABLE rows (row_number BIGINT, customer_id VARCHAR, valid BOOLEAN{values})")
+        return rows
 
     def repeated(self) -> tuple[np.ndarray, np.ndarray]:
         """Source numbers and ids of the rows whose id was added more than once, by row number."""
@@ -196,11 +209,13 @@ class ValidCustomers:
         return self._con
 
     def close(self) -> None:
-        """Close the database and remove its folder."""
+        """Close the database and remove its folder (and the files of :meth:`over_files`)."""
         if self._con is not None:
             self._con.close()
             self._con = None
         self._scratch.remove()
+        if self._files_folder is not None:
+            self._files_folder()
 
     def without_rows(self) -> ValidCustomers:
         """Release the rows (see :meth:`schemas.ValidationOutcome.without_rows`): this object,
@@ -209,6 +224,33 @@ class ValidCustomers:
             len(self)  # counted before the rows go
         self.close()
         return self
+
+
+def row_frame(
+    row_numbers: np.ndarray, ids: np.ndarray, valid: np.ndarray, values: np.ndarray, d: int
+) -> pd.DataFrame:
+    """A chunk's rows as DuckDB scans them: ``row_number``, ``customer_id`` (Python strings),
+    ``valid`` and ``v0 .. v{d-1}`` (NaN in the rows that are not valid)."""
+    n = len(row_numbers)
+    full = np.full((n, d), np.nan)
+    full[valid] = values
+    return pd.DataFrame(
+        {
+            "row_number": np.asarray(row_numbers, dtype=np.int64),
+            "customer_id": pd.Series(np.asarray(ids, dtype=object), dtype=object),
+            "valid": np.asarray(valid, dtype=bool),
+            **{f"v{j}": full[:, j] for j in range(d)},
+        },
+        copy=False,
+    )
+
+
+def row_select(relation: str, d: int) -> str:
+    """The SELECT of a table ``rows``'s columns from :func:`row_frame`'s ``relation``: a NaN
+    feature of a valid row is a blank, NULL as SQL sees a blank."""
+    columns = "".join(f", CASE WHEN isnan(v{j}) THEN NULL ELSE v{j} END AS v{j}" for j in range(d))
+    # A chunk whose ids are all missing has an object column DuckDB cannot type as text alone.
+    return f"SELECT row_number, CAST(customer_id AS VARCHAR) AS customer_id, valid{columns} FROM {relation}"
 
 
 def _quoted(name: str) -> str:

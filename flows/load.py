@@ -116,6 +116,10 @@ class LoadedInput:
     spilled : InputRows or None
         Where a file input's rows are (``blocks`` is then empty): on disk, read back a block at a
         time by :meth:`chunks` and the other readers. None for a query's rows, held in ``blocks``.
+    partition_select : str or None
+        For partitions left where they are (``load_input(..., read_partitions=False)``: no rows
+        held, ``rows_read`` their count): the SELECT list giving the canonical columns from one
+        partition's ``read_parquet`` aliased ``r`` (see :func:`partition_frames`).
     partitions : list of (str, int)
         A partitioned Parquet input's files and their row counts, in the order their rows are
         numbered (:mod:`flows.partitions`); empty for one file or a query.
@@ -130,6 +134,7 @@ class LoadedInput:
     rows_read: int | None = None
     partitions: list[tuple[str, int]] = field(default_factory=list)
     spilled: InputRows | None = None
+    partition_select: str | None = None
 
     def rows_by_file(self, rejects: pd.DataFrame) -> pd.DataFrame:
         """Reject records with each one's partition as ``source`` and its row there as
@@ -180,13 +185,7 @@ class LoadedInput:
             start = 0
             names = list(self.dtypes)
             for chunk, text in self.spilled.fetched(names):
-                # Straight from DuckDB's chunk to pandas text: the same frame as going through
-                # a compact block, without two conversions of every text value.
-                frame = pd.DataFrame(
-                    {name: chunk[name].astype(_TEXT) if name in text else chunk[name] for name in names},
-                    columns=names,
-                )
-                frame.index = pd.Index(self.row_numbers[start : start + len(frame)], name="row")
+                frame = _chunk_frame(chunk, names, text, self.row_numbers[start : start + len(chunk)])
                 del chunk
                 yield frame
                 start += len(frame)
@@ -287,7 +286,7 @@ def wanted_columns(settings: InputSettings, features: list[str]) -> dict[str, st
     return wanted
 
 
-def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
+def load_input(settings: InputSettings, features: list[str], read_partitions: bool = True) -> LoadedInput:
     """Read the configured input into blocks of rows with canonical column names.
 
     The input is a CSV, Parquet or DuckDB file, or a folder or glob of Parquet partitions read as
@@ -307,6 +306,9 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
     names; see :func:`detect_delimiter`). CSV rows that cannot be split into the header's columns, or
     that hold bytes which are not UTF-8, are set aside by DuckDB's reader and returned in
     ``LoadedInput.rejects`` (validation adds them to the run's rejects and reject budget).
+
+    ``read_partitions=False``: Parquet partitions read without a query are checked and described
+    but not read: a cluster's workers read them (:attr:`LoadedInput.partition_select`).
 
     Raises
     ------
@@ -401,8 +403,18 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
                 expr = _customer_id_sql(expr)
             select_list.append(f"{expr} AS {quote_identifier(canon)}")
         select = f"SELECT {', '.join(select_list)} FROM {relation_sql} AS r"
+        partition_select: str | None = None
+        partitioned: list[tuple[str, int]] = []
+        blocks: list[dict[str, np.ndarray | pd.Series]]
         try:
-            if settings.query:
+            if files is not None and not settings.query and not read_partitions:
+                # The column types as the blocks will have them: from the first rows.
+                _, dtypes = _fetch_blocks(con.execute(f"{select} LIMIT {FETCH_ROWS}"), list(columns))
+                blocks = []
+                n_read = sum(counts)
+                partition_select = ", ".join(select_list)
+                partitioned = list(zip(files, counts, strict=True))
+            elif settings.query:
                 # A query runs without file access: its rows are fetched into memory.
                 result = con.execute(select)
                 blocks, dtypes = _fetch_blocks(result, list(columns))
@@ -419,6 +431,17 @@ def load_input(settings: InputSettings, features: list[str]) -> LoadedInput:
     if n_read == 0 and len(reader_rejects) == 0:
         what = "only a header line" if fmt == "csv" else "no rows"
         raise InputError(f"{source}: no data rows (the input has {what}, columns {available})")
+    if partition_select is not None:
+        return LoadedInput(
+            blocks=[],
+            dtypes=dtypes,
+            row_numbers=np.zeros(0, dtype=np.int64),
+            source=source,
+            source_columns=columns,
+            rows_read=n_read,
+            partitions=partitioned,
+            partition_select=partition_select,
+        )
     return LoadedInput(
         blocks=blocks,
         dtypes=dtypes,
@@ -473,6 +496,50 @@ def _spill(con: duckdb.DuckDBPyConnection, select: str, names: list[str]) -> tup
         raise
     assert row is not None  # count(*) returns one row
     return InputRows(scratch, names, int(row[0]), FETCH_ROWS), dtypes
+
+
+def _chunk_frame(chunk: pd.DataFrame, names: list[str], text: set[str], rows: np.ndarray) -> pd.DataFrame:
+    """A chunk DuckDB fetched as :meth:`LoadedInput.chunks` yields it: straight to pandas text,
+    the same frame as going through a compact block without two conversions of every text."""
+    frame = pd.DataFrame(
+        {name: chunk[name].astype(_TEXT) if name in text else chunk[name] for name in names},
+        columns=names,
+    )
+    frame.index = pd.Index(rows, name="row")
+    return frame
+
+
+def partition_frames(path: str, select_list: str, names: list[str], first_row: int) -> Iterator[pd.DataFrame]:
+    """One Parquet partition's rows as :meth:`LoadedInput.chunks` gives a table's, a chunk at a
+    time: ``select_list`` is :attr:`LoadedInput.partition_select`, the rows numbered from
+    ``first_row + 1`` (their numbers among all the partitions' rows).
+
+    Raises
+    ------
+    InputError
+        The partition cannot be read.
+    """
+    # On a worker of 2 GiB: DuckDB's buffer within the scratch databases' limit, not 80 % of it.
+    con = connect(config={"memory_limit": MEMORY_LIMIT, "threads": 1})
+    try:
+        try:
+            result = con.execute(f"SELECT {select_list} FROM read_parquet({sql_literal(path)}) AS r")
+        except duckdb.Error as exc:
+            raise InputError(f"{path}: cannot read partition ({_first_line(exc)})") from None
+        text = _text_columns(result, names)
+        at = first_row + 1
+        while True:
+            try:
+                chunk = result.fetch_df_chunk(FETCH_ROWS // 2048)
+            except duckdb.Error as exc:
+                raise InputError(f"{path}: cannot read partition ({_first_line(exc)})") from None
+            if len(chunk) == 0:
+                return
+            rows = np.arange(at, at + len(chunk), dtype=np.int64)
+            at += len(chunk)
+            yield _chunk_frame(chunk, names, text, rows)
+    finally:
+        con.close()
 
 
 def _text_columns(result: duckdb.DuckDBPyConnection, names: list[str]) -> set[str]:

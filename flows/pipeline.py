@@ -122,15 +122,26 @@ def start_task(settings: Settings, trigger: str, journal: RunJournal) -> RunStar
 
 
 @task(name="load", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, **_TASK)
-def load_task(settings: Settings) -> LoadedInput:
-    loaded = load_input(settings.input, settings.features.columns)
-    get_run_logger().info("loaded %s rows from %s", f"{loaded.n_read:,}", loaded.source)
+def load_task(settings: Settings, client: Client | None = None) -> LoadedInput:
+    workers_read = client is not None and stages.workers_read_input(
+        client, settings, get_run_logger().warning
+    )
+    loaded = load_input(settings.input, settings.features.columns, read_partitions=not workers_read)
+    if workers_read:
+        get_run_logger().info(
+            "%s rows in %d partitions of %s, read by the cluster's workers",
+            f"{loaded.n_read:,}",
+            len(loaded.partitions),
+            loaded.source,
+        )
+    else:
+        get_run_logger().info("loaded %s rows from %s", f"{loaded.n_read:,}", loaded.source)
     return loaded
 
 
 @task(name="validate", **_TASK)
-def validate_task(loaded: LoadedInput, settings: Settings) -> ValidationOutcome:
-    outcome = stages.validate_input(loaded, settings)
+def validate_task(loaded: LoadedInput, settings: Settings, client: Client | None = None) -> ValidationOutcome:
+    outcome = stages.validate_input(loaded, settings, client)
     get_run_logger().info(
         "%s rows valid, %s rejected (%.2f%%)",
         f"{len(outcome.valid):,}",
@@ -393,9 +404,9 @@ def _segment(
             with clock.stage("cluster"):
                 client = cluster.enter_context(open_cluster(settings, logger))
         with clock.stage("load"):
-            loaded = load_task(settings)
+            loaded = load_task(settings, client)
         with clock.stage("validate"):
-            outcome = validate_task(loaded, settings)
+            outcome = validate_task(loaded, settings, client)
             start.parameters.setdefault("input", {}).update(outcome.read_as)  # e.g. how dates were read
             # From here on a run holds each customer's values once: the feature matrix (issue 12).
             loaded = loaded.without_rows()

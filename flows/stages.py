@@ -67,10 +67,14 @@ class TooManyRejectsError(ValueError):
         self.outcome = outcome
 
 
-def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome:
+def validate_input(
+    loaded: LoadedInput, settings: Settings, client: Client | None = None
+) -> ValidationOutcome:
     """Validate the loaded rows with the schema of their kind; stop when rejects exceed the allowed share.
 
     Rows the CSV reader already set aside (``loaded.rejects``) count as rejected rows too.
+    Partitions the load left unread (``loaded.partition_select``) are validated on the workers
+    of ``client`` (:mod:`flows.partition_validation`).
 
     Raises
     ------
@@ -81,6 +85,12 @@ def validate_input(loaded: LoadedInput, settings: Settings) -> ValidationOutcome
     read_as: dict[str, str] = {}
     if settings.input.kind == "transactions":
         outcome, read_as = _validate_lines(loaded, settings)
+    elif loaded.partition_select is not None:
+        from flows.partition_validation import validate_on_cluster
+
+        if client is None:
+            raise ValueError("partitions left unread are validated on a cluster: no client was given")
+        outcome = validate_on_cluster(client, loaded, settings)
     else:
         # A chunk at a time: the Python objects Pandera works on exist for one chunk only, and
         # the rows go to DuckDB as they come (issue 12).
@@ -419,6 +429,20 @@ def distribute(
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     rows = rows_per_partition(features.n_customers, n_workers, settings.compute.partition_rows)
     return ClusterData.scatter(client, features.X_model, rows, on_retry=on_retry)
+
+
+def workers_read_input(client: Client, settings: Settings, warn: Callable[[str], None]) -> bool:
+    """Whether the cluster's workers read and validate the input (:mod:`flows.partition_validation`):
+    a customer table in Parquet partitions, read without a query, that every worker sees along
+    with the staging folder beside the results database (``warn`` is told when one does not)."""
+    from flows import partitions
+    from flows.partition_validation import staging_folder, workers_read_partitions
+
+    given = settings.input
+    if given.kind != "customers" or given.query or not partitions.is_partitioned(given.path):
+        return False
+    files = partitions.partition_files(given.path)
+    return workers_read_partitions(client, files, staging_folder(settings.output.database), warn)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -6,7 +6,14 @@ numpy, duckdb and :mod:`gmm_engine`; nothing large is gathered to the client.
 """
 
 from .data import ClusterData, rows_per_partition
-from .em import ClusterFitError, ParquetPartition, PartitionError, PartitionsLostError, refit_on_partitions
+from .em import (
+    ClusterFitError,
+    ParquetPartition,
+    PartitionError,
+    PartitionsLostError,
+    refit_on_partitions,
+    run_on_partitions,
+)
 
 #: dask configuration for starting workers that run the engine at full speed (``dask.config.set``
 #: around a ``LocalCluster``, or in a ``dask worker``'s configuration file). dask's nanny sets
@@ -25,4 +32,5 @@ __all__ = [
     "PartitionsLostError",
     "refit_on_partitions",
     "rows_per_partition",
+    "run_on_partitions",
 ]

@@ -186,6 +186,21 @@ def added(results: Sequence):
     return total
 
 
+def run_on_partitions(
+    client: Client,
+    parts: Sequence,
+    task,
+    *args,
+    own: Sequence[tuple] | None = None,
+    names: Sequence[str] | None = None,
+) -> list:
+    """``task(part, label, *own[i], *args)`` for every partition ``i`` on the cluster (a part: a
+    file's path, a reader, a scattered block); the results in partition order. A failure cancels
+    the other tasks and raises the first failing partition's error, or :class:`ClusterFitError`
+    when workers kept dying on one (``label``: ``names[i]``, default the part's name)."""
+    return _gather_on_cluster(client, parts, task, args, own, names)
+
+
 def _gather_on_cluster(
     client: Client,
     parts: Sequence[Partition],

@@ -156,6 +156,97 @@ class CustomerRowSink(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ChunkChecks:
+    """What :func:`check_customer_chunks` found in some chunks of a customer table: the reject
+    records of Pandera's rules (``rejects``) and of too many blank features (``missing``)."""
+
+    rejects: pd.DataFrame
+    missing: pd.DataFrame
+
+    @classmethod
+    def joined(cls, checks: Iterable[ChunkChecks]) -> ChunkChecks:
+        """Several parts' records together (a partitioned table's, checked part by part)."""
+        found = list(checks)
+
+        def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+            frames = [f for f in frames if len(f)]
+            return pd.concat(frames, ignore_index=True) if frames else empty_rejects()
+
+        return cls(concat([c.rejects for c in found]), concat([c.missing for c in found]))
+
+
+def check_customer_chunks(
+    chunks: Iterable[pd.DataFrame],
+    rows: CustomerRowSink,
+    schema: pa.DataFrameSchema,
+    features: list[str],
+    max_missing_share: float,
+    source: str,
+    source_columns: Mapping[str, str] | None = None,
+) -> ChunkChecks:
+    """Every rule but the unique id checked a chunk at a time, each chunk's rows handed to
+    ``rows`` with whether they passed: the first half of :func:`validate_customer_chunks`, which
+    a cluster's workers run on their own partitions (arguments as there)."""
+    source_columns = dict(source_columns or {})
+    d = len(features)
+    parts, missing_parts = [], []
+    for chunk in chunks:
+        outcome = validate_rows(chunk, schema, source, source_columns)
+        parts.append(outcome.rejects)
+        valid = outcome.valid
+        assert isinstance(valid, pd.DataFrame)  # validate_rows keeps the frame's rows as a frame
+        valid, missing = missing_feature_rejects(valid, features, max_missing_share, source)
+        missing_parts.append(missing)
+        passed = chunk.index.isin(valid.index)
+        valid = valid.loc[chunk.index[passed]]  # source order, as the chunk has it (made sure)
+        rows.add(
+            chunk.index.to_numpy(dtype=np.int64),
+            as_text_array(chunk["customer_id"].to_numpy(dtype=object, na_value=np.nan)),
+            passed,
+            valid[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, d),
+        )
+        del chunk, valid
+    return ChunkChecks.joined(
+        ChunkChecks(rejects, missing) for rejects, missing in zip(parts, missing_parts, strict=True)
+    )
+
+
+def with_repeated_ids(
+    checks: ChunkChecks,
+    rows: CustomerRowSink,
+    source: str,
+    source_columns: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """The second half of :func:`validate_customer_chunks`: every reject record, those of the
+    repeated ids ``rows`` finds added, sorted by row number and column."""
+    source_columns = dict(source_columns or {})
+    parts, missing = [checks.rejects], checks.missing
+    numbers, ids = rows.repeated()
+    if numbers.size:
+        parts.append(
+            pd.DataFrame(
+                {
+                    "source": source,
+                    "row_number": numbers.astype(np.int64),
+                    "column_name": source_columns.get("customer_id", "customer_id"),
+                    "rule": UNIQUE_RULE,
+                    "value": pd.Series(ids.astype(object), dtype=object),
+                },
+                columns=REJECT_COLUMNS,
+            )
+        )
+        # A repeated id's row is rejected for its id, never for its blank features (the
+        # whole-table validation's second pass never sees it).
+        missing = missing[~missing["row_number"].isin(numbers)]
+    found = [part for part in [*parts, missing] if len(part)]
+    if not found:
+        return empty_rejects()
+    return pd.concat(found, ignore_index=True).sort_values(
+        ["row_number", "column_name"], kind="stable", ignore_index=True
+    )
+
+
 def validate_customer_chunks(
     chunks: Iterable[pd.DataFrame],
     rows: CustomerRowSink,
@@ -193,45 +284,5 @@ def validate_customer_chunks(
     DataFrame
         One reject record per failure, sorted by row number and column.
     """
-    source_columns = dict(source_columns or {})
-    d = len(features)
-    parts, missing_parts = [], []
-    for chunk in chunks:
-        outcome = validate_rows(chunk, schema, source, source_columns)
-        parts.append(outcome.rejects)
-        valid = outcome.valid
-        assert isinstance(valid, pd.DataFrame)  # validate_rows keeps the frame's rows as a frame
-        valid, missing = missing_feature_rejects(valid, features, max_missing_share, source)
-        missing_parts.append(missing)
-        passed = chunk.index.isin(valid.index)
-        valid = valid.loc[chunk.index[passed]]  # source order, as the chunk has it (made sure)
-        rows.add(
-            chunk.index.to_numpy(dtype=np.int64),
-            as_text_array(chunk["customer_id"].to_numpy(dtype=object, na_value=np.nan)),
-            passed,
-            valid[features].to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, d),
-        )
-        del chunk, valid
-    numbers, ids = rows.repeated()
-    if numbers.size:
-        parts.append(
-            pd.DataFrame(
-                {
-                    "source": source,
-                    "row_number": numbers.astype(np.int64),
-                    "column_name": source_columns.get("customer_id", "customer_id"),
-                    "rule": UNIQUE_RULE,
-                    "value": pd.Series(ids.astype(object), dtype=object),
-                },
-                columns=REJECT_COLUMNS,
-            )
-        )
-        # A repeated id's row is rejected for its id, never for its blank features (the
-        # whole-table validation's second pass never sees it).
-        missing_parts = [part[~part["row_number"].isin(numbers)] for part in missing_parts]
-    found = [part for part in parts + missing_parts if len(part)]
-    if not found:
-        return empty_rejects()
-    return pd.concat(found, ignore_index=True).sort_values(
-        ["row_number", "column_name"], kind="stable", ignore_index=True
-    )
+    checks = check_customer_chunks(chunks, rows, schema, features, max_missing_share, source, source_columns)
+    return with_repeated_ids(checks, rows, source, source_columns)

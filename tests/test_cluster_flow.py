@@ -291,3 +291,86 @@ def test_a_local_cluster_s_workers_run_without_dask_s_malloc_trim_threshold(monk
         assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
         assert set(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == {"1"}  # dask's others stay
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+
+
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory) -> Path:
+    """The customers in three Parquet partitions of a folder, with rows each rule rejects: a
+    blank id (partition 1), an id repeated across partitions 1 and 2, a value beyond the
+    magnitude rule and one that is not finite (partition 3)."""
+    table, _ = make_customer_table(n_per_segment=400, seed=11)
+    folder = tmp_path_factory.mktemp("cluster-partitions") / "customers"
+    folder.mkdir()
+    table.loc[5, "Customer Ref"] = "  "
+    table.loc[700, "Customer Ref"] = table.loc[17, "Customer Ref"]
+    table.loc[1000, "spend score"] = 1e13
+    table.loc[1100, "visit score"] = np.inf
+    with duckdb.connect() as con:
+        for i in range(3):
+            con.register("t", table.iloc[i * 400 : (i + 1) * 400].reset_index(drop=True))
+            con.execute(f"COPY t TO '{folder / f'part-{i}.parquet'}' (FORMAT parquet)")
+            con.unregister("t")
+    return folder
+
+
+def rejected(db: Path, run_id: int) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(
+            "SELECT source, row_number, column_name, rule, value FROM rejected_rows WHERE run_id = ? "
+            "ORDER BY source, row_number, column_name, rule",
+            [run_id],
+        ).fetchall()
+
+
+def test_partitions_are_validated_by_the_workers_with_the_single_machine_results(
+    prefect_harness, partitioned, tmp_path, monkeypatch, caplog
+):
+    """A folder of partitions on a cluster: the workers read and validate them (the run's
+    process never copies the input), with the same rejects, naming each partition and its row,
+    the same valid customers and the same model as in one process."""
+    alone, clustered = tmp_path / "alone" / "s.duckdb", tmp_path / "cluster" / "s.duckdb"
+    one = run(partitioned, alone)
+    import flows.load
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the run's process copied the input")
+
+    monkeypatch.setattr(flows.load, "_spill", no_copy)
+    other = run(partitioned, clustered, cluster="local:2")
+    assert any("read by the cluster's workers" in r.getMessage() for r in caplog.records)
+    assert other["customers"] == one["customers"] == 1200 - 5  # the repeated id's two rows
+    mine, theirs = rejected(clustered, other["run_id"]), rejected(alone, one["run_id"])
+    assert mine == theirs
+    assert {(Path(source).name, row) for source, row, *_ in mine} == {
+        ("part-0.parquet", 6),
+        ("part-0.parquet", 18),
+        ("part-1.parquet", 301),
+        ("part-2.parquet", 201),
+        ("part-2.parquet", 301),
+    }
+    assert_same_result(published(clustered, other["run_id"]), published(alone, one["run_id"]))
+    assert not (clustered.with_name("s.runs") / ".staging").exists()
+
+
+def _blind_to_the_partitions() -> None:
+    """On a worker: see neither the input's partitions nor the client's staging folder."""
+    import flows.partition_validation as validation
+
+    validation._sees = lambda paths: False
+
+
+def test_workers_that_do_not_see_the_partitions_leave_them_to_the_client(
+    prefect_harness, partitioned, running_cluster, tmp_path, caplog
+):
+    cluster, client = running_cluster
+    client.wait_for_workers(2, timeout=60)
+    client.run(_blind_to_the_partitions)
+    db, alone = tmp_path / "cluster" / "s.duckdb", tmp_path / "alone" / "s.duckdb"
+    mine = run(partitioned, db, cluster=cluster.scheduler_address)
+    assert any(
+        "2 of the cluster's workers do not see the input's partitions" in r.getMessage()
+        for r in caplog.records
+    )
+    theirs = run(partitioned, alone)
+    assert rejected(db, mine["run_id"]) == rejected(alone, theirs["run_id"])
+    assert_same_result(published(db, mine["run_id"]), published(alone, theirs["run_id"]))

@@ -115,10 +115,31 @@ def test_a_bad_partition_stops_the_run_naming_its_file(tmp_path, change, message
     bad = tmp_path / "parts" / "part-1.parquet"
     _write(bad, change(frame.iloc[150:]))
     s = _settings(tmp_path / "parts")
-    with pytest.raises(InputError) as caught:
-        load_input(s.input, s.features.columns)
-    text = str(caught.value)
-    assert text.startswith(f"{bad}: ") and message in text and "\n" not in text
+    for read in (True, False):  # False: partitions left to a cluster's workers are checked alike
+        with pytest.raises(InputError) as caught:
+            load_input(s.input, s.features.columns, read_partitions=read)
+        text = str(caught.value)
+        assert text.startswith(f"{bad}: ") and message in text and "\n" not in text
+
+
+def test_partitions_left_unread_give_the_rows_read_here_partition_by_partition(tmp_path):
+    """What a cluster's worker reads of its partition (flows.load.partition_frames) is what the
+    run's process reads of the same rows: the same frames, types and row numbers."""
+    from flows.load import partition_frames
+
+    folder = tmp_path / "parts"
+    _export(_customers(), folder)
+    s = _settings(folder)
+    read = load_input(s.input, s.features.columns)
+    left = load_input(s.input, s.features.columns, read_partitions=False)
+    assert left.n_blocks == 0 and left.n_read == read.n_read == 900
+    assert left.partitions == read.partitions and left.dtypes == read.dtypes
+    assert left.partition_select is not None and read.partition_select is None
+    first, frames = 0, []
+    for name, count in left.partitions:
+        frames.extend(partition_frames(name, left.partition_select, list(left.dtypes), first))
+        first += count
+    pd.testing.assert_frame_equal(pd.concat(frames), read.to_frame())
 
 
 def test_a_missing_or_empty_folder_or_a_glob_without_matches_stops_the_run(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows.customer_rows import ValidCustomers
+from flows.partition_validation import PartRows
 from schemas import (
     REJECT_COLUMNS,
     Assignments,
@@ -18,7 +22,13 @@ from schemas import (
     customer_table_schema,
     validate_rows,
 )
-from schemas.customers import missing_feature_rejects, validate_customer_chunks
+from schemas.customers import (
+    ChunkChecks,
+    check_customer_chunks,
+    missing_feature_rejects,
+    validate_customer_chunks,
+    with_repeated_ids,
+)
 from schemas.validation import blank_text_as_missing
 
 MAPPING = {
@@ -201,6 +211,26 @@ def test_a_customer_table_checked_in_chunks_gives_what_checking_it_whole_gives(r
     np.testing.assert_array_equal(read.features, got[names].to_numpy())
     rows_.close()
 
+    # As a cluster's workers check it (flows.partition_validation): each chunk a partition of
+    # its own, its rows written to Parquet, the repeated ids found across them afterwards.
+    folder = Path(tempfile.mkdtemp())
+    files, checks = [], []
+    for k, i in enumerate(range(0, len(frame), chunk)):
+        part = PartRows(folder, f"p{k:05d}", len(names))
+        schema = customer_table_schema(names, transforms, may_be_blank, unique_ids=False)
+        checks.append(
+            check_customer_chunks([frame.iloc[i : i + chunk]], part, schema, names, 0.5, "c.csv", mapping)
+        )
+        part.close()
+        files += part.files
+    over = ValidCustomers.over_files(names, files, folder)
+    pd.testing.assert_frame_equal(
+        with_repeated_ids(ChunkChecks.joined(checks), over, "c.csv", mapping), rejects
+    )
+    pd.testing.assert_frame_equal(over.to_frame(), got)
+    over.close()
+    assert not folder.exists()
+
 
 def test_valid_customer_rows_come_in_id_order_across_chunks():
     frame = pd.DataFrame(
@@ -251,4 +281,28 @@ def test_every_row_of_a_repeated_id_is_rejected_and_never_a_missing_id():
     assert 7 not in by_rule.get("too_many_missing", [])
     # Rows 2 and 5 have no id, row 9 an empty one: Pandera rejects them, never as repeats.
     assert rows.to_frame()["customer_id"].tolist() == ["a", "a ", "c"]
+    rows.close()
+
+
+def test_partitions_whose_first_rows_have_no_id_are_read_with_the_others():
+    """A worker's first part can hold no id at all (every one missing): its Parquet column is
+    still text, so that the parts are read together (DuckDB takes the first file's types)."""
+    frame = pd.DataFrame(
+        {"customer_id": pd.Series([None, None, "b", "a"], dtype="str"), "x": pd.Series(["1", "2", "3", "4"])}
+    )
+    frame.index = pd.RangeIndex(1, 5)
+    schema = customer_table_schema(["x"], {}, unique_ids=False)
+    folder = Path(tempfile.mkdtemp())
+    files, checks = [], []
+    for k in range(2):
+        part = PartRows(folder, f"p{k:05d}", 1)
+        checks.append(
+            check_customer_chunks([frame.iloc[2 * k : 2 * k + 2]], part, schema, ["x"], 0.5, "c.csv")
+        )
+        part.close()
+        files += part.files
+    rows = ValidCustomers.over_files(["x"], files, folder)
+    rejects = with_repeated_ids(ChunkChecks.joined(checks), rows, "c.csv")
+    assert rows.to_frame()["customer_id"].tolist() == ["a", "b"]
+    assert rejects["row_number"].tolist() == [1, 2]
     rows.close()
