@@ -34,8 +34,8 @@ What it measures (and what it does not):
   LocalCluster of 2 workers (``memory_limit`` 2 GiB) started beforehand (not counted): total and
   stage seconds, the flow process's peak and every worker's peak (a worker over its limit fails
   the script). The cluster runs the passes over all customers (scoring, refits, each customer's
-  segment) and writes the assignments; the flow process still reads the input and computes the
-  features.
+  segment) and writes the assignments, and its workers read and validate the table's
+  ``--flow-partitions`` Parquet files (default 8); the flow process still computes the features.
 """
 
 from __future__ import annotations
