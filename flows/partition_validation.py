@@ -7,9 +7,10 @@ partitions' columns and counts them (:func:`flows.partitions.check_partitions`);
 checks it with Pandera a chunk at a time (every rule but the unique id:
 :func:`schemas.customers.check_customer_chunks`) and writes every row's number, id, verdict and
 features as Parquet into a staging folder beside the results database. The run's process reads
-those files into its :class:`flows.customer_rows.ValidCustomers` with DuckDB (no row passes
-through Python there), finds the ids repeated across all partitions and puts the reject records
-together: the same valid customers and the same records as validating in the run's process.
+those files where they are with DuckDB (:meth:`flows.customer_rows.ValidCustomers.over_files`: no
+row passes through Python there), finds the ids repeated across all partitions and puts the
+reject records together: the same valid customers and the same records as validating in the
+run's process.
 
 The workers must see the partitions and the staging folder at the paths the run's process does
 (a LocalCluster's do; a remote cluster's need a shared filesystem). The run checks first with
@@ -47,7 +48,7 @@ class PartitionRules:
     """What a worker needs to validate a partition as the run's process would (picklable)."""
 
     select: str  # LoadedInput.partition_select
-    names: list[str]  # the canonical columns, customer_id first
+    names: list[str]  # the canonical columns (LoadedInput.dtypes' order)
     features: list[str]
     transforms: dict[str, str]
     may_be_blank: list[str]
@@ -68,7 +69,7 @@ class PartitionChecked:
 class PartRows:
     """On a worker, :class:`schemas.customers.CustomerRowSink` writing each chunk's rows as a
     Parquet file ``<stem>-<i>.parquet`` of ``folder`` (the layout
-    :meth:`flows.customer_rows.ValidCustomers.add_files` reads). A file appears whole: it is
+    :meth:`flows.customer_rows.ValidCustomers.over_files` reads). A file appears whole: it is
     written under a hidden name and renamed, and a task run again writes the same names."""
 
     def __init__(self, folder: str | Path, stem: str, n_features: int):
@@ -155,6 +156,7 @@ def workers_read_partitions(
         probe.unlink(missing_ok=True)
     blind = sum(ok is False for ok in seen.values())
     if blind:
+        shutil.rmtree(staging, ignore_errors=True)
         warn(
             f"{blind} of the cluster's workers do not see the input's partitions or the folder "
             f"{staging.parent}: the partitions are read and validated here instead (share both with "

@@ -8,6 +8,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flows.config import ConfigError, load_settings
 from flows.features import (
@@ -676,3 +678,23 @@ def test_a_customer_table_whose_features_fail_leaves_no_file_behind(tmp_path, mo
     assert caught.traceback and not list(scratch.glob("segment-matrix-*")), "the features' files are removed"
     outcome.without_rows()
     assert not list(scratch.iterdir())
+
+
+@given(
+    skipped=st.sets(st.integers(1, 60), max_size=20),
+    n_kept=st.integers(0, 60),
+    start=st.integers(0, 70),
+    length=st.integers(0, 70),
+)
+@settings(max_examples=200, deadline=None)
+def test_row_numbers_read_by_slice_are_the_rows_not_skipped(skipped, n_kept, start, length):
+    """The rows read, numbered a slice at a time (flows.load.RowNumbers): the first n_kept of
+    1, 2, ... once the rows the reader set aside are left out."""
+    from flows.load import RowNumbers
+
+    skipped = sorted(s for s in skipped if s <= n_kept + len(skipped))
+    everything = [i for i in range(1, n_kept + len(skipped) + 1) if i not in set(skipped)][:n_kept]
+    numbers = RowNumbers(n_kept, np.asarray(skipped, dtype=np.int64))
+    assert len(numbers) == n_kept
+    assert numbers[start : start + length].tolist() == everything[start : start + length]
+    assert numbers[:].dtype == np.int64
