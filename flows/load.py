@@ -251,9 +251,7 @@ class LoadedInput:
         its own."""
         if self.spilled is not None:
             self.spilled.release()
-        return replace(
-            self, blocks=[], row_numbers=RowNumbers(0), rows_read=self.n_read, spilled=None
-        )
+        return replace(self, blocks=[], row_numbers=RowNumbers(0), rows_read=self.n_read, spilled=None)
 
 
 #: Separators tried on the header line of a CSV file (then any other punctuation in it).
