@@ -6,11 +6,15 @@
     python benchmarks/pipeline.py --only million --second-run   # and a second run that tracks the first
     python benchmarks/pipeline.py --only log --lines 10000000     # a generated transaction log
     python benchmarks/pipeline.py --only million --cluster 2      # model passes on 2 dask workers
+    python benchmarks/pipeline.py --only million --prefect-server # against a running Prefect server
 
 Each workload runs in a fresh Python process exactly as ``segment run`` does (Prefect's temporary
 local server included), so "total" is what a user waits for, start-up and imports included. Peak
 memory is the flow process's peak resident set size after each stage (the Prefect server runs in a
-separate process and is reported on its own). Targets on a 2-core machine: Online Retail end to end
+separate process and is reported on its own). With ``--prefect-server`` the flows report to a
+``prefect server start`` this script starts beforehand (not counted), as a scheduled run served
+by ``segment serve`` does: "other" is then the interpreter, the imports and the flow's own calls
+to the server. Targets on a 2-core machine: Online Retail end to end
 within 30 s; 1,000,000 customers (k = 1..10, all four covariance types) within 3 minutes and 4 GB.
 The generated log (``--only log``, not part of the default) has ``--lines`` invoice lines of about
 ``lines / 13`` customers (a few buy often, most rarely) over 2011, as Parquet; its target is the
@@ -103,6 +107,76 @@ def make_million(path: Path, n_customers: int, seed: int = 0) -> None:
     con.register("customers", frame)
     con.execute("COPY customers TO ? (FORMAT parquet)", [str(path)])
     con.close()
+
+
+class PrefectServer:
+    """``prefect server start`` on a free loopback port with a home of its own, for
+    ``--prefect-server`` (nothing when ``enabled`` is false): while it runs, the flows this script
+    starts report to it (``PREFECT_API_URL``), as a scheduled run served by ``segment serve``
+    does, instead of each starting Prefect's temporary server."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._proc: subprocess.Popen | None = None
+        self._home: tempfile.TemporaryDirectory | None = None
+        self._saved: str | None = None
+
+    def __enter__(self) -> PrefectServer:
+        if not self.enabled:
+            return self
+        import socket
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/api"
+        self._home = tempfile.TemporaryDirectory(prefix="segment-bench-prefect-")
+        env = dict(
+            os.environ,
+            PREFECT_HOME=self._home.name,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+        )
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                self.__exit__()
+                raise SystemExit("the Prefect server did not start within 120 s")
+            time.sleep(0.5)
+        self._saved = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        print(f"(flows report to a running Prefect server at {url}; its start-up is not counted)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            self._proc = None
+            if self._saved is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = self._saved
+        if self._home is not None:
+            self._home.cleanup()
+            self._home = None
 
 
 def run_flow(params: dict) -> dict:
@@ -237,10 +311,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="with the generated customers: run the model's passes on a LocalCluster of N workers",
     )
+    parser.add_argument(
+        "--prefect-server",
+        action="store_true",
+        help="run the flows against a running Prefect server (as scheduled runs are) instead of each "
+        "starting Prefect's temporary server",
+    )
     args = parser.parse_args(argv)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     met = []
-    with tempfile.TemporaryDirectory(prefix="segment-bench-") as tmp, Workers(args.cluster) as workers:
+    with (
+        tempfile.TemporaryDirectory(prefix="segment-bench-") as tmp,
+        Workers(args.cluster) as workers,
+        PrefectServer(args.prefect_server),
+    ):
         tmp_path = Path(tmp)
         if args.only in (None, "retail"):
             summary = run_flow(
