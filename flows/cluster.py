@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -193,3 +195,22 @@ def _close(*things) -> None:
         if thing is not None:
             with suppress(Exception):
                 thing.close()
+
+
+def _sees(paths: list[str]) -> bool:
+    """On a worker: whether every one of ``paths`` exists there."""
+    return all(os.path.exists(p) for p in paths)
+
+
+def blind_workers(client: Client, folder: Path, paths: list[str] | None = None) -> int:
+    """How many of the cluster's workers do not see ``paths`` and a file this process writes in
+    ``folder`` (created): a remote cluster without the folder shared. A worker that cannot
+    answer (dying) is not counted: the tasks' retries cover it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f"probe-{uuid.uuid4().hex}"
+    probe.touch()
+    try:
+        seen = client.run(_sees, [*(paths or []), str(probe)], on_error="return")
+    finally:
+        probe.unlink(missing_ok=True)
+    return sum(ok is False for ok in seen.values())

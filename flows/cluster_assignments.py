@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flows import run_files
+from flows.cluster import blind_workers
 from flows.duck import connect
 from flows.faults import fault_point
 from flows.features import FeatureMatrix
@@ -107,11 +107,6 @@ def _covering(data: ClusterData, n: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _sees(path: str) -> bool:
-    """On a worker: whether ``path`` exists there."""
-    return os.path.exists(path)
-
-
 @dataclass(frozen=True, eq=False)
 class ClusterAssignments:
     """Every customer's assignment row, written by the workers that hold the customers
@@ -147,7 +142,7 @@ class ClusterAssignments:
         shutil.rmtree(staging, ignore_errors=True)
         written = 0
         try:
-            blind = self._blind_workers(staging)
+            blind = blind_workers(self.data.client, staging)
             if blind:
                 if self.warn is not None:
                     self.warn(
@@ -170,18 +165,6 @@ class ClusterAssignments:
             self._move(staging, root, run_id)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-    def _blind_workers(self, staging: Path) -> int:
-        """How many workers do not see a file this process writes under ``staging``."""
-        staging.mkdir(parents=True, exist_ok=True)
-        probe = staging / f"probe-{uuid.uuid4().hex}"
-        probe.touch()
-        try:
-            # A worker that cannot answer (dying) is not counted: the write's retries cover it.
-            seen = self.data.client.run(_sees, str(probe), on_error="return")
-        finally:
-            probe.unlink(missing_ok=True)
-        return sum(ok is False for ok in seen.values())
 
     def _ids(self, start: int, stop: int) -> np.ndarray | TextBlock:
         """Customers ``start:stop``'s ids as they travel: their bytes, when kept in a file."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flows import run_files
+from flows.cluster import blind_workers
 from flows.customer_rows import ValidCustomers, row_frame, row_select
 from flows.duck import connect, sql_literal
 from flows.load import LoadedInput, partition_frames
@@ -136,25 +136,12 @@ def staging_folder(database: str | Path) -> Path:
     return run_files.staging_root(run_files.root_for(Path(database))) / "validation"
 
 
-def _sees(paths: list[str]) -> bool:
-    """On a worker: whether every one of ``paths`` exists there."""
-    return all(os.path.exists(p) for p in paths)
-
-
 def workers_read_partitions(
     client: Client, files: list[str], staging: Path, warn: Callable[[str], None]
 ) -> bool:
     """Whether every worker sees the first partition and a file this process writes in
     ``staging`` (``warn`` is told, in one line, when one does not)."""
-    staging.mkdir(parents=True, exist_ok=True)
-    probe = staging / f"probe-{uuid.uuid4().hex}"
-    probe.touch()
-    try:
-        # A worker that cannot answer (dying) is not counted: the tasks' retries cover it.
-        seen = client.run(_sees, [files[0], str(probe)], on_error="return")
-    finally:
-        probe.unlink(missing_ok=True)
-    blind = sum(ok is False for ok in seen.values())
+    blind = blind_workers(client, staging, [files[0]])
     if blind:
         shutil.rmtree(staging, ignore_errors=True)
         warn(

@@ -232,9 +232,9 @@ def test_a_write_the_workers_cannot_finish_publishes_nothing_of_the_run(
 
 def _blind_to_the_client_s_files() -> None:
     """On a worker: see none of the client's files, as a worker on another machine would."""
-    import flows.cluster_assignments as written
+    import flows.cluster as cluster
 
-    written._sees = lambda path: False
+    cluster._sees = lambda paths: False
 
 
 def test_workers_that_do_not_see_the_results_folder_leave_the_write_to_the_client(
@@ -354,9 +354,9 @@ def test_partitions_are_validated_by_the_workers_with_the_single_machine_results
 
 def _blind_to_the_partitions() -> None:
     """On a worker: see neither the input's partitions nor the client's staging folder."""
-    import flows.partition_validation as validation
+    import flows.cluster as cluster
 
-    validation._sees = lambda paths: False
+    cluster._sees = lambda paths: False
 
 
 def test_workers_that_do_not_see_the_partitions_leave_them_to_the_client(
