@@ -22,7 +22,7 @@ import pandas as pd
 from flows.duck import sql_literal
 from flows.matrix_file import MatrixFile
 from flows.scratch import ScratchDatabase
-from flows.text_file import TextWriter
+from flows.text_file import TextFile, TextWriter
 from schemas.customers import CustomerRows
 from schemas.validation import TEXT_DTYPE
 
@@ -56,6 +56,7 @@ class ValidCustomers:
         self._repeated: tuple[np.ndarray, np.ndarray] | None = None
         self._count: int | None = None
         self._files_folder: weakref.finalize | None = None  # removes over_files' folder
+        self.files: list[str] = []  # over_files' files
 
     def add(self, row_numbers: np.ndarray, ids: np.ndarray, valid: np.ndarray, values: np.ndarray) -> None:
         """One chunk's rows (see :class:`schemas.customers.CustomerRowSink`)."""
@@ -78,6 +79,7 @@ class ValidCustomers:
         ``folder``, which holds the files, is removed with the rows (:meth:`close`)."""
         rows = cls(names)
         rows._files_folder = weakref.finalize(rows, shutil.rmtree, folder, ignore_errors=True)
+        rows.files = list(files)
         con = rows._connection()
         con.execute("DROP TABLE rows")
         columns = "".join(f", v{j}" for j in range(len(rows.names)))
@@ -189,6 +191,51 @@ class ValidCustomers:
         if isinstance(ids, TextWriter):
             return CustomerRows(ids.finish(), features, list(self.names))
         return CustomerRows(ids, features, list(self.names))
+
+    def read_ids(self) -> TextFile:
+        """The valid customers' ids alone, in the order of :meth:`read`, into a
+        :class:`~flows.text_file.TextFile` as they come from DuckDB's sort."""
+        n = len(self)
+        ids = TextWriter()
+        con = self._connection()
+        limit = self._scalar("SELECT current_setting('memory_limit')")
+        con.execute(f"SET memory_limit = '{SORT_MEMORY}'")
+        try:
+            result = con.execute(f"SELECT customer_id {self._kept} ORDER BY customer_id")
+            at = 0
+            while at < n:
+                chunk = result.fetch_df_chunk(_FETCH_VECTORS)
+                if not len(chunk):
+                    break
+                ids.append(chunk["customer_id"].tolist())
+                at += len(chunk)
+        except BaseException:
+            ids.abandon()
+            raise
+        finally:
+            con.execute(f"SET memory_limit = '{limit}'")
+        if at != n:
+            ids.abandon()
+            raise RuntimeError(f"DuckDB gave {at} of the {n} valid customers")
+        return ids.finish()
+
+    def kept_where(self, repeated_file: str | Path) -> str:
+        """Write the repeated ids to the Parquet file ``repeated_file``; the SQL condition that
+        keeps a row of :attr:`files` (a valid row whose id is not repeated), for readers of the
+        files elsewhere (a cluster's workers)."""
+        self.repeated()
+        self._connection().execute(f"COPY repeated TO {sql_literal(repeated_file)} (FORMAT parquet)")
+        return (
+            "valid AND customer_id NOT IN "
+            f"(SELECT customer_id FROM read_parquet({sql_literal(repeated_file)}))"
+        )
+
+    def keep_files(self) -> weakref.finalize | None:
+        """Hand over the removal of :meth:`over_files`' folder (called to remove it): the files
+        then outlive :meth:`close`, for readers that may need them again (a cluster's workers
+        reading a lost partition again)."""
+        handed, self._files_folder = self._files_folder, None
+        return handed
 
     def to_frame(self) -> pd.DataFrame:
         """Every valid customer in order of id, indexed by row number (``customer_id`` as text and

@@ -3,7 +3,7 @@ parameters."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
@@ -34,7 +34,7 @@ SPIKE_SHARE = 0.01
 
 #: Customers drawn (seeded, with replacement) to screen a feature for a spike before counting
 #: every customer's value (:func:`feature_resolution`).
-_SPIKE_SCREEN = 1 << 17
+SPIKE_SCREEN = 1 << 17
 
 
 class FeatureError(ValueError):
@@ -330,23 +330,48 @@ def fit_scaler(X, transforms: Sequence[str], standardize: bool = True) -> Scaler
     Blank values (NaN) are left out of each feature's mean and deviation. ``X``: an (n, d) array,
     or anything whose row slices are (a matrix in a file), read a block of rows at a time; the
     mean and the squared deviations from it are summed by block, so one block gives numpy's
-    ``mean`` and ``std`` exactly.
+    ``mean`` and ``std`` exactly. Rows split over several holders (a cluster's partitions) add
+    up their :func:`scaler_sums` and :func:`scaler_squares` into :func:`scaler_from_sums`.
     """
     d = X.shape[1]
     if not standardize:
         # An unknown transform fails here too.
         apply_transforms(np.asarray(X[:1], dtype=np.float64), transforms)
         return Scaler(tuple(transforms), np.zeros(d), np.ones(d))
+    count, total = scaler_sums(X, transforms)
+    mean = scaler_mean(count, total)
+    return scaler_from_sums(transforms, count, mean, scaler_squares(X, transforms, mean))
+
+
+def scaler_sums(X, transforms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each transformed feature's count of values and their sum (blanks left out), shape (d,)."""
+    d = X.shape[1]
     count, total = np.zeros(d, dtype=np.int64), np.zeros(d)
     for column, j in _transformed_columns(X, transforms):
         count[j] += column.size
         total[j] += column.sum()
+    return count, total
+
+
+def scaler_mean(count: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """The features' means from :func:`scaler_sums` (NaN: no value)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    squares = np.zeros(d)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def scaler_squares(X, transforms: Sequence[str], mean: np.ndarray) -> np.ndarray:
+    """Each transformed feature's sum of squared deviations from ``mean``, shape (d,)."""
+    squares = np.zeros(X.shape[1])
     for column, j in _transformed_columns(X, transforms):
         column -= mean[j]
         squares[j] += np.multiply(column, column, out=column).sum()
+    return squares
+
+
+def scaler_from_sums(
+    transforms: Sequence[str], count: np.ndarray, mean: np.ndarray, squares: np.ndarray
+) -> Scaler:
+    """The standardisation from the features' counts, means and squared deviations."""
     with np.errstate(invalid="ignore"):
         scale = np.where(count > 0, np.sqrt(squares / np.maximum(count, 1)), np.nan)
     scale = np.where(scale > 0, scale, 1.0)
@@ -387,8 +412,42 @@ def column_range(X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return observed, lowest, highest
 
 
+def check_columns(
+    names: Sequence[str], n: int, observed: np.ndarray, lowest: np.ndarray, highest: np.ndarray
+) -> None:
+    """Refuse a feature blank or constant for all ``n`` customers (:func:`column_range`'s figures).
+
+    Raises
+    ------
+    FeatureError
+        A feature with no value, or with the same value for every customer who has one (zero
+        variance: nothing to separate on, and the standardised column would be all zeros).
+    """
+    blank = np.flatnonzero(observed == 0)
+    if blank.size:
+        raise FeatureError(
+            f"feature {names[int(blank[0])]!r} is blank for every one of the {n:,} customers; "
+            f"drop it from features.columns"
+        )
+    constant = np.flatnonzero(highest - lowest == 0)
+    if constant.size:
+        j = int(constant[0])
+        who = "" if observed[j] == n else " who have it"
+        raise FeatureError(
+            f"feature {names[j]!r} has the same value ({lowest[j]:g}) for every one of the "
+            f"{int(observed[j]):,} "
+            f"customers{who}, so it cannot separate segments; drop it from features.columns"
+        )
+
+
 def feature_resolution(
-    X, scaler: Scaler, min_customers: int | None = None
+    X,
+    scaler: Scaler,
+    min_customers: int | None = None,
+    *,
+    screen: int | None = None,
+    totals: Callable[[dict[int, np.ndarray]], dict[int, np.ndarray]] | None = None,
+    neighbours: Callable[[dict[int, float]], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """How finely each feature is recorded where its customers pile up, in model units.
 
@@ -410,6 +469,14 @@ def feature_resolution(
     scaler : Scaler
         The run's transforms and standardisation.
     min_customers : int, optional
+    screen : int, optional
+        Customers drawn to screen for spikes when there are more (default
+        :data:`SPIKE_SCREEN`); otherwise every value is counted.
+    totals, neighbours : callable, optional
+        :func:`value_totals` and :func:`value_neighbours` over all customers (default: over
+        ``X``, a block of rows at a time). Rows held elsewhere (a cluster's partitions,
+        :mod:`flows.partition_features`) add up their own; ``X`` then only gives the screen's
+        rows (``X[positions]``).
 
     Returns
     -------
@@ -418,18 +485,20 @@ def feature_resolution(
         one) and the share of customers on it (0 without one).
     """
     n, d = X.shape
+    screen = SPIKE_SCREEN if screen is None else int(screen)
     if min_customers is None:
         min_customers = max(d + 1, int(np.ceil(SPIKE_SHARE * n)))
     resolution = np.zeros(d)
     spike_value = np.full(d, np.nan)
     spike_share = np.zeros(d)
-    if n <= _SPIKE_SCREEN:
+    if n <= screen:
         # Few customers: every value counted, a sort per feature.
         tops = [_top_value(np.asarray(X[:, j], dtype=np.float64)) for j in range(d)]
     else:
-        tops = _top_values(X, min_customers)
+        tops = _top_values(X, min_customers, screen, totals or (lambda c: value_totals(X, c)))
     spikes = {j: top for j, top in enumerate(tops) if top is not None and top[1] >= min_customers}
-    below, above = _neighbours(X, {j: value for j, (value, _) in spikes.items()})
+    values = {j: value for j, (value, _) in spikes.items()}
+    below, above = (neighbours or (lambda v: value_neighbours(X, v)))(values)
     for j, (value, count) in spikes.items():
         around = np.array([value] + [v for v in (below[j], above[j]) if not np.isnan(v)])
         if around.size < 2:
@@ -452,32 +521,29 @@ def _top_value(column: np.ndarray) -> tuple[float, int] | None:
     return float(values[top]), int(counts[top])
 
 
-def _top_values(X, min_customers: int) -> list[tuple[float, int] | None]:
+def _top_values(
+    X, min_customers: int, screen: int, totals_of: Callable[[dict[int, np.ndarray]], dict[int, np.ndarray]]
+) -> list[tuple[float, int] | None]:
     """Each feature's most common value and its count (None: no value near ``min_customers``).
 
     Screening a seeded sample first spares a continuous feature the counting (at 10^7 customers
     a sort per feature took 0.4 GiB of temporaries; issue 12): a value held by min_customers of
-    the n customers turns up about (min_customers / n) x _SPIKE_SCREEN times in the sample, and
+    the n customers turns up about (min_customers / n) x ``screen`` times in the sample, and
     values the sample holds at least half that often (at 1 % of customers, 18 standard deviations
     below the mean) are then counted exactly over all customers, a block at a time. The most
-    common value is among them unless it is held by fewer than ``min_customers``."""
+    common value is among them unless it is held by fewer than ``min_customers``
+    (``totals_of(candidates)``: :func:`value_totals` over all customers)."""
     n, d = X.shape
-    rows = np.sort(np.random.default_rng(0).integers(0, n, _SPIKE_SCREEN))
+    rows = np.sort(np.random.default_rng(0).integers(0, n, screen))
     sample = np.asarray(X[rows], dtype=np.float64)
-    floor = 0.5 * _SPIKE_SCREEN * min_customers / n
+    floor = 0.5 * screen * min_customers / n
     candidates: dict[int, np.ndarray] = {}
     for j in range(d):
         values, counts = np.unique(sample[~np.isnan(sample[:, j]), j], return_counts=True)
         if values.size and counts.max() >= floor:
             candidates[j] = values[counts >= floor]
     del sample
-    totals = {j: np.zeros(c.size, dtype=np.int64) for j, c in candidates.items()}
-    if candidates:
-        for block in row_blocks(X):
-            for j, values in candidates.items():
-                at = np.minimum(np.searchsorted(values, block[:, j]), values.size - 1)
-                hit = values[at] == block[:, j]
-                totals[j] += np.bincount(at[hit], minlength=values.size)
+    totals = totals_of(candidates)
     out: list[tuple[float, int] | None] = [None] * d
     for j, values in candidates.items():
         top = int(np.argmax(totals[j]))  # the smallest of equally common values: deterministic
@@ -485,7 +551,20 @@ def _top_values(X, min_customers: int) -> list[tuple[float, int] | None]:
     return out
 
 
-def _neighbours(X, values: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+def value_totals(X, candidates: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """For features ``j`` of ``candidates``: how many rows of ``X`` hold each of the sorted values
+    ``candidates[j]``, read a block of rows at a time."""
+    totals = {j: np.zeros(c.size, dtype=np.int64) for j, c in candidates.items()}
+    if candidates:
+        for block in row_blocks(X):
+            for j, values in candidates.items():
+                at = np.minimum(np.searchsorted(values, block[:, j]), values.size - 1)
+                hit = values[at] == block[:, j]
+                totals[j] += np.bincount(at[hit], minlength=values.size)
+    return totals
+
+
+def value_neighbours(X, values: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
     """For features ``j`` of ``values``: the largest recorded value below ``values[j]`` and the
     smallest above it (NaN: none), read a block of rows at a time."""
     d = X.shape[1]
@@ -588,21 +667,7 @@ def feature_matrix(
         ids, X = ids[order], X[order]
         del order
     observed, lowest, highest = column_range(X)
-    blank = np.flatnonzero(observed == 0)
-    if blank.size:
-        raise FeatureError(
-            f"feature {names[int(blank[0])]!r} is blank for every one of the {n:,} customers; "
-            f"drop it from features.columns"
-        )
-    constant = np.flatnonzero(highest - lowest == 0)
-    if constant.size:
-        j = int(constant[0])
-        who = "" if observed[j] == n else " who have it"
-        raise FeatureError(
-            f"feature {names[j]!r} has the same value ({lowest[j]:g}) for every one of the "
-            f"{int(observed[j]):,} "
-            f"customers{who}, so it cannot separate segments; drop it from features.columns"
-        )
+    check_columns(names, n, observed, lowest, highest)
     scaler = fit_scaler(X, transforms, standardize)
     d = len(names)
     spikes = feature_resolution(X, scaler) if resolution else (np.zeros(d), np.full(d, np.nan), np.zeros(d))

@@ -170,6 +170,21 @@ def features_task(valid, settings: Settings) -> FeatureMatrix:
     return features
 
 
+@task(name="features", **_TASK)
+def cluster_features_task(valid, client: Client, settings: Settings) -> tuple[FeatureMatrix, ClusterData]:
+    from flows.partition_features import features_on_cluster
+
+    features, data = features_on_cluster(client, valid, settings)
+    get_run_logger().info(
+        "%s customers x %d features %s, computed by the cluster's workers in %d partitions",
+        f"{features.n_customers:,}",
+        len(features.names),
+        features.names,
+        data.n_partitions,
+    )
+    return features, data
+
+
 def open_cluster(settings: Settings, logger):
     """The run's dask client on ``compute.cluster`` (a context manager: see :mod:`flows.cluster`)."""
     from flows.cluster import ClusterSpec, cluster_client
@@ -410,13 +425,18 @@ def _segment(
             start.parameters.setdefault("input", {}).update(outcome.read_as)  # e.g. how dates were read
             # From here on a run holds each customer's values once: the feature matrix (issue 12).
             loaded = loaded.without_rows()
+        on_cluster = None
         with clock.stage("features"):
-            features_ = features_task(outcome.valid, settings)
+            if stages.features_on_workers(outcome.valid, client):
+                assert client is not None  # features_on_workers says so
+                features_, on_cluster = cluster_features_task(outcome.valid, client, settings)
+                client = None
+            else:
+                features_ = features_task(outcome.valid, settings)
             outcome = outcome.without_rows()
             if features_.scratch_folders:
                 # Noted in the journal, so that the next run removes them if this one is killed.
                 journal.note(scratch=features_.scratch_folders)
-        on_cluster = None
         if client is not None:
             with clock.stage("distribute"):
                 # A worker's death, survived in a later stage, is said in the run's log.

@@ -431,6 +431,19 @@ def distribute(
     return ClusterData.scatter(client, features.X_model, rows, on_retry=on_retry)
 
 
+def features_on_workers(valid, client: Client | None) -> bool:
+    """Whether the cluster's workers compute the features (:mod:`flows.partition_features`):
+    they validated the rows (:func:`workers_read_input`), and there are two customers or more
+    and no blank feature (the run's process then says why not, as without the workers)."""
+    return (
+        client is not None
+        and isinstance(valid, ValidCustomers)
+        and bool(valid.files)
+        and len(valid) >= 2
+        and not valid.has_blanks
+    )
+
+
 def workers_read_input(client: Client, settings: Settings, warn: Callable[[str], None]) -> bool:
     """Whether the cluster's workers read and validate the input (:mod:`flows.partition_validation`):
     a customer table in Parquet partitions, read without a query, that every worker sees along

@@ -61,6 +61,9 @@ class ClusterData:
         rows only, unweighted.
     shape : (int, int), optional
         Rows in all and features; read on the workers when not given.
+    bounds : sequence of (int, int), optional
+        Each partition's rows (start, stop) among all the rows, when they are consecutive runs
+        of one array (see :attr:`bounds`).
 
     A partition held in a worker's memory is lost with its worker. Made by :meth:`scatter`, the
     data can send such partitions again from the client's array and repeat the pass (``retries``
@@ -68,7 +71,13 @@ class ClusterData:
     result it would have had; otherwise :class:`~gmm_cluster.em.PartitionsLostError` ends the pass.
     """
 
-    def __init__(self, client: Client, partitions: Sequence, shape: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        client: Client,
+        partitions: Sequence,
+        shape: tuple[int, int] | None = None,
+        bounds: Sequence[tuple[int, int]] | None = None,
+    ):
         self.client = client
         self.partitions = list(partitions)
         if not self.partitions:
@@ -86,7 +95,14 @@ class ClusterData:
         self._n, self._d = int(shape[0]), int(shape[1])
         self._std: np.ndarray | None = None
         self._source: RowBlocks | None = None
-        self._bounds: list[tuple[int, int]] = []
+        self._bounds: list[tuple[int, int]] = [(int(a), int(b)) for a, b in bounds or []]
+        if self._bounds and (
+            len(self._bounds) != len(self.partitions)
+            or self._bounds[0][0] != 0
+            or self._bounds[-1][1] != self._n
+            or any(b != a for (_, b), (a, _) in zip(self._bounds, self._bounds[1:], strict=False))
+        ):
+            raise ValueError("bounds must be one consecutive run of rows per partition, covering all rows")
         self.retries = 0
         self.on_retry: Callable[[str], None] | None = None
         self.resent = 0  # partitions sent again after a worker's death
@@ -126,6 +142,10 @@ class ClusterData:
         return self._n
 
     @property
+    def n_features(self) -> int:
+        return self._d
+
+    @property
     def total_weight(self) -> float:
         return float(self._n)
 
@@ -139,8 +159,8 @@ class ClusterData:
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
-        """Each partition's rows (start, stop) in the array :meth:`scatter` sent; empty for
-        partitions read on the workers."""
+        """Each partition's rows (start, stop) in the array :meth:`scatter` sent (or as given);
+        empty for partitions read on the workers."""
         return list(self._bounds)
 
     def map(

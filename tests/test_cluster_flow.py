@@ -338,6 +338,9 @@ def test_partitions_are_validated_by_the_workers_with_the_single_machine_results
     monkeypatch.setattr(flows.load, "_spill", no_copy)
     other = run(partitioned, clustered, cluster="local:2")
     assert any("read by the cluster's workers" in r.getMessage() for r in caplog.records)
+    # The workers computed the features and kept the model matrix: nothing to send them.
+    assert any("computed by the cluster's workers in 4 partitions" in r.getMessage() for r in caplog.records)
+    assert "distribute" not in other["stage_seconds"]
     assert other["customers"] == one["customers"] == 1200 - 5  # the repeated id's two rows
     mine, theirs = rejected(clustered, other["run_id"]), rejected(alone, one["run_id"])
     assert mine == theirs
@@ -374,3 +377,44 @@ def test_workers_that_do_not_see_the_partitions_leave_them_to_the_client(
     theirs = run(partitioned, alone)
     assert rejected(db, mine["run_id"]) == rejected(alone, theirs["run_id"])
     assert_same_result(published(db, mine["run_id"]), published(alone, theirs["run_id"]))
+
+
+def test_a_worker_killed_during_model_selection_on_partitions_is_survived(
+    prefect_harness, partitioned, running_cluster, tmp_path, monkeypatch
+):
+    """The workers validated the partitions and hold the features they computed; one dies while
+    the models are chosen. Dask reads its partitions again from the validated rows' files and
+    the run publishes what it would have published undisturbed."""
+    cluster, client = running_cluster
+    client.wait_for_workers(2, timeout=60)
+    victim = next(iter(client.run(os.getpid).values()))
+    monkeypatch.setenv("SEGMENT_FAULT", "fit")
+    monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
+    db, alone = tmp_path / "cluster" / "s.duckdb", tmp_path / "alone" / "s.duckdb"
+    mine = run(partitioned, db, cluster=cluster.scheduler_address)
+    assert victim not in client.run(os.getpid).values()
+    assert "distribute" not in mine["stage_seconds"]
+    theirs = run(partitioned, alone)
+    assert_same_result(published(db, mine["run_id"]), published(alone, theirs["run_id"]))
+    assert not (db.with_name("s.runs") / ".staging").exists()
+
+
+def test_a_worker_killed_as_the_workers_write_features_they_computed_fails_the_run_cleanly(
+    prefect_harness, partitioned, running_cluster, tmp_path, monkeypatch
+):
+    """Partitions the workers computed from the validated rows cannot be read again once the
+    publication has removed those rows' files: a worker lost in the write then fails the run in
+    one line, and nothing of it is published."""
+    cluster, client = running_cluster
+    client.wait_for_workers(2, timeout=60)
+    db = tmp_path / "s.duckdb"
+    run(partitioned, db, cluster=cluster.scheduler_address)
+    victim = next(iter(client.run(os.getpid).values()))
+    monkeypatch.setenv("SEGMENT_FAULT", "cluster-write")
+    monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
+    with pytest.raises(
+        Exception, match=r"^the customers from .* their validated rows are gone from .*validation"
+    ) as failed:
+        run(partitioned, db, cluster=cluster.scheduler_address, seed=9)
+    assert "\n" not in str(failed.value)
+    assert_no_trace_of_run_2(db)
