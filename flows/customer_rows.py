@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import shutil
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -147,73 +149,74 @@ class ValidCustomers:
         n, d = len(self), len(self.names)
         ids: TextWriter | np.ndarray = TextWriter() if in_file else np.empty(n, dtype=TEXT_DTYPE)
         values = "".join(f", v{j}" for j in range(d))
-        # A sort's buffer of its own, smaller than the database's (see SORT_MEMORY).
-        con = self._connection()
-        limit = self._scalar("SELECT current_setting('memory_limit')")
-        con.execute(f"SET memory_limit = '{SORT_MEMORY}'")
+        at = 0
         try:
-            result = con.execute(f"SELECT customer_id{values} {self._kept} ORDER BY customer_id")
-            at = 0
+            with self._sorted(f"customer_id{values}") as result:
 
-            def blocks():
-                nonlocal at
-                while at < n:
-                    chunk = result.fetch_df_chunk(_FETCH_VECTORS)
-                    if not len(chunk):
-                        break
-                    m = len(chunk)
-                    if isinstance(ids, TextWriter):
-                        ids.append(chunk["customer_id"].tolist())  # DuckDB's str objects as they are
-                    else:
-                        ids[at : at + m] = chunk["customer_id"].to_numpy(dtype=object)
-                    block = chunk[[f"v{j}" for j in range(d)]].to_numpy(dtype=np.float64, na_value=np.nan)
-                    del chunk
-                    at += m
-                    yield block.reshape(m, d)
+                def blocks():
+                    nonlocal at
+                    while at < n:
+                        chunk = result.fetch_df_chunk(_FETCH_VECTORS)
+                        if not len(chunk):
+                            break
+                        m = len(chunk)
+                        if isinstance(ids, TextWriter):
+                            ids.append(chunk["customer_id"].tolist())  # DuckDB's str objects as they are
+                        else:
+                            ids[at : at + m] = chunk["customer_id"].to_numpy(dtype=object)
+                        block = chunk[[f"v{j}" for j in range(d)]].to_numpy(dtype=np.float64, na_value=np.nan)
+                        del chunk
+                        at += m
+                        yield block.reshape(m, d)
 
-            features: MatrixFile | np.ndarray
-            if in_file:
-                features = MatrixFile.from_blocks(blocks(), (n, d))
-            else:
-                features = np.empty((n, d), dtype=np.float64)
-                start = 0
-                for block in blocks():
-                    features[start : start + len(block)] = block
-                    start += len(block)
+                features: MatrixFile | np.ndarray
+                if in_file:
+                    features = MatrixFile.from_blocks(blocks(), (n, d))
+                else:
+                    features = np.empty((n, d), dtype=np.float64)
+                    start = 0
+                    for block in blocks():
+                        features[start : start + len(block)] = block
+                        start += len(block)
         except BaseException:
             if isinstance(ids, TextWriter):
                 ids.abandon()
             raise
-        finally:
-            con.execute(f"SET memory_limit = '{limit}'")
         if at != n:
             raise RuntimeError(f"DuckDB gave {at} of the {n} valid customers")
         if isinstance(ids, TextWriter):
             return CustomerRows(ids.finish(), features, list(self.names))
         return CustomerRows(ids, features, list(self.names))
 
+    @contextmanager
+    def _sorted(self, columns: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDB's result of the valid customers' ``columns`` in order of id, sorted within a
+        buffer of its own, smaller than the database's (see :data:`SORT_MEMORY`)."""
+        con = self._connection()
+        limit = self._scalar("SELECT current_setting('memory_limit')")
+        con.execute(f"SET memory_limit = '{SORT_MEMORY}'")
+        try:
+            yield con.execute(f"SELECT {columns} {self._kept} ORDER BY customer_id")
+        finally:
+            con.execute(f"SET memory_limit = '{limit}'")
+
     def read_ids(self) -> TextFile:
         """The valid customers' ids alone, in the order of :meth:`read`, into a
         :class:`~flows.text_file.TextFile` as they come from DuckDB's sort."""
         n = len(self)
         ids = TextWriter()
-        con = self._connection()
-        limit = self._scalar("SELECT current_setting('memory_limit')")
-        con.execute(f"SET memory_limit = '{SORT_MEMORY}'")
+        at = 0
         try:
-            result = con.execute(f"SELECT customer_id {self._kept} ORDER BY customer_id")
-            at = 0
-            while at < n:
-                chunk = result.fetch_df_chunk(_FETCH_VECTORS)
-                if not len(chunk):
-                    break
-                ids.append(chunk["customer_id"].tolist())
-                at += len(chunk)
+            with self._sorted("customer_id") as result:
+                while at < n:
+                    chunk = result.fetch_df_chunk(_FETCH_VECTORS)
+                    if not len(chunk):
+                        break
+                    ids.append(chunk["customer_id"].tolist())
+                    at += len(chunk)
         except BaseException:
             ids.abandon()
             raise
-        finally:
-            con.execute(f"SET memory_limit = '{limit}'")
         if at != n:
             ids.abandon()
             raise RuntimeError(f"DuckDB gave {at} of the {n} valid customers")
