@@ -214,3 +214,13 @@ def blind_workers(client: Client, folder: Path, paths: list[str] | None = None) 
     finally:
         probe.unlink(missing_ok=True)
     return sum(ok is False for ok in seen.values())
+
+
+def partition_rows(client: Client, n_customers: int, max_rows: int) -> int:
+    """Customers per partition on ``client``'s workers (:func:`gmm_cluster.rows_per_partition`
+    for the workers it has now): at most ``max_rows`` (``compute.partition_rows``), at least two
+    partitions a worker."""
+    from gmm_cluster import rows_per_partition
+
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    return rows_per_partition(n_customers, n_workers, max_rows)

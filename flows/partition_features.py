@@ -31,6 +31,7 @@ import duckdb
 import numpy as np
 
 from flows import features as _features
+from flows.cluster import partition_rows
 from flows.customer_rows import ValidCustomers
 from flows.duck import connect, sql_literal
 from flows.features import (
@@ -47,7 +48,7 @@ from flows.features import (
     value_totals,
 )
 from flows.matrix_file import MatrixFile
-from gmm_cluster import ClusterData, PartitionError, rows_per_partition
+from gmm_cluster import ClusterData, PartitionError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -158,8 +159,7 @@ def features_on_cluster(
     assert valid.files and n >= 2, "features_on_cluster takes two or more customers the workers validated"
     ids = valid.read_ids()
     try:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        size = rows_per_partition(n, n_workers, settings.compute.partition_rows)
+        size = partition_rows(client, n, settings.compute.partition_rows)
         bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
         firsts = [ids.strings(a, a + 1)[0] for a, _ in bounds]
         # The repeated ids go beside the workers' files, where they read them.

@@ -417,7 +417,8 @@ def distribute(
     ValueError
         Some customers have blank features: EM on partitions takes complete rows only.
     """
-    from gmm_cluster import ClusterData, rows_per_partition
+    from flows.cluster import partition_rows
+    from gmm_cluster import ClusterData
 
     if features.has_missing:
         assert isinstance(features.X_model, np.ndarray)  # blanks stay in memory (FeatureMatrix.in_file)
@@ -426,8 +427,7 @@ def distribute(
             f"compute.cluster: {gaps:,} customers have blank features, and the cluster takes complete rows "
             "only; reject them (features.missing = 'reject') or run without a cluster"
         )
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    rows = rows_per_partition(features.n_customers, n_workers, settings.compute.partition_rows)
+    rows = partition_rows(client, features.n_customers, settings.compute.partition_rows)
     return ClusterData.scatter(client, features.X_model, rows, on_retry=on_retry)
 
 
