@@ -16,14 +16,16 @@ import signal
 def fault_point(name: str) -> None:
     """Die here, as a power cut or OOM kill would, if the environment asks for it.
 
-    With ``SEGMENT_FAULT_KILL=<pid>`` the other process dies instead (once), e.g. the Prefect
-    server a run reports to, to see the run go on without it.
+    With ``SEGMENT_FAULT_KILL=<pid>[,<pid>...]`` those other processes die instead (once), e.g.
+    the Prefect server a run reports to, or every worker of a dask cluster, to see what the run
+    does without them.
     """
     if os.environ.get("SEGMENT_FAULT") != name:
         return
     other = os.environ.pop("SEGMENT_FAULT_KILL", None)
     if other:
         os.environ.pop("SEGMENT_FAULT", None)
-        os.kill(int(other), signal.SIGKILL)
+        for pid in other.split(","):
+            os.kill(int(pid), signal.SIGKILL)
         return
     os.kill(os.getpid(), signal.SIGKILL)

@@ -382,17 +382,20 @@ def test_workers_that_do_not_see_the_partitions_leave_them_to_the_client(
 def test_a_worker_killed_during_model_selection_on_partitions_is_survived(
     prefect_harness, partitioned, running_cluster, tmp_path, monkeypatch
 ):
-    """The workers validated the partitions and hold the features they computed; one dies while
-    the models are chosen. Dask reads its partitions again from the validated rows' files and
+    """The workers validated the partitions and hold the features they computed; they die while
+    the models are chosen. Dask reads their partitions again from the validated rows' files and
     the run publishes what it would have published undisturbed."""
     cluster, client = running_cluster
     client.wait_for_workers(2, timeout=60)
-    victim = next(iter(client.run(os.getpid).values()))
+    # Every worker dies, so some partition is surely lost (dask may put them all on one); a task
+    # moved from the first to die to the second then sees two deaths, which is not its fault.
+    cluster.scheduler.allowed_failures = 3
+    victims = set(client.run(os.getpid).values())
     monkeypatch.setenv("SEGMENT_FAULT", "fit")
-    monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
+    monkeypatch.setenv("SEGMENT_FAULT_KILL", ",".join(map(str, sorted(victims))))
     db, alone = tmp_path / "cluster" / "s.duckdb", tmp_path / "alone" / "s.duckdb"
     mine = run(partitioned, db, cluster=cluster.scheduler_address)
-    assert victim not in client.run(os.getpid).values()
+    assert not victims & set(client.run(os.getpid).values())
     assert "distribute" not in mine["stage_seconds"]
     theirs = run(partitioned, alone)
     assert_same_result(published(db, mine["run_id"]), published(alone, theirs["run_id"]))
@@ -403,15 +406,18 @@ def test_a_worker_killed_as_the_workers_write_features_they_computed_fails_the_r
     prefect_harness, partitioned, running_cluster, tmp_path, monkeypatch
 ):
     """Partitions the workers computed from the validated rows cannot be read again once the
-    publication has removed those rows' files: a worker lost in the write then fails the run in
+    publication has removed those rows' files: workers lost in the write then fail the run in
     one line, and nothing of it is published."""
     cluster, client = running_cluster
     client.wait_for_workers(2, timeout=60)
     db = tmp_path / "s.duckdb"
     run(partitioned, db, cluster=cluster.scheduler_address)
-    victim = next(iter(client.run(os.getpid).values()))
+    # Every worker dies: dask may have put all the partitions on one of them. A task moved from
+    # the first to die to the second then sees two deaths, which is not its fault.
+    cluster.scheduler.allowed_failures = 3
+    victims = sorted(client.run(os.getpid).values())
     monkeypatch.setenv("SEGMENT_FAULT", "cluster-write")
-    monkeypatch.setenv("SEGMENT_FAULT_KILL", str(victim))
+    monkeypatch.setenv("SEGMENT_FAULT_KILL", ",".join(map(str, victims)))
     with pytest.raises(
         Exception, match=r"^the customers from .* their validated rows are gone from .*validation"
     ) as failed:
