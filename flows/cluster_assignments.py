@@ -23,7 +23,6 @@ itself, as without a cluster, and says so.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -139,7 +138,10 @@ class ClusterAssignments:
         into the run's folder."""
         bounds = _covering(self.data, len(self))
         staging = run_files.staging_root(root)
-        shutil.rmtree(staging, ignore_errors=True)
+        # Only the assignments' staged parts: the staging folder may also hold the rows the
+        # workers validated, from which dask computes a lost partition again.
+        parts = run_files.run_file(staging, "assignments", run_id).parent.parent
+        run_files.remove_staged(parts)
         written = 0
         try:
             blind = blind_workers(self.data.client, staging)
@@ -164,7 +166,7 @@ class ClusterAssignments:
                 raise RuntimeError(f"the workers wrote {written:,} assignments of {len(self):,} customers")
             self._move(staging, root, run_id)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            run_files.remove_staged(parts)
 
     def _ids(self, start: int, stop: int) -> np.ndarray | TextBlock:
         """Customers ``start:stop``'s ids as they travel: their bytes, when kept in a file."""

@@ -16,8 +16,9 @@ sample, the report), holding one partition at most.
 
 The features and the model are those of the run's process on the same rows, to rounding (the
 sums are added per partition). A partition lost with its worker is read again from the files by
-dask (the partitions are tasks, not scattered data); the files stay until the run lets go of the
-partitions, or until the publication clears the staging folder in stage ``write``.
+dask (the partitions are tasks, not scattered data), in any stage up to the workers' write of
+the assignments: the files stay until the run lets go of the partitions (the publication's
+clearing of the staging folder leaves them: :func:`flows.run_files.hold_staged`).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def _read_range(files: list[str], kept: str, low: str | None, high: str | None, 
         try:
             arrays = con.execute(f"{query} ORDER BY customer_id", params).fetchnumpy()
         except duckdb.IOException as exc:
-            # Read again for a partition lost with its worker, after the publication removed
-            # the files (stage write).
+            # Read again for a partition lost with its worker, after the files were removed
+            # from under the run (the run keeps them until it lets go of the partitions).
             raise PartitionError(
                 f"the customers from {low!r} to {high!r}: their validated rows are gone from "
                 f"{Path(files[0]).parent} ({str(exc).strip().splitlines()[0]})"

@@ -21,7 +21,7 @@ and validates the partitions itself, as without a cluster, and says so.
 from __future__ import annotations
 
 import os
-import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,10 +130,10 @@ def _validate_partition(
 
 
 def staging_folder(database: str | Path) -> Path:
-    """Where the workers write the rows they validated: in the results folder's staging folder
-    (:func:`flows.run_files.staging_root`), which every publication clears of what a killed run
-    left."""
-    return run_files.staging_root(run_files.root_for(Path(database))) / "validation"
+    """The results folder's staging folder (:func:`flows.run_files.staging_root`), in which the
+    workers write the rows they validated (a folder of their own each run), and which every
+    publication clears of what a failed or killed run left."""
+    return run_files.staging_root(run_files.root_for(Path(database)))
 
 
 def workers_read_partitions(
@@ -143,7 +143,6 @@ def workers_read_partitions(
     ``staging`` (``warn`` is told, in one line, when one does not)."""
     blind = blind_workers(client, staging, [files[0]])
     if blind:
-        shutil.rmtree(staging, ignore_errors=True)
         warn(
             f"{blind} of the cluster's workers do not see the input's partitions or the folder "
             f"{staging.parent}: the partitions are read and validated here instead (share both with "
@@ -180,8 +179,9 @@ def validate_on_cluster(client: Client, loaded: LoadedInput, settings: Settings)
         source=loaded.source,
         source_columns=dict(loaded.source_columns),
     )
-    staging = staging_folder(settings.output.database)
-    shutil.rmtree(staging, ignore_errors=True)
+    # A folder of this run's own: a folder of an earlier run's rows in this process may still
+    # be waiting for the garbage collector to remove it.
+    staging = staging_folder(settings.output.database) / f"validation-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
         own = [(int(first), f"p{i:05d}") for i, first in enumerate(firsts)]
@@ -192,10 +192,11 @@ def validate_on_cluster(client: Client, loaded: LoadedInput, settings: Settings)
         if n != loaded.n_read:
             raise RuntimeError(f"the workers read {n:,} rows of the partitions' {loaded.n_read:,}")
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        run_files.remove_staged(staging)
         raise
-    # The rows stay in the workers' files until the features are read from them (the staging
-    # folder goes with the rows, or with the next publication if the run is killed).
+    # The rows stay in the workers' files until the features are read from them, or until the
+    # partitions the workers computed from them are released (the folder goes with them, or with
+    # the next publication if the run is killed).
     rows = ValidCustomers.over_files(features.columns, [name for r in results for name in r.files], staging)
     try:
         rejects = with_repeated_ids(

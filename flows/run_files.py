@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from pathlib import Path
 
 import duckdb
@@ -65,7 +66,49 @@ def root_for(database: Path) -> Path:
 def staging_root(root: Path) -> Path:
     """Where parts written by other processes (a cluster's workers) wait, under the same layout
     as ``root``, until the publication moves them into place: no view's glob reaches them."""
-    return root / ".staging"
+    return root / _STAGING
+
+
+_STAGING = ".staging"
+#: Staged folders a run of this process still reads: the rows a cluster's workers validated,
+#: from which dask computes a lost partition again until the run releases the partitions.
+_HELD: set[Path] = set()
+
+
+def hold_staged(folder: Path) -> None:
+    """Keep ``folder`` (in :func:`staging_root`) from :func:`clear_staging` until
+    :func:`remove_staged` removes it."""
+    _HELD.add(Path(folder).resolve())
+
+
+def remove_staged(folder: Path) -> None:
+    """Remove a staged folder, and the staging folder once nothing else is staged."""
+    folder = Path(folder)
+    _HELD.discard(folder.resolve())
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.name == _STAGING:
+        with suppress(OSError):
+            folder.parent.rmdir()  # only when empty
+
+
+def clear_staging(root: Path) -> None:
+    """Remove what a failed or killed run left in ``root``'s staging folder, all but the folders
+    a run of this process still reads (:func:`hold_staged`): runs hold the database's run lock,
+    so no other process's run is staging files."""
+    staging = staging_root(root)
+    try:
+        entries = list(staging.iterdir())
+    except OSError:
+        return  # nothing staged
+    for entry in entries:
+        if entry.resolve() in _HELD:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    with suppress(OSError):
+        staging.rmdir()  # only when empty: a held folder is left
 
 
 def run_file(root: Path, table: str, run_id: int, part: int = 0) -> Path:

@@ -236,7 +236,7 @@ def publishing(
         con = connect(copy)
         ensure_schema(con, root)
         run_files.remove_runs(root, run_files.unwanted_runs(con, root))
-        shutil.rmtree(run_files.staging_root(root), ignore_errors=True)  # a failed or killed run's parts
+        run_files.clear_staging(root)  # a failed or killed run's parts
         con.execute("BEGIN TRANSACTION")
         yield con
         run_files.create_views(con, root)  # the glob binds once the block wrote the first file

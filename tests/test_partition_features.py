@@ -16,9 +16,10 @@ import flows.features
 from flows.config import load_settings
 from flows.features import FeatureError
 from flows.load import load_input
-from flows.partition_features import features_on_cluster
+from flows.partition_features import _read_range, features_on_cluster
 from flows.partition_validation import validate_on_cluster
 from flows.stages import compute_features, features_on_workers, validate_input
+from gmm_cluster import PartitionError
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +141,16 @@ def test_blank_features_are_left_to_the_run_s_process(client, tmp_path):
     loaded = load_input(settings.input, settings.features.columns, read_partitions=False)
     theirs = validate_on_cluster(client, loaded, settings)
     assert len(theirs.valid) > 2 and not features_on_workers(theirs.valid, client)
+
+
+def test_rows_gone_from_under_the_run_give_one_line_naming_the_customers_and_folder(tmp_path):
+    """A partition read again after its rows' files were removed (by hand: the run keeps them
+    until it lets go of the partitions) stops with one line, not DuckDB's traceback."""
+    gone = str(tmp_path / "staging" / "validation-x" / "p00000-0.parquet")
+    with pytest.raises(PartitionError) as failed:
+        _read_range([gone], "valid", "c000100", "c000200", 100, 3)
+    message = str(failed.value)
+    assert message.startswith(
+        "the customers from 'c000100' to 'c000200': their validated rows are gone from "
+    )
+    assert str(tmp_path / "staging" / "validation-x") in message and "\n" not in message

@@ -13,7 +13,7 @@ from pandera.errors import SchemaError
 from test_store import record, start
 
 from flows import store
-from flows.run_files import root_for, run_file, run_ids_on_disk
+from flows.run_files import hold_staged, remove_staged, root_for, run_file, run_ids_on_disk, staging_root
 from flows.sql_shell import open_results
 from flows.store import StoreFileError, fail_run, finish_run, publishing, read_latest_run, results_path
 
@@ -287,3 +287,28 @@ def test_previous_files_removed_before_the_join_leave_nobody_in_both_runs(tmp_pa
     assert aligned.segment_ids is not None and aligned.segment_ids.size == 0
     assert aligned.alignment is not None and aligned.alignment[1].size == 0
     assert len(said) == 1 and said[0].startswith("run 7's assignments cannot be read (")
+
+
+def test_a_publication_clears_what_failed_runs_staged_but_not_what_this_run_still_reads(tmp_path):
+    """A killed run's staged parts go with the next publication; the rows a cluster's workers
+    validated for the run publishing (held) stay until the run removes them, and the staging
+    folder goes with the last of them."""
+    db = tmp_path / "segments.duckdb"
+    staging = staging_root(root_for(results_path(db)))
+    stale = run_file(staging, "assignments", 7)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a killed run")
+    (staging / "validation-old").mkdir()
+    held = staging / "validation-new"
+    held.mkdir()
+    (held / "p00000-0.parquet").write_bytes(b"rows")
+    hold_staged(held)
+    try:
+        finish_run(db, start(db), record(n_customers=5))
+        assert sorted(p.name for p in staging.iterdir()) == ["validation-new"]
+        assert (held / "p00000-0.parquet").read_bytes() == b"rows"
+    finally:
+        remove_staged(held)
+    assert not staging.exists()
+    finish_run(db, start(db), record(n_customers=5))  # no longer held: nothing to keep
+    assert not staging.exists()
