@@ -90,9 +90,10 @@ def make_log(path: Path, n_lines: int) -> None:
     con.close()
 
 
-def make_million(path: Path, n_customers: int, seed: int = 0) -> None:
+def make_million(path: Path, n_customers: int, seed: int = 0, shuffled_ids: bool = False) -> None:
     """Write ``n_customers`` customers drawn from 5 Gaussian segments in 4 features to Parquet
-    (via DuckDB)."""
+    (via DuckDB). Their ids are ``C<row>`` in row order, or with ``shuffled_ids`` the same ids in
+    a seeded random order (a table not kept in id order, as many are)."""
     import duckdb
     import numpy as np
     import pandas as pd
@@ -102,7 +103,10 @@ def make_million(path: Path, n_customers: int, seed: int = 0) -> None:
     labels = rng.choice(5, size=n_customers, p=[0.35, 0.25, 0.2, 0.15, 0.05])
     X = centres[labels] + rng.standard_normal((n_customers, 4)) * rng.uniform(0.5, 1.5, size=(5, 4))[labels]
     frame = pd.DataFrame(X, columns=["f1", "f2", "f3", "f4"])
-    frame.insert(0, "customer_id", np.char.add("C", np.arange(n_customers).astype(str)).astype(object))
+    order = (
+        np.random.default_rng(seed + 1).permutation(n_customers) if shuffled_ids else np.arange(n_customers)
+    )
+    frame.insert(0, "customer_id", np.char.add("C", order.astype(str)).astype(object))
     con = duckdb.connect()
     con.register("customers", frame)
     con.execute("COPY customers TO ? (FORMAT parquet)", [str(path)])

@@ -35,7 +35,9 @@ What it measures (and what it does not):
   stage seconds, the flow process's peak and every worker's peak (a worker over its limit fails
   the script). The cluster runs the passes over all customers (scoring, refits, each customer's
   segment) and writes the assignments, and its workers read and validate the table's
-  ``--flow-partitions`` Parquet files (default 8); the flow process still computes the features.
+  ``--flow-partitions`` Parquet files (default 8) and compute the features. The flow's table
+  holds ``make_million``'s customers with their ids in a seeded random order (``shuffled_ids``):
+  a table kept in id order would hide what finding a range of customers costs the workers.
 """
 
 from __future__ import annotations
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                         "-c",
                         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
                         "from pipeline import make_million; "
-                        "make_million(Path(sys.argv[2]), int(sys.argv[3]))",
+                        "make_million(Path(sys.argv[2]), int(sys.argv[3]), shuffled_ids=True)",
                         str(Path(__file__).resolve().parent),
                         str(data),
                         str(n),
