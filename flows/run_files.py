@@ -55,6 +55,7 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
 #: The runs whose files the views show: published, not killed, not pruned.
 VISIBLE_RUNS = "SELECT run_id FROM runs WHERE status <> 'killed' AND pruned_at IS NULL"
 _PARTS = "*.parquet"
+_STAGING = ".staging"
 _RUN_DIR = re.compile(r"run_id=(\d+)")
 
 
@@ -69,7 +70,6 @@ def staging_root(root: Path) -> Path:
     return root / _STAGING
 
 
-_STAGING = ".staging"
 #: Staged folders a run of this process still reads: the rows a cluster's workers validated,
 #: from which dask computes a lost partition again until the run releases the partitions.
 _HELD: set[Path] = set()
