@@ -12,7 +12,7 @@ comes back.
 The workers write into a staging folder (:func:`flows.run_files.staging_root`, out of every
 view's reach); the client moves the parts into the run's folder once every partition is written,
 inside the publication's block. A run whose write fails or is killed leaves no part visible: the
-next publication removes the staging folder.
+next publication removes what it staged (``flows.run_files.clear_staging``).
 
 The workers must see the results folder at the path the client does (a LocalCluster's do; a
 remote cluster's need it on a shared filesystem). The client checks first, with a file only it

@@ -11,7 +11,6 @@ Validated in memory and put in id order with numpy, 10^7 customers x 4 features 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +56,7 @@ class ValidCustomers:
         )
         self._repeated: tuple[np.ndarray, np.ndarray] | None = None
         self._count: int | None = None
-        self._files_folder: weakref.finalize | None = None  # removes over_files' folder
+        self._files_folder: run_files.StagedFolder | None = None  # over_files' folder
         self.files: list[str] = []  # over_files' files
 
     def add(self, row_numbers: np.ndarray, ids: np.ndarray, valid: np.ndarray, values: np.ndarray) -> None:
@@ -78,11 +77,11 @@ class ValidCustomers:
         cluster's workers validating their partitions), read where they are: DuckDB finds the
         repeated ids and sorts the customers from the files, no row passes through Python, and
         nothing is copied (a copy into the database took 3.9 s at 10^7 customers).
-        ``folder``, which holds the files, is removed with the rows (:meth:`close`); until then
-        the publication's clearing of the staging folder leaves it (``run_files.hold_staged``)."""
+        ``folder``, which holds the files, is removed with the rows (:meth:`close`, or when they
+        are let go of) unless handed over (:meth:`keep_files`); until then the publication's
+        clearing of the staging folder leaves it (:class:`flows.run_files.StagedFolder`)."""
         rows = cls(names)
-        run_files.hold_staged(folder)
-        rows._files_folder = weakref.finalize(rows, run_files.remove_staged, folder)
+        rows._files_folder = run_files.StagedFolder(folder)
         rows.files = list(files)
         con = rows._connection()
         con.execute("DROP TABLE rows")
@@ -235,10 +234,10 @@ class ValidCustomers:
             f"(SELECT customer_id FROM read_parquet({sql_literal(repeated_file)}))"
         )
 
-    def keep_files(self) -> weakref.finalize | None:
-        """Hand over the removal of :meth:`over_files`' folder (called to remove it): the files
-        then outlive :meth:`close`, for readers that may need them again (a cluster's workers
-        reading a lost partition again)."""
+    def keep_files(self) -> run_files.StagedFolder | None:
+        """Hand over :meth:`over_files`' folder (called to remove it, else removed when let go
+        of): the files then outlive :meth:`close` and this object, for readers that may need
+        them again (a cluster's workers reading a lost partition again)."""
         handed, self._files_folder = self._files_folder, None
         return handed
 

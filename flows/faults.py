@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import suppress
 
 
 def fault_point(name: str) -> None:
@@ -25,7 +26,8 @@ def fault_point(name: str) -> None:
     other = os.environ.pop("SEGMENT_FAULT_KILL", None)
     if other:
         os.environ.pop("SEGMENT_FAULT", None)
-        for pid in other.split(","):
-            os.kill(int(pid), signal.SIGKILL)
+        for pid in filter(None, (p.strip() for p in other.split(","))):
+            with suppress(ProcessLookupError):  # gone already: the others still die
+                os.kill(int(pid), signal.SIGKILL)
         return
     os.kill(os.getpid(), signal.SIGKILL)

@@ -145,7 +145,8 @@ def features_on_cluster(
     partition at a time from the files ``valid`` reads (module docstring).
 
     ``valid``: rows the workers validated (:meth:`ValidCustomers.over_files`), at least two
-    customers, no blank feature. Its files are then kept until the partitions are let go of.
+    customers, no blank feature. Its files are then kept until the partitions are let go of
+    (unless the caller took their removal first, with :meth:`ValidCustomers.keep_files`).
 
     Raises
     ------

@@ -34,6 +34,7 @@ from flows.cluster import blind_workers
 from flows.customer_rows import ValidCustomers, row_frame, row_select
 from flows.duck import connect, sql_literal
 from flows.load import LoadedInput, partition_frames
+from flows.store import results_path
 from schemas.customers import ChunkChecks, check_customer_chunks, customer_table_schema, with_repeated_ids
 from schemas.validation import ValidationOutcome, blank_text_as_missing
 
@@ -141,8 +142,9 @@ def _validate_partition(
 def staging_folder(database: str | Path) -> Path:
     """The results folder's staging folder (:func:`flows.run_files.staging_root`), in which the
     workers write the rows they validated (a folder of their own each run), and which every
-    publication clears of what a failed or killed run left."""
-    return run_files.staging_root(run_files.root_for(Path(database)))
+    publication clears of what a failed or killed run left. A link to the results file is
+    followed, as the publication follows it."""
+    return run_files.staging_root(run_files.root_for(results_path(database)))
 
 
 def workers_read_partitions(

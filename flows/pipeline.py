@@ -24,6 +24,7 @@ from prefect.runtime import deployment, flow_run
 
 from flows import continuity, stages
 from flows.config import PURCHASE_MEANINGS, Settings
+from flows.customer_rows import ValidCustomers
 from flows.faults import fault_point
 from flows.features import RULE_LABELS
 from flows.load import LoadedInput, load_input
@@ -428,7 +429,13 @@ def _segment(
         on_cluster = None
         with clock.stage("features"):
             if stages.features_on_workers(outcome.valid, client):
-                assert client is not None  # features_on_workers says so
+                # features_on_workers says so
+                assert client is not None and isinstance(outcome.valid, ValidCustomers)
+                # The rows the workers validated, from which dask computes a lost partition
+                # again, stay as long as the cluster: through the write, then removed.
+                files = outcome.valid.keep_files()
+                if files is not None:
+                    cluster.callback(files)
                 features_, on_cluster = cluster_features_task(outcome.valid, client, settings)
                 client = None
             else:

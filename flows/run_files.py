@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import weakref
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -89,6 +90,25 @@ def remove_staged(folder: Path) -> None:
     if folder.parent.name == _STAGING:
         with suppress(OSError):
             folder.parent.rmdir()  # only when empty
+
+
+class StagedFolder:
+    """A staged folder a run still reads (:func:`hold_staged`), removed when called, or else
+    when its last holder lets go of it (or at exit): whoever needs the files holds the object.
+
+    Parameters
+    ----------
+    folder : Path
+        The folder, in :func:`staging_root`.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder)
+        hold_staged(self.path)
+        self._remove = weakref.finalize(self, remove_staged, self.path)
+
+    def __call__(self) -> None:
+        self._remove()
 
 
 def clear_staging(root: Path) -> None:

@@ -402,13 +402,13 @@ def test_a_worker_killed_during_model_selection_on_partitions_is_survived(
     assert not (db.with_name("s.runs") / ".staging").exists()
 
 
-def test_workers_killed_as_they_write_features_they_computed_are_survived_with_the_same_result(
+def test_workers_killed_as_the_write_starts_on_features_they_computed_are_survived(
     prefect_harness, partitioned, running_cluster, tmp_path, monkeypatch
 ):
     """The publication's clearing of the staging folder leaves the rows the workers validated
-    while the run holds the partitions computed from them: workers lost as they write the
-    assignments have dask read their partitions again, and the run publishes what it would have
-    published undisturbed; nothing is left staged."""
+    while the run holds the partitions computed from them: workers lost as the write of the
+    assignments starts (the publication has begun) have dask read their partitions again, and
+    the run publishes what it would have published undisturbed; nothing is left staged."""
     cluster, client = running_cluster
     client.wait_for_workers(2, timeout=60)
     db, alone = tmp_path / "cluster" / "s.duckdb", tmp_path / "alone" / "s.duckdb"

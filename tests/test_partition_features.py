@@ -4,6 +4,7 @@ Parquet partitions, real DuckDB."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import distributed
@@ -114,10 +115,13 @@ def test_the_workers_features_are_those_of_the_run_s_process(client, tmp_path, m
         with duckdb.connect() as con:
             ids = [r[0] for r in con.execute(f"SELECT customer_id FROM read_parquet('{name}')").fetchall()]
         assert len(ids) > 1 and ids == sorted(ids)
+    kept = Path(outcome.valid.files[0])
     outcome.valid.close()
-    assert Path(outcome.valid.files[0]).exists()  # kept for the partitions until they go
+    del outcome
+    gc.collect()
+    assert kept.exists()  # kept for the partitions until they go, whatever else is let go of
     del data
-    assert not Path(outcome.valid.files[0]).exists()
+    assert not kept.exists()
 
 
 def test_a_constant_feature_is_refused_as_in_the_run_s_process(client, tmp_path):

@@ -313,3 +313,16 @@ def test_a_publication_clears_what_failed_runs_staged_but_not_what_this_run_stil
     held.mkdir(parents=True)  # the same name, no longer held: what a killed run left
     finish_run(db, start(db), record(n_customers=5))
     assert not staging.exists()
+
+
+def test_the_workers_validate_into_the_staging_folder_of_the_file_a_link_points_to(tmp_path):
+    """A results path that is a symbolic link: the workers' validated rows go where the
+    publication clears what a killed run left, beside the file the link points to."""
+    from flows.partition_validation import staging_folder
+
+    (tmp_path / "real").mkdir()
+    finish_run(tmp_path / "real" / "segments.duckdb", start(tmp_path / "real" / "segments.duckdb"), record())
+    link = tmp_path / "segments.duckdb"
+    link.symlink_to(tmp_path / "real" / "segments.duckdb")
+    assert staging_folder(link) == tmp_path.resolve() / "real" / "segments.runs" / ".staging"
+    assert staging_folder(link) == staging_root(root_for(results_path(link)))
