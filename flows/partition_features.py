@@ -18,7 +18,7 @@ The features and the model are those of the run's process on the same rows, to r
 sums are added per partition). A partition lost with its worker is read again from the files by
 dask (the partitions are tasks, not scattered data), in any stage up to the workers' write of
 the assignments: the files stay until the run lets go of the partitions (the publication's
-clearing of the staging folder leaves them: :func:`flows.run_files.hold_staged`).
+clearing of the staging folder leaves them: :class:`flows.run_files.StagedFolder`).
 """
 
 from __future__ import annotations
